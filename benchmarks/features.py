@@ -1,0 +1,166 @@
+"""Benchmark: simulator generation + materialization of every raw and feature asset, at 1M order lines.
+
+Target (issue 2): under 60 s on the 2-core machine, with peak memory recorded.
+
+Also runs a baseline in the same process: the same feature SQL, already translated, on a bare
+DuckDB connection reading the same landing files (no Dagster, no sqlglot, no checks or metadata).
+The ratio pipeline / baseline is the cost of the Dagster layer around the SQL.
+
+    python benchmarks/features.py [--order-lines 1000000] [--record]
+
+``--record`` rewrites this benchmark's section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lakehouse_ml import features  # noqa: E402
+from lakehouse_ml.backends.translate import translate  # noqa: E402
+from lakehouse_ml.datagen import SimulationConfig, landing_files, write_landing  # noqa: E402
+from lakehouse_ml.settings import load_settings  # noqa: E402
+
+
+class PeakRSS:
+    """Samples this process's resident memory every 20 ms."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._process = psutil.Process()
+
+    def __enter__(self):
+        self.peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            time.sleep(0.02)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
+def baseline(landing: Path, config: SimulationConfig, database: Path) -> float:
+    """Bare DuckDB: load the landing files and run the translated feature SQL, nothing else."""
+    start = time.perf_counter()
+    conn = duckdb.connect(str(database))
+    for table, landing_name in [
+        ("raw_customers", "customers"),
+        ("raw_products", "products"),
+        ("raw_orders", "orders"),
+        ("raw_web_sessions", "web_sessions"),
+    ]:
+        if landing_name in ("orders", "web_sessions"):
+            files = [str(f) for d in range(config.days) for f in landing_files(landing, landing_name, config.start_date + dt.timedelta(days=d))]
+        else:
+            files = [str(f) for f in landing_files(landing, landing_name)]
+        conn.execute(f"CREATE TABLE {table} AS SELECT * FROM read_parquet($f)", {"f": files})
+    (customer,) = translate(features.CUSTOMER_FEATURES.sql)
+    conn.execute("CREATE TABLE customer_features AS " + customer.duckdb_sql, dict(features.CUSTOMER_FEATURES.params))
+    (transaction,) = translate(features.TRANSACTION_FEATURES.sql)
+    conn.execute(
+        "CREATE TABLE transaction_features AS " + transaction.duckdb_sql,
+        {"start_date": config.start_date, "end_date": config.end_date},
+    )
+    conn.close()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--order-lines", type=int, default=1_000_000)
+    parser.add_argument("--record", action="store_true", help="write the figures to docs/benchmarks.md")
+    args = parser.parse_args()
+
+    import dagster as dg
+
+    from lakehouse_ml.runner import materialize_all
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        settings = load_settings({"LAKEHOUSE_ML_HOME": str(home)})
+        config = SimulationConfig.for_order_lines(args.order_lines, start_date=settings.start_date, days=settings.days)
+        settings = load_settings({"LAKEHOUSE_ML_HOME": str(home), "LAKEHOUSE_ML_CUSTOMERS": str(config.customers)})
+
+        with PeakRSS() as memory:
+            t0 = time.perf_counter()
+            manifest = write_landing(config, settings.landing_dir)
+            t_generate = time.perf_counter() - t0
+            gen_peak = memory.peak
+            t1 = time.perf_counter()
+            with dg.DagsterInstance.ephemeral() as instance:
+                reports = materialize_all(settings, instance)
+            t_materialize = time.perf_counter() - t1
+        t_baseline = baseline(settings.landing_dir, config, Path(tmp) / "baseline.duckdb")
+
+    rows = {asset: n for r in reports for asset, n in r.materializations.items()}
+    total = t_generate + t_materialize
+    figures = {
+        "order lines": f"{manifest['row_counts']['orders']:,}",
+        "customers": f"{config.customers:,}",
+        "customer_features rows": f"{rows['customer_features']:,}",
+        "transaction_features rows": f"{rows['transaction_features']:,}",
+        "generation": f"{t_generate:.1f} s",
+        "materialization (6 assets, 5 checks, metadata)": f"{t_materialize:.1f} s",
+        "**total (target < 60 s)**": f"**{total:.1f} s**",
+        "baseline: bare DuckDB load + feature SQL": f"{t_baseline:.1f} s",
+        "materialization / baseline": f"{t_materialize / t_baseline:.2f}x",
+        "peak RSS, generation": f"{gen_peak / 2**20:.0f} MiB",
+        "peak RSS, whole run": f"{memory.peak / 2**20:.0f} MiB",
+        "max RSS (getrusage)": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB",
+    }
+    for key, value in figures.items():
+        print(f"{key:>50}: {value}")
+
+    if args.record:
+        lines = [
+            "## features: generation + feature materialization",
+            "",
+            f"`python benchmarks/features.py --record` on {dt.date.today()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}, {args.order_lines:,} target order lines, local backend.",
+            "",
+            "| measure | value |",
+            "| --- | --- |",
+            *[f"| {k} | {v} |" for k, v in figures.items()],
+            "",
+        ]
+        record_section(ROOT / "docs" / "benchmarks.md", "features", "\n".join(lines))
+
+
+def record_section(path: Path, name: str, body: str) -> None:
+    """Replace the section between this benchmark's markers in docs/benchmarks.md (or append it)."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures recorded by the scripts in `benchmarks/`.\n\n"
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""BigQuery Standard SQL → DuckDB, with sqlglot.
+
+sqlglot does the translation (``read="bigquery", write="duckdb"``) with
+``unsupported_level=RAISE``, so a construct it cannot express in DuckDB fails with an error that
+names it instead of running with other semantics. On top of sqlglot this module:
+
+* fixes the few BigQuery semantics that sqlglot passes through unchanged but DuckDB reads
+  differently (``EXTRACT(DAYOFWEEK …)`` is 1 = Sunday … 7 in BigQuery, 0 … 6 in DuckDB);
+* refuses what the local warehouse does not run (yet), by name, such as BigQuery ML functions
+  and statements, ``EXPORT DATA`` or scripting with variables;
+* reports the named query parameters each statement uses, so each gets exactly its values.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+
+from lakehouse_ml.backends.warehouse import SQLTranslationError, WarehouseError, parse_bigquery
+
+
+@dataclass(frozen=True)
+class TranslatedStatement:
+    """One BigQuery statement and its DuckDB text."""
+
+    bigquery: exp.Expression
+    duckdb_sql: str
+    parameters: tuple[str, ...]
+    returns_rows: bool
+
+
+# Statement kinds (sqlglot expression classes) the local warehouse runs.
+_SUPPORTED_STATEMENTS = (
+    exp.Query,
+    exp.Create,
+    exp.Insert,
+    exp.Delete,
+    exp.Update,
+    exp.Merge,
+    exp.Drop,
+    exp.Transaction,
+    exp.Commit,
+    exp.Rollback,
+    exp.Alter,
+)
+
+
+def _unsupported_statement(statement: exp.Expression) -> str | None:
+    if isinstance(statement, exp.Command):
+        # sqlglot keeps statements it does not model as raw commands: name the keyword.
+        return str(statement.this).upper()
+    if not isinstance(statement, _SUPPORTED_STATEMENTS):
+        return type(statement).__name__.upper()
+    if isinstance(statement, exp.Create) and str(statement.args.get("kind", "")).upper() == "MODEL":
+        return "CREATE MODEL"
+    return None
+
+
+def _bigquery_ml_call(statement: exp.Expression) -> str | None:
+    for table in statement.find_all(exp.Table):
+        if table.db and table.db.upper() == "ML" and not isinstance(table.this, exp.Identifier):
+            return f"ML.{table.this.key.upper()}" if hasattr(table.this, "key") else "ML.*"
+    for func in statement.find_all(exp.Dot):
+        left = func.this
+        if isinstance(left, (exp.Column, exp.Identifier, exp.Var)) and left.name.upper() == "ML":
+            right = func.expression
+            return f"ML.{getattr(right, 'name', '') or right.sql().split('(')[0]}".upper()
+    return None
+
+
+def _fix_semantics(node: exp.Expression) -> exp.Expression:
+    # BigQuery DAYOFWEEK is 1 (Sunday) … 7; DuckDB's is 0 (Sunday) … 6.
+    if isinstance(node, exp.Extract) and node.this.name.upper() == "DAYOFWEEK":
+        return exp.Paren(this=exp.Add(this=node.copy(), expression=exp.Literal.number(1)))
+    # BigQuery COUNTIF is 0 over no rows, like COUNT; DuckDB's COUNT_IF is NULL there.
+    if isinstance(node, exp.CountIf):
+        return exp.Count(this=exp.If(this=node.this.copy(), true=exp.Literal.number(1)))
+    # BigQuery DATE_ADD/DATE_SUB return a DATE; DuckDB's date ± interval is a TIMESTAMP.
+    if isinstance(node, (exp.DateAdd, exp.DateSub)):
+        return exp.Cast(this=node.copy(), to=exp.DataType.build("DATE"))
+    # BigQuery TIMESTAMP_DIFF counts whole elapsed units (13:59:59 → 14:00:00 is 0 HOUR);
+    # DuckDB's DATE_DIFF counts boundaries crossed (1 HOUR) and its DATE_SUB counts whole units.
+    if isinstance(node, exp.TimestampDiff):
+        unit = (node.unit.name if node.unit else "DAY").upper()
+        return exp.Anonymous(
+            this="DATE_SUB",
+            expressions=[exp.Literal.string(unit), node.expression.copy(), node.this.copy()],
+        )
+    return node
+
+
+def _translate_one(statement: exp.Expression) -> TranslatedStatement:
+    unsupported = _unsupported_statement(statement)
+    if unsupported:
+        raise SQLTranslationError(
+            f"The local warehouse does not run {unsupported} statements. It runs SELECT, CREATE "
+            "TABLE/VIEW, INSERT, UPDATE, DELETE, MERGE, DROP and transactions."
+        )
+    ml_call = _bigquery_ml_call(statement)
+    if ml_call:
+        raise SQLTranslationError(
+            f"{ml_call} is BigQuery ML, which the local warehouse does not run yet. "
+            "Run it on the gcp backend (LAKEHOUSE_ML_BACKEND=gcp)."
+        )
+    fixed = statement.copy().transform(_fix_semantics)
+    try:
+        duckdb_sql = fixed.sql(dialect="duckdb", unsupported_level=sqlglot.ErrorLevel.RAISE, comments=False)
+    except sqlglot.errors.UnsupportedError as err:
+        raise SQLTranslationError(f"Cannot translate this BigQuery SQL to DuckDB: {err}") from None
+    parameters = tuple(sorted({p.name for p in statement.find_all(exp.Parameter)}))
+    return TranslatedStatement(
+        bigquery=statement,
+        duckdb_sql=duckdb_sql,
+        parameters=parameters,
+        returns_rows=isinstance(statement, exp.Query),
+    )
+
+
+@functools.lru_cache(maxsize=512)
+def translate(sql: str) -> tuple[TranslatedStatement, ...]:
+    """Translate a BigQuery script into DuckDB statements. Raises a named error on failure."""
+    return tuple(_translate_one(statement) for statement in parse_bigquery(sql))
+
+
+def translate_query(query: exp.Query) -> TranslatedStatement:
+    """Translate one parsed BigQuery query."""
+    return _translate_one(query)
+
+
+def to_duckdb(sql: str) -> str:
+    """The DuckDB text of a BigQuery script, statements separated by ``;``."""
+    return ";\n".join(t.duckdb_sql for t in translate(sql))
+
+
+__all__ = ["TranslatedStatement", "translate", "translate_query", "to_duckdb", "WarehouseError"]

@@ -1,0 +1,224 @@
+"""The warehouse seam: run BigQuery SQL, read results, write tables.
+
+Two implementations: :class:`lakehouse_ml.backends.local_warehouse.LocalWarehouse` (DuckDB, with the
+BigQuery SQL translated by sqlglot) and :class:`lakehouse_ml.backends.gcp_warehouse.GcpWarehouse`
+(BigQuery through dagster-gcp's ``BigQueryResource``). Assets only ever see :class:`Warehouse`.
+
+Conventions shared by both implementations:
+
+* SQL is BigQuery Standard SQL. Tables are referenced unqualified (``raw_orders``); they live in
+  one dataset (the gcp backend sets it as the job's default dataset, the local one uses DuckDB's
+  ``main`` schema).
+* Values go in as named query parameters (``@snapshot_date``) given as a mapping of Python values:
+  ``bool``, ``int``, ``float``, ``str``, ``datetime.date``, ``datetime.datetime`` or a list of one
+  of these. ``None`` is refused because BigQuery needs a type for it.
+* Identifiers that come from configuration (table and column names) go through
+  :func:`check_identifier` before use, and statements around user SQL are built as sqlglot
+  expressions, never by string concatenation.
+* Writes are atomic: a failing write leaves the previous content of the table as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+
+IDENTIFIER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+ParamValue = bool | int | float | str | dt.date | dt.datetime | Sequence[Any]
+Params = Mapping[str, ParamValue]
+
+# BigQuery type names used for schemas everywhere in the project.
+BIGQUERY_TYPES = ("STRING", "INT64", "FLOAT64", "NUMERIC", "BOOL", "DATE", "DATETIME", "TIMESTAMP", "BYTES")
+
+
+class WarehouseError(RuntimeError):
+    """Any warehouse failure. Messages say what went wrong and what to do next."""
+
+
+class SQLTranslationError(WarehouseError):
+    """BigQuery SQL that the local warehouse cannot run. The message names the construct."""
+
+
+class TableNotFoundError(WarehouseError):
+    """A referenced table does not exist."""
+
+    def __init__(self, table: str, message: str):
+        super().__init__(message)
+        self.table = table
+
+
+def check_identifier(name: str, kind: str = "identifier") -> str:
+    """Return ``name`` if it is a plain BigQuery identifier, else raise :class:`WarehouseError`."""
+    if not isinstance(name, str) or not IDENTIFIER_PATTERN.match(name):
+        raise WarehouseError(
+            f"Invalid {kind} name {name!r}: use letters, digits and underscores, starting with a "
+            "letter or underscore (at most 128 characters)."
+        )
+    return name
+
+
+def check_params(params: Params | None) -> dict[str, ParamValue]:
+    """Validate query parameter names and values; return them as a plain dict."""
+    checked: dict[str, ParamValue] = {}
+    for name, value in (params or {}).items():
+        check_identifier(name, "query parameter")
+        if value is None:
+            raise WarehouseError(
+                f"Query parameter @{name} is None; BigQuery needs a typed value. Pass a value or "
+                "leave the parameter out of the SQL."
+            )
+        checked[name] = value
+    return checked
+
+
+@dataclass(frozen=True)
+class PartitionWindow:
+    """The rows of a table whose DATE ``column`` lies in ``[start, end]`` (both inclusive).
+
+    Writing with a window replaces exactly those rows and leaves the rest of the table alone. On
+    BigQuery the table is day-partitioned on ``column``.
+    """
+
+    column: str
+    start: dt.date
+    end: dt.date
+
+    def __post_init__(self) -> None:
+        check_identifier(self.column, "partition column")
+        if self.end < self.start:
+            raise WarehouseError(f"Partition window ends ({self.end}) before it starts ({self.start}).")
+
+    def days(self) -> list[dt.date]:
+        n = (self.end - self.start).days + 1
+        return [self.start + dt.timedelta(days=i) for i in range(n)]
+
+
+def parse_bigquery(sql: str) -> list[exp.Expression]:
+    """Parse a BigQuery script into statements, with a clear error on bad SQL."""
+    try:
+        statements = [s for s in sqlglot.parse(sql, read="bigquery") if s is not None]
+    except sqlglot.errors.ParseError as err:
+        details = "; ".join(
+            f"line {e.get('line')}, column {e.get('col')}: {e.get('description')}"
+            + (f" near {e.get('highlight')!r}" if e.get("highlight") else "")
+            for e in err.errors
+        ) or str(err)
+        raise WarehouseError(f"Could not parse the BigQuery SQL: {details}") from None
+    if not statements:
+        raise WarehouseError("The SQL is empty: give at least one statement.")
+    return statements
+
+
+def single_select(sql: str) -> exp.Query:
+    """Parse ``sql`` as exactly one query (SELECT, WITH … SELECT, or set operation)."""
+    statements = parse_bigquery(sql)
+    if len(statements) != 1 or not isinstance(statements[0], exp.Query):
+        kinds = ", ".join(type(s).__name__.upper() for s in statements)
+        raise WarehouseError(f"Expected exactly one SELECT query, got: {kinds}.")
+    return statements[0]
+
+
+def replace_window_statements(table: str, query: exp.Query, window: PartitionWindow) -> list[exp.Expression]:
+    """Statements (dialect-neutral ASTs) that replace ``window`` of ``table`` with the rows of ``query``.
+
+    The caller runs them in one transaction, after creating the table when it is missing. The
+    window bounds are the query parameters ``@__window_start`` and ``@__window_end``.
+    """
+    check_identifier(table, "table")
+    column = exp.column(window.column)
+    in_window = exp.Between(
+        this=column,
+        low=exp.Parameter(this=exp.var("__window_start")),
+        high=exp.Parameter(this=exp.var("__window_end")),
+    )
+    delete = exp.delete(exp.to_table(table), where=in_window)
+    insert = exp.insert(query.copy(), exp.to_table(table))
+    return [delete, insert]
+
+
+def window_params(window: PartitionWindow) -> dict[str, dt.date]:
+    return {"__window_start": window.start, "__window_end": window.end}
+
+
+class Warehouse(dg.ConfigurableResource):
+    """Run BigQuery SQL and move data in and out of tables. See the module docstring."""
+
+    # -- reading ---------------------------------------------------------------------------------
+    def query_arrow(self, sql: str, params: Params | None = None) -> pa.Table:
+        """Run a query (or a script whose last statement is a query) and return its rows."""
+        raise NotImplementedError
+
+    def query(self, sql: str, params: Params | None = None) -> pd.DataFrame:
+        """Like :meth:`query_arrow`, as a pandas DataFrame."""
+        return self.query_arrow(sql, params).to_pandas()
+
+    def execute(self, sql: str, params: Params | None = None) -> None:
+        """Run statements for their effect (DDL, DML, scripts)."""
+        raise NotImplementedError
+
+    # -- writing ---------------------------------------------------------------------------------
+    def write_query(
+        self,
+        table: str,
+        sql: str,
+        params: Params | None = None,
+        *,
+        window: PartitionWindow | None = None,
+    ) -> int:
+        """Materialize the single SELECT ``sql`` into ``table`` atomically; return the rows written.
+
+        Without ``window`` the table is replaced as a whole. With ``window`` only the rows whose
+        ``window.column`` is in the window are replaced (the table is created when missing), and
+        a query that returns rows outside the window is refused.
+        """
+        raise NotImplementedError
+
+    def load_dataframe(self, df: pd.DataFrame, table: str, *, window: PartitionWindow | None = None) -> int:
+        """Write a DataFrame to ``table`` with the same semantics as :meth:`write_query`."""
+        raise NotImplementedError
+
+    def load_parquet(self, paths: Sequence[str | Path], table: str, *, window: PartitionWindow | None = None) -> int:
+        """Write the rows of Parquet files (all of the same schema) to ``table``, as :meth:`load_dataframe`.
+
+        The default reads the files with pyarrow and calls :meth:`load_dataframe`; a backend can
+        do better (DuckDB reads the files itself).
+        """
+        if not paths:
+            raise WarehouseError(f"No Parquet files given to load into {table}.")
+        import pyarrow.parquet as pq
+
+        frame = pa.concat_tables([pq.read_table(path) for path in paths]).to_pandas()
+        return self.load_dataframe(frame, table, window=window)
+
+    # -- catalog ---------------------------------------------------------------------------------
+    def table_exists(self, table: str) -> bool:
+        raise NotImplementedError
+
+    def table_schema(self, table: str) -> list[tuple[str, str]]:
+        """``(column, BigQuery type)`` pairs, in table order. Raises :class:`TableNotFoundError`."""
+        raise NotImplementedError
+
+    def row_count(self, table: str) -> int:
+        raise NotImplementedError
+
+    def drop_table(self, table: str) -> None:
+        """Drop ``table`` if it exists."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """A one-line human description of where the data lives."""
+        raise NotImplementedError
+
+    def table_url(self, table: str) -> str | None:
+        """A link to the table for the Dagster UI (console URL on gcp), if there is one."""
+        return None

@@ -1,0 +1,294 @@
+"""``lakehouse-ml``: the command line of lakehouse_ml.
+
+    lakehouse-ml generate       write the Cymbal retail simulator's data to the landing zone
+    lakehouse-ml materialize    materialize every asset on the configured backend (headless)
+    lakehouse-ml demo           generate + materialize, then say how to open the UI
+    lakehouse-ml query          run BigQuery SQL against the local warehouse
+    lakehouse-ml ui             open the Dagster UI on the local home's instance
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from lakehouse_ml.settings import Settings, SettingsError, load_settings
+
+
+class CliError(Exception):
+    """An error for the user: printed without a traceback, exit status 2."""
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    env = dict(os.environ)
+    if getattr(args, "home", None):
+        env["LAKEHOUSE_ML_HOME"] = str(args.home)
+    return load_settings(env)
+
+
+# -- generate ----------------------------------------------------------------------------------
+
+
+def _progress_printer():
+    state = {"last": 0.0}
+
+    def progress(table: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - state["last"] > 0.5:
+            state["last"] = now
+            _say(f"  {table}: {done}/{total}")
+
+    return progress
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from lakehouse_ml.datagen import DriftScenario, SimulationConfig, write_landing
+
+    settings = _settings(args)
+    try:
+        scenarios = tuple(DriftScenario.parse(text) for text in args.scenario)
+        common = dict(
+            seed=args.seed if args.seed is not None else settings.seed,
+            start_date=args.start_date or settings.start_date,
+            days=args.days or settings.days,
+            scenarios=scenarios,
+        )
+        if args.order_lines:
+            config = SimulationConfig.for_order_lines(args.order_lines, **common)
+        else:
+            config = SimulationConfig(customers=args.customers or settings.customers, **common)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    _say(
+        f"Generating {config.days} days from {config.start_date} for {config.customers:,} customers "
+        f"(seed {config.seed}" + (", scenarios: " + ", ".join(args.scenario) if scenarios else "") + ")"
+    )
+    start = time.perf_counter()
+    manifest = write_landing(config, settings.landing_dir, progress=_progress_printer())
+    counts = manifest.get("row_counts", {})
+    _say(f"Wrote {settings.landing_dir} in {time.perf_counter() - start:.1f} s: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
+    if (config.start_date, config.days) != (settings.start_date, settings.days):
+        _say(
+            "Note: the Dagster partitions follow LAKEHOUSE_ML_START_DATE/LAKEHOUSE_ML_DAYS; set them to "
+            f"{config.start_date} and {config.days} to load these days."
+        )
+    return 0
+
+
+# -- materialize / demo / ui ---------------------------------------------------------------------
+
+
+def _materialize(settings: Settings) -> None:
+    from lakehouse_ml.runner import materialize_all, persistent_instance
+
+    start = time.perf_counter()
+    with persistent_instance(settings) as instance:
+        materialize_all(settings, instance, progress=_say)
+    _say(f"Materialized every asset in {time.perf_counter() - start:.1f} s on the {settings.backend} backend.")
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    _materialize(_settings(args))
+    return 0
+
+
+def _ui_hint(settings: Settings) -> str:
+    return (
+        "Open the Dagster UI with its history:\n"
+        "  lakehouse-ml ui\n"
+        f"(the same as: DAGSTER_HOME={settings.dagster_home} dagster dev), then http://127.0.0.1:3000"
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _say("[1/2] Generating the Cymbal retail data")
+    cmd_generate(
+        argparse.Namespace(
+            home=args.home, seed=None, start_date=None, days=None, customers=None, order_lines=None, scenario=[]
+        )
+    )
+    _say("[2/2] Materializing every asset")
+    _materialize(settings)
+    print(_ui_hint(settings))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from lakehouse_ml.runner import persistent_instance
+
+    with persistent_instance(settings):
+        pass  # creates DAGSTER_HOME and its dagster.yaml
+    dagster = shutil.which("dagster")
+    if dagster is None:
+        raise CliError("The `dagster` command is not installed: pip install -e .")
+    env = {**os.environ, "DAGSTER_HOME": str(settings.dagster_home)}
+    command = [dagster, "dev", "-m", "lakehouse_ml.definitions", "-h", args.host, "-p", str(args.port)]
+    _say("Starting: DAGSTER_HOME=" + str(settings.dagster_home) + " " + " ".join(command[1:]))
+    return subprocess.call(command, env=env)
+
+
+# -- query -------------------------------------------------------------------------------------
+
+_TYPED_PARAM = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*):(?P<type>[A-Za-z0-9]+):(?P<value>.*)$")
+_PARAM = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)$")
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``name=value`` (type inferred) or ``name:TYPE:value`` as the bq command line writes it."""
+    typed = _TYPED_PARAM.match(text)
+    if typed:
+        name, kind, value = typed["name"], typed["type"].upper(), typed["value"]
+        try:
+            converters = {
+                "STRING": str,
+                "INT64": int,
+                "FLOAT64": float,
+                "BOOL": lambda v: {"true": True, "false": False}[v.lower()],
+                "DATE": dt.date.fromisoformat,
+                "TIMESTAMP": dt.datetime.fromisoformat,
+                "DATETIME": dt.datetime.fromisoformat,
+            }
+            if kind not in converters:
+                raise CliError(f"--param {text}: type {kind} is not one of {', '.join(converters)}.")
+            return name, converters[kind](value)
+        except (ValueError, KeyError):
+            raise CliError(f"--param {text}: {value!r} is not a valid {kind}.") from None
+    plain = _PARAM.match(text)
+    if not plain:
+        raise CliError(f"--param {text!r}: write name=value or name:TYPE:value, e.g. snapshot_date=2026-03-01.")
+    name, value = plain["name"], plain["value"]
+    for convert in (int, float, dt.date.fromisoformat):
+        try:
+            return name, convert(value)
+        except ValueError:
+            pass
+    if value.lower() in ("true", "false"):
+        return name, value.lower() == "true"
+    return name, value
+
+
+def _render(frame, fmt: str, max_rows: int) -> str:
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    if fmt == "json":
+        return frame.to_json(orient="records", date_format="iso", lines=False, indent=1) + "\n"
+    shown = frame.head(max_rows)
+    text = shown.to_markdown(index=False, tablefmt="simple", floatfmt=".6g") if len(frame.columns) else "(no columns)"
+    footer = f"({len(frame):,} row{'s' if len(frame) != 1 else ''}"
+    footer += f", first {max_rows} shown; use --format csv for all)" if len(frame) > max_rows else ")"
+    return text + "\n" + footer + "\n"
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from lakehouse_ml.backends.local_warehouse import LocalWarehouse
+
+    if args.file and args.sql:
+        raise CliError("Give the SQL either as an argument or with -f, not both.")
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise CliError(f"-f {path}: no such file.")
+        sql = path.read_text()
+    elif args.sql:
+        sql = args.sql
+    elif not sys.stdin.isatty():
+        sql = sys.stdin.read()
+    else:
+        raise CliError("Give the SQL as an argument, with -f FILE, or on standard input.")
+    params = dict(parse_param(p) for p in args.param)
+    settings = _settings(args)
+    warehouse = LocalWarehouse.at(settings.duckdb_path)
+    from lakehouse_ml.backends.translate import translate
+
+    statements = translate(sql)
+    if statements[-1].returns_rows:
+        frame = warehouse.query(sql, params)
+        sys.stdout.write(_render(frame, args.format, args.max_rows))
+    else:
+        warehouse.execute(sql, params)
+        _say(f"Ran {len(statements)} statement(s).")
+    return 0
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lakehouse-ml", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=Path, help="local home (default: $LAKEHOUSE_ML_HOME or ./.lakehouse_ml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="write simulated Cymbal retail data to the landing zone")
+    gen.add_argument("--seed", type=int, help="random seed (default: $LAKEHOUSE_ML_SEED or 42)")
+    gen.add_argument("--start-date", type=dt.date.fromisoformat, help="first day, YYYY-MM-DD (default: $LAKEHOUSE_ML_START_DATE)")
+    gen.add_argument("--days", type=int, help="number of days (default: $LAKEHOUSE_ML_DAYS or 180)")
+    scale = gen.add_mutually_exclusive_group()
+    scale.add_argument("--customers", type=int, help="number of customers (default: $LAKEHOUSE_ML_CUSTOMERS or 5000)")
+    scale.add_argument("--order-lines", type=int, help="pick the number of customers to get about this many order lines")
+    gen.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="NAME@YYYY-MM-DD[:INTENSITY]",
+        help="drift scenario starting on a day, e.g. price_shock@2026-04-01 (repeatable)",
+    )
+    gen.set_defaults(func=cmd_generate)
+
+    mat = sub.add_parser("materialize", help="materialize every asset (headless, persistent Dagster instance)")
+    mat.set_defaults(func=cmd_materialize)
+
+    demo = sub.add_parser("demo", help="generate data, materialize every asset, print how to open the UI")
+    demo.set_defaults(func=cmd_demo)
+
+    ui = sub.add_parser("ui", help="run `dagster dev` on the local home's Dagster instance")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
+
+    query = sub.add_parser("query", help="run BigQuery SQL on the local warehouse")
+    query.add_argument("sql", nargs="?", help="the SQL (or use -f, or standard input)")
+    query.add_argument("-f", "--file", help="read the SQL from this file")
+    query.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    query.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="query parameter @NAME (repeatable); NAME:TYPE:VALUE to give the type")
+    query.add_argument("--max-rows", type=int, default=50, help="rows shown by --format table (default 50)")
+    query.set_defaults(func=cmd_query)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import warnings
+
+    import dagster as dg
+
+    # Dagster flags beta parameters (single-run backfills) on every load; not news on a terminal.
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    from lakehouse_ml.backends.warehouse import WarehouseError
+
+    try:
+        return args.func(args)
+    except (CliError, SettingsError, WarehouseError, FileNotFoundError) as err:
+        _say(f"error: {err}")
+        return 2
+    except RuntimeError as err:
+        _say(f"error: {err}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Dagster definitions of lakehouse_ml.
+
+``dagster dev`` (and ``dagster definitions validate``) load :func:`defs`. The backend is chosen
+inside that function from the settings, never at import time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+
+from lakehouse_ml.backends import build_executor, build_warehouse
+from lakehouse_ml.defs.features import feature_asset
+from lakehouse_ml.defs.raw import RAW_TABLES, landing_specs, raw_asset
+from lakehouse_ml.features import FEATURE_TABLES
+from lakehouse_ml.settings import Settings, load_settings
+
+
+def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
+    """One partition per simulated day."""
+    return dg.DailyPartitionsDefinition(
+        start_date=settings.start_date.isoformat(),
+        end_date=(settings.end_date + dt.timedelta(days=1)).isoformat(),
+    )
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    partitions = daily_partitions(settings)
+    assets = [
+        *landing_specs(settings.landing_dir),
+        *(raw_asset(raw, settings.landing_dir, partitions) for raw in RAW_TABLES),
+        *(feature_asset(table, partitions) for table in FEATURE_TABLES),
+    ]
+    jobs = [
+        dg.define_asset_job(
+            "dimensions_job",
+            selection=dg.AssetSelection.assets("raw_customers", "raw_products"),
+            description="Load the customer and product dimensions.",
+        ),
+        dg.define_asset_job(
+            "daily_job",
+            selection=dg.AssetSelection.assets("raw_orders", "raw_web_sessions", "transaction_features"),
+            description="Load a day (or a range of days) of orders and sessions and build its transaction features.",
+        ),
+        dg.define_asset_job(
+            "customer_features_job",
+            selection=dg.AssetSelection.assets("customer_features"),
+            description="Rebuild the customer snapshot features and churn labels.",
+        ),
+    ]
+    return dg.Definitions(
+        assets=assets,
+        jobs=jobs,
+        resources={"warehouse": build_warehouse(settings)},
+        executor=build_executor(settings),
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(load_settings())

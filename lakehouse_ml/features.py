@@ -7,7 +7,6 @@ Its upstream tables are read from the SQL itself.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -19,7 +18,7 @@ from sqlglot.lineage import lineage
 from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.scope import build_scope
 
-from lakehouse_ml.backends.warehouse import PartitionWindow, Warehouse, check_identifier
+from lakehouse_ml.backends.warehouse import PartitionWindow, Warehouse, check_identifier, in_window, window_params
 from lakehouse_ml.sqlfiles import read_sql, referenced_tables
 
 
@@ -136,18 +135,8 @@ class CheckOutcome:
 def _scoped(table: str, window: PartitionWindow | None) -> exp.Select:
     query = exp.select("*").from_(exp.to_table(check_identifier(table, "table")))
     if window is not None:
-        query = query.where(
-            exp.Between(
-                this=exp.column(window.column),
-                low=exp.Parameter(this=exp.var("__window_start")),
-                high=exp.Parameter(this=exp.var("__window_end")),
-            )
-        )
+        query = query.where(in_window(window))
     return query
-
-
-def _params(window: PartitionWindow | None) -> dict[str, dt.date]:
-    return {"__window_start": window.start, "__window_end": window.end} if window else {}
 
 
 def quality_checks(warehouse: Warehouse, table: FeatureTable, window: PartitionWindow | None = None) -> list[CheckOutcome]:
@@ -161,7 +150,7 @@ def quality_checks(warehouse: Warehouse, table: FeatureTable, window: PartitionW
         .from_(exp.select(*keys).from_(scoped).group_by(*keys).having("COUNT(*) > 1").subquery("d"))
         .sql("bigquery")
     )
-    duplicates = int(warehouse.query(duplicates_sql, _params(window)).iloc[0, 0])
+    duplicates = int(warehouse.query(duplicates_sql, window_params(window)).iloc[0, 0])
     outcomes.append(
         CheckOutcome(
             name="unique_keys",
@@ -179,7 +168,7 @@ def quality_checks(warehouse: Warehouse, table: FeatureTable, window: PartitionW
         .from_(scoped)
         .sql("bigquery")
     )
-    counts = warehouse.query(nulls_sql, _params(window)).iloc[0]
+    counts = warehouse.query(nulls_sql, window_params(window)).iloc[0]
     null_counts = {c: int(counts[c] or 0) for c in table.required}
     offenders = {c: n for c, n in null_counts.items() if n}
     outcomes.append(
@@ -206,7 +195,7 @@ def quality_checks(warehouse: Warehouse, table: FeatureTable, window: PartitionW
             .from_(scoped)
             .sql("bigquery")
         )
-        row = warehouse.query(rate_sql, _params(window)).iloc[0]
+        row = warehouse.query(rate_sql, window_params(window)).iloc[0]
         labelled, positives = int(row["labelled"]), int(row["positives"])
         rate = positives / labelled if labelled else None
         band = table.label
@@ -232,12 +221,12 @@ def quality_checks(warehouse: Warehouse, table: FeatureTable, window: PartitionW
 
 
 def preview(warehouse: Warehouse, table: str, window: PartitionWindow | None = None, rows: int = 10) -> pd.DataFrame:
-    return warehouse.query(_scoped(table, window).limit(rows).sql("bigquery"), _params(window))
+    return warehouse.query(_scoped(table, window).limit(rows).sql("bigquery"), window_params(window))
 
 
 def count_rows(warehouse: Warehouse, table: str, window: PartitionWindow | None = None) -> int:
     query = exp.select(exp.func("COUNT", exp.Star())).from_(_scoped(table, window).subquery("t"))
-    return int(warehouse.query(query.sql("bigquery"), _params(window)).iloc[0, 0])
+    return int(warehouse.query(query.sql("bigquery"), window_params(window)).iloc[0, 0])
 
 
 @functools.lru_cache(maxsize=32)

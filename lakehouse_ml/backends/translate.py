@@ -71,25 +71,41 @@ def _bigquery_ml_call(statement: exp.Expression) -> str | None:
     return None
 
 
-def _fix_semantics(node: exp.Expression) -> exp.Expression:
-    # BigQuery DAYOFWEEK is 1 (Sunday) … 7; DuckDB's is 0 (Sunday) … 6.
+def bigquery_semantics(node: exp.Expression) -> exp.Expression:
+    """Keep BigQuery's meaning where sqlglot's DuckDB text would compute something else."""
     if isinstance(node, exp.Extract) and node.this.name.upper() == "DAYOFWEEK":
-        return exp.Paren(this=exp.Add(this=node.copy(), expression=exp.Literal.number(1)))
-    # BigQuery COUNTIF is 0 over no rows, like COUNT; DuckDB's COUNT_IF is NULL there.
+        # BigQuery numbers the days 1 (Sunday) to 7; DuckDB 0 (Sunday) to 6.
+        return exp.paren(exp.Add(this=node.copy(), expression=exp.Literal.number(1)))
     if isinstance(node, exp.CountIf):
+        # COUNTIF over no rows is 0 in BigQuery (it is a COUNT), NULL for DuckDB's COUNT_IF.
         return exp.Count(this=exp.If(this=node.this.copy(), true=exp.Literal.number(1)))
-    # BigQuery DATE_ADD/DATE_SUB return a DATE; DuckDB's date ± interval is a TIMESTAMP.
-    if isinstance(node, (exp.DateAdd, exp.DateSub)):
-        return exp.Cast(this=node.copy(), to=exp.DataType.build("DATE"))
-    # BigQuery TIMESTAMP_DIFF counts whole elapsed units (13:59:59 → 14:00:00 is 0 HOUR);
-    # DuckDB's DATE_DIFF counts boundaries crossed (1 HOUR) and its DATE_SUB counts whole units.
+    if isinstance(node, (exp.DateAdd, exp.DateSub)) and not isinstance(node.parent, exp.Cast):
+        # DATE_ADD / DATE_SUB of a DATE is a DATE in BigQuery; DuckDB's date ± interval is a TIMESTAMP.
+        return exp.cast(node.copy(), "DATE")
     if isinstance(node, exp.TimestampDiff):
+        # TIMESTAMP_DIFF counts whole elapsed units (13:59:59 → 14:00:00 is 0 HOUR); DuckDB's
+        # DATE_DIFF counts boundaries crossed (1 HOUR), its DATE_SUB whole units.
         unit = (node.unit.name if node.unit else "DAY").upper()
         return exp.Anonymous(
-            this="DATE_SUB",
-            expressions=[exp.Literal.string(unit), node.expression.copy(), node.this.copy()],
+            this="DATE_SUB", expressions=[exp.Literal.string(unit), node.expression.copy(), node.this.copy()]
         )
     return node
+
+
+_SEMANTIC_NODES = (exp.Extract, exp.CountIf, exp.DateAdd, exp.DateSub, exp.TimestampDiff)
+
+
+def apply_bigquery_semantics(statement: exp.Expression) -> exp.Expression:
+    """Rewrite ``statement`` in place with :func:`bigquery_semantics`, innermost nodes first
+    (so nested calls are all rewritten); return it."""
+    targets = [node for node in statement.walk(bfs=False) if isinstance(node, _SEMANTIC_NODES)]
+    for node in reversed(targets):
+        replacement = bigquery_semantics(node)
+        if replacement is not node:
+            if node is statement:
+                return replacement
+            node.replace(replacement)
+    return statement
 
 
 def _translate_one(statement: exp.Expression) -> TranslatedStatement:
@@ -105,7 +121,7 @@ def _translate_one(statement: exp.Expression) -> TranslatedStatement:
             f"{ml_call} is BigQuery ML, which the local warehouse does not run yet. "
             "Run it on the gcp backend (LAKEHOUSE_ML_BACKEND=gcp)."
         )
-    fixed = statement.copy().transform(_fix_semantics)
+    fixed = apply_bigquery_semantics(statement.copy())
     try:
         duckdb_sql = fixed.sql(dialect="duckdb", unsupported_level=sqlglot.ErrorLevel.RAISE, comments=False)
     except sqlglot.errors.UnsupportedError as err:

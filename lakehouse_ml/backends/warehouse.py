@@ -128,26 +128,73 @@ def single_select(sql: str) -> exp.Query:
     return statements[0]
 
 
-def replace_window_statements(table: str, query: exp.Query, window: PartitionWindow) -> list[exp.Expression]:
+# Names of the query parameters that carry a partition window's bounds.
+WINDOW_START = "lakehouse_window_start"
+WINDOW_END = "lakehouse_window_end"
+
+
+def in_window(window: PartitionWindow) -> exp.Between:
+    """``column BETWEEN @lakehouse_window_start AND @lakehouse_window_end`` (see :func:`window_params`)."""
+    return exp.Between(
+        this=exp.column(window.column),
+        low=exp.Parameter(this=exp.var(WINDOW_START)),
+        high=exp.Parameter(this=exp.var(WINDOW_END)),
+    )
+
+
+def window_params(window: PartitionWindow | None) -> dict[str, dt.date]:
+    """The query parameters :func:`in_window` uses (none without a window)."""
+    return {WINDOW_START: window.start, WINDOW_END: window.end} if window else {}
+
+
+def replace_window_statements(
+    table: str, query: exp.Query, window: PartitionWindow, columns: Sequence[str] | None = None
+) -> list[exp.Expression]:
     """Statements (dialect-neutral ASTs) that replace ``window`` of ``table`` with the rows of ``query``.
 
     The caller runs them in one transaction, after creating the table when it is missing. The
-    window bounds are the query parameters ``@__window_start`` and ``@__window_end``.
+    window bounds are the parameters of :func:`window_params`. With ``columns`` the INSERT names
+    them, so columns match by name rather than by position.
     """
     check_identifier(table, "table")
-    column = exp.column(window.column)
-    in_window = exp.Between(
-        this=column,
-        low=exp.Parameter(this=exp.var("__window_start")),
-        high=exp.Parameter(this=exp.var("__window_end")),
-    )
-    delete = exp.delete(exp.to_table(table), where=in_window)
-    insert = exp.insert(query.copy(), exp.to_table(table))
+    delete = exp.delete(exp.to_table(table), where=in_window(window))
+    insert = exp.insert(query.copy(), exp.to_table(table), columns=[check_identifier(c, "column") for c in columns] if columns else None)
     return [delete, insert]
 
 
-def window_params(window: PartitionWindow) -> dict[str, dt.date]:
-    return {"__window_start": window.start, "__window_end": window.end}
+def combine_parquet(paths: Sequence[str | Path], target: Path, utc_timestamps: bool = True) -> int:
+    """Stream Parquet files of one schema into one file (a row group each); return the row count.
+
+    With ``utc_timestamps`` naive timestamps are marked UTC, so BigQuery loads them as TIMESTAMP
+    (a naive Parquet timestamp would become a DATETIME).
+    """
+    import pyarrow.parquet as pq
+
+    writer = None
+    rows = 0
+    try:
+        for path in paths:
+            table = pq.read_table(path)
+            if utc_timestamps:
+                fields = [
+                    f.with_type(pa.timestamp(f.type.unit, tz="UTC"))
+                    if pa.types.is_timestamp(f.type) and f.type.tz is None
+                    else f
+                    for f in table.schema
+                ]
+                table = table.cast(pa.schema(fields, metadata=table.schema.metadata))
+            if writer is None:
+                writer = pq.ParquetWriter(target, table.schema)
+            elif table.schema != writer.schema:
+                raise WarehouseError(f"{path} does not have the schema of the files before it; they must match.")
+            writer.write_table(table)
+            rows += table.num_rows
+    except (OSError, pa.ArrowException) as err:
+        raise WarehouseError(f"Could not read the Parquet files to load: {err}") from None
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
 
 
 class Warehouse(dg.ConfigurableResource):

@@ -137,7 +137,6 @@ def arrow_to_pandas(table: pa.Table, name: str):
 
 def pandas_metadata(name: str) -> dict[bytes, bytes]:
     """Arrow schema metadata that makes ``pandas.read_parquet`` restore :data:`PANDAS_DTYPES`."""
-    import pandas as pd
 
     import datetime as dt
 

@@ -111,6 +111,12 @@ MEAN_ORDER_RATE = 0.05
 ORDER_RATE_SIGMA = 0.8
 ENGAGEMENT_SIGMA = 0.6
 RATE_ENGAGEMENT_CORR = 0.4
+# Price sensitivity: logistic of a normal, correlated with engagement (deal hunters browse a lot).
+SENSITIVITY_LOGIT = -0.3
+SENSITIVITY_LOGIT_CENTRAL = 0.8
+SENSITIVITY_SCALE = 1.0
+SENSITIVITY_ENGAGEMENT_CORR = 0.5
+SENSITIVITY_AGE = 0.015  # per year of birth: younger customers are more price sensitive
 LINES_P = np.array([0.38, 0.26, 0.18, 0.11, 0.07])
 MEAN_LINES = float((np.arange(1, 6) * LINES_P).sum())
 WEEKDAY_FACTOR = np.array([0.95, 0.9, 0.95, 1.0, 1.1, 1.15, 0.95])  # Monday..Sunday
@@ -123,7 +129,7 @@ REGION_PRICE = np.array([1.0, 0.96, 1.02, 1.04, 0.94])
 ACQ_P = np.array([0.35, 0.25, 0.15, 0.12, 0.13])
 ACQ_P_CENTRAL = np.array([0.15, 0.40, 0.30, 0.10, 0.05])
 ACQ_ENGAGEMENT = np.array([0.0, -0.2, -0.05, 0.3, 0.15])
-ACQ_SENSITIVITY = np.array([0.0, 0.08, 0.08, -0.03, 0.02])
+ACQ_SENSITIVITY = np.array([0.0, 0.3, 0.3, -0.1, 0.1])  # on the logit scale
 
 # Channels (web, app, store, marketplace).
 CHANNEL_MIX = np.array([0.38, 0.27, 0.22, 0.13])
@@ -136,6 +142,8 @@ PREF_CHANNEL_BY_AGE = np.array(
     ]
 )
 PREF_CHANNEL_CENTRAL = np.array([0.20, 0.50, 0.05, 0.25])
+# Order rate by preferred channel: store regulars shop often, app users less (before any scenario).
+PREF_CHANNEL_RATE = np.array([0.95, 0.85, 1.35, 0.8])
 DEVICE_BY_CHANNEL = np.array(  # desktop, mobile, tablet, pos
     [
         [0.62, 0.28, 0.10, 0.0],
@@ -180,7 +188,7 @@ P_LAUNCH_IN_WINDOW = 0.1
 # Discounts.
 DISCOUNT_P_BASE = 0.04
 DISCOUNT_P_SENSITIVITY = 0.7
-DISCOUNT_P_CENTRAL = 0.15
+DISCOUNT_P_CENTRAL_PROMO = 0.3
 MAX_DISCOUNT = 0.6
 
 # Churn hazard (per day) before any scenario.
@@ -188,27 +196,31 @@ HAZARD_BASE = 0.005
 HAZARD_ENGAGEMENT = -0.5
 HAZARD_ORDER_RATE = -0.4
 HAZARD_ONBOARDING = 0.8
-HAZARD_CHANNEL = np.array([0.0, 0.5, -1.0, 0.2])
+HAZARD_CHANNEL = np.array([0.0, 0.8, -1.5, 0.2])
 HAZARD_SENSITIVITY = -1.5
 
 # Scenarios.
 PRICE_SHOCK_PRICE = 0.15
 PRICE_SHOCK_RATE = -3.0
-PRICE_SHOCK_RATE_FROM = 0.35
+PRICE_SHOCK_RATE_FROM = 0.3
 PRICE_SHOCK_HAZARD_SENSITIVITY = 7.0
 PRICE_SHOCK_HAZARD = 0.15
 CHANNEL_SHIFT_MOVE = 0.7
-CHANNEL_SHIFT_HAZARD = np.array([0.2, -1.2, 3.0, 0.0])
-CHANNEL_SHIFT_RATE = np.array([0.0, 0.5, -1.5, 0.0])
+CHANNEL_SHIFT_HAZARD = np.array([0.2, -1.5, 3.5, 0.0])
+CHANNEL_SHIFT_RATE = np.array([0.0, 0.8, -1.5, 0.0])
 NEW_REGION_SHARE = 0.3
-NEW_REGION_SIGNUP_MEAN_DAYS = 30.0
-CENTRAL_HAZARD_BASE = 0.003
-CENTRAL_HAZARD_SENSITIVITY = 6.0
-CENTRAL_PROMO_BOOST = 2.5
-CENTRAL_PROMO_DAYS = 20.0
+NEW_REGION_SIGNUP_MEAN_DAYS = 12.0
+CENTRAL_HAZARD_BASE = 0.002
+CENTRAL_PROMO_DAYS = 30  # the launch promotion runs for this many days from the scenario start
+CENTRAL_PROMO_BOOST = 3.0  # order rate x (1 + boost x s) during the promotion
+CENTRAL_PROMO_BROWSE = 6.0  # browsing x (1 + 6 s) during the promotion: deal hunters check the site daily
+CENTRAL_AFTER_PROMO_RATE = (1.7, 1.8)  # order rate x (1.7 - 1.8 s) after it (floored at 0.05)
+CENTRAL_AFTER_PROMO_HAZARD = -0.5  # log hazard + (-0.5 + 6 (s - 0.5)) after it
+CENTRAL_AFTER_PROMO_HAZARD_SENSITIVITY = 6.0
 
 # Web sessions.
 BROWSE_FACTOR = 1.5
+BROWSE_CHANNEL = np.array([1.0, 1.0, 1.6, 0.8])  # store shoppers research online, buy offline
 ANONYMOUS_SHARE = 0.35
 SESSION_DEVICE = np.array(  # desktop, mobile, tablet
     [
@@ -439,8 +451,7 @@ class CymbalSimulator:
         rng = np.random.default_rng([self._seed, STREAM_CENTRAL if central else STREAM_CUSTOMERS, block])
         n = hi - lo
         u = rng.random((6, n))
-        z = rng.standard_normal((3, n))
-        beta = rng.beta(4.0, 2.0, n) if central else rng.beta(2.0, 2.5, n)
+        z = rng.standard_normal((4, n))
         exposure = rng.standard_exponential(n)
 
         # Sign-up day (0 = start_date), in id order.
@@ -465,7 +476,10 @@ class CymbalSimulator:
 
         log_eng = ENGAGEMENT_SIGMA * z[0] - ENGAGEMENT_SIGMA**2 / 2 + ACQ_ENGAGEMENT[acq]
         z_rate = RATE_ENGAGEMENT_CORR * z[0] + np.sqrt(1 - RATE_ENGAGEMENT_CORR**2) * z[1]
-        sens = np.clip(beta + ACQ_SENSITIVITY[acq] - 0.004 * (birth - 1984), 0.0, 1.0)
+        z_sens = SENSITIVITY_ENGAGEMENT_CORR * z[0] + np.sqrt(1 - SENSITIVITY_ENGAGEMENT_CORR**2) * z[3]
+        logit = (SENSITIVITY_LOGIT_CENTRAL if central else SENSITIVITY_LOGIT) + SENSITIVITY_SCALE * z_sens
+        logit = logit + ACQ_SENSITIVITY[acq] - SENSITIVITY_AGE * (birth - 1984)
+        sens = 1.0 / (1.0 + np.exp(-logit))
         lam = MEAN_ORDER_RATE * np.exp(ORDER_RATE_SIGMA * z_rate - ORDER_RATE_SIGMA**2 / 2)
         age_group = np.where(birth > 1992, 0, np.where(birth >= 1970, 1, 2))
         if central:
@@ -475,12 +489,13 @@ class CymbalSimulator:
         sbin = np.minimum((sens * SENSITIVITY_BINS).astype(np.int64), SENSITIVITY_BINS - 1)
         primary = _choose_by_group(u[4], sbin, self._category_cum())
         eng = np.exp(log_eng)
+        lam = lam * PREF_CHANNEL_RATE[pref]
         optin = u[5] < 0.3 + 0.25 * (eng > 1.0)
 
         # Churn: invert the cumulative piecewise-constant hazard at an Exp(1) draw.
         z_eng = (log_eng + ENGAGEMENT_SIGMA**2 / 2) / ENGAGEMENT_SIGMA
         if central:
-            base = np.log(CENTRAL_HAZARD_BASE) + CENTRAL_HAZARD_SENSITIVITY * (sens - 0.5)
+            base = np.full(n, np.log(CENTRAL_HAZARD_BASE))
         else:
             base = (
                 np.log(HAZARD_BASE)
@@ -489,7 +504,7 @@ class CymbalSimulator:
                 + HAZARD_CHANNEL[pref]
                 + HAZARD_SENSITIVITY * (sens - 0.5)
             )
-        churn = self._churn_day(signup, base, sens, pref, exposure)
+        churn = self._churn_day(signup, base, sens, pref, exposure, central)
 
         sl = slice(lo, hi)
         self._signup[sl] = signup
@@ -510,7 +525,7 @@ class CymbalSimulator:
         p = CATEGORY_POPULARITY[None, :] * np.exp(CATEGORY_TILT * (mid[:, None] - 0.5) * CATEGORY_BUDGET[None, :])
         return _cum(p)
 
-    def _log_hazard_shift(self, t: np.ndarray, signup, sens, pref) -> np.ndarray:
+    def _log_hazard_shift(self, t: np.ndarray, signup, sens, pref, central: bool) -> np.ndarray:
         """What the calendar (scenarios) and tenure add to the log hazard at day ``t``."""
         shift = HAZARD_ONBOARDING * (t < signup + ONBOARD_DAYS)
         if "price_shock" in self._scenario_days:
@@ -520,16 +535,22 @@ class CymbalSimulator:
         if "channel_shift" in self._scenario_days:
             start, intensity = self._scenario_days["channel_shift"]
             shift = shift + (t >= start) * intensity * CHANNEL_SHIFT_HAZARD[pref]
+        if central:
+            promo_end = self._scenario_days["new_region"][0] + CENTRAL_PROMO_DAYS
+            effect = CENTRAL_AFTER_PROMO_HAZARD + CENTRAL_AFTER_PROMO_HAZARD_SENSITIVITY * (sens - 0.5)
+            shift = shift + (t >= promo_end) * effect
         return shift
 
-    def _churn_day(self, signup, base, sens, pref, exposure) -> np.ndarray:
+    def _churn_day(self, signup, base, sens, pref, exposure, central: bool) -> np.ndarray:
         """First inactive day: the hazard is constant between sign-up, end of onboarding and scenario starts."""
         points = [signup, signup + ONBOARD_DAYS]
         for name in ("price_shock", "channel_shift"):
             if name in self._scenario_days:
                 points.append(np.maximum(self._scenario_days[name][0], signup))
+        if central:
+            points.append(np.maximum(self._scenario_days["new_region"][0] + CENTRAL_PROMO_DAYS, signup))
         bounds = np.sort(np.stack(points, axis=1).astype(np.float64), axis=1)  # (n, K)
-        hazard = np.exp(base[:, None] + self._log_hazard_shift(bounds, signup[:, None], sens[:, None], pref[:, None]))
+        hazard = np.exp(base[:, None] + self._log_hazard_shift(bounds, signup[:, None], sens[:, None], pref[:, None], central))
         cum = np.zeros_like(bounds)
         cum[:, 1:] = np.cumsum(hazard[:, :-1] * np.diff(bounds, axis=1), axis=1)
         seg = (cum <= exposure[:, None]).sum(axis=1) - 1
@@ -566,10 +587,12 @@ class CymbalSimulator:
         if "new_region" in self._scenario_days:
             central = self._region[active] == 4
             if central.any():
-                idx = active[central]
-                s = self._sens[idx].astype(np.float64)
-                tenure = d - self._signup[idx]
-                rate[central] *= (1.15 - s) + CENTRAL_PROMO_BOOST * s * np.exp(-tenure / CENTRAL_PROMO_DAYS)
+                s = self._sens[active[central]].astype(np.float64)
+                if d < self._scenario_days["new_region"][0] + CENTRAL_PROMO_DAYS:
+                    rate[central] *= 1.0 + CENTRAL_PROMO_BOOST * s
+                else:
+                    a, b = CENTRAL_AFTER_PROMO_RATE
+                    rate[central] *= np.maximum(a - b * s, 0.05)
         return rate
 
     def _price_level(self, d: int) -> float:
@@ -630,7 +653,9 @@ class CymbalSimulator:
         quantity = 1 + rng.binomial(2, CATEGORY_MULTI_QTY[category])
         depth = 0.05 * (1 + rng.binomial(11, 0.08 + 0.4 * sens))
         region = self._region[lc]
-        p_discount = DISCOUNT_P_BASE + DISCOUNT_P_SENSITIVITY * sens + DISCOUNT_P_CENTRAL * (region == 4)
+        p_discount = DISCOUNT_P_BASE + DISCOUNT_P_SENSITIVITY * sens
+        if "new_region" in self._scenario_days and d < self._scenario_days["new_region"][0] + CENTRAL_PROMO_DAYS:
+            p_discount = p_discount + DISCOUNT_P_CENTRAL_PROMO * (region == 4)
         discount = np.where(ul[3] < np.minimum(p_discount, 0.95), np.minimum(depth, MAX_DISCOUNT), 0.0).round(2)
         price = self._list_price[product] * REGION_PRICE[region] * self._price_level(d) * (1.0 - discount)
         price = np.maximum(price.round(2), 0.01)
@@ -668,7 +693,11 @@ class CymbalSimulator:
         core = self._orders_core(d)
         active, buyers = core["active"], core["buyers"]
         rng = np.random.default_rng([self._seed, STREAM_SESSIONS, d])
-        browse_rate = BROWSE_FACTOR * self._lam[active] * self._eng[active] * WEEKDAY_FACTOR[(self._weekday0 + d) % 7]
+        weekday = WEEKDAY_FACTOR[(self._weekday0 + d) % 7]
+        browse_rate = BROWSE_FACTOR * BROWSE_CHANNEL[self._pref[active]] * self._lam[active] * self._eng[active] * weekday
+        if "new_region" in self._scenario_days and d < self._scenario_days["new_region"][0] + CENTRAL_PROMO_DAYS:
+            central = self._region[active] == 4
+            browse_rate[central] *= 1.0 + CENTRAL_PROMO_BROWSE * self._sens[active[central]]
         n_browse = rng.poisson(browse_rate)
         n_anon = int(rng.poisson(ANONYMOUS_SHARE * browse_rate.sum()))
 

@@ -85,7 +85,9 @@ CUSTOMER_FEATURES = FeatureTable(
         "top_category",
     ),
     params={"lookback_days": 90, "snapshot_interval_days": 7, "churn_horizon_days": 30},
-    label=LabelBand(column="churned", low=0.05, high=0.60),
+    # Clean simulated data churns at about 35%, drift scenarios push it to about 70%: the band
+    # catches a broken label (all or nothing), not drift, which monitoring measures.
+    label=LabelBand(column="churned", low=0.05, high=0.85),
 )
 
 TRANSACTION_FEATURES = FeatureTable(

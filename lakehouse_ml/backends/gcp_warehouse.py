@@ -11,28 +11,26 @@ Atomic writes, per :mod:`lakehouse_ml.backends.warehouse`:
   with ``WRITE_TRUNCATE``. A BigQuery job either commits its whole output or nothing, so a failed
   write leaves the previous content. An existing table keeps its partitioning and clustering
   (the job repeats them; BigQuery would otherwise refuse the job).
-* **Window, table missing**: one query job creates the table, day-partitioned on the window
-  column, with ``WRITE_EMPTY``. The rows come from the query itself (no empty ``WHERE FALSE``
-  table created first, which would leave an empty table behind on failure and would type
-  columns from a query that never ran), so a failure creates nothing. If another run created
-  the table in the meantime the job fails with ``duplicate`` and the windowed write below runs.
-* **Window, table present**: one script with a multi-statement transaction, built as sqlglot
-  expressions from :func:`replace_window_statements`:
-  ``BEGIN TRANSACTION; DELETE … WHERE col BETWEEN @lakehouse_window_start AND @lakehouse_window_end;
-  INSERT INTO t (cols…) SELECT cols… FROM (<query>) WHERE IF(col BETWEEN …, TRUE, ERROR(…));
-  COMMIT TRANSACTION;``. Columns are matched by name (as the local backend's ``INSERT … BY NAME``).
-* **Rows outside the window** are refused inside the writing job: the ``WHERE IF(…, TRUE,
-  ERROR(…))`` guard (BigQuery's documented pattern for failing a query on a condition) makes the
-  statement fail on the first row whose partition column is outside the window or NULL. The
-  failing statement makes BigQuery roll the transaction back (or the creating job write
-  nothing), so the table is unchanged, and the query runs once, not twice.
-* **Windowed loads** (``load_dataframe`` / ``load_parquet`` with a window) go through a staging
-  table: the data is loaded with one load job into ``_lakehouse_ml_staging_<table>_<id>``
-  (expiring after a day, so a crash leaves nothing permanent), then published with the same
-  transaction as a windowed query, then the staging table is dropped. Loading straight into the
-  partition decorators ``table$YYYYMMDD`` (one ``WRITE_TRUNCATE`` load per day) was rejected:
-  each day would be atomic but the window would not be: a failure on the third day leaves the
-  first two replaced. DataFrames are also checked for out-of-window rows before anything is sent.
+* **Window**: the SQL runs exactly as written (or the data is loaded, one upload for all the
+  Parquet files) into a staging table ``_lakehouse_ml_staging_<table>_<id>`` that expires after a
+  day (so a crash leaves nothing permanent) and is dropped afterwards. The window is then
+  published from the staging table:
+
+  - *table missing*: one query job creates it, day-partitioned on the window column, with
+    ``WRITE_EMPTY``; a failure creates nothing. If another run created the table meanwhile the
+    job fails with ``duplicate`` and the transaction below runs instead.
+  - *table present*: one script with a multi-statement transaction, built as sqlglot expressions
+    from :func:`replace_window_statements`: ``BEGIN TRANSACTION; DELETE … WHERE col BETWEEN
+    @lakehouse_window_start AND @lakehouse_window_end; INSERT INTO t (cols…) SELECT cols… FROM
+    (SELECT * FROM staging) WHERE IF(col BETWEEN …, TRUE, ERROR(…)); COMMIT TRANSACTION;``.
+    Columns are matched by name (as the local backend's ``INSERT … BY NAME``).
+
+* **Rows outside the window** are refused inside the publishing job: the ``WHERE IF(…, TRUE,
+  ERROR(…))`` guard makes the statement fail on the first row whose partition column is outside
+  the window or NULL, BigQuery rolls the transaction back (or the creating job writes nothing),
+  and the table is unchanged. Loading straight into partition decorators ``table$YYYYMMDD`` (one
+  load per day) was rejected: each day would be atomic but the window would not. DataFrames are
+  also checked for out-of-window rows before anything is sent.
 
 Timezone-naive DataFrame datetimes are loaded as UTC TIMESTAMP (the client would make them
 DATETIME), the type the project's SQL and the local backend use for event times; query parameters

@@ -197,7 +197,7 @@ class LocalWarehouse(Warehouse):
         with self._connection() as conn:
             conn.execute("BEGIN TRANSACTION")
             try:
-                conn.execute("CREATE OR REPLACE TEMP TABLE __staging AS SELECT * FROM read_parquet($files)", {"files": files})
+                conn.execute("CREATE OR REPLACE TEMP TABLE __staging AS SELECT * FROM read_parquet($files, hive_partitioning = false)", {"files": files})
                 if window is not None and window.column not in [c[0] for c in conn.execute("DESCRIBE __staging").fetchall()]:
                     raise WarehouseError(f"The Parquet files have no partition column {window.column!r}.")
                 rows = self._publish(conn, table, window)

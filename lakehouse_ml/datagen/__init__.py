@@ -20,14 +20,14 @@ from lakehouse_ml.datagen.simulator import CymbalSimulator
 
 __all__ = [
     "ARROW_SCHEMAS",
-    "CymbalSimulator",
     "DAILY_TABLES",
-    "DriftScenario",
     "MANIFEST",
     "PANDAS_DTYPES",
     "SCENARIOS",
-    "SimulationConfig",
     "TABLES",
+    "CymbalSimulator",
+    "DriftScenario",
+    "SimulationConfig",
     "landing_file",
     "landing_files",
     "read_manifest",

@@ -40,7 +40,11 @@ class SimulationConfig:
         elif not isinstance(start, dt.date):
             raise ValueError(f"start_date must be a date, got {type(start).__name__}")
         object.__setattr__(self, "start_date", start)
-        for name, low, high in (("days", 1, MAX_DAYS), ("customers", MIN_CUSTOMERS, None), ("products", 8, None)):
+        for name, low, high in (
+            ("days", 1, MAX_DAYS),
+            ("customers", MIN_CUSTOMERS, None),
+            ("products", 8, None),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -84,7 +88,7 @@ class SimulationConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SimulationConfig":
+    def from_dict(cls, data: dict) -> SimulationConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["scenarios"] = tuple(
@@ -93,7 +97,7 @@ class SimulationConfig:
         return cls(**values)
 
     @classmethod
-    def for_order_lines(cls, order_lines: int, **kwargs) -> "SimulationConfig":
+    def for_order_lines(cls, order_lines: int, **kwargs) -> SimulationConfig:
         """A config whose expected number of order lines is about ``order_lines`` (within ±15%).
 
         ``kwargs`` are the other fields (seed, start_date, days, products, scenarios); the number
@@ -111,12 +115,23 @@ class SimulationConfig:
         if per_customer <= 0:
             raise ValueError("this configuration generates no orders; widen the window (days)")
         customers = max(MIN_CUSTOMERS, round(order_lines / per_customer))
-        # Small populations: refine on the exact population (its draws differ from the pilot's).
-        for _ in range(3):
-            if customers > 200_000:
-                break
+        if customers > 200_000:
+            return cls(customers=customers, **kwargs)
+        # Smaller populations: the sampled traits of N customers vary with N, so search on the
+        # exact expectation of each candidate population and keep the closest one.
+        best, best_error, tried = customers, float("inf"), set()
+        for _ in range(8):
+            tried.add(customers)
             expected = CymbalSimulator(cls(customers=customers, **kwargs)).expected_order_lines()
-            if expected <= 0 or abs(expected / order_lines - 1) < 0.02:
+            error = abs(expected / order_lines - 1)
+            if error < best_error:
+                best, best_error = customers, error
+            if error < 0.02 or expected <= 0:
                 break
             customers = max(MIN_CUSTOMERS, round(customers * order_lines / expected))
+            step = 1
+            while customers in tried:
+                customers = max(MIN_CUSTOMERS, customers + step)
+                step = -step - 1 if step > 0 else -step + 1
+        customers = best
         return cls(customers=customers, **kwargs)

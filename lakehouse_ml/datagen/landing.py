@@ -23,8 +23,10 @@ import datetime as dt
 import json
 import os
 import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,6 +41,7 @@ LOCK = ".write.lock"
 FORMAT_VERSION = 1
 CUSTOMER_PART_ROWS = 250_000
 PARQUET_COMPRESSION = "snappy"
+WRITE_QUEUE = 2
 
 Progress = Callable[[str, int, int], None]
 
@@ -95,7 +98,9 @@ def read_manifest(landing_dir: Path) -> dict:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"Landing manifest {path} is not valid JSON ({err}): run `lakehouse-ml generate` again") from None
+        raise ValueError(
+            f"Landing manifest {path} is not valid JSON ({err}): run `lakehouse-ml generate` again"
+        ) from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -194,30 +199,48 @@ def write_landing(config: SimulationConfig, landing_dir: Path, progress: Progres
         rows = {table: 0 for table in TABLES}
         daily_rows: dict[str, dict[str, int]] = {table: {} for table in DAILY_TABLES}
 
-        parts = max(1, -(-sim.n_customers // CUSTOMER_PART_ROWS))
-        for index, table in enumerate(sim.customer_tables(CUSTOMER_PART_ROWS)):
-            path = landing_dir / "customers" / _part_name(index)
-            _write_parquet(table, path, metadata["customers"])
-            written["customers"].add(path)
-            rows["customers"] += table.num_rows
-            report("customers", index + 1, parts)
+        # One writer thread: day D+1 is generated while day D is compressed and written (both
+        # release the GIL). At most WRITE_QUEUE tables are in flight, so memory stays flat.
+        pending: deque = deque()
 
-        path = landing_file(landing_dir, "products")
-        table = sim.products_table()
-        _write_parquet(table, path, metadata["products"])
-        written["products"].add(path)
-        rows["products"] = table.num_rows
-        report("products", 1, 1)
+        def finish(entry) -> None:
+            future, name, path, num_rows, unit = entry
+            future.result()
+            written[name].add(path)
+            rows[name] += num_rows
+            if name in daily_rows:
+                daily_rows[name][unit[0]] = num_rows
+            report(name, unit[1], unit[2])
 
-        for d in range(config.days):
-            day = config.start_date + dt.timedelta(days=d)
-            for name, table in (("orders", sim.orders_table(day)), ("web_sessions", sim.sessions_table(day))):
-                path = landing_file(landing_dir, name, day)
-                _write_parquet(table, path, metadata[name])
-                written[name].add(path)
-                rows[name] += table.num_rows
-                daily_rows[name][day.isoformat()] = table.num_rows
-                report(name, d + 1, config.days)
+        def submit(name: str, table: pa.Table, path: Path, unit: tuple) -> None:
+            pending.append(
+                (pool.submit(_write_parquet, table, path, metadata[name]), name, path, table.num_rows, unit)
+            )
+            while len(pending) > WRITE_QUEUE:
+                finish(pending.popleft())
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="landing-writer") as pool:
+            parts = max(1, -(-sim.n_customers // CUSTOMER_PART_ROWS))
+            for index, table in enumerate(sim.customer_tables(CUSTOMER_PART_ROWS)):
+                submit(
+                    "customers",
+                    table,
+                    landing_dir / "customers" / _part_name(index),
+                    (None, index + 1, parts),
+                )
+            submit("products", sim.products_table(), landing_file(landing_dir, "products"), (None, 1, 1))
+            for d in range(config.days):
+                day = config.start_date + dt.timedelta(days=d)
+                unit = (day.isoformat(), d + 1, config.days)
+                submit("orders", sim.orders_table(day), landing_file(landing_dir, "orders", day), unit)
+                submit(
+                    "web_sessions",
+                    sim.sessions_table(day),
+                    landing_file(landing_dir, "web_sessions", day),
+                    unit,
+                )
+            while pending:
+                finish(pending.popleft())
 
         for table in TABLES:
             _remove_stale(landing_dir, table, written[table])
@@ -226,13 +249,11 @@ def write_landing(config: SimulationConfig, landing_dir: Path, progress: Progres
         manifest = {
             "format_version": FORMAT_VERSION,
             "generator": "lakehouse_ml.datagen.CymbalSimulator",
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "config": config.to_dict(),
             "start_date": config.start_date.isoformat(),
             "end_date": config.end_date.isoformat(),
-            "scenarios": [
-                {**s.to_dict(), "description": SCENARIOS[s.name]} for s in config.scenarios
-            ],
+            "scenarios": [{**s.to_dict(), "description": SCENARIOS[s.name]} for s in config.scenarios],
             "customers_total": sim.n_customers,
             "row_counts": rows,
             "daily_row_counts": daily_rows,

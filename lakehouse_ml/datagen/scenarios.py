@@ -16,17 +16,17 @@ from dataclasses import dataclass
 
 SCENARIOS: dict[str, str] = {
     "price_shock": (
-        "Paid prices rise 15% x intensity from the start day; price-sensitive customers buy less "
-        "and churn much faster, while before the shock they were the most loyal."
+        "Paid prices rise 15% x intensity; price-sensitive customers buy less and churn much "
+        "faster, while before the shock they were the most loyal."
     ),
     "channel_shift": (
-        "Store orders move to the app (about 50% of them at intensity 1); store-preferring customers, "
-        "the most loyal before, now churn fastest, and app-preferring customers churn slower."
+        "Store orders move to the app (half of them at intensity 1); the frequent, loyal store "
+        "regulars now churn fastest and app customers order more and stay."
     ),
     "new_region": (
-        "Cymbal opens region 'central': 30% x intensity extra customers sign up from the start day "
-        "(launch campaign), app-first deal seekers whose churn is driven by price sensitivity, "
-        "not by how often they order."
+        "Region 'central' opens: 30% x intensity extra customers sign up from the start day, "
+        "price-sensitive app users drawn by a 30-day launch promotion; after it the busiest "
+        "of them churn the most."
     ),
 }
 
@@ -69,7 +69,9 @@ class DriftScenario:
         elif isinstance(start, dt.datetime):
             start = start.date()
         elif not isinstance(start, dt.date):
-            raise ValueError(f"Drift scenario {self.name!r}: start must be a date, got {type(start).__name__}")
+            raise ValueError(
+                f"Drift scenario {self.name!r}: start must be a date, got {type(start).__name__}"
+            )
         object.__setattr__(self, "start", start)
         try:
             intensity = float(self.intensity)
@@ -79,12 +81,13 @@ class DriftScenario:
             ) from None
         if not math.isfinite(intensity) or intensity <= 0 or intensity > MAX_INTENSITY:
             raise ValueError(
-                f"Drift scenario {self.name!r}: intensity must be > 0 and <= {MAX_INTENSITY:g}, got {self.intensity!r}"
+                f"Drift scenario {self.name!r}: intensity must be > 0 and <= {MAX_INTENSITY:g}, "
+                f"got {self.intensity!r}"
             )
         object.__setattr__(self, "intensity", intensity)
 
     @classmethod
-    def parse(cls, text: str) -> "DriftScenario":
+    def parse(cls, text: str) -> DriftScenario:
         """Parse ``"price_shock@2026-04-01"`` or ``"price_shock@2026-04-01:1.5"``."""
         if not isinstance(text, str):
             raise ValueError(f"Bad drift scenario {text!r}: {_FORMAT_HINT}")
@@ -104,7 +107,8 @@ class DriftScenario:
                 intensity = float(match["intensity"])
             except ValueError:
                 raise ValueError(
-                    f"Bad drift scenario {text!r}: intensity {match['intensity']!r} is not a number; {_FORMAT_HINT}"
+                    f"Bad drift scenario {text!r}: intensity {match['intensity']!r} is not a number; "
+                    f"{_FORMAT_HINT}"
                 ) from None
         return cls(name=name, start=start, intensity=intensity)
 
@@ -115,5 +119,5 @@ class DriftScenario:
         return {"name": self.name, "start": self.start.isoformat(), "intensity": self.intensity}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DriftScenario":
+    def from_dict(cls, data: dict) -> DriftScenario:
         return cls(name=data["name"], start=data["start"], intensity=data.get("intensity", 1.0))

@@ -8,52 +8,61 @@ Customers
     the window, in customer-id order, at a slowly growing daily rate (the last day has 1.5x the
     sign-ups of the first). Each gets latent traits at creation:
 
-    * ``order_rate`` λ (orders per day while active): lognormal, mean 0.05, σ(log)=0.8,
-      correlated (ρ=0.4) with engagement;
-    * ``engagement`` (mean 1, lognormal σ=0.6; referral sign-ups are more engaged, paid-search
-      ones less): drives web/app browsing, pages viewed and session length;
-    * ``price_sensitivity`` in [0, 1] (Beta(2, 2.5); higher for paid-search/social sign-ups and
-      younger customers): drives the share of discounted lines, the depth of discounts and the
-      tilt towards budget categories (grocery, beauty, books, toys);
-    * ``preferred_channel`` (web/app/store/marketplace; younger customers prefer the app, older
-      ones the store): 70% of a customer's orders use it, the rest follow the global mix;
+    * ``order_rate`` λ (orders per day while active): lognormal, σ(log)=0.8, mean 0.05,
+      correlated (ρ=0.4) with engagement and scaled by the preferred channel (store regulars
+      x1.35, web x0.95, app x0.85, marketplace x0.8);
+    * ``engagement`` (lognormal σ=0.6, mean 1; referral sign-ups are more engaged, paid-search
+      ones less): drives browsing sessions and pages viewed;
+    * ``price_sensitivity`` s in (0, 1) (logistic of a normal, mean 0.46; correlated ρ=0.5 with
+      engagement, since deal hunters browse a lot; higher for paid-search/social sign-ups and
+      younger customers): drives the share of discounted lines (0.04 + 0.7 s), the depth of
+      discounts and the tilt towards budget categories (grocery, beauty, books, toys);
+    * ``preferred_channel`` (younger customers prefer the app, older ones the store): 70% of a
+      customer's orders use it, the rest follow the global mix;
     * ``primary_category``: 45% of a customer's lines come from it.
 
     A customer is active from the sign-up day until a latent churn day, drawn in closed form
-    from a piecewise-constant hazard (an Exp(1) draw inverted through the cumulative hazard).
-    Before any scenario the daily hazard is ``0.0025 * exp(...)`` with: -0.5 per s.d. of
-    engagement, -0.4 per s.d. of order rate, +0.8 during the first 60 days of tenure
-    (onboarding churn), a channel term (store -0.45, app +0.35, marketplace +0.2) and -0.8 x
-    (price_sensitivity - 0.5) (deal seekers are loyal while prices are stable). Mean lifetime is
-    about a year.
+    from a piecewise-constant hazard (an Exp(1) draw inverted through the cumulative hazard;
+    the pieces are split at the end of onboarding and at scenario starts). Before any scenario
+    the daily hazard is ``0.005 * exp(...)`` with -0.5 per s.d. of engagement, -0.4 per s.d. of
+    order rate, +0.8 in the first 60 days of tenure (onboarding churn), a channel term (store
+    -1.5, app +0.8, marketplace +0.2) and -1.5 x (s - 0.5): while prices are stable, deal
+    seekers and store regulars are the loyal ones. About a third of customers leave within their
+    first month; the median lifetime is two months, the mean over a year. At default settings
+    about 35% of the customers who ordered in the last 90 days place no order in the next 30.
 
 Orders (one row per line)
     An active customer places Poisson(λ x weekday factor) orders a day; an order has 1-5 lines
     (mean 2.2), each line a quantity of 1-3 (grocery and beauty more often >1). Products come
-    from the line's category, weighted by a lognormal popularity among products launched by
-    then. A line is discounted with probability 0.04 + 0.7 x price_sensitivity, by 5%-60%
-    (deeper for sensitive customers). ``unit_price`` = list price x regional price level x any
-    price shock x (1 - discount), rounded to cents. ``order_ts`` is tz-naive UTC in
-    microseconds with a channel-specific time-of-day profile (stores open 08:00-22:00);
-    ``device`` is 'pos' exactly when ``channel`` is 'store'.
+    from the line's category, weighted by a lognormal popularity among the products launched by
+    then (10% launch inside the window). Discounts are 5%-60% (deeper for sensitive customers).
+    ``unit_price`` = list price x regional price level x any price shock x (1 - discount),
+    rounded to cents. ``order_ts`` is tz-naive UTC in microseconds with a channel-specific
+    time-of-day profile (stores open 08:00-22:00); ``device`` is 'pos' exactly when ``channel``
+    is 'store'.
 
 Web sessions
     Each web or app order comes with a converted session on its device shortly before it.
-    Active customers also browse: Poisson(1.5 x λ x engagement) sessions a day; those are
-    ``converted`` when the customer ordered that day. Anonymous visitors add about 35% more
-    sessions with a NULL ``customer_id``. Traffic source depends on e-mail opt-in.
+    Active customers also browse: Poisson(1.5 x λ x engagement) sessions a day (x1.6 for store
+    regulars, who research online and buy offline); those are ``converted`` when the customer
+    ordered that day. Anonymous visitors add about 35% of the browsing sessions, with a NULL
+    ``customer_id``. Traffic source depends on e-mail opt-in. All in all about four sessions
+    per order.
 
-Drift scenarios (see :data:`~lakehouse_ml.datagen.scenarios.SCENARIOS`), each from its start day
-    * ``price_shock``: paid prices x (1 + 0.15 I); order rates x exp(-0.8 I s) for
-      price sensitivity s; the churn hazard gains +I x (4.0 (s - 0.5) + 0.15), so sensitivity
-      flips from protective to the main driver of churn.
+Drift scenarios (see :data:`~lakehouse_ml.datagen.scenarios.SCENARIOS`), from their start day, I = intensity
+    * ``price_shock``: paid prices x (1 + 0.15 I); order rates x exp(-3 I max(s - 0.3, 0));
+      churn log-hazard + I (7 (s - 0.5) + 0.15). Price sensitivity flips from protective to the
+      main driver of churn, and the engaged deal hunters a stale model trusts most leave.
     * ``channel_shift``: each store order moves to the app with probability 1 - exp(-0.7 I);
-      churn hazard + I x (store 1.6, web 0.2, app -0.9): the loyal store shoppers now leave.
-    * ``new_region``: round(0.3 I x customers) extra customers in region 'central', signing up
-      from the start day (truncated exponential, mean 30 days): app-first, price sensitive
-      (Beta(4, 2)), with order rates that grow with sensitivity (launch promotions, +0.15
-      discount probability) and a hazard 0.004 x exp(3.5 (s - 0.5) + onboarding) that ignores
-      engagement and order rate: the most frequent buyers churn the most.
+      order rates x exp(min(I, 2) x (store -1.5, app +0.8)); churn log-hazard
+      + I x (store +3.5, web +0.2, app -1.5). The frequent, loyal store regulars now leave and
+      the app users stay.
+    * ``new_region``: round(0.3 I x customers) extra customers in region 'central' (ids after
+      the base customers) sign up from the start day (truncated exponential, mean 12 days):
+      app-first and price sensitive (mean s 0.67). A 30-day launch promotion multiplies their
+      order rate by 1 + 3 s, their browsing by 1 + 6 s and adds 0.3 to their discount
+      probability; after it their order rate is x max(1.7 - 1.8 s, 0.05) and their log-hazard
+      gains -0.5 + 6 (s - 0.5): the busiest, most engaged newcomers churn the most.
 
 Determinism and scale
 =====================
@@ -61,7 +70,7 @@ Determinism and scale
 All randomness comes from ``numpy.random.default_rng([seed, STREAM, index])`` streams: latent
 customer traits in fixed blocks of 65,536 customers, and one stream per (table, day) for the
 daily tables. Day ``D``'s rows therefore depend only on the seed, the config and ``D`` (plus the
-latent arrays, ~40 bytes per customer), so days can be generated in any order, independently, in
+latent arrays, 31 bytes per customer), so days can be generated in any order, independently, in
 flat memory. The draws do not depend on the scenarios' presence: before a scenario starts, a run
 with it produces exactly the rows of a run without it.
 
@@ -74,7 +83,7 @@ readable.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -155,7 +164,32 @@ DEVICE_BY_CHANNEL = np.array(  # desktop, mobile, tablet, pos
 HOUR_PROFILE = np.array(
     [
         # online: night lull, evening peak
-        [1, 0.6, 0.4, 0.3, 0.3, 0.4, 0.8, 1.5, 2.2, 2.8, 3, 3.2, 3.5, 3.3, 3.1, 3, 3.2, 3.6, 4.2, 4.8, 5, 4.5, 3.2, 1.8],
+        [
+            1,
+            0.6,
+            0.4,
+            0.3,
+            0.3,
+            0.4,
+            0.8,
+            1.5,
+            2.2,
+            2.8,
+            3,
+            3.2,
+            3.5,
+            3.3,
+            3.1,
+            3,
+            3.2,
+            3.6,
+            4.2,
+            4.8,
+            5,
+            4.5,
+            3.2,
+            1.8,
+        ],
         # stores: open 08:00-22:00
         [0, 0, 0, 0, 0, 0, 0, 0, 1, 2.5, 4, 5, 5.5, 5.2, 5, 5, 5.5, 6, 5.5, 4, 2.5, 1, 0, 0],
     ],
@@ -208,6 +242,7 @@ PRICE_SHOCK_HAZARD = 0.15
 CHANNEL_SHIFT_MOVE = 0.7
 CHANNEL_SHIFT_HAZARD = np.array([0.2, -1.5, 3.5, 0.0])
 CHANNEL_SHIFT_RATE = np.array([0.0, 0.8, -1.5, 0.0])
+RATE_INTENSITY_CAP = 2.0  # order-rate effects saturate: an app customer orders at most ~5x as often
 NEW_REGION_SHARE = 0.3
 NEW_REGION_SIGNUP_MEAN_DAYS = 12.0
 CENTRAL_HAZARD_BASE = 0.002
@@ -239,6 +274,7 @@ SESSION_SOURCE = np.array(  # organic, paid_search, email, social, direct
 SECONDS_PER_PAGE = 22.0
 P_BOUNCE_ZERO = 0.4
 
+_BRAND_VOCABULARY = tuple(brand for category in CATEGORIES for brand in BRANDS[category])
 _EPOCH = dt.date(1970, 1, 1)
 _US_PER_DAY = 86_400_000_000
 _US_PER_HOUR = 3_600_000_000
@@ -284,7 +320,9 @@ class CymbalSimulator:
         self._seed = config.seed
         self._epoch0 = (config.start_date - _EPOCH).days  # start_date as days since 1970-01-01
         self._weekday0 = config.start_date.weekday()
-        self._scenario_days = {s.name: ((s.start - config.start_date).days, s.intensity) for s in config.scenarios}
+        self._scenario_days = {
+            s.name: ((s.start - config.start_date).days, s.intensity) for s in config.scenarios
+        }
         self._build_products()
         self._build_customers()
         self._core_cache: tuple[int, dict] | None = None
@@ -339,7 +377,7 @@ class CymbalSimulator:
             {
                 "product_id": np.arange(1, p + 1, dtype=np.int64),
                 "category": _strings(self._prod_category, CATEGORIES),
-                "brand": pa.array(self._prod_brand_names, pa.string()),
+                "brand": _strings(self._prod_brand, _BRAND_VOCABULARY),
                 "list_price": self._list_price,
                 "launch_date": pa.array((self._epoch0 + self._launch).astype(np.int32), pa.date32()),
             },
@@ -384,7 +422,9 @@ class CymbalSimulator:
         rng = np.random.default_rng([self._seed, STREAM_PRODUCTS])
         p = cfg.products
         n_cat = len(CATEGORIES)
-        category = np.concatenate([np.arange(n_cat), _choose(rng.random(p - n_cat), _cum(CATEGORY_PRODUCT_SHARE))])
+        category = np.concatenate(
+            [np.arange(n_cat), _choose(rng.random(p - n_cat), _cum(CATEGORY_PRODUCT_SHARE))]
+        )
         anchor = np.arange(p) < n_cat  # one product per category always on sale
         perm = rng.permutation(p)
         category, anchor = category[perm].astype(np.int8), anchor[perm]
@@ -396,9 +436,8 @@ class CymbalSimulator:
         launch_before = -rng.integers(30, 3 * 365, size=p)
         launch_inside = rng.integers(0, cfg.days, size=p)
         popularity = np.exp(rng.standard_normal(p))
-        names = {c: np.array(BRANDS[c], dtype=object) for c in CATEGORIES}
         self._prod_category = category
-        self._prod_brand_names = [names[CATEGORIES[c]][b] for c, b in zip(category, brand)]
+        self._prod_brand = (category.astype(np.int64) * len(BRAND_P) + brand).astype(np.int32)
         self._list_price = list_price.astype(np.float64)
         self._launch = np.where(in_window, launch_inside, launch_before).astype(np.int32)
         self._popularity = popularity
@@ -426,7 +465,7 @@ class CymbalSimulator:
         cfg = self.config
         n_base = cfg.customers
         new_region = self._scenario_days.get("new_region")
-        n_central = int(round(NEW_REGION_SHARE * new_region[1] * n_base)) if new_region else 0
+        n_central = round(NEW_REGION_SHARE * new_region[1] * n_base) if new_region else 0
         total = n_base + n_central
         self._signup = np.empty(total, np.int32)
         self._churn = np.empty(total, np.int32)
@@ -459,7 +498,8 @@ class CymbalSimulator:
             first = self._scenario_days["new_region"][0]
             span = cfg.days - first
             mean = NEW_REGION_SIGNUP_MEAN_DAYS
-            q = u[0] * (1 - np.exp(-span / mean))
+            rank = np.arange(lo, hi) - cfg.customers
+            q = (rank + u[0]) / n_group * (1 - np.exp(-span / mean))
             signup = first + np.floor(-mean * np.log1p(-q))
             signup = np.minimum(signup, cfg.days - 1)
         else:
@@ -522,7 +562,9 @@ class CymbalSimulator:
     def _category_cum(self) -> np.ndarray:
         """Category choice by price-sensitivity bin: sensitive customers tilt to budget categories."""
         mid = (np.arange(SENSITIVITY_BINS) + 0.5) / SENSITIVITY_BINS
-        p = CATEGORY_POPULARITY[None, :] * np.exp(CATEGORY_TILT * (mid[:, None] - 0.5) * CATEGORY_BUDGET[None, :])
+        p = CATEGORY_POPULARITY[None, :] * np.exp(
+            CATEGORY_TILT * (mid[:, None] - 0.5) * CATEGORY_BUDGET[None, :]
+        )
         return _cum(p)
 
     def _log_hazard_shift(self, t: np.ndarray, signup, sens, pref, central: bool) -> np.ndarray:
@@ -542,7 +584,7 @@ class CymbalSimulator:
         return shift
 
     def _churn_day(self, signup, base, sens, pref, exposure, central: bool) -> np.ndarray:
-        """First inactive day: the hazard is constant between sign-up, end of onboarding and scenario starts."""
+        """First inactive day; the hazard is constant between sign-up, onboarding end and scenario starts."""
         points = [signup, signup + ONBOARD_DAYS]
         for name in ("price_shock", "channel_shift"):
             if name in self._scenario_days:
@@ -550,12 +592,15 @@ class CymbalSimulator:
         if central:
             points.append(np.maximum(self._scenario_days["new_region"][0] + CENTRAL_PROMO_DAYS, signup))
         bounds = np.sort(np.stack(points, axis=1).astype(np.float64), axis=1)  # (n, K)
-        hazard = np.exp(base[:, None] + self._log_hazard_shift(bounds, signup[:, None], sens[:, None], pref[:, None], central))
-        cum = np.zeros_like(bounds)
-        cum[:, 1:] = np.cumsum(hazard[:, :-1] * np.diff(bounds, axis=1), axis=1)
-        seg = (cum <= exposure[:, None]).sum(axis=1) - 1
-        rows = np.arange(bounds.shape[0])
-        churn_time = bounds[rows, seg] + (exposure - cum[rows, seg]) / hazard[rows, seg]
+        shift = self._log_hazard_shift(bounds, signup[:, None], sens[:, None], pref[:, None], central)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            hazard = np.exp(base[:, None] + shift)
+            cum = np.zeros_like(bounds)
+            cum[:, 1:] = np.cumsum(hazard[:, :-1] * np.diff(bounds, axis=1), axis=1)
+            seg = (cum <= exposure[:, None]).sum(axis=1) - 1
+            rows = np.arange(bounds.shape[0])
+            churn_time = bounds[rows, seg] + (exposure - cum[rows, seg]) / hazard[rows, seg]
+        churn_time = np.nan_to_num(churn_time, nan=2**30, posinf=2**30)
         return np.minimum(np.ceil(churn_time), 2**30).astype(np.int32)
 
     def _customers_slice(self, lo: int, hi: int) -> pa.Table:
@@ -583,7 +628,7 @@ class CymbalSimulator:
             rate = rate * np.exp(PRICE_SHOCK_RATE * shock[1] * over)
         shift = self._scenario_days.get("channel_shift")
         if shift and d >= shift[0]:
-            rate = rate * np.exp(shift[1] * CHANNEL_SHIFT_RATE[self._pref[active]])
+            rate = rate * np.exp(min(shift[1], RATE_INTENSITY_CAP) * CHANNEL_SHIFT_RATE[self._pref[active]])
         if "new_region" in self._scenario_days:
             central = self._region[active] == 4
             if central.any():
@@ -607,7 +652,9 @@ class CymbalSimulator:
         if self._core_cache is not None and self._core_cache[0] == d:
             return self._core_cache[1]
         active = self._active(d)
-        counts = np.random.default_rng([self._seed, STREAM_ORDER_COUNTS, d]).poisson(self._order_rate(d, active))
+        counts = np.random.default_rng([self._seed, STREAM_ORDER_COUNTS, d]).poisson(
+            self._order_rate(d, active)
+        )
         buying = counts > 0
         buyers = active[buying]
         cust = np.repeat(buyers, counts[buying])
@@ -654,9 +701,14 @@ class CymbalSimulator:
         depth = 0.05 * (1 + rng.binomial(11, 0.08 + 0.4 * sens))
         region = self._region[lc]
         p_discount = DISCOUNT_P_BASE + DISCOUNT_P_SENSITIVITY * sens
-        if "new_region" in self._scenario_days and d < self._scenario_days["new_region"][0] + CENTRAL_PROMO_DAYS:
+        if (
+            "new_region" in self._scenario_days
+            and d < self._scenario_days["new_region"][0] + CENTRAL_PROMO_DAYS
+        ):
             p_discount = p_discount + DISCOUNT_P_CENTRAL_PROMO * (region == 4)
-        discount = np.where(ul[3] < np.minimum(p_discount, 0.95), np.minimum(depth, MAX_DISCOUNT), 0.0).round(2)
+        discount = np.where(ul[3] < np.minimum(p_discount, 0.95), np.minimum(depth, MAX_DISCOUNT), 0.0).round(
+            2
+        )
         price = self._list_price[product] * REGION_PRICE[region] * self._price_level(d) * (1.0 - discount)
         price = np.maximum(price.round(2), 0.01)
 
@@ -694,8 +746,17 @@ class CymbalSimulator:
         active, buyers = core["active"], core["buyers"]
         rng = np.random.default_rng([self._seed, STREAM_SESSIONS, d])
         weekday = WEEKDAY_FACTOR[(self._weekday0 + d) % 7]
-        browse_rate = BROWSE_FACTOR * BROWSE_CHANNEL[self._pref[active]] * self._lam[active] * self._eng[active] * weekday
-        if "new_region" in self._scenario_days and d < self._scenario_days["new_region"][0] + CENTRAL_PROMO_DAYS:
+        browse_rate = (
+            BROWSE_FACTOR
+            * BROWSE_CHANNEL[self._pref[active]]
+            * self._lam[active]
+            * self._eng[active]
+            * weekday
+        )
+        if (
+            "new_region" in self._scenario_days
+            and d < self._scenario_days["new_region"][0] + CENTRAL_PROMO_DAYS
+        ):
             central = self._region[active] == 4
             browse_rate[central] *= 1.0 + CENTRAL_PROMO_BROWSE * self._sens[active[central]]
         n_browse = rng.poisson(browse_rate)
@@ -714,8 +775,11 @@ class CymbalSimulator:
 
         u = rng.random((5, n))
         pos = np.searchsorted(buyers, browse_cust)
-        bought = (pos < buyers.size) & (buyers[np.minimum(pos, max(buyers.size - 1, 0))] == browse_cust) \
-            if buyers.size else np.zeros(n_b, bool)
+        bought = (
+            (pos < buyers.size) & (buyers[np.minimum(pos, max(buyers.size - 1, 0))] == browse_cust)
+            if buyers.size
+            else np.zeros(n_b, bool)
+        )
         converted = np.concatenate([np.ones(n_o, bool), bought, np.zeros(n_anon, bool)])
 
         device_group = np.where(registered, np.where(self._pref[cust] == 1, 0, 1), 2)
@@ -732,7 +796,9 @@ class CymbalSimulator:
         midnight = (self._epoch0 + d) * _US_PER_DAY
         hour = _choose(u[3], _cum(HOUR_PROFILE[0]))
         start = midnight + hour * _US_PER_HOUR + np.floor(u[4] * _US_PER_HOUR).astype(np.int64)
-        before_order = core["ts"][online] - duration[:n_o] * 1_000_000 - np.floor(u[4][:n_o] * 120e6).astype(np.int64)
+        before_order = (
+            core["ts"][online] - duration[:n_o] * 1_000_000 - np.floor(u[4][:n_o] * 120e6).astype(np.int64)
+        )
         start[:n_o] = np.maximum(before_order, midnight)
 
         order = np.argsort(start, kind="stable")

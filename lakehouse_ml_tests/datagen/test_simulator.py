@@ -229,6 +229,7 @@ def test_new_region_adds_central_customers_from_its_start():
     assert central.customer_id.min() == SMALL.customers + 1 and customers.customer_id.is_unique
     assert central.signup_date.min() >= start and central.signup_date.max() <= config.end_date
     assert set(customers.region[: SMALL.customers]) == {"north", "south", "east", "west"}
+    assert central.signup_date.is_monotonic_increasing
 
 
 # ------------------------------------------------------------------------------------------ scale
@@ -242,7 +243,9 @@ def test_for_order_lines_hits_the_target(target, days):
 
 def test_for_order_lines_accounts_for_scenarios():
     scenario = DriftScenario("new_region", day(30))
-    config = SimulationConfig.for_order_lines(60_000, seed=2, start_date=START, days=60, scenarios=(scenario,))
+    config = SimulationConfig.for_order_lines(
+        60_000, seed=2, start_date=START, days=60, scenarios=(scenario,)
+    )
     sim = CymbalSimulator(config)
     lines = sum(sim.orders_table(day(d)).num_rows for d in range(60))
     assert abs(lines / 60_000 - 1) <= 0.15
@@ -268,7 +271,7 @@ def _daily_peak_bytes(config: SimulationConfig, landing_dir: Path) -> int:
 
 
 def test_memory_stays_flat_as_days_grow(tmp_path):
-    base = dict(seed=1, start_date=START, customers=40_000, products=200)
+    base = {"seed": 1, "start_date": START, "customers": 40_000, "products": 200}
     short = _daily_peak_bytes(SimulationConfig(days=10, **base), tmp_path / "short")
     long = _daily_peak_bytes(SimulationConfig(days=40, **base), tmp_path / "long")
     rows = read_manifest(tmp_path / "long")["row_counts"]
@@ -293,7 +296,10 @@ def test_landing_layout_manifest_and_round_trip(tmp_path):
         assert done == [1, 2, 3, 4, 5] and all(c[2] == 5 for c in calls if c[0] == table)
 
     sim = CymbalSimulator(config)
-    assert landing_file(tmp_path, "orders", day(2)) == tmp_path / "orders" / "dt=2026-01-03" / "part-00000.parquet"
+    assert (
+        landing_file(tmp_path, "orders", day(2))
+        == tmp_path / "orders" / "dt=2026-01-03" / "part-00000.parquet"
+    )
     assert landing_files(tmp_path, "customers") == [tmp_path / "customers" / "part-00000.parquet"]
     assert len(landing_files(tmp_path, "web_sessions")) == 5
     assert landing_files(tmp_path, "orders", day(30)) == []
@@ -304,7 +310,9 @@ def test_landing_layout_manifest_and_round_trip(tmp_path):
         total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
         assert total == manifest["row_counts"][table]
     # Reading a file back with pandas gives exactly the simulator's frame.
-    pd.testing.assert_frame_equal(pd.read_parquet(landing_file(tmp_path, "orders", day(3))), sim.orders_for_day(day(3)))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(landing_file(tmp_path, "orders", day(3))), sim.orders_for_day(day(3))
+    )
     pd.testing.assert_frame_equal(
         pd.read_parquet(landing_file(tmp_path, "web_sessions", day(1))), sim.sessions_for_day(day(1))
     )
@@ -333,7 +341,11 @@ def test_rewriting_replaces_previous_data_cleanly(tmp_path):
         "dt=2026-01-03",
         "dt=2026-01-04",
     ]
-    assert sorted(p.name for p in (tmp_path / "orders").iterdir()) == ["dt=2026-01-02", "dt=2026-01-03", "dt=2026-01-04"]
+    assert sorted(p.name for p in (tmp_path / "orders").iterdir()) == [
+        "dt=2026-01-02",
+        "dt=2026-01-03",
+        "dt=2026-01-04",
+    ]
     assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
     assert manifest["config"]["seed"] == 2 and read_manifest(tmp_path)["row_counts"]["customers"] == 500
 
@@ -353,7 +365,9 @@ def test_a_crash_leaves_no_manifest_and_no_broken_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(landing_module.pq, "write_table", crashing_write)
     with pytest.raises(OSError, match="disk full"):
-        write_landing(SimulationConfig(seed=2, start_date=START, days=8, customers=800, products=40), tmp_path)
+        write_landing(
+            SimulationConfig(seed=2, start_date=START, days=8, customers=800, products=40), tmp_path
+        )
     monkeypatch.setattr(landing_module.pq, "write_table", real_write)
 
     with pytest.raises(FileNotFoundError, match="run `lakehouse-ml generate` first"):
@@ -381,7 +395,9 @@ def test_read_manifest_without_data_says_what_to_do(tmp_path):
 
 # ------------------------------------------------------------------------------------- bad input
 def test_scenario_text_parses_and_round_trips():
-    assert DriftScenario.parse("price_shock@2026-04-01") == DriftScenario("price_shock", dt.date(2026, 4, 1), 1.0)
+    assert DriftScenario.parse("price_shock@2026-04-01") == DriftScenario(
+        "price_shock", dt.date(2026, 4, 1), 1.0
+    )
     parsed = DriftScenario.parse(" channel_shift@2026-02-03:1.5 ")
     assert parsed == DriftScenario("channel_shift", dt.date(2026, 2, 3), 1.5)
     assert DriftScenario.parse(str(parsed)) == parsed
@@ -394,7 +410,10 @@ def test_scenario_text_parses_and_round_trips():
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: DriftScenario("price_hike", dt.date(2026, 4, 1)), "known scenarios: channel_shift, new_region, price_shock"),
+        (
+            lambda: DriftScenario("price_hike", dt.date(2026, 4, 1)),
+            "known scenarios: channel_shift, new_region, price_shock",
+        ),
         (lambda: DriftScenario.parse("price_hike@2026-04-01"), "Unknown drift scenario 'price_hike'"),
         (lambda: DriftScenario.parse("price_shock"), "expected NAME@YYYY-MM-DD"),
         (lambda: DriftScenario.parse("price_shock@2026-13-01"), "not a valid date"),
@@ -420,7 +439,12 @@ def test_scenario_text_parses_and_round_trips():
         (lambda: SimulationConfig(seed=-1), "seed must be a non-negative integer"),
         (lambda: SimulationConfig(start_date="2026-02-30"), "not a date"),
         (lambda: SimulationConfig.for_order_lines(0), "order_lines must be a positive integer"),
-        (lambda: CymbalSimulator(SimulationConfig(days=3, customers=20)).orders_for_day(dt.date(2026, 1, 4)), "outside the simulated window"),
+        (
+            lambda: CymbalSimulator(SimulationConfig(days=3, customers=20)).orders_for_day(
+                dt.date(2026, 1, 4)
+            ),
+            "outside the simulated window",
+        ),
         (lambda: landing_file(Path("x"), "orders"), "daily table: give the day"),
         (lambda: landing_file(Path("x"), "customers", dt.date(2026, 1, 1)), "not a daily table"),
         (lambda: landing_files(Path("x"), "refunds"), "Unknown landing table 'refunds'"),

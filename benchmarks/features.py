@@ -20,45 +20,21 @@ import platform
 import resource
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import duckdb
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lakehouse_ml import features  # noqa: E402
 from lakehouse_ml.backends.translate import translate  # noqa: E402
 from lakehouse_ml.datagen import SimulationConfig, landing_files, write_landing  # noqa: E402
 from lakehouse_ml.settings import load_settings  # noqa: E402
 
-
-class PeakRSS:
-    """Samples this process's resident memory every 20 ms."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._process = psutil.Process()
-
-    def __enter__(self):
-        self.peak = self._process.memory_info().rss
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss)
-            time.sleep(0.02)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
+from _common import PeakRSS, record_section  # noqa: E402
 
 
 def baseline(landing: Path, config: SimulationConfig, database: Path) -> float:
@@ -184,20 +160,6 @@ def main() -> None:
             "",
         ]
         record_section(ROOT / "docs" / "benchmarks.md", "features", "\n".join(lines))
-
-
-def record_section(path: Path, name: str, body: str) -> None:
-    """Replace the section between this benchmark's markers in docs/benchmarks.md (or append it)."""
-    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures recorded by the scripts in `benchmarks/`.\n\n"
-    block = f"{begin}\n{body}\n{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 
 from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.datagen import landing_files
@@ -96,16 +97,35 @@ def raw_asset(raw: RawTable, landing_dir: Path, partitions: dg.PartitionsDefinit
         partitions_def=partitions if partitioned else None,
         backfill_policy=dg.BackfillPolicy.single_run() if partitioned else None,
         metadata={"landing": dg.MetadataValue.path(str(landing_dir / raw.landing))},
+        check_specs=[
+            dg.AssetCheckSpec(
+                name="matches_landing",
+                asset=raw.name,
+                description="The table (its window, when partitioned) holds exactly the rows of its landing files.",
+                blocking=True,
+            )
+        ],
     )
     def _raw(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
         window = window_of(context, raw.partition_column) if partitioned else None
         files = _files(landing_dir, raw, window.days() if window else [None])
         context.log.info(f"Loading {len(files)} landing file(s) into {raw.name} ({warehouse.describe()})")
+        landing_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
         with user_errors():
             rows = warehouse.load_parquet(files, raw.name, window=window)
             context.log.info(f"Loaded {rows:,} rows into {raw.name}")
             metadata = table_metadata(warehouse, raw.name, window)
         metadata["landing_files"] = dg.MetadataValue.int(len(files))
-        return dg.MaterializeResult(metadata=metadata)
+        in_table = metadata["dagster/row_count"].value
+        return dg.MaterializeResult(
+            metadata=metadata,
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="matches_landing",
+                    passed=in_table == landing_rows,
+                    metadata={"landing_rows": landing_rows, "table_rows": in_table, "landing_files": len(files)},
+                )
+            ],
+        )
 
     return _raw

@@ -99,6 +99,10 @@ def test_checks_pass_on_simulated_data(materialized):
     _, instance, reports = materialized
     checks = {name: passed for report in reports for name, passed in report.checks.items()}
     assert checks == {
+        "raw_customers:matches_landing": True,
+        "raw_products:matches_landing": True,
+        "raw_orders:matches_landing": True,
+        "raw_web_sessions:matches_landing": True,
         "customer_features:unique_keys": True,
         "customer_features:required_columns_not_null": True,
         "customer_features:label_rate_in_band": True,

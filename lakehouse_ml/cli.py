@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import re
@@ -91,11 +92,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _materialize(settings: Settings) -> None:
-    from lakehouse_ml.runner import materialize_all, persistent_instance
+    from lakehouse_ml.runner import ALL_JOBS, materialize_all, persistent_instance
 
     start = time.perf_counter()
     with persistent_instance(settings) as instance:
-        materialize_all(settings, instance, progress=_say)
+        materialize_all(settings, instance, progress=_say, jobs=ALL_JOBS)
     _say(f"Materialized every asset in {time.perf_counter() - start:.1f} s on the {settings.backend} backend.")
 
 
@@ -212,16 +213,36 @@ def cmd_query(args: argparse.Namespace) -> int:
     params = dict(parse_param(p) for p in args.param)
     settings = _settings(args)
     warehouse = LocalWarehouse.at(settings.duckdb_path)
-    from lakehouse_ml.backends.translate import translate
+    from lakehouse_ml.bqml.sql import split_statements
 
-    statements = translate(sql)
-    if statements[-1].returns_rows:
-        frame = warehouse.query(sql, params)
-        sys.stdout.write(_render(frame, args.format, args.max_rows))
+    statements = split_statements(sql)
+    if not statements:
+        raise CliError("The SQL is empty: give at least one statement.")
+    with _bqml_progress():
+        table = warehouse.run(sql, params)
+    if table is not None:
+        sys.stdout.write(_render(table.to_pandas(), args.format, args.max_rows))
     else:
-        warehouse.execute(sql, params)
         _say(f"Ran {len(statements)} statement(s).")
     return 0
+
+
+@contextlib.contextmanager
+def _bqml_progress():
+    """Show the local BigQuery ML engine's progress (training, models created) on stderr."""
+    import logging
+
+    logger = logging.getLogger("lakehouse_ml.bqml")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("  %(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 # -- main --------------------------------------------------------------------------------------

@@ -12,8 +12,11 @@ import dagster as dg
 
 from lakehouse_ml.backends import build_executor, build_warehouse
 from lakehouse_ml.defs.features import feature_asset
+from lakehouse_ml.defs.models import GROUP as MODELS_GROUP
+from lakehouse_ml.defs.models import model_assets
 from lakehouse_ml.defs.raw import RAW_TABLES, landing_specs, raw_asset
 from lakehouse_ml.features import FEATURE_TABLES
+from lakehouse_ml.models import MODELS
 from lakehouse_ml.settings import Settings, load_settings
 
 
@@ -25,12 +28,18 @@ def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
     )
 
 
+def reports_dir(settings: Settings):
+    """Where evaluation plots are written: ``$LAKEHOUSE_ML_HOME/reports/<model>/``."""
+    return settings.home_dir / "reports"
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
     partitions = daily_partitions(settings)
     assets = [
         *landing_specs(settings.landing_dir),
         *(raw_asset(raw, settings.landing_dir, partitions) for raw in RAW_TABLES),
         *(feature_asset(table, partitions) for table in FEATURE_TABLES),
+        *model_assets(MODELS, reports_dir(settings)),
     ]
     jobs = [
         dg.define_asset_job(
@@ -47,6 +56,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "customer_features_job",
             selection=dg.AssetSelection.assets("customer_features"),
             description="Rebuild the customer snapshot features and churn labels.",
+        ),
+        dg.define_asset_job(
+            "models_job",
+            selection=dg.AssetSelection.groups(MODELS_GROUP),
+            description="Train every BigQuery ML model on the current features, then evaluate it.",
         ),
     ]
     return dg.Definitions(

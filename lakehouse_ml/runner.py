@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import dagster as dg
@@ -18,8 +18,12 @@ import dagster as dg
 from lakehouse_ml.definitions import build_definitions, daily_partitions
 from lakehouse_ml.settings import Settings
 
-# The jobs that materialize every asset, in dependency order.
-ALL_JOBS = ("dimensions_job", "daily_job", "customer_features_job")
+# The jobs that build the data (raw tables, features), in dependency order.
+DATA_JOBS = ("dimensions_job", "daily_job", "customer_features_job")
+# The jobs that train and evaluate the BigQuery ML models on that data.
+MODEL_JOBS = ("models_job",)
+# Every asset: what `lakehouse-ml materialize` and `lakehouse-ml demo` run.
+ALL_JOBS = DATA_JOBS + MODEL_JOBS
 
 
 @dataclass
@@ -29,6 +33,7 @@ class StepReport:
     seconds: float
     materializations: dict[str, int | None]  # asset -> row count
     checks: dict[str, bool]  # "asset:check" -> passed
+    summaries: dict[str, str] = field(default_factory=dict)  # asset -> one line (model evaluations)
 
 
 @contextmanager
@@ -53,25 +58,32 @@ def persistent_instance(settings: Settings) -> Iterator[dg.DagsterInstance]:
 
 def _report(job: str, result: dg.ExecuteInProcessResult, seconds: float) -> StepReport:
     rows: dict[str, int | None] = {}
+    summaries: dict[str, str] = {}
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization
         count = materialization.metadata.get("dagster/row_count")
         rows[materialization.asset_key.to_user_string()] = getattr(count, "value", None)
+        gate = materialization.metadata.get("gate")
+        if gate is not None:
+            summaries[materialization.asset_key.to_user_string()] = str(getattr(gate, "value", gate))
     checks = {
         f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed
         for e in (ev.event_specific_data for ev in result.all_events if ev.event_type_value == "ASSET_CHECK_EVALUATION")
     }
-    return StepReport(job=job, run_id=result.run_id, seconds=seconds, materializations=rows, checks=checks)
+    return StepReport(
+        job=job, run_id=result.run_id, seconds=seconds, materializations=rows, checks=checks, summaries=summaries
+    )
 
 
 def materialize_all(
     settings: Settings,
     instance: dg.DagsterInstance,
     progress: Callable[[str], None] = lambda _: None,
-    jobs: tuple[str, ...] = ALL_JOBS,
+    jobs: tuple[str, ...] = DATA_JOBS,
     log_level: str = "WARNING",
 ) -> list[StepReport]:
-    """Materialize every asset: dimensions, then all daily partitions in one run, then snapshots."""
+    """Run ``jobs`` in order: by default the data (dimensions, then all daily partitions in one
+    run, then snapshots); with ``ALL_JOBS`` the models and their evaluations after them."""
     definitions = build_definitions(settings)
     keys = daily_partitions(settings).get_partition_keys()
     reports = []
@@ -97,7 +109,10 @@ def materialize_all(
             reason = failure.event_specific_data.error.message.strip() if failure else "see the run's logs"
             raise RuntimeError(f"{job} failed (run {result.run_id}): {reason}")
         for asset, rows in report.materializations.items():
-            progress(f"  materialized {asset}" + (f": {rows:,} rows" if rows is not None else ""))
+            detail = f": {rows:,} rows" if rows is not None else ""
+            if asset in report.summaries:
+                detail = f": {report.summaries[asset]}"
+            progress(f"  materialized {asset}{detail}")
         for check, passed in report.checks.items():
             progress(f"  check {check}: {'passed' if passed else 'FAILED'}")
         reports.append(report)

@@ -54,7 +54,8 @@ def test_query_from_file(home, tmp_path, capsys):
     "args, message",
     [
         (["SELECT ARRAY_AGG(x ORDER BY x LIMIT 1) FROM t"], "LIMIT inside ARRAY_AGG"),
-        (["SELECT * FROM ML.PREDICT(MODEL m, TABLE t)"], "ML.PREDICT"),
+        (["SELECT * FROM ML.PREDICT(MODEL m, TABLE t)"], "Model m does not exist"),
+        (["SELECT * FROM ML.GENERATE_TEXT(MODEL m, TABLE t)"], "ML.GENERATE_TEXT is not supported"),
         (["SELECT * FROM missing_table"], "missing_table does not exist"),
         (["SELECT x FROM t WHERE x > @m"], "@m but no value"),
         (["SELECT FROM WHERE"], "Could not parse"),

@@ -778,6 +778,17 @@ class GcpWarehouse(Warehouse):
             f"&ws=!1m5!1m4!4m3!1s{project}!2s{self.dataset}!3s{table}"
         )
 
+    def model_url(self, model: str) -> str | None:
+        check_identifier(model, "model")
+        project = self.bigquery.project
+        if not project:
+            return None
+        # The console's explorer link for a model (resource type 5 = model).
+        return (
+            f"https://console.cloud.google.com/bigquery?project={project}"
+            f"&ws=!1m5!1m4!5m3!1s{project}!2s{self.dataset}!3s{model}"
+        )
+
 
 def build_gcp_warehouse(settings: "Settings") -> GcpWarehouse:
     """The gcp warehouse for these settings (project, dataset, location, endpoint, credentials)."""

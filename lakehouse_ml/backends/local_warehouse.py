@@ -2,6 +2,10 @@
 
 Every statement is translated by :mod:`lakehouse_ml.backends.translate`. Writes go through a
 staging table inside one DuckDB transaction, so a failure leaves the table as it was.
+
+BigQuery ML (``CREATE/DROP/ALTER MODEL`` and ``ML.*`` functions, anywhere in a statement) goes
+through :mod:`lakehouse_ml.bqml.sql` to the local BigQuery ML engine, whose models live in
+``models_dir`` (by default a ``models/`` folder beside the DuckDB file).
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import duckdb
 import pandas as pd
@@ -28,6 +32,10 @@ from lakehouse_ml.backends.warehouse import (
     check_params,
     single_select,
 )
+
+if TYPE_CHECKING:
+    from lakehouse_ml.bqml.engine import BqmlEngine
+    from lakehouse_ml.bqml.sql import BqmlSession
 
 # DuckDB type → BigQuery type, for schemas shown to users.
 _DUCKDB_TO_BIGQUERY = {
@@ -63,6 +71,11 @@ def bigquery_type(duckdb_type: str) -> str:
     return _DUCKDB_TO_BIGQUERY.get(upper, upper)
 
 
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
+
+
 def _arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:
     fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
     return fetch()
@@ -72,12 +85,52 @@ class LocalWarehouse(Warehouse):
     """BigQuery SQL on a DuckDB file under the local home."""
 
     duckdb: DuckDBResource
+    # Where the local BigQuery ML engine keeps its models; None: ``models/`` beside the DuckDB file.
+    models_dir: str | None = None
 
     @classmethod
-    def at(cls, path: str | Path) -> "LocalWarehouse":
+    def at(cls, path: str | Path, models_dir: str | Path | None = None) -> "LocalWarehouse":
         """A local warehouse on the DuckDB file ``path`` (created, with its folder, when missing)."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return cls(duckdb=DuckDBResource(database=str(path)))
+        return cls(duckdb=DuckDBResource(database=str(path)), models_dir=str(models_dir) if models_dir else None)
+
+    # -- BigQuery ML -----------------------------------------------------------------------------
+    def models_path(self) -> Path:
+        """The folder of the local BigQuery ML models."""
+        if self.models_dir:
+            return Path(self.models_dir)
+        if self.duckdb.database == ":memory:":
+            raise WarehouseError(
+                "An in-memory local warehouse has no folder for BigQuery ML models: set models_dir "
+                "(LocalWarehouse(duckdb=..., models_dir='path/to/models'))."
+            )
+        return Path(self.duckdb.database).parent / "models"
+
+    def bqml_engine(self) -> BqmlEngine:
+        from lakehouse_ml.bqml.engine import BqmlEngine
+
+        return BqmlEngine(self.models_path())
+
+    def model_url(self, model: str) -> str | None:
+        """Where a model's artifacts are (a local folder), for links in the Dagster UI."""
+        check_identifier(model, "model")
+        return str((self.models_path() / model).absolute())
+
+    def _session(self, conn: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> BqmlSession:
+        from lakehouse_ml.bqml.sql import BqmlSession
+
+        return BqmlSession(
+            conn,
+            self.bqml_engine(),
+            lambda statement, fetch_arrow: self._run(conn, statement, params, fetch_arrow=fetch_arrow),
+            params,
+        )
+
+    @staticmethod
+    def _uses_bqml(sql: str) -> bool:
+        from lakehouse_ml.bqml.sql import mentions_bigquery_ml
+
+        return mentions_bigquery_ml(sql)
 
     # -- plumbing --------------------------------------------------------------------------------
     @contextmanager
@@ -87,6 +140,10 @@ class LocalWarehouse(Warehouse):
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         try:
             with self.duckdb.get_connection() as conn:
+                # DuckDB's Python client would otherwise read a missing table from any Python
+                # variable of that name on the call stack (a "replacement scan"): a query of a
+                # missing table must fail, not read a local DataFrame.
+                conn.execute("SET python_enable_replacements = false")
                 yield conn
         except duckdb.IOException as err:
             if "lock" in str(err).lower():
@@ -132,6 +189,15 @@ class LocalWarehouse(Warehouse):
 
     # -- reading ---------------------------------------------------------------------------------
     def query_arrow(self, sql: str, params: Params | None = None) -> pa.Table:
+        if self._uses_bqml(sql):
+            from lakehouse_ml.bqml.sql import split_statements, statement_returns_rows
+
+            checked = check_params(params)
+            statements = split_statements(sql)
+            if not statements or not statement_returns_rows(statements[-1], checked):
+                raise WarehouseError("The last statement is not a query, so there are no rows to return.")
+            with self._connection() as conn, self._session(conn, checked) as session:
+                return session.run_script(sql)
         statements = translate(sql)
         checked = check_params(params)
         if not statements[-1].returns_rows:
@@ -142,11 +208,23 @@ class LocalWarehouse(Warehouse):
             return self._run(conn, statements[-1], checked, fetch_arrow=True)
 
     def execute(self, sql: str, params: Params | None = None) -> None:
-        statements = translate(sql)
+        self.run(sql, params)
+
+    def run(self, sql: str, params: Params | None = None) -> pa.Table | None:
+        """Run a script; return the rows of its last statement when that is a query, else None."""
         checked = check_params(params)
+        if self._uses_bqml(sql):
+            with self._connection() as conn, self._session(conn, checked) as session:
+                return session.run_script(sql)
+        statements = translate(sql)
         with self._connection() as conn:
-            for statement in statements:
+            for statement in statements[:-1]:
                 self._run(conn, statement, checked)
+            last = statements[-1]
+            if last.returns_rows:
+                return self._run(conn, last, checked, fetch_arrow=True)
+            self._run(conn, last, checked)
+        return None
 
     # -- writing ---------------------------------------------------------------------------------
     def write_query(
@@ -158,9 +236,13 @@ class LocalWarehouse(Warehouse):
         window: PartitionWindow | None = None,
     ) -> int:
         check_identifier(table, "table")
-        translated = translate_query(single_select(sql))
         checked = check_params(params)
-        with self._connection() as conn:
+        bqml = self._uses_bqml(sql)
+        translated = None if bqml else translate_query(single_select(sql))
+        with self._connection() as conn, self._session(conn, checked) if bqml else _nothing() as session:
+            if session is not None:
+                # ML.* calls are evaluated (and their results registered) before the transaction.
+                translated = session.translate_query(sql)
             conn.execute("BEGIN TRANSACTION")
             try:
                 self._stage(conn, translated, checked)

@@ -6,8 +6,11 @@ names it instead of running with other semantics. On top of sqlglot this module:
 
 * fixes the few BigQuery semantics that sqlglot passes through unchanged but DuckDB reads
   differently (``EXTRACT(DAYOFWEEK …)`` is 1 = Sunday … 7 in BigQuery, 0 … 6 in DuckDB);
-* refuses what the local warehouse does not run (yet), by name, such as BigQuery ML functions
-  and statements, ``EXPORT DATA`` or scripting with variables;
+* refuses what the local warehouse does not run, by name, such as ``EXPORT DATA`` or scripting
+  with variables;
+* refuses BigQuery ML (``CREATE MODEL``, ``ML.*``): that is not a translation, so
+  :class:`~lakehouse_ml.backends.local_warehouse.LocalWarehouse` routes it to
+  :mod:`lakehouse_ml.bqml.sql` and the local BigQuery ML engine before anything reaches here;
 * reports the named query parameters each statement uses, so each gets exactly its values.
 """
 
@@ -54,8 +57,8 @@ def _unsupported_statement(statement: exp.Expression) -> str | None:
         return str(statement.this).upper()
     if not isinstance(statement, _SUPPORTED_STATEMENTS):
         return type(statement).__name__.upper()
-    if isinstance(statement, exp.Create) and str(statement.args.get("kind", "")).upper() == "MODEL":
-        return "CREATE MODEL"
+    if isinstance(statement, (exp.Create, exp.Drop)) and str(statement.args.get("kind", "")).upper() == "MODEL":
+        return f"{type(statement).__name__.upper()} MODEL"
     return None
 
 
@@ -110,16 +113,24 @@ def apply_bigquery_semantics(statement: exp.Expression) -> exp.Expression:
 
 def _translate_one(statement: exp.Expression) -> TranslatedStatement:
     unsupported = _unsupported_statement(statement)
+    if unsupported and unsupported.endswith(" MODEL"):
+        raise SQLTranslationError(
+            f"{unsupported} is BigQuery ML, which the SQL translator does not run: run it through the "
+            "local warehouse (LocalWarehouse.query/execute, lakehouse-ml query), which hands it to the "
+            "local BigQuery ML engine."
+        )
     if unsupported:
         raise SQLTranslationError(
             f"The local warehouse does not run {unsupported} statements. It runs SELECT, CREATE "
-            "TABLE/VIEW, INSERT, UPDATE, DELETE, MERGE, DROP and transactions."
+            "TABLE/VIEW, INSERT, UPDATE, DELETE, MERGE, DROP, transactions and BigQuery ML "
+            "(CREATE/DROP/ALTER MODEL, ML.* functions)."
         )
     ml_call = _bigquery_ml_call(statement)
     if ml_call:
         raise SQLTranslationError(
-            f"{ml_call} is BigQuery ML, which the local warehouse does not run yet. "
-            "Run it on the gcp backend (LAKEHOUSE_ML_BACKEND=gcp)."
+            f"{ml_call} is BigQuery ML, which the SQL translator does not run: run it through the "
+            "local warehouse (LocalWarehouse.query/execute, lakehouse-ml query), which hands it to the "
+            "local BigQuery ML engine."
         )
     fixed = apply_bigquery_semantics(statement.copy())
     try:

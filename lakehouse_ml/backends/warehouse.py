@@ -269,3 +269,8 @@ class Warehouse(dg.ConfigurableResource):
     def table_url(self, table: str) -> str | None:
         """A link to the table for the Dagster UI (console URL on gcp), if there is one."""
         return None
+
+    def model_url(self, model: str) -> str | None:
+        """Where a BigQuery ML model is, for the Dagster UI: a console URL on gcp, the artifact
+        folder locally."""
+        return None

@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lakehouse_ml.atomic import fsync_dir, replacing, write_bytes
 from lakehouse_ml.datagen.config import SimulationConfig
 from lakehouse_ml.datagen.scenarios import SCENARIOS
 from lakehouse_ml.datagen.schema import DAILY_TABLES, TABLES, pandas_metadata
@@ -103,47 +102,13 @@ def read_manifest(landing_dir: Path) -> dict:
         ) from None
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
 def _write_parquet(table: pa.Table, path: Path, metadata: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    try:
+    with replacing(path) as tmp:
         pq.write_table(table.replace_schema_metadata(metadata), tmp, compression=PARQUET_COMPRESSION)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def _write_json(data: dict, path: Path) -> None:
-    tmp = _temp_name(path)
-    try:
-        with open(tmp, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 @contextlib.contextmanager
@@ -192,7 +157,7 @@ def write_landing(config: SimulationConfig, landing_dir: Path, progress: Progres
     report = progress or (lambda table, done, total: None)
     with _exclusive(landing_dir):
         (landing_dir / MANIFEST).unlink(missing_ok=True)  # incomplete until the new manifest lands
-        _fsync_dir(landing_dir)
+        fsync_dir(landing_dir)
         sim = CymbalSimulator(config)
         metadata = {table: pandas_metadata(table) for table in TABLES}
         written: dict[str, set[Path]] = {table: set() for table in TABLES}
@@ -244,7 +209,7 @@ def write_landing(config: SimulationConfig, landing_dir: Path, progress: Progres
 
         for table in TABLES:
             _remove_stale(landing_dir, table, written[table])
-            _fsync_dir(landing_dir / table)
+            fsync_dir(landing_dir / table)
 
         manifest = {
             "format_version": FORMAT_VERSION,

@@ -97,6 +97,12 @@ def timed(action) -> tuple[float, object]:
 
 
 def main() -> None:
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    # The baseline is held to the engine's iteration count on purpose.
+    warnings.filterwarnings("ignore", category=ConvergenceWarning)
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--record", action="store_true")
@@ -116,6 +122,7 @@ def main() -> None:
         evaluation = warehouse.query("SELECT * FROM ML.EVALUATE(MODEL bench_logreg)")
         iterations = warehouse.query("SELECT COUNT(*) AS n FROM ML.TRAINING_INFO(MODEL bench_logreg)").n[0]
         t_sklearn, sklearn_auc = sklearn_baseline(warehouse, max_iter=int(iterations) or 20)
+        t_sklearn_default, sklearn_default_auc = sklearn_baseline(warehouse, max_iter=100)
         t_predict, predictions = timed(
             lambda: warehouse.query_arrow("SELECT * FROM ML.PREDICT(MODEL bench_logreg, TABLE bench_data)")
         )
@@ -133,6 +140,7 @@ def main() -> None:
         f"hand-written scikit-learn pipeline ({int(iterations)} iterations, same split)": f"{t_sklearn:.1f} s",
         "**LOGISTIC_REG / scikit-learn (target ≤ 1.5×)**": f"**{t_logreg / t_sklearn:.2f}×**",
         "LOGISTIC_REG roc_auc (ML.EVALUATE) / scikit-learn roc_auc": f"{float(evaluation.roc_auc[0]):.4f} / {sklearn_auc:.4f}",
+        "scikit-learn with its default max_iter=100 (time, roc_auc)": f"{t_sklearn_default:.1f} s, {sklearn_default_auc:.4f}",
         "peak RSS during LOGISTIC_REG": f"{logreg_peak / 2**20:.0f} MiB",
         "**CREATE MODEL BOOSTED_TREE_CLASSIFIER (target < 60 s)**": f"**{t_tree:.1f} s**",
         "BOOSTED_TREE_CLASSIFIER roc_auc": f"{float(tree_eval.roc_auc[0]):.4f}",

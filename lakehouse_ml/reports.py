@@ -71,8 +71,8 @@ def confusion_matrix_png(matrix: pd.DataFrame, path: Path, title: str, note: str
     values = matrix.to_numpy(dtype=float)
     figure, axes = plt.subplots(figsize=(4.5, 4))
     image = axes.imshow(values, cmap="Blues")
-    axes.set_xticks(range(len(matrix.columns)), [str(c) for c in matrix.columns])
-    axes.set_yticks(range(len(matrix.index)), [str(i) for i in matrix.index])
+    axes.set_xticks(range(len(matrix.columns)), [_label(c) for c in matrix.columns])
+    axes.set_yticks(range(len(matrix.index)), [_label(i) for i in matrix.index])
     axes.set(xlabel="predicted label", ylabel="expected label")
     axes.set_title(title)
     top = values.max() if values.size else 0
@@ -81,6 +81,12 @@ def confusion_matrix_png(matrix: pd.DataFrame, path: Path, title: str, note: str
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
     _note(figure, note)
     return _save(figure, path)
+
+
+def _label(value: object) -> str:
+    """A class label as BigQuery prints it (BOOL as true/false, whatever the source's spelling)."""
+    text = str(value)
+    return text.lower() if text.lower() in ("true", "false") else text
 
 
 def cluster_sizes_png(sizes: pd.DataFrame, path: Path, title: str, note: str = "") -> Path:

@@ -129,9 +129,9 @@ def evaluation_asset(spec: models.ModelSpec, reports_dir: Path) -> dg.AssetsDefi
             f"metric/{metric}": dg.MetadataValue.float(value) for metric, value in result.metrics.items() if value is not None
         }
         metadata["metrics"] = dg.MetadataValue.md(reports.metrics_markdown(result.metrics))
-        metadata["gate"] = dg.MetadataValue.text(
-            f"{spec.gate.metric} ({spec.gate.direction} is better) = {result.metrics.get(spec.gate.metric)}"
-        )
+        gate_value = result.metrics.get(spec.gate.metric)
+        shown = f"{gate_value:.4f}" if isinstance(gate_value, float) else str(gate_value)
+        metadata["gate"] = dg.MetadataValue.text(f"{spec.gate.metric} ({spec.gate.direction} is better) = {shown}")
         metadata["sources"] = dg.MetadataValue.json(result.sources)
         if result.roc is not None:
             path = reports.roc_curve_png(

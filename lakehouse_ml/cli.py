@@ -92,11 +92,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _materialize(settings: Settings) -> None:
-    from lakehouse_ml.runner import ALL_JOBS, materialize_all, persistent_instance
+    from lakehouse_ml.runner import materialize_all, persistent_instance
 
     start = time.perf_counter()
     with persistent_instance(settings) as instance:
-        materialize_all(settings, instance, progress=_say, jobs=ALL_JOBS)
+        materialize_all(settings, instance, progress=_say)
     _say(f"Materialized every asset in {time.perf_counter() - start:.1f} s on the {settings.backend} backend.")
 
 
@@ -245,6 +245,22 @@ def _bqml_progress():
         logger.setLevel(previous)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the local endpoint server in the foreground, or stop the background one (--stop)."""
+    from lakehouse_ml.serving import server
+
+    settings = _settings(args)
+    if args.stop:
+        stopped = server.stop_server(settings.home_dir)
+        _say("Stopped the local endpoint server." if stopped else "No local endpoint server was running.")
+        return 0
+    host = args.host or settings.serving_host
+    port = args.port or settings.serving_port
+    _say(f"Serving every local endpoint on http://{host}:{port} (Ctrl-C stops; see /openapi.json).")
+    server.run(settings.home_dir, host, port, settings.serving_token)
+    return 0
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -287,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="query parameter @NAME (repeatable); NAME:TYPE:VALUE to give the type")
     query.add_argument("--max-rows", type=int, default=50, help="rows shown by --format table (default 50)")
     query.set_defaults(func=cmd_query)
+
+    serve = sub.add_parser("serve", help="run the local endpoint server (Vertex AI prediction REST format)")
+    serve.add_argument("--host", help="address to bind (default: $LAKEHOUSE_ML_SERVING_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: $LAKEHOUSE_ML_SERVING_PORT or 8765)")
+    serve.add_argument("--stop", action="store_true", help="stop the server started in the background")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -79,11 +79,12 @@ def materialize_all(
     settings: Settings,
     instance: dg.DagsterInstance,
     progress: Callable[[str], None] = lambda _: None,
-    jobs: tuple[str, ...] = DATA_JOBS,
+    jobs: tuple[str, ...] = ALL_JOBS,
     log_level: str = "WARNING",
 ) -> list[StepReport]:
     """Run ``jobs`` in order: by default the data (dimensions, then all daily partitions in one
-    run, then snapshots); with ``ALL_JOBS`` the models and their evaluations after them."""
+    run, then snapshots), then the models and their evaluations (``jobs=DATA_JOBS`` stops before
+    the models)."""
     definitions = build_definitions(settings)
     keys = daily_partitions(settings).get_partition_keys()
     reports = []

@@ -37,6 +37,9 @@ EXAMPLES: dict[str, str] = {
     "bigquery_api_endpoint": "https://bigquery.googleapis.com",
     "vertex_api_endpoint": "https://us-central1-aiplatform.googleapis.com",
     "gcp_anonymous_credentials": "false",
+    "serving_host": "127.0.0.1",
+    "serving_port": "8765",
+    "serving_token": "a-long-random-string",
 }
 
 
@@ -74,6 +77,13 @@ class Settings(BaseSettings):
     )
     gcp_anonymous_credentials: bool = Field(
         False, description="Send no credentials (only for a local test double of the Google APIs)."
+    )
+
+    # local endpoint server
+    serving_host: str = Field("127.0.0.1", description="Address the local endpoint server binds (loopback by default).")
+    serving_port: int = Field(8765, ge=1, le=65535, description="Port of the local endpoint server.")
+    serving_token: str | None = Field(
+        None, description="Optional bearer token: when set, the local endpoint server refuses calls without it (401)."
     )
 
     @field_validator("gcp_project")

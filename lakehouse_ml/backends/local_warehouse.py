@@ -87,6 +87,9 @@ class LocalWarehouse(Warehouse):
     duckdb: DuckDBResource
     # Where the local BigQuery ML engine keeps its models; None: ``models/`` beside the DuckDB file.
     models_dir: str | None = None
+    # The local model registry (``MODEL_REGISTRY='VERTEX_AI'`` models register there); None:
+    # ``registry/`` beside the DuckDB file (an in-memory warehouse without it has no registry).
+    registry_dir: str | None = None
 
     @classmethod
     def at(cls, path: str | Path, models_dir: str | Path | None = None) -> "LocalWarehouse":
@@ -109,7 +112,21 @@ class LocalWarehouse(Warehouse):
     def bqml_engine(self) -> BqmlEngine:
         from lakehouse_ml.bqml.engine import BqmlEngine
 
-        return BqmlEngine(self.models_path())
+        return BqmlEngine(self.models_path(), registry=self.model_registry())
+
+    def registry_path(self) -> Path | None:
+        """The folder of the local model registry (None for an in-memory warehouse without one)."""
+        if self.registry_dir:
+            return Path(self.registry_dir)
+        if self.duckdb.database == ":memory:":
+            return None
+        return Path(self.duckdb.database).parent / "registry"
+
+    def model_registry(self):  # -> LocalModelRegistry | None
+        from lakehouse_ml.backends.local_registry import LocalModelRegistry
+
+        path = self.registry_path()
+        return LocalModelRegistry(root=str(path)) if path is not None else None
 
     def model_url(self, model: str) -> str | None:
         """Where a model's artifacts are (a local folder), for links in the Dagster UI."""

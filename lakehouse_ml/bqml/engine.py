@@ -34,6 +34,7 @@ from scipy.special import expit
 from lakehouse_ml.bqml import options as opt
 from lakehouse_ml.bqml import xgb
 from lakehouse_ml.bqml.artifacts import ModelStore, check_name
+from lakehouse_ml.backends.warehouse import WarehouseError
 from lakehouse_ml.bqml.errors import BqmlError, ModelExistsError, ModelNotFoundError
 from lakehouse_ml.bqml.metrics import CLASSIFICATION_COLUMNS, KMEANS_COLUMNS, REGRESSION_COLUMNS
 from lakehouse_ml.bqml.metrics import classification as classification_metrics
@@ -259,10 +260,57 @@ def _with_inputs(columns: list[tuple[str, pa.Array]], frame: pd.DataFrame) -> pa
 class BqmlEngine:
     """Trains, stores and applies BigQuery ML models under ``models_dir``."""
 
-    def __init__(self, models_dir: Path):
+    def __init__(self, models_dir: Path, registry: Any = None, dataset: str = "main"):
+        """``registry``: a :class:`lakehouse_ml.backends.registry.ModelRegistry` (or None). With one,
+        ``MODEL_REGISTRY='VERTEX_AI'`` models register at CREATE MODEL, ``ALTER MODEL … SET
+        OPTIONS(vertex_ai_model_id=…)`` registers an existing model, CREATE OR REPLACE replaces the
+        registered version and DROP MODEL removes it (refused while deployed). Without one the
+        registry options are only kept in the model's metadata. ``dataset`` names the models'
+        dataset in the registered source (``bqml://<dataset>.<model>``)."""
         self.models_dir = Path(models_dir)
         self.store = ModelStore(self.models_dir)
         self._cache: dict[str, _Model] = {}
+        self.registry = registry
+        self.dataset = dataset
+
+    # -- registry hook ---------------------------------------------------------------------------
+    def _source(self, name: str) -> str:
+        return f"bqml://{self.dataset}.{name}"
+
+    @staticmethod
+    def _registered(meta: Mapping[str, Any]) -> bool:
+        registry = meta.get("registry") or {}
+        return registry.get("model_registry") == "VERTEX_AI" or registry.get("vertex_ai_model_id") is not None
+
+    def _sync_registry(self, name: str, replaced_registered: bool) -> None:
+        """After CREATE [OR REPLACE] MODEL: register the new model, replacing the old one's version."""
+        if self.registry is None:
+            return
+        meta = self.model_metadata(name)
+        registry = meta["registry"]
+        model_id = None
+        if registry.get("model_registry") == "VERTEX_AI":
+            # VERTEX_AI_MODEL_ID: "If you don't specify a Vertex AI model ID, the BigQuery ML model
+            # name is used" (opt.GLM_DOC, VERTEX_AI_MODEL_ID)
+            model_id = registry.get("vertex_ai_model_id") or name
+        if model_id is None and not replaced_registered:
+            return
+        try:
+            self.registry.replace_bqml_version(
+                self._source(name),
+                model_id,
+                model_type=meta["model_type"],
+                artifact_dir=self.store.version_dir(name),
+                aliases=registry.get("vertex_ai_model_version_aliases") or (),
+                display_name=name,
+                labels=(meta.get("descriptive") or {}).get("labels") or {},
+                metrics=meta.get("evaluation") or {},
+            )
+        except WarehouseError as err:
+            raise BqmlError(
+                f"Model {name!r} was created, but registering it in the model registry failed: {err} "
+                f"Fix that, then register it with ALTER MODEL {name} SET OPTIONS(vertex_ai_model_id='{model_id or name}')."
+            ) from None
 
     # -- loading -----------------------------------------------------------------------------------
     def _load(self, name: str) -> _Model:
@@ -311,6 +359,10 @@ class BqmlEngine:
                 )
         say = progress or (lambda message: None)
         started = time.perf_counter()
+        replaced_registered = (
+            self.registry is not None and replace and self.store.exists(name)
+            and self._registered(self.store.load_meta(name))
+        )
         resolved = opt.resolve(options)
         opt.check_model_name_for_vertex(name, resolved)
         given = {str(k).lower() for k, v in (options or {}).items() if v is not None}
@@ -326,6 +378,7 @@ class BqmlEngine:
                 return self.model_metadata(name)
             raise
         self._cache.pop(name, None)
+        self._sync_registry(name, replaced_registered)
         say(f"model {name} created in {time.perf_counter() - started:.1f} s")
         return self.model_metadata(name)
 
@@ -333,7 +386,15 @@ class BqmlEngine:
         """``DROP MODEL [IF EXISTS]``."""
         check_name(name)
         self._cache.pop(name, None)
-        if not self.store.drop(name) and not if_exists:
+        registered = (
+            self.registry is not None and self.store.exists(name) and self._registered(self.store.load_meta(name))
+        )
+        if registered:  # refused while its registered version is deployed
+            self.registry.drop_bqml_model(self._source(name), check_only=True)
+        dropped = self.store.drop(name)
+        if dropped and registered:
+            self.registry.drop_bqml_model(self._source(name))
+        if not dropped and not if_exists:
             raise ModelNotFoundError(
                 f"Model {name!r} not found; use DROP MODEL IF EXISTS to ignore a missing model."
             )
@@ -345,6 +406,18 @@ class BqmlEngine:
         KMS_KEY_NAME, DESCRIPTION, LABELS."""
         check_name(name)
         changes = opt.resolve_alter(options)
+        register_as = changes.get("vertex_ai_model_id") if self.registry is not None else None
+        if register_as is not None:
+            self.store.version_dir(name)  # the model exists
+            current = self.registry.find_bqml_version(self._source(name))
+            if current is not None and current.model_id != register_as:
+                raise BqmlError(
+                    f"Model {name!r} is already registered as version {current.version_id} of {current.model_id!r}; "
+                    "a BigQuery ML model can only be registered to one model ID. To register it elsewhere, "
+                    f"CREATE OR REPLACE MODEL {name} with VERTEX_AI_MODEL_ID='{register_as}'."
+                )
+            if current is not None:
+                register_as = None  # already registered there: nothing to do
 
         def change(meta: dict) -> dict:
             meta = dict(meta)
@@ -367,7 +440,20 @@ class BqmlEngine:
 
         self.store.update_meta(name, change)
         self._cache.pop(name, None)
-        return self.model_metadata(name)
+        meta = self.model_metadata(name)
+        if register_as is not None:
+            # "If you set it to a new ID …, the BigQuery ML model displays as model version 1 …; add the
+            # existing model's ID - it automatically registers as the latest version." (update_vertex)
+            self.registry.register_version(
+                register_as,
+                source=self._source(name),
+                model_type=meta["model_type"],
+                artifact_dir=self.store.version_dir(name),
+                display_name=name,
+                labels=meta["descriptive"].get("labels") or {},
+                metrics=meta.get("evaluation") or {},
+            )
+        return meta
 
     def model_exists(self, name: str) -> bool:
         check_name(name)
@@ -1114,7 +1200,11 @@ class _Trainer:
                 )
             init_rows = init_series.astype("boolean").fillna(False).to_numpy(dtype=bool)
         seed = int(np.add.reduce(hashes, dtype=np.uint64)) if len(hashes) else 0
-        result = kmeans.train(design, self.o, init_rows, seed, self.say)
+        # Train on the rows in the order of their hashes, so that the random initial centroids,
+        # like the seed, do not depend on the order in which the query returned the rows.
+        order = np.argsort(hashes, kind="stable")
+        canonical = Design(design.num[order], [codes[order] for codes in design.codes], list(design.sizes))
+        result = kmeans.train(canonical, self.o, init_rows[order] if init_rows is not None else None, seed, self.say)
         meta["options"] = {**meta["options"], "num_clusters": result.num_clusters}
         meta["training_info"] = result.iterations
         meta["evaluation"] = kmeans.evaluate(design, result.centroids, self.o["distance_type"])

@@ -81,11 +81,8 @@ def row_hashes(frame: pd.DataFrame, factorized: dict | None = None) -> np.ndarra
         if factorized and name in factorized:
             codes, keys = factorized[name]
         elif pd.api.types.is_numeric_dtype(dtype) and not isinstance(dtype, pd.CategoricalDtype):
-            values = (
-                series.to_numpy(dtype=np.float64, na_value=np.nan)
-                if pd.api.types.is_extension_array_dtype(dtype)
-                else series.to_numpy()
-            )
+            # As float64 whatever the integer/float/nullable type: the same values, the same key.
+            values = series.to_numpy(dtype=np.float64, na_value=np.nan)
             column_hash = pd.util.hash_array(values)
             codes = None
         elif pd.api.types.is_datetime64_any_dtype(dtype) and not isinstance(dtype, pd.ArrowDtype):

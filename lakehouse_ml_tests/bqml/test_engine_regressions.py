@@ -60,3 +60,33 @@ def test_anomaly_rate_on_training_rows_is_the_contamination_for_overlapping_clus
         assert np.mean(flagged.to_numpy(zero_copy_only=False)) == pytest.approx(contamination, abs=0.003)
     out = eng.detect_anomalies("km", frame, {"contamination": 0.02})
     assert out.column("CENTROID_ID").to_pylist() == eng.predict("km", frame).column("CENTROID_ID").to_pylist()
+
+
+def test_kmeans_model_does_not_depend_on_row_order(tmp_path):
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame(rng.normal(size=(3000, 3)), columns=list("abc"))
+    frame["segment"] = rng.choice(["x", "y", "z"], 3000)
+    first, second = BqmlEngine(tmp_path / "one"), BqmlEngine(tmp_path / "two")
+    for method in ("RANDOM", "KMEANS++"):
+        options = {"model_type": "KMEANS", "num_clusters": 5, "kmeans_init_method": method}
+        first.create_model("km", options, frame, replace=True)
+        second.create_model("km", options, frame.sample(frac=1, random_state=9).reset_index(drop=True), replace=True)
+        a, b = first.evaluate("km", None).to_pylist()[0], second.evaluate("km", None).to_pylist()[0]
+        assert a == pytest.approx(b, rel=1e-9)
+        assert first.predict("km", frame).column("CENTROID_ID").to_pylist() == (
+            second.predict("km", frame).column("CENTROID_ID").to_pylist()
+        )
+
+
+def test_kmeans_model_does_not_depend_on_integer_or_float_types(tmp_path):
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"a": rng.integers(0, 50, 2000), "b": rng.normal(size=2000)})
+    as_float = frame.astype({"a": "float64"})
+    as_nullable = frame.astype({"a": "Int64"})
+    results = []
+    for i, variant in enumerate((frame, as_float, as_nullable)):
+        engine = BqmlEngine(tmp_path / str(i))
+        engine.create_model("km", {"model_type": "KMEANS", "num_clusters": 4, "kmeans_init_method": "KMEANS++"}, variant)
+        results.append(engine.evaluate("km", None).to_pylist()[0])
+    assert results[1] == pytest.approx(results[0], rel=1e-12)
+    assert results[2] == pytest.approx(results[0], rel=1e-12)

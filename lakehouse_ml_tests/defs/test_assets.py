@@ -10,7 +10,7 @@ import pytest
 from lakehouse_ml import features
 from lakehouse_ml.datagen import ARROW_SCHEMAS, SimulationConfig, read_manifest, write_landing
 from lakehouse_ml.definitions import build_definitions
-from lakehouse_ml.runner import materialize_all
+from lakehouse_ml.runner import DATA_JOBS, materialize_all
 from lakehouse_ml.settings import load_settings
 
 ASSETS = ["raw_customers", "raw_products", "raw_orders", "raw_web_sessions", "customer_features", "transaction_features"]
@@ -37,7 +37,7 @@ def materialized(tmp_path_factory):
         settings.landing_dir,
     )
     instance = dg.DagsterInstance.ephemeral()
-    reports = materialize_all(settings, instance)
+    reports = materialize_all(settings, instance, jobs=DATA_JOBS)  # models: test_model_assets.py
     yield settings, instance, reports
     instance.dispose()
 

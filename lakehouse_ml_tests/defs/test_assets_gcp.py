@@ -7,6 +7,8 @@ come out equal the local backend's.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 import pandas as pd
 import pytest
@@ -20,8 +22,16 @@ from lakehouse_ml_tests.fakes import fake_bigquery_api
 
 pytestmark = pytest.mark.timeout(300)
 
+ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "lakehouse-test"
 DATASET = "lakehouse_ml"
+
+
+def _metrics(instance: dg.DagsterInstance, asset: str) -> dict[str, float]:
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    assert event is not None, f"{asset} was not materialized"
+    metadata = event.asset_materialization.metadata
+    return {k: v.value for k, v in metadata.items() if k.startswith("metric/")}
 
 
 def test_gcp_backend_materializes_every_asset_like_local(tmp_path):
@@ -31,8 +41,8 @@ def test_gcp_backend_materializes_every_asset_like_local(tmp_path):
         SimulationConfig(seed=5, start_date=local.start_date, days=local.days, customers=local.customers),
         local.landing_dir,
     )
-    with dg.DagsterInstance.ephemeral() as instance:
-        materialize_all(local, instance)
+    local_instance = dg.DagsterInstance.ephemeral()
+    materialize_all(local, local_instance)
 
     with fake_bigquery_api() as api:
         gcp = load_settings(
@@ -45,8 +55,8 @@ def test_gcp_backend_materializes_every_asset_like_local(tmp_path):
                 "LAKEHOUSE_ML_GCP_ANONYMOUS_CREDENTIALS": "true",
             }
         )
-        with dg.DagsterInstance.ephemeral() as instance:
-            reports = materialize_all(gcp, instance)
+        gcp_instance = dg.DagsterInstance.ephemeral()
+        reports = materialize_all(gcp, gcp_instance)
         checks = {name: passed for report in reports for name, passed in report.checks.items()}
         assert checks and all(checks.values()), checks
 
@@ -73,3 +83,14 @@ def test_gcp_backend_materializes_every_asset_like_local(tmp_path):
             pd.testing.assert_frame_equal(
                 remote[here.columns].astype(str), here.astype(str), check_dtype=False, obj=table.name
             )
+
+        # BigQuery ML went over the wire as the model files say, and trained the same models.
+        for name in ("churn_model", "customer_segments_model", "transaction_anomaly_model"):
+            text = (ROOT / "sql" / "models" / f"{name}.sql").read_text()
+            assert any(q["query"] == text for q in queries), f"{name}: its SQL file was not sent unchanged"
+        for name in ("churn_model_evaluation", "customer_segments_model_evaluation", "transaction_anomaly_model_evaluation"):
+            remote_metrics = _metrics(gcp_instance, name)
+            # Same data, same engine: equal up to the order of floating-point sums.
+            assert remote_metrics and remote_metrics == pytest.approx(_metrics(local_instance, name), rel=1e-6)
+    gcp_instance.dispose()
+    local_instance.dispose()

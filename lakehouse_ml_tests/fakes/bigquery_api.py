@@ -42,11 +42,14 @@ import io
 import json
 import math
 import re
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import duckdb
@@ -61,6 +64,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from lakehouse_ml.backends.translate import apply_bigquery_semantics
+from lakehouse_ml.backends.warehouse import WarehouseError
+from lakehouse_ml.bqml.engine import BqmlEngine
+from lakehouse_ml.bqml.sql import AlterModel, BqmlSession, CreateModel, DropModel, mentions_bigquery_ml, parse_model_statement
 
 API_PREFIX = "/bigquery/v2"
 UPLOAD_PREFIX = "/upload/bigquery/v2"
@@ -576,10 +582,14 @@ class _Engine:
         self.table_meta: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.jobs: dict[tuple[str, str], _Job] = {}
         self.job_order: list[tuple[str, str]] = []
+        # BigQuery ML: the project's local engine stands in for BigQuery's (models live in a
+        # temporary folder for the life of the double).
+        self.models_dir = tempfile.mkdtemp(prefix="fake-bigquery-models-")
 
     def close(self) -> None:
         with self.lock:
             self.con.close()
+        shutil.rmtree(self.models_dir, ignore_errors=True)
 
     def _exec(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         """Run one DuckDB statement and consume its result (DuckDB wants every result fetched)."""
@@ -844,6 +854,9 @@ class _Engine:
             location=job.location,
         )
         text = cfg.get("query") or ""
+        if mentions_bigquery_ml(text):
+            self._run_bigquery_ml(job, text, ctx, cfg.get("destinationTable"))
+            return
         try:
             statements = [s for s in sqlglot.parse(text, read="bigquery") if s is not None]
         except sqlglot.errors.ParseError as err:
@@ -889,6 +902,41 @@ class _Engine:
         result = self._execute(stmt, ctx, in_transaction=False)
         job.result = result.table
         job.num_dml_affected_rows = result.dml_rows
+
+    def _run_bigquery_ml(
+        self, job: _Job, text: str, ctx: _QueryContext, destination: dict[str, Any] | None
+    ) -> None:
+        """CREATE/DROP/ALTER MODEL and ML.* calls, run by the project's local BigQuery ML engine on
+        this double's tables (unqualified names resolve in the default dataset)."""
+        if ctx.default_dataset is None:
+            raise _invalid_query("The BigQuery test double runs BigQuery ML only with a default dataset.")
+        project, dataset = ctx.default_dataset
+        if (project, dataset) not in self.datasets:
+            raise BigQueryApiError("notFound", f"Not found: Dataset {project}:{dataset}")
+        self._exec(f"USE {_q(project)}.{_q(dataset)}")
+        params = {name: value for name, (_type, value) in ctx.params.items()}
+
+        def run(statement, fetch_arrow: bool):
+            values = {p: params[p] for p in statement.parameters if p in params}
+            try:
+                if fetch_arrow:
+                    return self._arrow(statement.duckdb_sql, values)
+                return self.con.execute(statement.duckdb_sql, values) if values else self.con.execute(statement.duckdb_sql)
+            except duckdb.Error as err:
+                raise _invalid_query(_duckdb_error_message(err)) from None
+
+        try:
+            with BqmlSession(self.con, BqmlEngine(Path(self.models_dir)), run, params) as session:
+                result = session.run_script(text)
+        except WarehouseError as err:
+            raise _invalid_query(str(err)) from None
+        statement = parse_model_statement(text, params)
+        job.statement_type = {CreateModel: "CREATE_MODEL", DropModel: "DROP_MODEL", AlterModel: "ALTER_MODEL"}.get(
+            type(statement), "SELECT"
+        )
+        job.result = _normalize_table(result) if result is not None else None
+        if destination and job.result is not None:
+            self.write_arrow(destination, job.result, write_disposition="WRITE_TRUNCATE", create_disposition="CREATE_IF_NEEDED")
 
     def _run_script(
         self, job: _Job, statements: list[exp.Expression], ctx: _QueryContext

@@ -1,0 +1,126 @@
+"""Benchmark of the local endpoint server: single-instance predict over HTTP on loopback with 4
+concurrent keep-alive clients and logging on; a 100-instance batch; the ratio to in-process
+ML.PREDICT of the same rows. Records into docs/benchmarks.md.
+
+The load generator is 4 threads of raw keep-alive sockets sending a prebuilt request (so the
+figures measure the server, not an HTTP client library); it runs on the same 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import record_section  # noqa: E402
+from lakehouse_ml.backends.local_endpoints import LocalEndpoints  # noqa: E402
+from lakehouse_ml.bqml.engine import BqmlEngine  # noqa: E402
+from lakehouse_ml.serving import server  # noqa: E402
+from lakehouse_ml_tests.serving.conftest import free_port, instances, training_frame  # noqa: E402
+
+
+def _request(path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def _client(port: int, request: bytes, n: int, out: list, start: threading.Barrier) -> None:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    times = []
+    start.wait()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        sock.sendall(request)
+        buf = b""
+        while True:
+            buf += sock.recv(65536)
+            head, sep, rest = buf.partition(b"\r\n\r\n")
+            if sep:
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                while len(rest) < length:
+                    rest += sock.recv(65536)
+                break
+        times.append(time.perf_counter() - t0)
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head.decode())
+    sock.close()
+    out.extend(times)
+
+
+def load(port: int, request: bytes, clients: int, per_client: int) -> tuple[np.ndarray, float]:
+    out: list = []
+    barrier = threading.Barrier(clients + 1)
+    threads = [threading.Thread(target=_client, args=(port, request, per_client, out, barrier)) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return np.array(out) * 1e3, clients * per_client / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    root = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    engine = BqmlEngine(root / "models")
+    frame = training_frame(2000)
+    engine.create_model("churn", {"model_type": "LOGISTIC_REG", "input_label_cols": ["churned"]}, frame)
+    home = root / "home"
+    ep = LocalEndpoints(home=str(home), port=free_port())
+    ep.create_endpoint("churn", endpoint_id="churn")
+    ep.deploy("churn", "churn", "1", str(engine.store.version_dir("churn")), logging_sampling_rate=1.0)
+    process = server.start_background(home, ep.host, ep.port)
+    try:
+        path = "/v1/projects/local/locations/us-central1/endpoints/churn:predict"
+        one = _request(path, json.dumps({"instances": instances(frame.head(1))}).encode())
+        batch = _request(path, json.dumps({"instances": instances(frame.head(100))}).encode())
+        load(ep.port, one, 4, 500)  # warm up
+        lat1, rps = load(ep.port, one, 4, 5000)
+        lat100, rps100 = load(ep.port, batch, 1, 1000)
+    finally:
+        server.stop_server(home)
+        process.wait(30)
+    logged = sum(1 for _ in (home / "serving" / "logs" / "churn").glob("*.parquet"))
+    in_process = []
+    rows1, rows100 = frame.head(1), frame.head(100)
+    for rows, reps in ((rows1, 300), (rows100, 300)):
+        engine.predict("churn", rows)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            engine.predict("churn", rows)
+        in_process.append((time.perf_counter() - t0) / reps * 1e3)
+    p50, p99 = np.percentile(lat1, [50, 99])
+    b50, b99 = np.percentile(lat100, [50, 99])
+    body = "\n".join(
+        [
+            "## Local endpoint server (benchmarks/serving.py)",
+            "",
+            "LOGISTIC_REG (4 features: 2 numeric, 2 categorical), uvicorn + httptools + uvloop, one server",
+            "process; load generator: raw keep-alive sockets in the same machine (2 cores shared).",
+            f"Request-response log on (sampling rate 1.0; {logged} Parquet batch files written).",
+            "",
+            "| case | p50 ms | p99 ms | req/s | in-process ML.PREDICT ms | HTTP p50 / ML.PREDICT |",
+            "|---|---|---|---|---|---|",
+            f"| 1 instance, 4 concurrent clients | {p50:.3f} | {p99:.3f} | {rps:,.0f} | {in_process[0]:.3f} | {p50 / in_process[0]:.2f} |",
+            f"| 100 instances, 1 client | {b50:.3f} | {b99:.3f} | {rps100:,.0f} | {in_process[1]:.3f} | {b50 / in_process[1]:.2f} |",
+            "",
+            "Targets: 1 instance p50 ≤ 1 ms, p99 ≤ 5 ms, ≥ 2,000 req/s; 100 instances p50 ≤ 5 ms.",
+        ]
+    )
+    print(body)
+    record_section(Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md", "serving", body)
+
+
+if __name__ == "__main__":
+    main()

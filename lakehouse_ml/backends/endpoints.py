@@ -1,0 +1,63 @@
+"""The endpoints seam: Vertex AI endpoints and their deployed models.
+
+Two implementations: :class:`lakehouse_ml.backends.local_endpoints.LocalEndpoints` (state in the
+local registry's SQLite file, predictions from the local endpoint server :mod:`lakehouse_ml.serving`)
+and a Vertex AI one. Semantics follow Vertex AI:
+
+* An endpoint holds deployed models, each with an id (``deployedModelId``) and a traffic share;
+  the shares of an endpoint with deployed models sum to 100.
+* ``deploy(..., traffic_percentage=p)`` gives the new model ``p`` % and scales the others to fill
+  the rest (the first model deployed gets 100 %); ``traffic_split`` sets the whole split instead,
+  with the key ``"0"`` for the model being deployed.
+* ``undeploy`` of a model that takes traffic hands its share to the others proportionally.
+* ``predict`` answers like ``PredictionService.Predict``: ``predictions``, ``deployedModelId``,
+  ``model`` and ``modelVersionId``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import dagster as dg
+
+
+class EndpointError(RuntimeError):
+    """Any endpoint failure; the message says what went wrong and what to do next."""
+
+
+class Endpoints(dg.ConfigurableResource):
+    """Create endpoints, deploy model versions with a traffic split, predict."""
+
+    def create_endpoint(self, display_name: str, endpoint_id: str | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def get_endpoint(self, endpoint: str) -> dict[str, Any] | None:
+        """The endpoint (by id or display name): ``endpoint_id``, ``display_name``,
+        ``deployed_models`` (list of dicts) and ``traffic_split``; None when missing."""
+        raise NotImplementedError
+
+    def deploy(
+        self,
+        endpoint: str,
+        model_id: str,
+        version_id: str,
+        artifact_uri: str,
+        *,
+        traffic_percentage: int | None = None,
+        traffic_split: Mapping[str, int] | None = None,
+        machine_type: str | None = None,
+        logging_sampling_rate: float = 1.0,
+    ) -> str:
+        """Deploy a model version; returns its deployed model id."""
+        raise NotImplementedError
+
+    def undeploy(self, endpoint: str, deployed_model_id: str) -> None:
+        raise NotImplementedError
+
+    def set_traffic_split(self, endpoint: str, traffic_split: Mapping[str, int]) -> None:
+        raise NotImplementedError
+
+    def predict(
+        self, endpoint: str, instances: Sequence[Any], parameters: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        raise NotImplementedError

@@ -1,0 +1,223 @@
+"""The model registry seam: model versions and aliases with Vertex AI Model Registry semantics.
+
+Two implementations: :class:`lakehouse_ml.backends.local_registry.LocalModelRegistry` (SQLite under
+the local home) and the Vertex AI one (``google-cloud-aiplatform``). Assets only see
+:class:`ModelRegistry`.
+
+Semantics (each from the Vertex AI / BigQuery ML documentation):
+
+* A model id holds versions ``"1"``, ``"2"``, … that increase and are never reused
+  (https://cloud.google.com/vertex-ai/docs/model-registry/versioning).
+* Version aliases are unique within a model; applying an alias that another version holds moves
+  it ("If you apply an existing alias that is used in another model version, the alias is removed
+  from that version"). The first version gets ``default`` and exactly one version carries it at
+  all times (https://cloud.google.com/vertex-ai/docs/model-registry/model-alias).
+* ``merge_version_aliases``: models.mergeVersionAliases — an alias prefixed with ``-`` is removed
+  from the version; the pattern is ``[a-z][a-zA-Z0-9-]{0,126}[a-z-0-9]``; adding and removing the
+  same alias in one request cancel out
+  (https://cloud.google.com/vertex-ai/docs/reference/rest/v1/projects.locations.models/mergeVersionAliases).
+* ``delete_version``: models.deleteVersion — "Model version can only be deleted if there are no
+  DeployedModels created from it. Deleting the only version in the Model is not allowed. Use
+  models.delete for deleting the Model instead"
+  (https://cloud.google.com/vertex-ai/docs/reference/rest/v1/projects.locations.models/deleteVersion).
+* BigQuery ML models with ``MODEL_REGISTRY='VERTEX_AI'`` register at CREATE MODEL under
+  ``VERTEX_AI_MODEL_ID`` (default: the model name), with ``VERTEX_AI_MODEL_VERSION_ALIASES`` on
+  the new version; ``ALTER MODEL … SET OPTIONS(vertex_ai_model_id=…)`` registers an existing
+  model, as version 1 of a new id or as the latest version of an existing one; "Each BigQuery ML
+  model can only be registered to one model_id" (https://cloud.google.com/bigquery/docs/update_vertex).
+* ARIMA_PLUS models "can be registered in Model Registry, but they can't be deployed"
+  (https://cloud.google.com/vertex-ai/docs/model-registry/model-registry-bqml).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from lakehouse_ml.backends.warehouse import WarehouseError
+from lakehouse_ml.bqml.options import (
+    VERTEX_ALIAS_DOC,
+    VERTEX_ALIAS_PATTERN,
+    VERTEX_MODEL_ID_PATTERN,
+)
+
+DEFAULT_ALIAS = "default"
+
+# Registered but not deployable (model-registry-bqml page, "Limitations"; the local engine trains
+# none of them, the registry still records them as BigQuery does).
+NON_DEPLOYABLE_MODEL_TYPES = ("ARIMA_PLUS", "ARIMA_PLUS_XREG")
+
+# BigQuery multi-regions → the Vertex AI region their models register in (DESIGN.md, "Registry and
+# endpoints"); a region passes through.
+MULTI_REGION_TO_VERTEX = {"US": "us-central1", "EU": "europe-west4"}
+
+
+class RegistryError(WarehouseError):
+    """A registry operation that cannot run. The message says what to do next."""
+
+
+class ModelNotRegisteredError(RegistryError):
+    """The model id, version or alias does not exist."""
+
+
+class VersionDeployedError(RegistryError):
+    """A version (or the BigQuery ML model behind it) is deployed to an endpoint."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelVersion:
+    """One version of a registered model (Vertex AI ``Model`` with its ``versionId``)."""
+
+    model_id: str
+    version_id: str
+    aliases: list[str]
+    display_name: str
+    source: str  # "bqml://<dataset>.<model>" locally; the BigQuery model on gcp
+    model_type: str
+    artifact_uri: str
+    labels: dict[str, str]
+    metrics: dict[str, Any]
+    create_time: str
+    update_time: str
+    deployable: bool
+
+    @property
+    def is_default(self) -> bool:
+        return DEFAULT_ALIAS in self.aliases
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def vertex_region(bigquery_location: str) -> str:
+    """The Vertex AI region of models registered from a BigQuery location (US → us-central1,
+    EU → europe-west4; a region such as ``europe-west2`` passes through)."""
+    if not isinstance(bigquery_location, str) or not bigquery_location:
+        raise RegistryError(f"Invalid BigQuery location {bigquery_location!r}: use US, EU or a region such as us-central1.")
+    mapped = MULTI_REGION_TO_VERTEX.get(bigquery_location.upper())
+    if mapped:
+        return mapped
+    region = bigquery_location.lower()
+    from lakehouse_ml.settings import LOCATION_PATTERN
+
+    if not LOCATION_PATTERN.match(region):
+        raise RegistryError(
+            f"Invalid BigQuery location {bigquery_location!r}: use US, EU or a region such as us-central1."
+        )
+    return region
+
+
+def bqml_source(dataset: str, model: str) -> str:
+    """The source of a version registered from a BigQuery ML model."""
+    return f"bqml://{dataset}.{model}"
+
+
+def check_model_id(model_id: str) -> str:
+    if not isinstance(model_id, str) or not VERTEX_MODEL_ID_PATTERN.match(model_id):
+        raise RegistryError(
+            f"Invalid model id {model_id!r}: a Vertex AI model ID has up to 63 characters from [a-z0-9_-] "
+            "and does not start with a digit or a hyphen (for example 'churn_model')."
+        )
+    return model_id
+
+
+def check_alias(alias: str) -> str:
+    if not isinstance(alias, str) or not VERTEX_ALIAS_PATTERN.match(alias):
+        raise RegistryError(
+            f"Invalid version alias {alias!r}: an alias has 2 to 128 characters, starts with a lower-case "
+            "letter, then letters, digits or hyphens, and ends with a lower-case letter, a digit or a hyphen "
+            f"(pattern [a-z][a-zA-Z0-9-]{{0,126}}[a-z-0-9], {VERTEX_ALIAS_DOC})."
+        )
+    return alias
+
+
+def parse_merge(aliases: Iterable[str]) -> tuple[list[str], list[str]]:
+    """mergeVersionAliases' list → (to add, to remove); an alias both added and removed cancels out."""
+    if isinstance(aliases, str):
+        raise RegistryError(f"Give the aliases as a list, for example [{aliases!r}], not a string.")
+    add: list[str] = []
+    remove: list[str] = []
+    for raw in aliases:
+        if isinstance(raw, str) and raw.startswith("-"):
+            name = check_alias(raw[1:])
+            if name not in remove:
+                remove.append(name)
+        else:
+            name = check_alias(raw)
+            if name not in add:
+                add.append(name)
+    both = set(add) & set(remove)
+    return [a for a in add if a not in both], [r for r in remove if r not in both]
+
+
+class ModelRegistry(dg.ConfigurableResource):
+    """Versions and aliases of registered models (Vertex AI Model Registry semantics)."""
+
+    def register_version(
+        self,
+        model_id: str,
+        *,
+        source: str,
+        model_type: str,
+        artifact_dir: str | Path,
+        aliases: Sequence[str] = (),
+        display_name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> ModelVersion:
+        """Register a new version (``"1"`` for a new model id, which also gets ``default``)."""
+        raise NotImplementedError
+
+    def replace_bqml_version(
+        self,
+        source: str,
+        model_id: str | None,
+        *,
+        model_type: str = "",
+        artifact_dir: str | Path | None = None,
+        aliases: Sequence[str] = (),
+        display_name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> ModelVersion | None:
+        """``CREATE OR REPLACE`` of the BigQuery ML model ``source``: its current version is replaced
+        by a new one under ``model_id`` (v1, v2 → v1, v3) and the old version's aliases move to the
+        new one. ``model_id=None``: the new model is not registered, the old version goes."""
+        raise NotImplementedError
+
+    def drop_bqml_model(self, source: str, *, check_only: bool = False) -> None:
+        """``DROP MODEL``: remove the versions registered from ``source`` (refused when deployed)."""
+        raise NotImplementedError
+
+    def find_bqml_version(self, source: str) -> ModelVersion | None:
+        """The current version registered from the BigQuery ML model ``source``, if any."""
+        raise NotImplementedError
+
+    def get_version(self, model_id: str, version_or_alias: str = DEFAULT_ALIAS) -> ModelVersion:
+        raise NotImplementedError
+
+    def list_versions(self, model_id: str) -> list[ModelVersion]:
+        raise NotImplementedError
+
+    def list_models(self) -> list[str]:
+        raise NotImplementedError
+
+    def merge_version_aliases(self, model_id: str, version_id: str, aliases: Sequence[str]) -> ModelVersion:
+        raise NotImplementedError
+
+    def delete_version(self, model_id: str, version_id: str) -> None:
+        raise NotImplementedError
+
+    def delete_model(self, model_id: str) -> None:
+        raise NotImplementedError
+
+    def version_url(self, version: ModelVersion) -> str:
+        """A link for the Dagster UI (the Vertex console on gcp, the local folder locally)."""
+        raise NotImplementedError
+
+    def vertex_region(self, bigquery_location: str) -> str:
+        return vertex_region(bigquery_location)

@@ -1,0 +1,376 @@
+"""Load a model artifact folder (``model.json`` + ``arrays.npz`` / ``booster.json``, as the local
+BigQuery ML engine writes it) into a predictor that turns JSON instances into prediction objects.
+
+Prediction objects carry the fields BigQuery ML models give when they are served by Vertex AI
+(see :mod:`lakehouse_ml.serving`), with the values of ``ML.PREDICT`` on the same rows.
+
+Fast path (LINEAR_REG, LOGISTIC_REG, KMEANS without TIMESTAMP features): the preprocessing is
+compiled at load time into numpy arrays (per numeric feature: NULL value, centre, scale; per
+categorical feature: a dict from category to its one-hot column). A request fills one float
+matrix and one integer code matrix straight from the JSON values, then the scores are a dense
+product and a gather: no pandas on the request path. Other model types (boosted trees, random
+forests, TIMESTAMP features) go through the engine's own ``ML.PREDICT`` on a DataFrame: the same
+values, slower.
+
+Every instance is validated first: it must be a JSON object with exactly the model's features
+(names as trained, or matching case-insensitively), numeric features take JSON numbers, BOOL
+features JSON booleans, the other categorical features JSON strings; ``null`` is allowed
+everywhere (BigQuery ML imputes it). A violation raises :class:`BadInstance` naming the instance
+and the feature.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lakehouse_ml.bqml.artifacts import ARRAYS_NPZ, MODEL_JSON
+
+# Model types the local server can serve; ARIMA_PLUS-like types register but cannot be deployed.
+SERVABLE_MODEL_TYPES = (
+    "LINEAR_REG",
+    "LOGISTIC_REG",
+    "KMEANS",
+    "BOOSTED_TREE_CLASSIFIER",
+    "BOOSTED_TREE_REGRESSOR",
+    "RANDOM_FOREST_CLASSIFIER",
+    "RANDOM_FOREST_REGRESSOR",
+)
+_CLASSIFIERS = ("LOGISTIC_REG", "BOOSTED_TREE_CLASSIFIER", "RANDOM_FOREST_CLASSIFIER")
+_NUMERIC = ("INT64", "FLOAT64", "NUMERIC", "BIGNUMERIC")
+
+
+class BadInstance(ValueError):
+    """An instance that does not fit the model (a 400 INVALID_ARGUMENT)."""
+
+
+class NotServable(ValueError):
+    """An artifact that the local server cannot serve."""
+
+
+def read_meta(artifact_uri: str | Path) -> dict:
+    path = Path(artifact_uri) / MODEL_JSON
+    if not path.is_file():
+        raise NotServable(f"{artifact_uri} holds no BigQuery ML model ({MODEL_JSON} missing).")
+    return json.loads(path.read_text())
+
+
+def load_predictor(artifact_uri: str | Path) -> "Predictor":
+    """A predictor for the model in ``artifact_uri``; raises :class:`NotServable`."""
+    meta = read_meta(artifact_uri)
+    model_type = meta.get("model_type")
+    if model_type not in SERVABLE_MODEL_TYPES:
+        raise NotServable(
+            f"Model type {model_type} cannot be deployed to an endpoint (servable: "
+            f"{', '.join(SERVABLE_MODEL_TYPES)})."
+        )
+    arrays: dict[str, np.ndarray] = {}
+    npz = Path(artifact_uri) / ARRAYS_NPZ
+    if npz.is_file():
+        with np.load(npz, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    prep = meta["preprocessing"]
+    fast = model_type in ("LINEAR_REG", "LOGISTIC_REG", "KMEANS") and all(
+        f["kind"] in ("numeric", "categorical") for f in prep["features"]
+    )
+    return (FastPredictor if fast else EnginePredictor)(Path(artifact_uri), meta, arrays)
+
+
+class Predictor:
+    """Validates instances and predicts. ``feature_names`` in training order."""
+
+    def __init__(self, directory: Path, meta: dict, arrays: dict[str, np.ndarray]):
+        self.directory = directory
+        self.meta = meta
+        self.model_type: str = meta["model_type"]
+        self.features: list[dict] = meta["preprocessing"]["features"]
+        self.feature_names = [f["name"] for f in self.features]
+        self._exact = set(self.feature_names)
+        self._lower = {n.lower(): n for n in self.feature_names}
+        self.label: dict | None = meta.get("label")
+        self.classes: list = list(self.label["classes"]) if self.label and self.label.get("classes") else []
+        self.label_name = self.label["name"] if self.label else None
+        self.descending = list(range(len(self.classes)))[::-1]  # ML.PREDICT lists labels descending
+        self.values_desc = [self.classes[i] for i in self.descending]
+        # per feature: "num" (JSON number), "bool" (JSON boolean), "str" (JSON string)
+        self._expect = {
+            f["name"]: "num" if f["kind"] == "numeric" else "bool" if f["bq_type"] == "BOOL" else "str"
+            for f in self.features
+        }
+
+    # -- validation ------------------------------------------------------------------------------
+    def rows(self, instances: list) -> list[dict]:
+        """Each instance as a dict keyed by the training feature names (validated)."""
+        out = []
+        exact = self._exact
+        expect = self._expect
+        for i, inst in enumerate(instances):
+            if not isinstance(inst, dict):
+                raise BadInstance(
+                    f"instances[{i}] is a JSON {_json_kind(inst)}; each instance must be a JSON object "
+                    f"with the features {', '.join(self.feature_names)}."
+                )
+            if inst.keys() != exact:
+                inst = self._rename(inst, i)
+            for name, value in inst.items():
+                if value is None:
+                    continue
+                want = expect[name]
+                t = type(value)
+                if want == "num":
+                    if t is float:
+                        if not math.isfinite(value):
+                            raise BadInstance(f"instances[{i}].{name} must be a finite number.")
+                        continue
+                    if t is int:
+                        if abs(value) > 2**63:
+                            raise BadInstance(f"instances[{i}].{name} is out of the INT64/FLOAT64 range.")
+                        continue
+                    raise BadInstance(
+                        f"instances[{i}].{name} must be a number (the model was trained on it as "
+                        f"{self._type(name)}); got a JSON {_json_kind(value)}."
+                    )
+                if (want == "bool" and t is not bool) or (want == "str" and t is not str):
+                    raise BadInstance(
+                        f"instances[{i}].{name} must be a JSON {'boolean' if want == 'bool' else 'string'} "
+                        f"(the model was trained on it as {self._type(name)}); got a JSON {_json_kind(value)}."
+                    )
+            out.append(inst)
+        return out
+
+    def _type(self, name: str) -> str:
+        return next(f["bq_type"] for f in self.features if f["name"] == name)
+
+    def _rename(self, inst: dict, i: int) -> dict:
+        renamed: dict = {}
+        extra = []
+        for key, value in inst.items():
+            name = key if key in self._exact else self._lower.get(str(key).lower())
+            if name is None:
+                extra.append(key)
+            elif name in renamed:
+                raise BadInstance(f"instances[{i}] gives feature {name!r} twice (names are case-insensitive).")
+            else:
+                renamed[name] = value
+        if extra:
+            raise BadInstance(
+                f"instances[{i}] has unknown feature(s) {', '.join(repr(e) for e in extra)}; the model "
+                f"takes exactly {', '.join(self.feature_names)}."
+            )
+        missing = [n for n in self.feature_names if n not in renamed]
+        if missing:
+            raise BadInstance(
+                f"instances[{i}] is missing feature(s) {', '.join(repr(m) for m in missing)}; the model "
+                f"takes exactly {', '.join(self.feature_names)} (send null for a missing value)."
+            )
+        return renamed
+
+    def predict(self, instances: list, parameters: dict | None = None) -> tuple[list[dict], list[dict]]:
+        """(validated rows, prediction objects)."""
+        rows = self.rows(instances)
+        threshold = self._threshold(parameters)
+        return rows, self._predict(rows, threshold)
+
+    def _threshold(self, parameters: dict | None) -> float | None:
+        if not parameters:
+            return None
+        unknown = [k for k in parameters if str(k).lower() != "threshold"]
+        if unknown:
+            raise BadInstance(f"unknown parameter(s) {', '.join(map(repr, unknown))}; supported: threshold.")
+        value = next(iter(parameters.values()))
+        if len(self.classes) != 2:
+            raise BadInstance("parameters.threshold applies to binary classification models only.")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise BadInstance(f"parameters.threshold must be a number between 0 and 1; got {value!r}.")
+        return float(value)
+
+    def _predict(self, rows: list[dict], threshold: float | None) -> list[dict]:
+        raise NotImplementedError
+
+    # -- output ----------------------------------------------------------------------------------
+    def _class_objects(self, probs: np.ndarray, threshold: float | None) -> list[dict]:
+        if probs.shape[1] == 2:
+            idx = (probs[:, 1] > (0.5 if threshold is None else threshold)).astype(np.int64)
+        else:
+            idx = np.argmax(probs, axis=1)
+        label = self.label_name
+        key_pred, key_probs, key_values = f"predicted_{label}", f"{label}_probs", f"{label}_values"
+        classes, values = self.classes, self.values_desc
+        desc = probs[:, self.descending].tolist()
+        return [
+            {key_pred: classes[k], key_probs: p, key_values: values}
+            for k, p in zip(idx.tolist(), desc)
+        ]
+
+    def _regression_objects(self, values: np.ndarray) -> list[dict]:
+        key = f"predicted_{self.label_name}"
+        return [{key: v} for v in values.tolist()]
+
+    def _kmeans_objects(self, idx: np.ndarray, dist: np.ndarray) -> list[dict]:
+        ids = (idx + 1).tolist()
+        return [
+            {"nearest_centroid_id": i[0], "centroid_ids": i, "centroid_distances": d}
+            for i, d in zip(ids, dist.tolist())
+        ]
+
+
+class FastPredictor(Predictor):
+    """GLM and k-means on precomputed numpy arrays."""
+
+    def __init__(self, directory: Path, meta: dict, arrays: dict[str, np.ndarray]):
+        super().__init__(directory, meta, arrays)
+        prep = meta["preprocessing"]
+        numeric = {s["name"]: s for s in prep["numeric"]}
+        categorical = {s["name"]: s for s in prep["categorical"]}
+        self._num_names = [f["name"] for f in self.features if f["kind"] == "numeric"]
+        self._cat_names = [f["name"] for f in self.features if f["kind"] == "categorical"]
+        self._cat_bool = [self._expect[n] == "bool" for n in self._cat_names]
+        self._null = np.array([numeric[n]["mean"] for n in self._num_names], dtype=np.float64)
+        self._center = np.array([numeric[n]["center"] for n in self._num_names], dtype=np.float64)
+        self._scale = np.array([numeric[n]["scale"] for n in self._num_names], dtype=np.float64)
+        # one-hot columns: a global index into the concatenated blocks; q = "contributes nothing"
+        lookups, offset = [], 0
+        for name in self._cat_names:
+            spec = categorical[name]
+            size = len(spec["vocab"]) + (1 if spec["has_null"] else 0)
+            look = {key: offset + j for j, key in enumerate(spec["vocab"])}
+            null_col = offset + len(spec["vocab"]) if spec["has_null"] else None
+            dropped = spec.get("dropped")
+            if dropped is not None:
+                look = {k: v for k, v in look.items() if v != offset + dropped}
+                if null_col == offset + dropped:
+                    null_col = None
+            lookups.append((look, null_col))
+            offset += size
+        self._q = offset
+        self._lookups = lookups
+        if self.model_type == "KMEANS":
+            c_num = np.asarray(arrays["centroids_num"], dtype=np.float64)
+            c_cat = np.asarray(arrays["centroids_cat"], dtype=np.float64)
+            self._c_num_t = np.ascontiguousarray(c_num.T)
+            self._c_cat_ext = np.vstack([c_cat.T, np.zeros((1, c_num.shape[0]))])  # (q+1, k)
+            self._c_sq = np.einsum("ij,ij->i", c_num, c_num) + np.einsum("ij,ij->i", c_cat, c_cat)
+            self._top = min(c_num.shape[0], 5)
+            self._cosine = meta["options"].get("distance_type") == "COSINE"
+        else:
+            self._w_num = np.asarray(arrays["w_num"], dtype=np.float64)
+            w_cat = np.asarray(arrays["w_cat"], dtype=np.float64)
+            self._w_cat_ext = np.concatenate([w_cat, np.zeros((1,) + w_cat.shape[1:])])
+            self._intercept = np.asarray(arrays["intercept"], dtype=np.float64)
+
+    def _design(self, rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        n = len(rows)
+        num_names, cat_names = self._num_names, self._cat_names
+        num = np.empty((n, len(num_names)), dtype=np.float64)
+        codes = np.empty((n, len(cat_names)), dtype=np.int64)
+        q = self._q
+        null = self._null
+        for r, row in enumerate(rows):
+            if num_names:
+                num[r] = [null[j] if (v := row[name]) is None else v for j, name in enumerate(num_names)]
+            for j, name in enumerate(cat_names):
+                look, null_col = self._lookups[j]
+                v = row[name]
+                if v is None:
+                    codes[r, j] = q if null_col is None else null_col
+                else:
+                    if self._cat_bool[j]:
+                        v = "true" if v else "false"
+                    codes[r, j] = look.get(v, q)
+        if num_names:
+            num -= self._center
+            num /= self._scale
+        return num, codes
+
+    def _predict(self, rows: list[dict], threshold: float | None) -> list[dict]:
+        num, codes = self._design(rows)
+        if self.model_type == "KMEANS":
+            dots = num @ self._c_num_t
+            if codes.shape[1]:
+                dots += self._c_cat_ext[codes].sum(axis=1)
+            xn = np.einsum("ij,ij->i", num, num) + (codes < self._q).sum(axis=1)
+            if self._cosine:
+                denom = np.sqrt(xn)[:, None] * np.sqrt(self._c_sq)[None, :]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    cos = np.where(denom > 0, dots / denom, 0.0)
+                d = np.sqrt(np.clip(1.0 - cos, 0.0, None))
+            else:
+                d = np.sqrt(np.clip(xn[:, None] - 2.0 * dots + self._c_sq[None, :], 0.0, None))
+            order = np.argsort(d, axis=1, kind="stable")[:, : self._top]
+            return self._kmeans_objects(order, np.take_along_axis(d, order, axis=1))
+        z = num @ self._w_num
+        if codes.shape[1]:
+            z = z + self._w_cat_ext[codes].sum(axis=1)
+        z = z + self._intercept
+        if self.model_type == "LINEAR_REG":
+            return self._regression_objects(z)
+        if z.ndim == 1:
+            p = 1.0 / (1.0 + np.exp(-z))
+            probs = np.column_stack([1.0 - p, p])
+        else:
+            z = z - z.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            probs = e / e.sum(axis=1, keepdims=True)
+        return self._class_objects(probs, threshold)
+
+
+class EnginePredictor(Predictor):
+    """Any other servable model: the engine's ML.PREDICT on a DataFrame of the instances."""
+
+    def __init__(self, directory: Path, meta: dict, arrays: dict[str, np.ndarray]):
+        super().__init__(directory, meta, arrays)
+        from lakehouse_ml.bqml.engine import BqmlEngine
+
+        # The engine reads models by name from a folder: give it a private folder whose one entry
+        # links to the artifact.
+        self._root = Path(tempfile.mkdtemp(prefix="lakehouse-ml-serving-"))
+        os.symlink(Path(directory).resolve(), self._root / "m")
+        self._engine = BqmlEngine(self._root)
+
+    def _predict(self, rows: list[dict], threshold: float | None) -> list[dict]:
+        import pandas as pd
+
+        frame = pd.DataFrame({name: [row[name] for row in rows] for name in self.feature_names})
+        for f in self.features:
+            if f["kind"] == "numeric":
+                frame[f["name"]] = pd.to_numeric(frame[f["name"]], errors="coerce").astype("float64")
+            elif f["kind"] == "timestamp":
+                frame[f["name"]] = pd.to_datetime(frame[f["name"]], utc=True, errors="coerce")
+        options = {"threshold": threshold} if threshold is not None else None
+        table = self._engine.predict("m", frame, options)
+        if self.model_type == "KMEANS":
+            near = table.column("NEAREST_CENTROIDS_DISTANCE").to_pylist()
+            idx = np.array([[s["CENTROID_ID"] - 1 for s in r] for r in near], dtype=np.int64)
+            dist = np.array([[s["DISTANCE"] for s in r] for r in near], dtype=np.float64)
+            return self._kmeans_objects(idx.reshape(len(rows), -1), dist.reshape(len(rows), -1))
+        label = self.label_name
+        predicted = table.column(f"predicted_{label}").to_pylist()
+        if self.model_type not in _CLASSIFIERS:
+            return [{f"predicted_{label}": v} for v in predicted]
+        probs = table.column(f"predicted_{label}_probs").to_pylist()
+        return [
+            {f"predicted_{label}": v, f"{label}_probs": [s["prob"] for s in p], f"{label}_values": [s["label"] for s in p]}
+            for v, p in zip(predicted, probs)
+        ]
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__

@@ -46,3 +46,20 @@ def record_section(path: Path, name: str, body: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def figures_section(title: str, provenance: str, figures: dict[str, str], *extra: str) -> str:
+    """A benchmark's docs/benchmarks.md section: heading, how it was run, a measure/value table."""
+    return "\n".join(
+        [
+            f"## {title}",
+            "",
+            provenance,
+            "",
+            "| measure | value |",
+            "| --- | --- |",
+            *[f"| {k} | {v} |" for k, v in figures.items()],
+            "",
+            *extra,
+        ]
+    )

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import PeakRSS, record_section  # noqa: E402
+from _common import PeakRSS, figures_section, record_section  # noqa: E402
 
 from lakehouse_ml.backends.local_warehouse import LocalWarehouse  # noqa: E402
 
@@ -149,19 +149,13 @@ def main() -> None:
     for key, value in figures.items():
         print(f"{key:>80}: {value}")
     if args.record:
-        lines = [
-            "## bqml: the local BigQuery ML engine",
-            "",
+        provenance = (
             f"`python benchmarks/bqml.py --record` on {dt.date.today()}, {os.cpu_count()} cores, "
             f"Python {platform.python_version()}, local backend; every figure is a SQL statement "
-            "through the local warehouse, end to end.",
-            "",
-            "| measure | value |",
-            "| --- | --- |",
-            *[f"| {k} | {v} |" for k, v in figures.items()],
-            "",
-        ]
-        record_section(ROOT / "docs" / "benchmarks.md", "bqml", "\n".join(lines))
+            "through the local warehouse, end to end."
+        )
+        body = figures_section("bqml: the local BigQuery ML engine", provenance, figures)
+        record_section(ROOT / "docs" / "benchmarks.md", "bqml", body)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from lakehouse_ml.backends.translate import translate  # noqa: E402
 from lakehouse_ml.datagen import SimulationConfig, landing_files, write_landing  # noqa: E402
 from lakehouse_ml.settings import load_settings  # noqa: E402
 
-from _common import PeakRSS, record_section  # noqa: E402
+from _common import PeakRSS, figures_section, record_section  # noqa: E402
 
 
 def baseline(landing: Path, config: SimulationConfig, database: Path) -> float:
@@ -141,16 +141,14 @@ def main() -> None:
         print(f"{'generation alone, ' + format(lines, ',') + ' lines':>50}: {seconds:.1f} s, max RSS {rss:.0f} MiB")
 
     if args.record:
-        lines = [
-            "## features: generation + feature materialization",
-            "",
+        provenance = (
             f"`python benchmarks/features.py --record` on {dt.date.today()}, {os.cpu_count()} cores, "
-            f"Python {platform.python_version()}, {args.order_lines:,} target order lines, local backend.",
-            "",
-            "| measure | value |",
-            "| --- | --- |",
-            *[f"| {k} | {v} |" for k, v in figures.items()],
-            "",
+            f"Python {platform.python_version()}, {args.order_lines:,} target order lines, local backend."
+        )
+        body = figures_section(
+            "features: generation + feature materialization",
+            provenance,
+            figures,
             "Generation alone, each scale in a fresh process (memory stays flat: days are generated",
             "and written one at a time; only the per-customer latent arrays grow, 31 bytes a customer):",
             "",
@@ -158,8 +156,8 @@ def main() -> None:
             "| --- | --- | --- |",
             *[f"| {lines:,} | {seconds:.1f} | {rss:.0f} MiB |" for lines, seconds, rss in scaling],
             "",
-        ]
-        record_section(ROOT / "docs" / "benchmarks.md", "features", "\n".join(lines))
+        )
+        record_section(ROOT / "docs" / "benchmarks.md", "features", body)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,7 @@ import re
 from pathlib import Path
 from typing import Literal, Mapping
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "LAKEHOUSE_ML_"
 
@@ -47,10 +46,10 @@ class SettingsError(ValueError):
     """A setting is missing or malformed. The message names the variable and an example."""
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """Every knob of lakehouse_ml. Field ``x`` is read from ``LAKEHOUSE_ML_X``."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     backend: Literal["local", "gcp"] = Field(
         "local", description="Which backend runs the work: the offline 'local' default or 'gcp'."

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -92,5 +94,9 @@ def test_generate_rejects_bad_scenario(tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "lakehouse_ml.cli", "--help"], capture_output=True, text=True)
+    # pyproject's [project.scripts] entry, installed beside this Python by `pip install -e .`.
+    script = Path(sys.executable).parent / "lakehouse-ml"
+    script = str(script) if script.exists() else shutil.which("lakehouse-ml")
+    assert script, "the lakehouse-ml console script is not installed: pip install -e ."
+    result = subprocess.run([script, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "generate" in result.stdout and "query" in result.stdout

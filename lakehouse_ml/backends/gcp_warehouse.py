@@ -566,7 +566,7 @@ class GcpWarehouse(Warehouse):
         self._expire(client, staging)
         source = exp.select("*").from_(exp.to_table(staging.table_id))
         if window is not None:
-            return self._write_window(client, table, source, {}, window)
+            return self._write_window(client, table, source, window)
         existing = self._get_table(client, table)
         _, rows = self._run(
             client,
@@ -678,10 +678,9 @@ class GcpWarehouse(Warehouse):
         client: bigquery.Client,
         table: str,
         source: exp.Query,
-        params: dict[str, Any],
         window: PartitionWindow,
     ) -> int:
-        all_params = {**params, **window_params(window)}
+        all_params = window_params(window)
         action = f"write {window.start}..{window.end} of {self._full_name(client, table)}"
         existing = self._get_table(client, table)
         if existing is None:

@@ -10,7 +10,9 @@ import datetime as dt
 
 import dagster as dg
 
-from lakehouse_ml.backends import build_executor, build_warehouse
+from lakehouse_ml.backends import build_endpoints, build_executor, build_registry, build_warehouse
+from lakehouse_ml.defs.deployment import GROUP as SERVING_GROUP
+from lakehouse_ml.defs.deployment import serving_assets
 from lakehouse_ml.defs.features import feature_asset
 from lakehouse_ml.defs.models import GROUP as MODELS_GROUP
 from lakehouse_ml.defs.models import model_assets
@@ -40,6 +42,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         *(raw_asset(raw, settings.landing_dir, partitions) for raw in RAW_TABLES),
         *(feature_asset(table, partitions) for table in FEATURE_TABLES),
         *model_assets(MODELS, reports_dir(settings)),
+        *serving_assets(MODELS),
     ]
     jobs = [
         dg.define_asset_job(
@@ -62,11 +65,23 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             selection=dg.AssetSelection.groups(MODELS_GROUP),
             description="Train every BigQuery ML model on the current features, then evaluate it.",
         ),
+        dg.define_asset_job(
+            "serving_job",
+            selection=dg.AssetSelection.groups(SERVING_GROUP),
+            description=(
+                "Register the served models' new versions, gate each against the serving version on fresh "
+                "labelled rows, and deploy the winners to their endpoints (canary, smoke test, promotion)."
+            ),
+        ),
     ]
     return dg.Definitions(
         assets=assets,
         jobs=jobs,
-        resources={"warehouse": build_warehouse(settings)},
+        resources={
+            "warehouse": build_warehouse(settings),
+            "registry": build_registry(settings),
+            "endpoints": build_endpoints(settings),
+        },
         executor=build_executor(settings),
     )
 

@@ -72,6 +72,42 @@ class Gate:
 
 
 @dataclass(frozen=True)
+class Serving:
+    """How a registered model is served and watched: its Vertex AI endpoint, the aliases that name
+    the serving version and the candidate, the canary share, request-response logging, and the
+    drift thresholds of its monitoring report (ML.VALIDATE_DATA_DRIFT's defaults are 0.3)."""
+
+    endpoint: str
+    serving_alias: str = "champion"
+    candidate_alias: str = "challenger"
+    canary_percent: int = 10
+    machine_type: str = "n1-standard-2"
+    logging_sampling_rate: float = 1.0
+    numerical_threshold: float = 0.3
+    categorical_threshold: float = 0.3
+    drift_thresholds: tuple[tuple[str, float], ...] = ()
+    # A feature whose drift reaches this fraction of its threshold makes the check warn.
+    warn_fraction: float = 0.8
+    # How many serving rows a monitoring window needs before drift is judged.
+    min_window_rows: int = 100
+
+    def __post_init__(self) -> None:
+        check_identifier(self.endpoint, "endpoint")
+        if self.serving_alias == self.candidate_alias:
+            raise ValueError("The serving and candidate aliases must differ.")
+        if not 1 <= self.canary_percent <= 99:
+            raise ValueError(f"canary_percent is in 1..99, got {self.canary_percent}.")
+        if not 0.0 <= self.logging_sampling_rate <= 1.0:
+            raise ValueError(f"logging_sampling_rate is in [0, 1], got {self.logging_sampling_rate}.")
+        if not 0.0 < self.warn_fraction < 1.0:
+            raise ValueError(f"warn_fraction is in (0, 1), got {self.warn_fraction}.")
+        for feature, threshold in self.drift_thresholds:
+            check_identifier(feature, "feature")
+            if not 0.0 < float(threshold) <= 1.0:
+                raise ValueError(f"Drift threshold of {feature} is in (0, 1], got {threshold}.")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One model: ``sql/models/<name>.sql`` and how it is evaluated and gated."""
 
@@ -81,6 +117,8 @@ class ModelSpec:
     gate: Gate
     # ML.DETECT_ANOMALIES contamination for ANOMALY_DETECTION models.
     contamination: float | None = None
+    # Registered models that are deployed and monitored (None: trained and evaluated only).
+    serving: Serving | None = None
 
     def __post_init__(self) -> None:
         check_identifier(self.name, "model")
@@ -157,6 +195,7 @@ CHURN_MODEL = ModelSpec(
     ),
     evaluation=Evaluation.BINARY_CLASSIFICATION,
     gate=Gate(metric="roc_auc", direction="higher"),
+    serving=Serving(endpoint="churn_model"),
 )
 
 TRANSACTION_ANOMALY_MODEL = ModelSpec(

@@ -22,8 +22,10 @@ from lakehouse_ml.settings import Settings
 DATA_JOBS = ("dimensions_job", "daily_job", "customer_features_job")
 # The jobs that train and evaluate the BigQuery ML models on that data.
 MODEL_JOBS = ("models_job",)
+# Register, gate and deploy the served models (starts the local endpoint server when needed).
+SERVING_JOBS = ("serving_job",)
 # Every asset: what `lakehouse-ml materialize` and `lakehouse-ml demo` run.
-ALL_JOBS = DATA_JOBS + MODEL_JOBS
+ALL_JOBS = DATA_JOBS + MODEL_JOBS + SERVING_JOBS
 
 
 @dataclass
@@ -63,9 +65,9 @@ def _report(job: str, result: dg.ExecuteInProcessResult, seconds: float) -> Step
         materialization = event.event_specific_data.materialization
         count = materialization.metadata.get("dagster/row_count")
         rows[materialization.asset_key.to_user_string()] = getattr(count, "value", None)
-        gate = materialization.metadata.get("gate")
-        if gate is not None:
-            summaries[materialization.asset_key.to_user_string()] = str(getattr(gate, "value", gate))
+        summary = materialization.metadata.get("summary", materialization.metadata.get("gate"))
+        if summary is not None:
+            summaries[materialization.asset_key.to_user_string()] = str(getattr(summary, "value", summary))
     checks = {
         f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed
         for e in (ev.event_specific_data for ev in result.all_events if ev.event_type_value == "ASSET_CHECK_EVALUATION")

@@ -25,13 +25,44 @@ def build_warehouse(settings: Settings) -> Warehouse:
     return LocalWarehouse.at(settings.duckdb_path)
 
 
+def build_registry(settings: Settings):  # -> ModelRegistry
+    """The model registry of the configured backend: Vertex AI Model Registry on gcp, the local
+    SQLite registry under ``$LAKEHOUSE_ML_HOME/registry`` (where the local BigQuery ML engine
+    registers ``MODEL_REGISTRY='VERTEX_AI'`` models) locally."""
+    if settings.backend == "gcp":
+        from lakehouse_ml.backends.vertex import build_vertex_registry
+
+        return build_vertex_registry(settings)
+    from lakehouse_ml.backends.local_registry import LocalModelRegistry
+
+    return LocalModelRegistry.at(settings.duckdb_path.parent / "registry")
+
+
+def build_endpoints(settings: Settings):  # -> Endpoints
+    """Vertex AI endpoints on gcp; locally, endpoints served by the local endpoint server."""
+    if settings.backend == "gcp":
+        from lakehouse_ml.backends.vertex import build_vertex_endpoints
+
+        return build_vertex_endpoints(settings)
+    from lakehouse_ml.backends.local_endpoints import LocalEndpoints
+
+    return LocalEndpoints(
+        home=str(settings.home_dir),
+        host=settings.serving_host,
+        port=settings.serving_port,
+        token=settings.serving_token,
+    )
+
+
 def build_executor(settings: Settings) -> dg.ExecutorDefinition:
     """How run steps execute: DuckDB allows one writer process, so local runs stay in one process."""
     return dg.in_process_executor if settings.backend == "local" else dg.multiprocess_executor
 
 
 __all__ = [
+    "build_endpoints",
     "build_executor",
+    "build_registry",
     "PartitionWindow",
     "SQLTranslationError",
     "TableNotFoundError",

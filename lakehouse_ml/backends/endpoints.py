@@ -61,3 +61,12 @@ class Endpoints(dg.ConfigurableResource):
         self, endpoint: str, instances: Sequence[Any], parameters: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         raise NotImplementedError
+
+    def ensure_serving(self) -> str | None:
+        """Make sure something answers predictions (the local backend starts its endpoint server in
+        the background when none answers); returns where, or None when the cloud serves."""
+        return None
+
+    def console_url(self, endpoint_id: str) -> str | None:
+        """A link to the endpoint for the Dagster UI (None when there is none)."""
+        return None

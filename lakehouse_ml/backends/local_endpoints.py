@@ -244,6 +244,12 @@ class LocalEndpoints(Endpoints):
 
         return ensure_server(self.home, self.host, self.port, self.token)
 
+    def ensure_serving(self) -> str:
+        return self.ensure_server()
+
+    def console_url(self, endpoint_id: str) -> str:
+        return f"{self.base_url}/v1/projects/{self.project}/locations/{self.location}/endpoints/{endpoint_id}"
+
     def predict(
         self, endpoint: str, instances: Sequence[Any], parameters: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:

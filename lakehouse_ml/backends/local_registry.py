@@ -383,21 +383,23 @@ class LocalModelRegistry(ModelRegistry):
     def _retire(self, conn: sqlite3.Connection, row: sqlite3.Row, now: str, heir: tuple[str, str] | None) -> list[Path]:
         """Remove the version ``row`` replaced or dropped in BigQuery ML (inside a transaction).
 
-        Its aliases move to ``heir`` (model id, version id) when that is in the same model. A
-        deployed version cannot be deleted (models.deleteVersion): it stays, marked replaced, and
-        its aliases still move. Returns the folders to delete after the commit."""
+        A deployed version cannot be deleted (models.deleteVersion): it stays, marked replaced,
+        and keeps its aliases — it is still what the endpoint serves, so an alias such as
+        ``champion`` goes on naming it until a promotion moves it (the champion/challenger gate
+        relies on this). A version that goes hands its aliases to ``heir`` (model id, version id)
+        when that is in the same model. Returns the folders to delete after the commit."""
         model_id, version_id = row["model_id"], row["version_id"]
         same_model = heir is not None and heir[0] == model_id
         held = [r[0] for r in conn.execute("SELECT alias FROM aliases WHERE model_id = ? AND version_id = ?", (model_id, version_id))]
-        if same_model:
-            for alias in held:
-                self._set_alias(conn, model_id, heir[1], alias, now)
         if self._deployments(conn, model_id, version_id):
             conn.execute(
                 "UPDATE versions SET replaced_time = ?, update_time = ? WHERE model_id = ? AND version_id = ?",
                 (now, now, model_id, version_id),
             )
             return []
+        if same_model:
+            for alias in held:
+                self._set_alias(conn, model_id, heir[1], alias, now)
         conn.execute("DELETE FROM aliases WHERE model_id = ? AND version_id = ?", (model_id, version_id))
         conn.execute("DELETE FROM versions WHERE model_id = ? AND version_id = ?", (model_id, version_id))
         remaining = conn.execute(

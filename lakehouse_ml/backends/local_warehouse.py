@@ -323,6 +323,14 @@ class LocalWarehouse(Warehouse):
             returns_rows=False,
         )
         self._run(conn, staging, params)
+        # BigQuery's SUM of INT64 is INT64; DuckDB widens it to HUGEINT, which readers get as
+        # Python Decimals. Store BigQuery's type.
+        for name, kind in conn.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = '__staging' AND database_name = 'temp'"
+        ).fetchall():
+            if kind in ("HUGEINT", "UHUGEINT"):
+                quoted = '"' + name.replace('"', '""') + '"'
+                conn.execute(f"ALTER TABLE __staging ALTER COLUMN {quoted} TYPE BIGINT")
 
     def _publish(self, conn: duckdb.DuckDBPyConnection, table: str, window: PartitionWindow | None) -> int:
         """Move ``__staging`` into ``table`` (whole, or the window); runs inside the caller's transaction."""

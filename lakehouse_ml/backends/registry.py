@@ -186,7 +186,9 @@ class ModelRegistry(dg.ConfigurableResource):
     ) -> ModelVersion | None:
         """``CREATE OR REPLACE`` of the BigQuery ML model ``source``: its current version is replaced
         by a new one under ``model_id`` (v1, v2 → v1, v3) and the old version's aliases move to the
-        new one. ``model_id=None``: the new model is not registered, the old version goes."""
+        new one — unless the old version is deployed: then it stays (a deployed version cannot be
+        deleted) and keeps its aliases. ``model_id=None``: the new model is not registered, the
+        old version goes."""
         raise NotImplementedError
 
     def drop_bqml_model(self, source: str, *, check_only: bool = False) -> None:
@@ -202,6 +204,21 @@ class ModelRegistry(dg.ConfigurableResource):
 
     def list_versions(self, model_id: str) -> list[ModelVersion]:
         raise NotImplementedError
+
+    def latest_version(self, model_id: str) -> ModelVersion:
+        """The newest version of ``model_id`` (the highest version id): the one a ``CREATE OR
+        REPLACE MODEL`` with ``MODEL_REGISTRY='VERTEX_AI'`` has just registered."""
+        versions = self.list_versions(model_id)
+        if not versions:
+            raise ModelNotRegisteredError(f"Model {model_id!r} has no versions in the registry.")
+        return max(versions, key=lambda v: int(v.version_id))
+
+    def find_alias(self, model_id: str, alias: str) -> ModelVersion | None:
+        """The version holding ``alias``; None when no version holds it (or the model is missing)."""
+        try:
+            return self.get_version(model_id, alias)
+        except ModelNotRegisteredError:
+            return None
 
     def list_models(self) -> list[str]:
         raise NotImplementedError

@@ -16,7 +16,7 @@ import pytest
 from lakehouse_ml import features
 from lakehouse_ml.backends.local_warehouse import LocalWarehouse
 from lakehouse_ml.datagen import SimulationConfig, write_landing
-from lakehouse_ml.runner import materialize_all
+from lakehouse_ml.runner import DATA_JOBS, MODEL_JOBS, materialize_all
 from lakehouse_ml.settings import load_settings
 from lakehouse_ml_tests.fakes import fake_bigquery_api
 
@@ -42,7 +42,7 @@ def test_gcp_backend_materializes_every_asset_like_local(tmp_path):
         local.landing_dir,
     )
     local_instance = dg.DagsterInstance.ephemeral()
-    materialize_all(local, local_instance)
+    materialize_all(local, local_instance, jobs=DATA_JOBS + MODEL_JOBS)
 
     with fake_bigquery_api() as api:
         gcp = load_settings(
@@ -56,7 +56,7 @@ def test_gcp_backend_materializes_every_asset_like_local(tmp_path):
             }
         )
         gcp_instance = dg.DagsterInstance.ephemeral()
-        reports = materialize_all(gcp, gcp_instance)
+        reports = materialize_all(gcp, gcp_instance, jobs=DATA_JOBS + MODEL_JOBS)
         checks = {name: passed for report in reports for name, passed in report.checks.items()}
         assert checks and all(checks.values()), checks
 

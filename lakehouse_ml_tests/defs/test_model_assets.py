@@ -18,7 +18,7 @@ from lakehouse_ml import models
 from lakehouse_ml.bqml.sql import find_ml_calls, tokenize
 from lakehouse_ml.datagen import SimulationConfig, write_landing
 from lakehouse_ml.definitions import build_definitions
-from lakehouse_ml.runner import ALL_JOBS, DATA_JOBS, materialize_all
+from lakehouse_ml.runner import DATA_JOBS, MODEL_JOBS, materialize_all
 from lakehouse_ml.settings import load_settings
 from lakehouse_ml.sqlfiles import sql_dir
 
@@ -35,7 +35,7 @@ def trained(tmp_path_factory):
         settings.landing_dir,
     )
     instance = dg.DagsterInstance.ephemeral()
-    reports = materialize_all(settings, instance, jobs=ALL_JOBS)
+    reports = materialize_all(settings, instance, jobs=DATA_JOBS + MODEL_JOBS)
     yield settings, instance, reports
     instance.dispose()
 

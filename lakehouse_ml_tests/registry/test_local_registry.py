@@ -277,7 +277,8 @@ def test_replacing_a_deployed_version_keeps_it_until_undeployed(warehouse):
     reg = warehouse.model_registry()
     deploy(reg, "churn", "1")
     _create(warehouse, "model_a", ", vertex_ai_model_id='churn'", replace=True)
-    assert aliases(reg) == {"1": [], "2": ["default"]}  # v1 cannot be deleted while deployed
+    # v1 cannot be deleted while deployed, and it keeps its aliases until a promotion moves them
+    assert aliases(reg) == {"1": ["default"], "2": []}
     assert reg.find_bqml_version("bqml://main.model_a").version_id == "2"
     # v1 is immutable: its artifacts outlive the BigQuery ML model they came from
     v1, v2 = (Path(reg.get_version("churn", v).artifact_uri) for v in ("1", "2"))

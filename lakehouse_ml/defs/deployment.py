@@ -1,0 +1,236 @@
+"""Registry version and endpoint deployment assets of every served model (thin: the logic is in
+:mod:`lakehouse_ml.deployment`).
+
+* ``<model>_registry_version``: the Vertex AI Model Registry version the last ``CREATE OR REPLACE
+  MODEL`` registered, with the **blocking** ``champion_challenger`` check: the candidate is
+  compared with the serving version on fresh labelled rows, and only a candidate at least as good
+  gets the serving alias. A loser stays registered (alias ``challenger``) and the check says why;
+  the deployment downstream does not run.
+* ``<model>_deployment``: the endpoint serving the version that holds the serving alias (canary,
+  then 100%, then the old deployment goes), with the **blocking** ``smoke_test`` check: real
+  predictions through the endpoint. Run config ``version`` rolls back (or forward) to a given
+  version; ``promote: false`` leaves a canary at its share.
+"""
+
+
+import json
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from lakehouse_ml import deployment, models
+from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
+from lakehouse_ml.backends.registry import ModelRegistry, RegistryError
+from lakehouse_ml.backends.warehouse import Warehouse
+from lakehouse_ml.defs.metadata import user_errors
+
+GROUP = "serving"
+GATE_CHECK = "champion_challenger"
+SMOKE_CHECK = "smoke_test"
+
+
+def _link(url: str) -> dg.MetadataValue:
+    return dg.MetadataValue.url(url) if url.startswith(("http://", "https://")) else dg.MetadataValue.path(url)
+
+
+def _floats(values: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and v == v}
+
+
+def registry_version_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
+    serving = deployment.serving_spec(spec)
+    model_id = deployment.registry_model_id(spec)
+    name = f"{spec.name}_registry_version"
+
+    @dg.asset(
+        name=name,
+        group_name=GROUP,
+        description=(
+            f"The Vertex AI Model Registry version of {spec.name} (model id {model_id}) registered by its last "
+            f"CREATE OR REPLACE MODEL. The blocking `{GATE_CHECK}` check compares it with the version holding "
+            f"'{serving.serving_alias}' on fresh labelled rows (sql/gate/{spec.name}.sql, {spec.gate.metric}, "
+            f"{spec.gate.direction} is better); a winner takes '{serving.serving_alias}' and 'default'."
+        ),
+        deps=[dg.AssetDep(spec.name), dg.AssetDep(f"{spec.name}_evaluation")],
+        kinds={"vertexai"},
+        check_specs=[
+            dg.AssetCheckSpec(
+                GATE_CHECK,
+                asset=name,
+                blocking=True,
+                description=(
+                    f"The candidate's {spec.gate.metric} on fresh labelled rows is at least the serving version's "
+                    f"({spec.gate.direction} is better)."
+                ),
+            )
+        ],
+    )
+    def _registry_version(
+        context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry, endpoints: Endpoints
+    ) -> dg.MaterializeResult:
+        with user_errors():
+            try:
+                candidate = deployment.register_candidate(registry, spec)
+                result = deployment.gate(warehouse, registry, endpoints, spec, candidate)
+                version = deployment.promote(registry, spec, candidate) if result.passed else candidate
+                metrics = _floats(version.metrics) or _floats(models.evaluation_metrics(warehouse, spec))
+            except (RegistryError, EndpointError) as err:
+                raise dg.Failure(description=str(err)) from err
+        context.log.info(result.reason)
+        metadata: dict[str, Any] = {
+            "model_id": dg.MetadataValue.text(version.model_id),
+            "version_id": dg.MetadataValue.text(version.version_id),
+            "aliases": dg.MetadataValue.json(sorted(version.aliases)),
+            "source": dg.MetadataValue.text(version.source),
+            "model_type": dg.MetadataValue.text(version.model_type),
+            "metrics": dg.MetadataValue.json(metrics),
+            "link": _link(registry.version_url(version)),
+            "serving": dg.MetadataValue.bool(serving.serving_alias in version.aliases),
+            "gate": dg.MetadataValue.text(result.reason),
+        }
+        check_metadata: dict[str, Any] = {
+            "reason": dg.MetadataValue.text(result.reason),
+            "metric": dg.MetadataValue.text(result.metric),
+            "candidate_version": dg.MetadataValue.text(result.candidate_version),
+            "rows": dg.MetadataValue.int(result.rows),
+        }
+        if result.serving_version is not None:
+            check_metadata["serving_version"] = dg.MetadataValue.text(result.serving_version)
+        if result.candidate_value is not None:
+            check_metadata["candidate_value"] = dg.MetadataValue.float(result.candidate_value)
+            check_metadata["serving_value"] = dg.MetadataValue.float(result.serving_value)
+            metadata["gate_candidate"] = dg.MetadataValue.float(result.candidate_value)
+            metadata["gate_serving"] = dg.MetadataValue.float(result.serving_value)
+            table = "| metric | candidate | serving |\n|---|---|---|\n" + "\n".join(
+                f"| {m} | {result.candidate_metrics[m]:.4f} | {result.serving_metrics.get(m, float('nan')):.4f} |"
+                for m in result.candidate_metrics
+            )
+            check_metadata["comparison"] = dg.MetadataValue.md(table)
+        return dg.MaterializeResult(
+            metadata=metadata,
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=GATE_CHECK,
+                    passed=result.passed,
+                    severity=dg.AssetCheckSeverity.ERROR,
+                    description=result.reason,
+                    metadata=check_metadata,
+                )
+            ],
+        )
+
+    return _registry_version
+
+
+class DeploymentConfig(dg.Config):
+    version: str | None = Field(
+        None,
+        description="Deploy this version instead of the one holding the serving alias (a rollback or roll-forward); "
+        "the serving alias moves to it.",
+    )
+    canary_percent: int | None = Field(None, description="Traffic share of a new version before promotion (1..99).")
+    promote: bool = Field(True, description="Promote a healthy canary to 100% and undeploy the rest.")
+
+
+def deployment_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
+    serving = deployment.serving_spec(spec)
+    name = f"{spec.name}_deployment"
+
+    @dg.asset(
+        name=name,
+        group_name=GROUP,
+        description=(
+            f"Endpoint {serving.endpoint!r} serving the version of {spec.name} that holds '{serving.serving_alias}': "
+            f"created when missing; a new version goes in as a {serving.canary_percent}% canary, is smoke-tested, "
+            "promoted to 100%, and the old deployment is undeployed (a failing canary is rolled back). "
+            "Request-response logging is on. Locally the endpoint server starts in the background."
+        ),
+        deps=[dg.AssetDep(f"{spec.name}_registry_version")],
+        kinds={"vertexai"},
+        check_specs=[
+            dg.AssetCheckSpec(
+                SMOKE_CHECK,
+                asset=name,
+                blocking=True,
+                description="Real predictions through the endpoint: every answer has the model's prediction fields "
+                "and comes from a live version.",
+            )
+        ],
+    )
+    def _deployment(
+        context: dg.AssetExecutionContext,
+        config: DeploymentConfig,
+        warehouse: Warehouse,
+        registry: ModelRegistry,
+        endpoints: Endpoints,
+    ) -> dg.MaterializeResult:
+        with user_errors():
+            try:
+                version = deployment.serving_version(registry, spec, config.version)
+                instances = deployment.serving_rows(warehouse, spec)
+                result = deployment.deploy(
+                    endpoints, spec, version, instances,
+                    canary_percent=config.canary_percent, promote_canary=config.promote, progress=context.log.info,
+                )
+            except (RegistryError, EndpointError) as err:
+                raise dg.Failure(description=str(err)) from err
+        metadata: dict[str, Any] = {
+            "endpoint_id": dg.MetadataValue.text(result.endpoint_id),
+            "endpoint": dg.MetadataValue.text(result.endpoint_name),
+            "model_id": dg.MetadataValue.text(version.model_id),
+            "version_id": dg.MetadataValue.text(version.version_id),
+            "deployed_model_id": dg.MetadataValue.text(result.deployed_model_id or "(rolled back)"),
+            "traffic_split": dg.MetadataValue.json(result.traffic_split),
+            "deployed_models": dg.MetadataValue.md(
+                "| deployed model | model | version | traffic % |\n|---|---|---|---|\n"
+                + "\n".join(
+                    f"| {d['deployed_model_id']} | {d['model_id']} | {d['version_id']} | {d.get('traffic_percentage', 0)} |"
+                    for d in result.deployed_models
+                )
+            ),
+            "actions": dg.MetadataValue.md("\n".join(f"- {a}" for a in result.actions) or "- nothing to change"),
+            "rolled_back": dg.MetadataValue.bool(result.rolled_back),
+            "summary": dg.MetadataValue.text(
+                "; ".join(result.actions) + f"; serving {result.traffic_split}" if result.actions else f"serving {result.traffic_split}"
+            ),
+        }
+        url = endpoints.console_url(result.endpoint_id)
+        if url:
+            metadata["link"] = _link(url)
+        if result.server:
+            metadata["server"] = dg.MetadataValue.url(result.server)
+        smoke = result.smoke
+        check_metadata: dict[str, Any] = {"smoke": dg.MetadataValue.text(smoke.describe())}
+        if result.canary is not None:
+            check_metadata["canary"] = dg.MetadataValue.text(result.canary.describe())
+        if smoke.example is not None:
+            check_metadata["example"] = dg.MetadataValue.json(json.loads(json.dumps(smoke.example, default=str)))
+        passed = result.passed
+        description = (
+            f"Version {version.version_id} serves on {result.endpoint_name}: {smoke.describe()}"
+            if passed
+            else f"Deployment of version {version.version_id} failed: "
+            + (result.canary.describe() if result.rolled_back and result.canary else smoke.describe())
+        )
+        context.log.info(description)
+        return dg.MaterializeResult(
+            metadata=metadata,
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=SMOKE_CHECK, passed=passed, severity=dg.AssetCheckSeverity.ERROR,
+                    description=description, metadata=check_metadata,
+                )
+            ],
+        )
+
+    return _deployment
+
+
+def serving_assets(specs: tuple[models.ModelSpec, ...]) -> list[dg.AssetsDefinition]:
+    """Registry version and deployment assets of every served model."""
+    out: list[dg.AssetsDefinition] = []
+    for spec in specs:
+        if spec.serving is not None:
+            out.extend([registry_version_asset(spec), deployment_asset(spec)])
+    return out

@@ -1,0 +1,492 @@
+"""Registry versions, the champion/challenger gate and endpoint deployments of served models.
+
+The logic behind the registry version and endpoint deployment assets, testable without Dagster.
+It talks to the three seams only (:class:`~lakehouse_ml.backends.warehouse.Warehouse`,
+:class:`~lakehouse_ml.backends.registry.ModelRegistry`,
+:class:`~lakehouse_ml.backends.endpoints.Endpoints`), so it runs unchanged on Vertex AI and on the
+local registry and endpoint server.
+
+Life of a version (aliases from the model's :class:`~lakehouse_ml.models.Serving` spec):
+
+1. ``CREATE OR REPLACE MODEL`` with ``MODEL_REGISTRY='VERTEX_AI'`` registers a new version
+   (BigQuery does it on gcp, the local BigQuery ML engine locally). :func:`register_candidate`
+   finds it (the newest version of the model id) and gives it the candidate alias
+   (``challenger``).
+2. :func:`gate` compares the candidate with the version holding the serving alias
+   (``champion``) on the same fresh labelled rows (``sql/gate/<model>.sql``): the candidate's
+   predictions come from ``ML.PREDICT`` on the warehouse, the serving version's from its endpoint,
+   which is what it really answers. The metric is the spec's gate metric with ``ML.EVALUATE``'s
+   definition (:mod:`lakehouse_ml.bqml.metrics`). The first version of a model passes (nothing
+   serves yet).
+3. :func:`promote` moves the serving alias and ``default`` to the winner (models.mergeVersionAliases).
+   A loser keeps only the candidate alias: registered, never deployed.
+4. :func:`deploy` puts the version holding the serving alias on the model's endpoint (creating it
+   when missing): alone at 100% on an empty endpoint, else as a canary at ``canary_percent``; a
+   smoke test sends real predictions and must see the new version answer; then it is promoted to
+   100% and the versions no longer wanted are undeployed. A canary that fails its smoke test is
+   rolled back (undeployed; the traffic returns to what served before).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
+from lakehouse_ml.backends.registry import DEFAULT_ALIAS, ModelRegistry, ModelVersion, RegistryError
+from lakehouse_ml.backends.warehouse import Warehouse, WarehouseError
+from lakehouse_ml.bqml import metrics as bqml_metrics
+from lakehouse_ml.bqml.sql import bind_template
+from lakehouse_ml.models import CLASSIFIER_TYPES, REGRESSOR_TYPES, ModelSpec, Serving, positive_label
+from lakehouse_ml.sqlfiles import read_sql
+
+# Instances per predict request: well under the 1.5 MB payload limit for these feature rows.
+PREDICT_BATCH = 100
+SMOKE_INSTANCES = 20
+# A canary at p% answers a request with probability p/100: at 10%, 300 requests miss it with
+# probability 0.9**300 ≈ 2e-14.
+CANARY_MAX_REQUESTS = 300
+CANARY_MIN_ANSWERS = 3
+
+Progress = Callable[[str], None]
+
+
+def serving_spec(spec: ModelSpec) -> Serving:
+    if spec.serving is None:
+        raise ValueError(f"{spec.name} is not served: give its ModelSpec a Serving entry.")
+    return spec.serving
+
+
+def registry_model_id(spec: ModelSpec) -> str:
+    """The Vertex AI model id the BigQuery ML model registers under (VERTEX_AI_MODEL_ID, default:
+    the model name)."""
+    options = spec.registry_options
+    if str(options.get("model_registry", "")).upper() != "VERTEX_AI":
+        raise ValueError(
+            f"{spec.name} is served but not registered: add model_registry = 'VERTEX_AI' to the OPTIONS "
+            f"of sql/{spec.sql_path}."
+        )
+    return str(options.get("vertex_ai_model_id") or spec.name)
+
+
+def to_instances(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as JSON-ready prediction instances: NULL/NaN → None, numpy scalars → Python values,
+    dates and timestamps → ISO strings."""
+    records = frame.to_dict("records")
+    out = []
+    for record in records:
+        row = {}
+        for key, value in record.items():
+            if value is None or value is pd.NA or value is pd.NaT:
+                row[key] = None
+            elif isinstance(value, (bool, np.bool_)):
+                row[key] = bool(value)
+            elif isinstance(value, (int, np.integer)):
+                row[key] = int(value)
+            elif isinstance(value, (float, np.floating)):
+                row[key] = None if not math.isfinite(float(value)) else float(value)
+            elif isinstance(value, (dt.date, dt.datetime, pd.Timestamp)):
+                row[key] = value.isoformat()
+            else:
+                row[key] = value
+        out.append(row)
+    return out
+
+
+# -- registry --------------------------------------------------------------------------------------
+
+
+def register_candidate(registry: ModelRegistry, spec: ModelSpec) -> ModelVersion:
+    """The version the last ``CREATE OR REPLACE MODEL`` registered, with the candidate alias
+    (unless it already serves)."""
+    serving = serving_spec(spec)
+    model_id = registry_model_id(spec)
+    version = registry.latest_version(model_id)
+    if serving.serving_alias not in version.aliases and serving.candidate_alias not in version.aliases:
+        version = registry.merge_version_aliases(model_id, version.version_id, [serving.candidate_alias])
+    return version
+
+
+@dataclass
+class GateResult:
+    """The champion/challenger comparison."""
+
+    passed: bool
+    reason: str
+    metric: str
+    direction: str
+    candidate_version: str
+    serving_version: str | None = None
+    candidate_value: float | None = None
+    serving_value: float | None = None
+    rows: int = 0
+    candidate_metrics: dict[str, float] = field(default_factory=dict)
+    serving_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _predict_endpoint(endpoints: Endpoints, endpoint: str, instances: list[dict]) -> tuple[list[dict], Counter]:
+    predictions: list[dict] = []
+    versions: Counter = Counter()
+    for start in range(0, len(instances), PREDICT_BATCH):
+        batch = instances[start : start + PREDICT_BATCH]
+        answer = endpoints.predict(endpoint, batch)
+        predictions.extend(answer["predictions"])
+        versions[str(answer.get("modelVersionId"))] += len(batch)
+    return predictions, versions
+
+
+def _score(spec: ModelSpec, labels: pd.Series, scores: np.ndarray) -> dict[str, float]:
+    """ML.EVALUATE's metrics of predictions: ``scores`` are the positive-class probabilities of a
+    binary classifier or the predicted values of a regressor."""
+    if spec.model_type in CLASSIFIER_TYPES:
+        positive = positive_label(labels)
+        actual = (labels == positive).to_numpy().astype(np.int64)
+        probs = np.column_stack([1.0 - scores, scores])
+        return bqml_metrics.classification(actual, probs)
+    if spec.model_type in REGRESSOR_TYPES:
+        return bqml_metrics.regression(labels.to_numpy(float), scores)
+    raise ValueError(
+        f"{spec.name}: the champion/challenger gate compares predictions of classifiers and regressors; "
+        f"{spec.model_type} is not supported."
+    )
+
+
+def _candidate_scores(spec: ModelSpec, frame: pd.DataFrame, label: str) -> np.ndarray:
+    if spec.model_type in CLASSIFIER_TYPES:
+        positive = positive_label(frame[label])
+        return np.array(
+            [next((float(p["prob"]) for p in probs if p["label"] == positive), 0.0) for probs in frame[f"predicted_{label}_probs"]]
+        )
+    return frame[f"predicted_{label}"].to_numpy(float)
+
+
+def _serving_scores(spec: ModelSpec, predictions: list[dict], labels: pd.Series, label: str) -> np.ndarray:
+    if spec.model_type in CLASSIFIER_TYPES:
+        positive = positive_label(labels)
+        out = []
+        for p in predictions:
+            values, probs = p[f"{label}_values"], p[f"{label}_probs"]
+            out.append(next((float(pr) for v, pr in zip(values, probs) if v == positive), 0.0))
+        return np.array(out)
+    return np.array([float(p[f"predicted_{label}"]) for p in predictions])
+
+
+def gate(warehouse: Warehouse, registry: ModelRegistry, endpoints: Endpoints, spec: ModelSpec, candidate: ModelVersion) -> GateResult:
+    """Compare ``candidate`` with the serving version on the same fresh labelled rows."""
+    serving = serving_spec(spec)
+    model_id = registry_model_id(spec)
+    result = GateResult(
+        passed=True, reason="", metric=spec.gate.metric, direction=spec.gate.direction, candidate_version=candidate.version_id
+    )
+    champion = registry.find_alias(model_id, serving.serving_alias)
+    if champion is None:
+        result.reason = f"No version of {model_id} holds '{serving.serving_alias}' yet: version {candidate.version_id} is the first to serve."
+        return result
+    result.serving_version = champion.version_id
+    if champion.version_id == candidate.version_id:
+        result.reason = f"Version {candidate.version_id} already holds '{serving.serving_alias}'."
+        return result
+    label = spec.label
+    if label is None:
+        raise ValueError(f"{spec.name}: the gate needs a labelled model.")
+    gate_query = read_sql(f"gate/{spec.name}.sql")
+    rows = warehouse.query(gate_query)
+    result.rows = len(rows)
+    if rows.empty or rows[label].nunique() < (2 if spec.model_type in CLASSIFIER_TYPES else 1):
+        result.passed = False
+        result.reason = (
+            f"No fresh labelled rows to compare on (sql/gate/{spec.name}.sql returned {len(rows)} rows"
+            f"{' with one class only' if len(rows) else ''}): version {candidate.version_id} is not promoted. "
+            "Load newer days, then materialize again."
+        )
+        return result
+    predicted = warehouse.query(
+        bind_template("SELECT * FROM ML.PREDICT(MODEL model, TABLE training_rows)", spec.name, gate_query)
+    )
+    candidate_scores = _candidate_scores(spec, predicted, label)
+    instances = to_instances(rows.drop(columns=[label]))
+    endpoint = serving.endpoint
+    if endpoints.get_endpoint(endpoint) is None:
+        raise EndpointError(
+            f"Version {champion.version_id} holds '{serving.serving_alias}' but endpoint {endpoint!r} does not exist: "
+            f"materialize {spec.name}_deployment to deploy it, then retry."
+        )
+    endpoints.ensure_serving()
+    predictions, versions = _predict_endpoint(endpoints, endpoint, instances)
+    if set(versions) != {champion.version_id}:
+        raise EndpointError(
+            f"Endpoint {endpoint!r} answered with versions {dict(versions)}, not only the serving version "
+            f"{champion.version_id}: finish or roll back the running canary before comparing a new candidate."
+        )
+    serving_scores = _serving_scores(spec, predictions, rows[label], label)
+    result.candidate_metrics = _score(spec, predicted[label], candidate_scores)
+    result.serving_metrics = _score(spec, rows[label], serving_scores)
+    metric = spec.gate.metric
+    if metric not in result.candidate_metrics:
+        raise ValueError(f"{spec.name}: gate metric {metric!r} is not one of {sorted(result.candidate_metrics)}.")
+    result.candidate_value = float(result.candidate_metrics[metric])
+    result.serving_value = float(result.serving_metrics[metric])
+    result.passed = spec.gate.better_or_equal(result.candidate_value, result.serving_value)
+    comparison = ">=" if spec.gate.direction == "higher" else "<="
+    verdict = "wins" if result.passed else "loses"
+    result.reason = (
+        f"Candidate version {candidate.version_id} {verdict}: {metric} {result.candidate_value:.4f} against "
+        f"{result.serving_value:.4f} for serving version {champion.version_id} on {len(rows)} fresh labelled rows "
+        f"(needs {comparison}, {spec.gate.direction} is better)."
+    )
+    if not result.passed:
+        result.reason += " It stays registered as '" + serving.candidate_alias + "' and is not deployed."
+    return result
+
+
+def promote(registry: ModelRegistry, spec: ModelSpec, version: ModelVersion) -> ModelVersion:
+    """Move the serving alias and ``default`` to ``version`` (and drop its candidate alias)."""
+    serving = serving_spec(spec)
+    aliases = [serving.serving_alias, DEFAULT_ALIAS]
+    if serving.candidate_alias in version.aliases:
+        aliases.append("-" + serving.candidate_alias)
+    return registry.merge_version_aliases(version.model_id, version.version_id, aliases)
+
+
+# -- endpoints -------------------------------------------------------------------------------------
+
+
+@dataclass
+class SmokeResult:
+    """What a smoke test of an endpoint saw."""
+
+    passed: bool
+    requests: int = 0
+    instances: int = 0
+    versions: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    example: dict[str, Any] | None = None
+
+    def describe(self) -> str:
+        seen = ", ".join(f"v{v}: {n}" for v, n in sorted(self.versions.items())) or "none"
+        text = f"{self.requests} request(s), {self.instances} instance(s); versions answering: {seen}."
+        return text + ("" if self.passed else " Problems: " + "; ".join(self.problems[:5]))
+
+
+def expected_fields(spec: ModelSpec) -> list[str]:
+    """The prediction fields a served BigQuery ML model answers with (see lakehouse_ml.serving)."""
+    label = spec.label
+    if spec.model_type in CLASSIFIER_TYPES:
+        return [f"predicted_{label}", f"{label}_probs", f"{label}_values"]
+    if spec.model_type in REGRESSOR_TYPES:
+        return [f"predicted_{label}"]
+    return ["nearest_centroid_id", "centroid_ids", "centroid_distances"]
+
+
+def _check_predictions(spec: ModelSpec, batch: list[dict], answer: dict, problems: list[str]) -> None:
+    predictions = answer.get("predictions")
+    if not isinstance(predictions, list) or len(predictions) != len(batch):
+        problems.append(f"expected {len(batch)} predictions, got {len(predictions) if isinstance(predictions, list) else predictions!r}")
+        return
+    wanted = expected_fields(spec)
+    for prediction in predictions:
+        missing = [f for f in wanted if f not in prediction]
+        if missing:
+            problems.append(f"prediction without {', '.join(missing)}: {prediction}")
+            return
+        if spec.model_type in CLASSIFIER_TYPES:
+            probs = prediction[f"{spec.label}_probs"]
+            if not probs or any(not 0.0 <= float(p) <= 1.0 for p in probs) or abs(sum(map(float, probs)) - 1.0) > 1e-6:
+                problems.append(f"probabilities are not a distribution: {probs}")
+                return
+
+
+def smoke_test(
+    endpoints: Endpoints,
+    spec: ModelSpec,
+    instances: Sequence[dict],
+    *,
+    must_answer: str | None = None,
+    allowed_versions: set[str] | None = None,
+) -> SmokeResult:
+    """Send real predictions through the model's endpoint and check every answer.
+
+    ``must_answer``: a version that must answer at least :data:`CANARY_MIN_ANSWERS` requests (a
+    canary: single-instance requests are sent until it has, up to :data:`CANARY_MAX_REQUESTS`).
+    ``allowed_versions``: the versions allowed to answer."""
+    endpoint = serving_spec(spec).endpoint
+    result = SmokeResult(passed=False)
+    if not instances:
+        result.problems.append(f"no instances to send (sql/serving/{spec.name}.sql returned no rows)")
+        return result
+    versions: Counter = Counter()
+    pool = list(instances)
+
+    def send(batch: list[dict]) -> None:
+        try:
+            answer = endpoints.predict(endpoint, batch)
+        except EndpointError as err:
+            result.problems.append(str(err))
+            return
+        result.requests += 1
+        result.instances += len(batch)
+        version = str(answer.get("modelVersionId"))
+        versions[version] += 1
+        if allowed_versions is not None and version not in allowed_versions:
+            result.problems.append(f"version {version} answered; expected one of {sorted(allowed_versions)}")
+        _check_predictions(spec, batch, answer, result.problems)
+        if result.example is None and answer.get("predictions"):
+            result.example = {"instance": batch[0], "prediction": answer["predictions"][0], "modelVersionId": version}
+
+    send(pool[:SMOKE_INSTANCES])
+    for i in range(min(SMOKE_INSTANCES, len(pool))):
+        send([pool[i]])
+    if must_answer is not None:
+        i = 0
+        while versions[must_answer] < CANARY_MIN_ANSWERS and result.requests < CANARY_MAX_REQUESTS and not result.problems:
+            send([pool[i % len(pool)]])
+            i += 1
+        if versions[must_answer] < CANARY_MIN_ANSWERS:
+            result.problems.append(f"version {must_answer} answered {versions[must_answer]} of {result.requests} requests")
+    result.versions = dict(versions)
+    result.passed = not result.problems
+    return result
+
+
+@dataclass
+class DeploymentResult:
+    endpoint_id: str
+    endpoint_name: str
+    version: ModelVersion
+    deployed_model_id: str | None
+    traffic_split: dict[str, int]
+    deployed_models: list[dict[str, Any]]
+    actions: list[str]
+    canary: SmokeResult | None
+    smoke: SmokeResult | None
+    rolled_back: bool = False
+    server: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.rolled_back and self.smoke is not None and self.smoke.passed
+
+
+def deploy(
+    endpoints: Endpoints,
+    spec: ModelSpec,
+    version: ModelVersion,
+    instances: Sequence[dict],
+    *,
+    canary_percent: int | None = None,
+    promote_canary: bool = True,
+    progress: Progress | None = None,
+) -> DeploymentResult:
+    """Serve ``version`` on the model's endpoint (see the module docstring); idempotent."""
+    serving = serving_spec(spec)
+    say = progress or (lambda message: None)
+    if not version.deployable:
+        raise EndpointError(
+            f"{version.model_id} version {version.version_id} is a {version.model_type} model: Vertex AI registers "
+            "these but cannot deploy them to an endpoint."
+        )
+    canary_percent = serving.canary_percent if canary_percent is None else int(canary_percent)
+    if not 1 <= canary_percent <= 99:
+        raise EndpointError(f"canary_percent is in 1..99, got {canary_percent}.")
+    actions: list[str] = []
+    server = endpoints.ensure_serving()
+    info = endpoints.get_endpoint(serving.endpoint)
+    if info is None:
+        info = endpoints.create_endpoint(serving.endpoint)
+        actions.append(f"created endpoint {serving.endpoint} ({info['endpoint_id']})")
+        say(actions[-1])
+    endpoint_id = info["endpoint_id"]
+    mine = [
+        d for d in info["deployed_models"] if d["model_id"] == version.model_id and str(d["version_id"]) == version.version_id
+    ]
+    others = [d for d in info["deployed_models"] if d not in mine]
+    canary: SmokeResult | None = None
+    rolled_back = False
+    if mine:
+        deployed_model_id = mine[0]["deployed_model_id"]
+        actions.append(f"version {version.version_id} already deployed as {deployed_model_id}")
+    elif not others:
+        deployed_model_id = endpoints.deploy(
+            endpoint_id, version.model_id, version.version_id, version.artifact_uri,
+            traffic_percentage=100, machine_type=serving.machine_type,
+            logging_sampling_rate=serving.logging_sampling_rate,
+        )
+        actions.append(f"deployed version {version.version_id} as {deployed_model_id} at 100%")
+        say(actions[-1])
+    else:
+        deployed_model_id = endpoints.deploy(
+            endpoint_id, version.model_id, version.version_id, version.artifact_uri,
+            traffic_percentage=canary_percent, machine_type=serving.machine_type,
+            logging_sampling_rate=serving.logging_sampling_rate,
+        )
+        actions.append(f"deployed version {version.version_id} as {deployed_model_id}: canary at {canary_percent}%")
+        say(actions[-1])
+        allowed = {version.version_id} | {str(d["version_id"]) for d in others}
+        canary = smoke_test(endpoints, spec, instances, must_answer=version.version_id, allowed_versions=allowed)
+        if not canary.passed:
+            endpoints.undeploy(endpoint_id, deployed_model_id)
+            rolled_back = True
+            actions.append(f"canary failed its smoke test, rolled back: {canary.describe()}")
+            say(actions[-1])
+    if not rolled_back and promote_canary:
+        info = endpoints.get_endpoint(endpoint_id)
+        split = {d["deployed_model_id"]: (100 if d["deployed_model_id"] == deployed_model_id else 0) for d in info["deployed_models"]}
+        if info["traffic_split"] != split:
+            endpoints.set_traffic_split(endpoint_id, split)
+            actions.append(f"promoted {deployed_model_id} (version {version.version_id}) to 100%")
+            say(actions[-1])
+        for d in info["deployed_models"]:
+            if d["deployed_model_id"] != deployed_model_id:
+                endpoints.undeploy(endpoint_id, d["deployed_model_id"])
+                actions.append(f"undeployed {d['deployed_model_id']} (version {d['version_id']})")
+                say(actions[-1])
+    info = endpoints.get_endpoint(endpoint_id)
+    live = {str(d["version_id"]) for d in info["deployed_models"] if d.get("traffic_percentage", 0) > 0}
+    smoke = smoke_test(endpoints, spec, instances, allowed_versions=live or None)
+    return DeploymentResult(
+        endpoint_id=endpoint_id,
+        endpoint_name=serving.endpoint,
+        version=version,
+        deployed_model_id=None if rolled_back else deployed_model_id,
+        traffic_split=dict(info["traffic_split"]),
+        deployed_models=list(info["deployed_models"]),
+        actions=actions,
+        canary=canary,
+        smoke=smoke,
+        rolled_back=rolled_back,
+        server=server,
+    )
+
+
+def serving_version(registry: ModelRegistry, spec: ModelSpec, version: str | None = None) -> ModelVersion:
+    """The version to deploy: ``version`` when given (a rollback moves the serving alias to it),
+    else the one holding the serving alias."""
+    serving = serving_spec(spec)
+    model_id = registry_model_id(spec)
+    if version is not None:
+        chosen = registry.get_version(model_id, version)
+        if serving.serving_alias not in chosen.aliases:
+            chosen = promote(registry, spec, chosen)
+        return chosen
+    found = registry.find_alias(model_id, serving.serving_alias)
+    if found is None:
+        raise RegistryError(
+            f"No version of {model_id} holds '{serving.serving_alias}': materialize {spec.name}_registry_version "
+            "first (its champion/challenger check promotes a version)."
+        )
+    return found
+
+
+def serving_rows(warehouse: Warehouse, spec: ModelSpec, limit: int = 200) -> list[dict]:
+    """Instances the website would send now (``sql/serving/<model>.sql``), for smoke tests."""
+    try:
+        frame = warehouse.query(read_sql(f"serving/{spec.name}.sql"))
+    except FileNotFoundError as err:
+        raise WarehouseError(f"{spec.name} is served but has no sql/serving/{spec.name}.sql: {err}") from None
+    return to_instances(frame.head(limit))

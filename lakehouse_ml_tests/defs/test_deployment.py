@@ -1,0 +1,173 @@
+"""The registry version and endpoint deployment assets on the local backend: the chain
+materializes, the endpoint server starts in the background, served predictions equal ML.PREDICT,
+retraining goes through the champion/challenger gate, a canary and a promotion; a losing candidate
+stays registered and undeployed; a rollback redeploys an older version."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from lakehouse_ml import deployment, models
+from lakehouse_ml.backends import build_endpoints, build_registry, build_warehouse
+from lakehouse_ml.datagen import SimulationConfig, write_landing
+from lakehouse_ml.definitions import build_definitions
+from lakehouse_ml.runner import ALL_JOBS, materialize_all
+from lakehouse_ml.serving import server
+from lakehouse_ml.settings import load_settings
+from lakehouse_ml.sqlfiles import read_sql
+
+SPEC = models.CHURN_MODEL
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    settings = load_settings(
+        {
+            "LAKEHOUSE_ML_HOME": str(home),
+            "LAKEHOUSE_ML_DAYS": "130",
+            "LAKEHOUSE_ML_CUSTOMERS": "500",
+            "LAKEHOUSE_ML_SERVING_PORT": str(_free_port()),
+        }
+    )
+    write_landing(
+        SimulationConfig(seed=3, start_date=settings.start_date, days=settings.days, customers=settings.customers),
+        settings.landing_dir,
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    try:
+        assert server.health(settings.serving_host, settings.serving_port) is None
+        materialize_all(settings, instance, jobs=ALL_JOBS)
+        yield settings, instance
+    finally:
+        server.stop_server(settings.home_dir)
+        instance.dispose()
+    assert server.health(settings.serving_host, settings.serving_port) is None
+
+
+def _latest(instance, asset: str):
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    assert event is not None, f"{asset} was not materialized"
+    return event.asset_materialization.metadata
+
+
+def _check(instance, asset: str, check: str):
+    records = instance.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(dg.AssetKey(asset), check), limit=1)
+    assert records, f"{asset}:{check} never ran"
+    return records[0].evaluation
+
+
+def _materialize(settings, instance, selection: str, run_config: dict | None = None) -> dg.ExecuteInProcessResult:
+    definitions = build_definitions(settings)
+    return dg.materialize(
+        list(definitions.assets),
+        instance=instance,
+        resources=definitions.resources,
+        selection=selection,
+        run_config=run_config,
+        raise_on_error=False,
+    )
+
+
+def test_registry_version_metadata(chain):
+    settings, instance = chain
+    meta = _latest(instance, "churn_model_registry_version")
+    assert meta["model_id"].value == "churn_model"
+    assert meta["version_id"].value == "1"
+    assert set(meta["aliases"].value) == {"champion", "default"}
+    assert meta["source"].value == "bqml://main.churn_model"
+    assert meta["model_type"].value == "LOGISTIC_REG"
+    assert 0.5 < meta["metrics"].value["roc_auc"] <= 1.0
+    assert Path(meta["link"].value).is_dir()
+    gate = _check(instance, "churn_model_registry_version", "champion_challenger")
+    assert gate.passed and "first to serve" in gate.description
+
+
+def test_deployment_starts_the_server_and_serves_ml_predict(chain):
+    settings, instance = chain
+    meta = _latest(instance, "churn_model_deployment")
+    assert meta["version_id"].value == "1"
+    assert list(meta["traffic_split"].value.values()) == [100]
+    assert server.pidfile(settings.home_dir).is_file()  # started in the background, tracked
+    assert server.health(settings.serving_host, settings.serving_port) is not None
+    smoke = _check(instance, "churn_model_deployment", "smoke_test")
+    assert smoke.passed, smoke.description
+    # predictions through the endpoint equal ML.PREDICT on the same rows
+    warehouse, endpoints = build_warehouse(settings), build_endpoints(settings)
+    query = read_sql("serving/churn_model.sql")
+    rows = warehouse.query(query)
+    assert len(rows) > 50
+    predicted = warehouse.query(f"SELECT * FROM ML.PREDICT(MODEL churn_model, ({query}))")
+    answer = endpoints.predict("churn_model", deployment.to_instances(rows))
+    assert answer["modelVersionId"] == "1"
+    assert answer["model"].endswith("/models/churn_model")
+    served = answer["predictions"]
+    assert len(served) == len(predicted)
+    for prediction, (_, expected) in zip(served, predicted.iterrows()):
+        assert prediction["predicted_churned"] == expected["predicted_churned"]
+        probs = {p["label"]: p["prob"] for p in expected["predicted_churned_probs"]}
+        assert prediction["churned_values"] == [p["label"] for p in expected["predicted_churned_probs"]]
+        np.testing.assert_allclose(prediction["churned_probs"], [probs[v] for v in prediction["churned_values"]], rtol=1e-9, atol=1e-12)
+
+
+def test_retraining_gates_canaries_promotes_then_a_loser_stays_undeployed_then_rollback(chain):
+    settings, instance = chain
+    registry, endpoints = build_registry(settings), build_endpoints(settings)
+    # Retrain on the same data: the candidate ties with the serving version, so it may replace it
+    # (>= for roc_auc), going through a canary first.
+    materialize_all(settings, instance, jobs=("models_job", "serving_job"))
+    gate = _check(instance, "churn_model_registry_version", "champion_challenger")
+    assert gate.passed and "Candidate version 2 wins" in gate.description
+    assert gate.metadata["serving_version"].value == "1"
+    meta = _latest(instance, "churn_model_deployment")
+    actions = meta["actions"].value
+    assert "canary at 10%" in actions and "promoted" in actions and "undeployed" in actions
+    info = endpoints.get_endpoint("churn_model")
+    assert [(d["version_id"], d["traffic_percentage"]) for d in info["deployed_models"]] == [("2", 100)]
+    assert set(registry.get_version("churn_model", "champion").aliases) == {"champion", "default"}
+    assert registry.get_version("churn_model", "champion").version_id == "2"
+
+    # A worse candidate: the same model trained on shuffled labels. It is registered (v3, alias
+    # challenger), the blocking gate fails and says why, and the deployment does not run.
+    sql = SPEC.sql.replace("  churned\nFROM customer_features", "  MOD(age, 2) = 0 AS churned\nFROM customer_features")
+    assert sql != SPEC.sql
+    build_warehouse(settings).execute(sql)
+    result = _materialize(settings, instance, "churn_model_registry_version*")
+    gate = _check(instance, "churn_model_registry_version", "champion_challenger")
+    assert not gate.passed
+    assert "Candidate version 3 loses" in gate.description and "not deployed" in gate.description
+    assert gate.metadata["candidate_value"].value < gate.metadata["serving_value"].value
+    assert registry.get_version("churn_model", "challenger").version_id == "3"
+    assert registry.get_version("churn_model", "champion").version_id == "2"
+    planned = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "churn_model_deployment" not in planned  # blocked by the failed blocking check
+    assert [d["version_id"] for d in endpoints.get_endpoint("churn_model")["deployed_models"]] == ["2"]
+
+    # A canary left at its share (promote: false), then a rollback to version 1.
+    result = _materialize(
+        settings, instance, "churn_model_deployment",
+        {"ops": {"churn_model_deployment": {"config": {"version": "1", "canary_percent": 30, "promote": False}}}},
+    )
+    assert result.success
+    split = {d["version_id"]: d["traffic_percentage"] for d in endpoints.get_endpoint("churn_model")["deployed_models"]}
+    assert split == {"2": 70, "1": 30}
+    smoke = _check(instance, "churn_model_deployment", "smoke_test")
+    assert smoke.passed and "v1:" in smoke.description and "v2:" in smoke.description
+    assert registry.get_version("churn_model", "champion").version_id == "1"
+    result = _materialize(settings, instance, "churn_model_deployment")
+    assert result.success
+    info = endpoints.get_endpoint("churn_model")
+    assert [(d["version_id"], d["traffic_percentage"]) for d in info["deployed_models"]] == [("1", 100)]
+    assert json.loads(json.dumps(_latest(instance, "churn_model_deployment")["traffic_split"].value)) == info["traffic_split"]

@@ -2,7 +2,9 @@
 
     lakehouse-ml generate       write the Cymbal retail simulator's data to the landing zone
     lakehouse-ml materialize    materialize every asset on the configured backend (headless)
-    lakehouse-ml demo           generate + materialize, then say how to open the UI
+    lakehouse-ml demo           the whole loop: data, models, serving, traffic, drift, retraining
+    lakehouse-ml traffic        send realistic prediction requests to an endpoint (the website)
+    lakehouse-ml serve          run (or --stop) the local endpoint server
     lakehouse-ml query          run BigQuery SQL against the local warehouse
     lakehouse-ml ui             open the Dagster UI on the local home's instance
 """
@@ -114,17 +116,31 @@ def _ui_hint(settings: Settings) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from lakehouse_ml.demo import run_demo
+
     settings = _settings(args)
-    _say("[1/2] Generating the Cymbal retail data")
-    cmd_generate(
-        argparse.Namespace(
-            home=args.home, seed=None, start_date=None, days=None, customers=None, order_lines=None, scenario=[]
-        )
+    summary = run_demo(
+        settings,
+        scenario=args.scenario,
+        intensity=args.intensity,
+        drift_days=args.drift_days,
+        requests=args.requests,
+        keep_serving=args.keep_serving,
+        progress=_say,
     )
-    _say("[2/2] Materializing every asset")
-    _materialize(settings)
+    print()
+    print(summary.table())
+    print()
     print(_ui_hint(settings))
+    if args.keep_serving:
+        print("The endpoint server keeps running; stop it with: lakehouse-ml serve --stop")
     return 0
+
+
+def cmd_traffic(args: argparse.Namespace) -> int:
+    from lakehouse_ml.traffic import run_traffic_command
+
+    return run_traffic_command(args, _settings(args))
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -288,8 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
     mat = sub.add_parser("materialize", help="materialize every asset (headless, persistent Dagster instance)")
     mat.set_defaults(func=cmd_materialize)
 
-    demo = sub.add_parser("demo", help="generate data, materialize every asset, print how to open the UI")
+    demo = sub.add_parser(
+        "demo",
+        help="the whole loop on the local backend: generate, materialize, serve, traffic, drift, retrain, redeploy",
+    )
+    demo.add_argument("--scenario", default="channel_shift", help="drift scenario (price_shock, channel_shift, new_region)")
+    demo.add_argument("--intensity", type=float, default=1.5, help="drift intensity (default 1.5)")
+    demo.add_argument("--drift-days", type=int, default=84, help="the last N simulated days drift (default 84)")
+    demo.add_argument("--requests", type=int, default=600, help="instances sent per traffic step (default 600)")
+    demo.add_argument("--keep-serving", action="store_true", help="leave the local endpoint server running afterwards")
     demo.set_defaults(func=cmd_demo)
+
+    from lakehouse_ml.traffic import add_traffic_arguments
+
+    traffic = add_traffic_arguments(sub.add_parser("traffic", help="send realistic prediction requests to an endpoint"))
+    traffic.set_defaults(func=cmd_traffic)
 
     ui = sub.add_parser("ui", help="run `dagster dev` on the local home's Dagster instance")
     ui.add_argument("--host", default="127.0.0.1")

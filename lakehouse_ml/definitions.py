@@ -16,6 +16,9 @@ from lakehouse_ml.defs.deployment import serving_assets
 from lakehouse_ml.defs.features import feature_asset
 from lakehouse_ml.defs.models import GROUP as MODELS_GROUP
 from lakehouse_ml.defs.models import model_assets
+from lakehouse_ml.defs.monitoring import GROUP as MONITORING_GROUP
+from lakehouse_ml.defs.monitoring import monitoring_assets, retraining_job
+from lakehouse_ml.defs.sensors import drift_retraining_sensor
 from lakehouse_ml.defs.raw import RAW_TABLES, landing_specs, raw_asset
 from lakehouse_ml.features import FEATURE_TABLES
 from lakehouse_ml.models import MODELS
@@ -43,7 +46,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         *(feature_asset(table, partitions) for table in FEATURE_TABLES),
         *model_assets(MODELS, reports_dir(settings)),
         *serving_assets(MODELS),
+        *monitoring_assets(MODELS, reports_dir(settings)),
     ]
+    served = [spec for spec in MODELS if spec.serving is not None]
+    retraining_jobs = [retraining_job(spec) for spec in served]
+    status = dg.DefaultScheduleStatus.RUNNING if settings.schedules else dg.DefaultScheduleStatus.STOPPED
+    sensor_status = dg.DefaultSensorStatus.RUNNING if settings.schedules else dg.DefaultSensorStatus.STOPPED
     jobs = [
         dg.define_asset_job(
             "dimensions_job",
@@ -73,10 +81,43 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 "labelled rows, and deploy the winners to their endpoints (canary, smoke test, promotion)."
             ),
         ),
+        dg.define_asset_job(
+            "monitoring_job",
+            selection=dg.AssetSelection.groups(MONITORING_GROUP),
+            description="Write the monitoring report of every served model over the traffic since its last report.",
+        ),
     ]
+    schedules = [
+        dg.ScheduleDefinition(
+            name="daily_features_schedule",
+            job_name="customer_features_job",
+            cron_schedule="0 2 * * *",
+            default_status=status,
+            description="Rebuild the customer snapshot features (and churn labels) every day at 02:00.",
+        ),
+        dg.ScheduleDefinition(
+            name="hourly_monitoring_schedule",
+            job_name="monitoring_job",
+            cron_schedule="5 * * * *",
+            default_status=status,
+            description="Monitor every served model every hour; a failed drift check starts retraining.",
+        ),
+    ]
+    sensors = []
+    if served:
+        sensors.append(
+            drift_retraining_sensor(
+                [spec.name for spec in served],
+                jobs=retraining_jobs,
+                cooldown_seconds=settings.retrain_cooldown_seconds,
+                default_status=sensor_status,
+            )
+        )
     return dg.Definitions(
         assets=assets,
         jobs=jobs,
+        schedules=schedules,
+        sensors=sensors,
         resources={
             "warehouse": build_warehouse(settings),
             "registry": build_registry(settings),

@@ -29,8 +29,6 @@ Life of a version (aliases from the model's :class:`~lakehouse_ml.models.Serving
 
 from __future__ import annotations
 
-import datetime as dt
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -76,27 +74,11 @@ def registry_model_id(spec: ModelSpec) -> str:
 
 
 def to_instances(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as JSON-ready prediction instances: NULL/NaN → None, numpy scalars → Python values,
-    dates and timestamps → ISO strings."""
-    records = frame.to_dict("records")
-    out = []
-    for record in records:
-        row = {}
-        for key, value in record.items():
-            if value is None or value is pd.NA or value is pd.NaT:
-                row[key] = None
-            elif isinstance(value, (bool, np.bool_)):
-                row[key] = bool(value)
-            elif isinstance(value, (int, np.integer)):
-                row[key] = int(value)
-            elif isinstance(value, (float, np.floating)):
-                row[key] = None if not math.isfinite(float(value)) else float(value)
-            elif isinstance(value, (dt.date, dt.datetime, pd.Timestamp)):
-                row[key] = value.isoformat()
-            else:
-                row[key] = value
-        out.append(row)
-    return out
+    """Rows as JSON-ready prediction instances (NULL/NaN → None, numpy scalars → Python values,
+    dates and timestamps → ISO strings): the website's conversion."""
+    from lakehouse_ml.traffic import frame_instances
+
+    return frame_instances(frame)
 
 
 # -- registry --------------------------------------------------------------------------------------

@@ -83,26 +83,34 @@ def materialize_all(
     progress: Callable[[str], None] = lambda _: None,
     jobs: tuple[str, ...] = ALL_JOBS,
     log_level: str = "WARNING",
+    partition_range: tuple[str, str] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> list[StepReport]:
     """Run ``jobs`` in order: by default the data (dimensions, then all daily partitions in one
     run, then snapshots), then the models and their evaluations (``jobs=DATA_JOBS`` stops before
-    the models)."""
+    the models). ``partition_range`` (first, last day) limits the partitioned jobs to those days."""
     definitions = build_definitions(settings)
     keys = daily_partitions(settings).get_partition_keys()
+    if partition_range is not None:
+        first, last = partition_range
+        if first not in keys or last not in keys:
+            raise ValueError(f"Partition range {first}..{last} is outside {keys[0]}..{keys[-1]}.")
+        keys = keys[keys.index(first) : keys.index(last) + 1]
     reports = []
     for job in jobs:
         job_def = definitions.resolve_job_def(job)
-        tags = {}
+        run_tags = dict(tags or {})
         if job_def.partitions_def is not None:
-            tags = {
+            run_tags |= {
                 "dagster/asset_partition_range_start": keys[0],
                 "dagster/asset_partition_range_end": keys[-1],
             }
-        progress(f"{job}: running" + (f" over {len(keys)} daily partitions ({keys[0]} .. {keys[-1]})" if tags else ""))
+        partitioned = job_def.partitions_def is not None
+        progress(f"{job}: running" + (f" over {len(keys)} daily partitions ({keys[0]} .. {keys[-1]})" if partitioned else ""))
         start = time.perf_counter()
         result = job_def.execute_in_process(
             instance=instance,
-            tags=tags,
+            tags=run_tags,
             raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         )

@@ -27,7 +27,7 @@ EXAMPLES: dict[str, str] = {
     "backend": "local",
     "home": "./.lakehouse_ml",
     "start_date": "2026-01-01",
-    "days": "180",
+    "days": "240",
     "seed": "42",
     "customers": "5000",
     "gcp_project": "my-analytics-project",
@@ -39,6 +39,8 @@ EXAMPLES: dict[str, str] = {
     "serving_host": "127.0.0.1",
     "serving_port": "8765",
     "serving_token": "a-long-random-string",
+    "schedules": "true",
+    "retrain_cooldown_seconds": "3600",
 }
 
 
@@ -60,7 +62,7 @@ class Settings(BaseModel):
     )
     # The simulated history. Daily partitions of the raw tables span exactly these days.
     start_date: dt.date = Field(dt.date(2026, 1, 1), description="First simulated day (daily partitions start here).")
-    days: int = Field(180, ge=1, le=3650, description="Number of simulated days.")
+    days: int = Field(240, ge=1, le=3650, description="Number of simulated days (the demo drifts the last 84).")
     seed: int = Field(42, ge=0, description="Seed of the Cymbal retail simulator.")
     customers: int = Field(5000, ge=10, description="Simulated customers (sets the scale).")
 
@@ -83,6 +85,17 @@ class Settings(BaseModel):
     serving_port: int = Field(8765, ge=1, le=65535, description="Port of the local endpoint server.")
     serving_token: str | None = Field(
         None, description="Optional bearer token: when set, the local endpoint server refuses calls without it (401)."
+    )
+
+
+    # automation
+    schedules: bool = Field(
+        True,
+        description="Start the daily feature and hourly monitoring schedules and the drift retraining sensor as "
+        "RUNNING (false: they start STOPPED; switch them on in the UI).",
+    )
+    retrain_cooldown_seconds: int = Field(
+        3600, ge=0, description="Least time between two drift-triggered retraining runs of one model."
     )
 
     @field_validator("gcp_project")

@@ -16,9 +16,11 @@ and a Vertex AI one. Semantics follow Vertex AI:
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Mapping, Sequence
 
 import dagster as dg
+import pandas as pd
 
 
 class EndpointError(RuntimeError):
@@ -66,6 +68,13 @@ class Endpoints(dg.ConfigurableResource):
         """Make sure something answers predictions (the local backend starts its endpoint server in
         the background when none answers); returns where, or None when the cloud serves."""
         return None
+
+    def request_log(self, endpoint: str, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+        """The request-response log of ``endpoint`` for ``start <= logging_time < end`` (UTC): one
+        row per logged instance with ``endpoint_id``, ``deployed_model_id``, ``model_id``,
+        ``model_version_id``, ``logging_time``, ``request_id``, the instance's features as
+        columns, and ``prediction`` (the prediction object as JSON text)."""
+        raise NotImplementedError
 
     def console_url(self, endpoint_id: str) -> str | None:
         """A link to the endpoint for the Dagster UI (None when there is none)."""

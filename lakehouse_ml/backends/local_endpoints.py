@@ -23,6 +23,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import pandas as pd
+
 from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
 from lakehouse_ml.serving.state import connect, ensure_schema, load_state, registry_db
 
@@ -246,6 +248,29 @@ class LocalEndpoints(Endpoints):
 
     def ensure_serving(self) -> str:
         return self.ensure_server()
+
+    def request_log(self, endpoint: str, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+        """Read the Parquet request-response log (after asking a running server to flush it)."""
+        import duckdb
+
+        from lakehouse_ml.serving.server import request_flush
+
+        info = self.get_endpoint(endpoint)
+        if info is None:
+            raise EndpointError(f"Endpoint {endpoint!r} not found; create it with create_endpoint().")
+        request_flush(self.host, self.port, self.token)
+        folder = Path(self.home).expanduser().resolve() / "serving" / "logs" / info["endpoint_id"]
+        files = sorted(str(f) for f in folder.glob("*.parquet")) if folder.is_dir() else []
+        if not files:
+            return pd.DataFrame(columns=["endpoint_id", "deployed_model_id", "model_id", "model_version_id", "logging_time", "request_id", "prediction"])
+        utc = dt.timezone.utc
+        bounds = [t.astimezone(utc) if t.tzinfo else t.replace(tzinfo=utc) for t in (start, end)]
+        with duckdb.connect() as conn:
+            return conn.execute(
+                "SELECT * FROM read_parquet(?, union_by_name = true) WHERE logging_time >= ? AND logging_time < ? "
+                "ORDER BY logging_time, request_id, instance_index",
+                [files, *bounds],
+            ).df()
 
     def console_url(self, endpoint_id: str) -> str:
         return f"{self.base_url}/v1/projects/{self.project}/locations/{self.location}/endpoints/{endpoint_id}"

@@ -16,7 +16,9 @@ strings, comments and quoted identifiers, so ``'ML.PREDICT('`` in a string is no
   DuckDB connection under the placeholder name, and the rewritten statement runs through the
   ordinary BigQuery → DuckDB translation. ML calls therefore work anywhere a table can appear:
   joins, subqueries, CTEs, ``WHERE … IN (SELECT … FROM ML.PREDICT(...))``, ``CREATE TABLE … AS``,
-  ``INSERT … SELECT``, scripts;
+  ``INSERT … SELECT``, scripts. ``ML.VALIDATE_DATA_DRIFT(base, study [, STRUCT])`` takes no model:
+  both its input relations are evaluated the same way and compared by
+  :mod:`lakehouse_ml.monitoring.drift`;
 * the manual preprocessing functions (``ML.BUCKETIZE``, ``ML.STANDARD_SCALER(x) OVER()`` …) are
   lowered to plain SQL (:func:`lower_preprocessing`); inside a ``TRANSFORM`` clause the analytic
   ones are *frozen* with the statistics of the training data (:func:`freeze_transform`), and the
@@ -72,7 +74,12 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "ROC_CURVE": ("input?", "array?", "struct?"),
     "CONFUSION_MATRIX": ("input?", "struct?"),
     "TRANSFORM": ("input",),
+    # No MODEL argument: two input relations (base, study); the optional trailing MODEL only adds
+    # a Vertex AI visualization_link and is refused locally.
+    "VALIDATE_DATA_DRIFT": ("input", "input", "struct?", "model?"),
 }
+# Functions that take no MODEL as their first argument.
+_MODEL_FREE = ("VALIDATE_DATA_DRIFT",)
 _SIGNATURE_TEXT = {
     "PREDICT": "ML.PREDICT(MODEL m, {TABLE t | (query)} [, STRUCT(...)])",
     "EVALUATE": "ML.EVALUATE(MODEL m [, {TABLE t | (query)}] [, STRUCT(...)])",
@@ -85,6 +92,10 @@ _SIGNATURE_TEXT = {
     "ROC_CURVE": "ML.ROC_CURVE(MODEL m [, {TABLE t | (query)}] [, GENERATE_ARRAY(thresholds)] [, STRUCT(...)])",
     "CONFUSION_MATRIX": "ML.CONFUSION_MATRIX(MODEL m [, {TABLE t | (query)}] [, STRUCT(threshold AS threshold)])",
     "TRANSFORM": "ML.TRANSFORM(MODEL m, {TABLE t | (query)})",
+    "VALIDATE_DATA_DRIFT": (
+        "ML.VALIDATE_DATA_DRIFT({TABLE base | (query)}, {TABLE study | (query)} [, STRUCT(... AS num_histogram_buckets, "
+        "... AS categorical_default_threshold, [('col', 0.1)] AS thresholds, ...)])"
+    ),
 }
 # Functions whose output has one row per input row: prediction columns, then the input columns.
 _ROW_FUNCTIONS = ("PREDICT", "EXPLAIN_PREDICT", "DETECT_ANOMALIES")
@@ -267,16 +278,20 @@ class InputRelation:
 
 @dataclass(frozen=True)
 class MLCall:
-    """One ``ML.<function>(MODEL m, ...)`` call; ``start``/``end`` are its character offsets."""
+    """One ``ML.<function>(MODEL m, ...)`` call; ``start``/``end`` are its character offsets.
+
+    ``ML.VALIDATE_DATA_DRIFT`` has no model (``model`` is None) and two input relations
+    (``inputs``: base, study)."""
 
     function: str
-    model: ModelRef
+    model: ModelRef | None
     input: InputRelation | None
     options: dict[str, Any]
     thresholds: list[float] | None
     start: int
     end: int  # exclusive
     text: str = field(default="", compare=False)
+    inputs: tuple[InputRelation, ...] = ()
 
 
 # =================================================================================================
@@ -418,6 +433,10 @@ def literal_value(node: exp.Expression, params: Mapping[str, Any] | None = None)
         return -value
     if isinstance(node, exp.Array):
         return [literal_value(e, params) for e in node.expressions]
+    if isinstance(node, exp.Tuple):  # ('col_a', 0.1): an unnamed STRUCT (ML.VALIDATE_DATA_DRIFT thresholds)
+        return [literal_value(e, params) for e in node.expressions]
+    if isinstance(node, exp.Cast) and isinstance(node.this, exp.Array) and node.to.is_type(exp.DataType.Type.ARRAY):
+        return literal_value(node.this, params)  # a typed array literal: ARRAY<STRUCT<STRING, FLOAT64>>[...]
     if isinstance(node, exp.Struct):
         fields = node.expressions
         named = [isinstance(f, (exp.PropertyEQ, exp.Alias)) for f in fields]
@@ -627,6 +646,11 @@ def find_ml_calls(sql: str, params: Mapping[str, Any] | None = None) -> list[MLC
     i = 0
     while i < len(tokens):
         function = _function_at(tokens, i)
+        if function in (f"ML.{name}" for name in _MODEL_FREE):
+            close = _closing(tokens, i + 3)
+            calls.append(_parse_model_free_call(sql, tokens, function.split(".", 1)[1], i, close, params))
+            i = close + 1
+            continue
         if function is None or not (i + 4 < len(tokens) and tokens[i + 4].token_type == TokenType.MODEL):
             i += 1
             continue
@@ -722,6 +746,77 @@ def _parse_call(
         start=start,
         end=end_char,
         text=sql[start:end_char],
+    )
+
+
+def _input_relation(sql: str, tokens: Sequence[Token], a: int, b: int, function: str) -> InputRelation:
+    """``TABLE name`` or ``(query)`` in ``tokens[a:b]``."""
+    if tokens[a].token_type == TokenType.TABLE:
+        parts_t, raw_t, end_t = _take_path(sql, tokens, a + 1, "table")
+        if end_t != b:
+            raise BqmlError(f"Unexpected {tokens[end_t].text!r} after TABLE {raw_t} in ML.{function}.")
+        return InputRelation(table=_table_name(parts_t, raw_t))
+    inner = _text(sql, tokens, a + 1, b - 1)
+    if not inner.strip():
+        raise BqmlError(f"ML.{function} has an empty input query ().")
+    return InputRelation(query=inner)
+
+
+def _parse_model_free_call(
+    sql: str, tokens: Sequence[Token], function: str, i: int, close: int, params: Mapping[str, Any] | None
+) -> MLCall:
+    """``ML.VALIDATE_DATA_DRIFT({TABLE base | (query)}, {TABLE study | (query)} [, STRUCT(...)]
+    [, MODEL m])`` (bigqueryml-syntax-validate-data-drift)."""
+    signature = _SIGNATURE_TEXT[function]
+    ranges = _split_top_level(tokens, i + 4, close)
+    if len(ranges) > 1 and ranges[-1][0] == ranges[-1][1]:
+        ranges = ranges[:-1]
+    if any(a == b for a, b in ranges):
+        raise BqmlError(f"ML.{function} has an empty argument. Syntax: {signature}.")
+    inputs: list[InputRelation] = []
+    options: dict[str, Any] = {}
+    expected = list(SIGNATURES[function])
+    for a, b in ranges:
+        kind = _arg_kind(tokens, a, b)
+        while expected and expected[0].rstrip("?") != kind and expected[0].endswith("?"):
+            expected.pop(0)
+        if not expected or expected[0].rstrip("?") != kind:
+            described = {"input": "an input relation", "struct": "a STRUCT", "array": "an array", "model": "a MODEL"}
+            raise BqmlError(
+                f"ML.{function} does not take {described.get(kind, 'the argument')} {_text(sql, tokens, a, b)!r} "
+                f"here. Syntax: {signature}."
+            )
+        expected.pop(0)
+        if kind == "input":
+            inputs.append(_input_relation(sql, tokens, a, b, function))
+        elif kind == "struct":
+            value = literal_value(parse_expression(_text(sql, tokens, a, b)), params)
+            if isinstance(value, list) and not value:
+                value = {}
+            if not isinstance(value, dict):
+                raise BqmlError(
+                    f"ML.{function}: name the STRUCT fields, e.g. STRUCT(0.2 AS categorical_default_threshold)."
+                )
+            options = value
+        else:  # MODEL m
+            raise BqmlError(
+                f"ML.{function}(..., MODEL {_text(sql, tokens, a + 1, b)}) is not supported locally: the MODEL "
+                "argument only adds visualization_link, a Vertex AI model monitoring console URL. Leave it out "
+                "(the drift rows are the same), or run the query on the gcp backend."
+            )
+    if len(inputs) < 2:
+        raise BqmlError(f"ML.{function} needs a base and a study input: TABLE t or (query). Syntax: {signature}.")
+    start, end_char = tokens[i].start, tokens[close].end + 1
+    return MLCall(
+        function=function,
+        model=None,
+        input=None,
+        options=options,
+        thresholds=None,
+        start=start,
+        end=end_char,
+        text=sql[start:end_char],
+        inputs=tuple(inputs),
     )
 
 
@@ -1428,6 +1523,9 @@ class BqmlSession:
 
     def call(self, call: MLCall, ctes: Sequence[exp.CTE] = ()) -> pa.Table:
         """The result of one ML table function."""
+        if call.function == "VALIDATE_DATA_DRIFT":
+            return self._validate_data_drift(call, ctes)
+        assert call.model is not None
         engine, name, options = self._engine, call.model.name, dict(call.options)
         if call.function in _OPTIONAL_ENGINE_METHODS and not hasattr(engine, _OPTIONAL_ENGINE_METHODS[call.function]):
             raise BqmlError(
@@ -1481,6 +1579,16 @@ class BqmlSession:
         if call.function in _ROW_FUNCTIONS and source is not None and frame is not None:
             result = _with_input_columns(result, list(frame.columns), source)
         return result
+
+    def _validate_data_drift(self, call: MLCall, ctes: Sequence[exp.CTE]) -> pa.Table:
+        """``ML.VALIDATE_DATA_DRIFT``: both inputs evaluated on DuckDB, compared by
+        :mod:`lakehouse_ml.monitoring.drift` (TFDV's arithmetic, BigQuery's output)."""
+        from lakehouse_ml.monitoring.drift import DriftOptions, validate_data_drift_arrow
+
+        options = DriftOptions.parse(call.options)  # bad options fail before any input query runs
+        base, study = (self.relation(relation.sql(), ctes) for relation in call.inputs)
+        log.info("ML.VALIDATE_DATA_DRIFT: base %d rows, study %d rows", base.num_rows, study.num_rows)
+        return validate_data_drift_arrow(base, study, options)
 
     def create_model(self, statement: CreateModel) -> dict[str, Any] | None:
         engine, name = self._engine, statement.model.name

@@ -24,6 +24,7 @@ from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
 from lakehouse_ml.backends.registry import ModelRegistry, RegistryError
 from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.defs.metadata import user_errors
+from lakehouse_ml.monitoring import monitor
 
 GROUP = "serving"
 GATE_CHECK = "champion_challenger"
@@ -72,6 +73,9 @@ def registry_version_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         with user_errors():
             try:
                 candidate = deployment.register_candidate(registry, spec)
+                if not warehouse.table_exists(monitor.baseline_table(spec, candidate.version_id)):
+                    rows = monitor.save_baseline(warehouse, spec, candidate.version_id)
+                    context.log.info(f"Saved {rows} training rows of version {candidate.version_id} for monitoring")
                 result = deployment.gate(warehouse, registry, endpoints, spec, candidate)
                 version = deployment.promote(registry, spec, candidate) if result.passed else candidate
                 metrics = _floats(version.metrics) or _floats(models.evaluation_metrics(warehouse, spec))

@@ -7,6 +7,8 @@ Routes:
   ``aiplatform.Endpoint(...)`` reads when it is constructed);
 * ``GET /health`` — liveness and the state generation served; ``GET /openapi.json``;
 * ``POST /_control/reload`` — load the deployment state now (the server also polls it).
+* ``POST /_control/flush`` — write the buffered request-response log now (monitoring asks
+  before it reads the log).
 
 Hot swap: the served state is one immutable snapshot (endpoint -> deployed models, each with its
 loaded predictor and traffic share). A reload runs off the event loop, loads every new artifact
@@ -252,6 +254,12 @@ class ServingApp:
                 raise ApiError(405, f"{path} takes POST.")
             gen = await asyncio.to_thread(self.reload)
             return 200, orjson.dumps({"generation": gen}), _JSON_HEADERS
+        if path == "/_control/flush":
+            self._check_token(scope)
+            if method != "POST":
+                raise ApiError(405, f"{path} takes POST.")
+            files = await asyncio.to_thread(self.log.flush)
+            return 200, orjson.dumps({"files": [str(f) for f in files]}), _JSON_HEADERS
         raise ApiError(404, f"No route {method} {path}; see /openapi.json.", "NOT_FOUND")
 
     # -- the routes --------------------------------------------------------------------------------
@@ -447,5 +455,6 @@ OPENAPI: dict[str, Any] = {
         },
         "/health": {"get": {"summary": "Liveness and the deployment state generation served", "responses": {"200": {"description": "ok"}}}},
         "/_control/reload": {"post": {"summary": "Load the deployment state now", "responses": {"200": {"description": "generation"}}}},
+        "/_control/flush": {"post": {"summary": "Write the buffered request-response log now", "responses": {"200": {"description": "files written"}}}},
     },
 }

@@ -48,6 +48,12 @@ def request_reload(host: str, port: int, token: str | None = None) -> int | None
     return None if answer is None else answer.get("generation")
 
 
+def request_flush(host: str, port: int, token: str | None = None) -> list[str] | None:
+    """Ask the server at host:port to write its buffered request-response log; None when none answers."""
+    answer = _get(f"http://{host}:{port}/_control/flush", token, method="POST", timeout=60)
+    return None if answer is None else list(answer.get("files", []))
+
+
 def run(home: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None, **app_options) -> None:
     """Serve in the foreground until SIGINT/SIGTERM (uvicorn; the request log is flushed on exit)."""
     import uvicorn

@@ -1,9 +1,9 @@
 -- churn_model's gate rows: the fresh labelled data on which a retrained candidate must match or
 -- beat the serving version (on the spec's gate metric, roc_auc) before it is promoted.
 --
--- The labelled customers of the two newest snapshots whose churn label is observable: the newest
--- rows a label exists for, which are also in the candidate's SEQ evaluation split (the newest 20%
--- of its training rows), so it never trained on them; the serving version, trained earlier, has
+-- The labelled customers of the newest snapshot whose churn label is observable: the newest rows a
+-- label exists for. They are the candidate's SEQ evaluation split (the newest 20% of its six
+-- training snapshots), so it never trained on them; the serving version, trained earlier, has
 -- never seen them either. Same feature columns as the model, plus the label `churned`.
 SELECT
   tenure_days,
@@ -32,5 +32,4 @@ SELECT
   churned
 FROM customer_features
 WHERE churned IS NOT NULL
-  AND snapshot_date >= DATE_SUB(
-    (SELECT MAX(snapshot_date) FROM customer_features WHERE churned IS NOT NULL), INTERVAL 7 DAY)
+  AND snapshot_date = (SELECT MAX(snapshot_date) FROM customer_features WHERE churned IS NOT NULL)

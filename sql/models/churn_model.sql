@@ -10,6 +10,8 @@
 -- ML.GLOBAL_EXPLAIN), trains in seconds on BigQuery and locally, and retrains cheaply when drift
 -- is detected. Switching to boosted trees is a one-word change of MODEL_TYPE.
 --
+-- Training window: the six newest labelled weekly snapshots (see the WHERE clause).
+--
 -- Features are listed explicitly: no keys (customer_id), no dates as features. share_marketplace
 -- is left out because the four channel shares add up to 1.
 --
@@ -60,3 +62,7 @@ SELECT
   churned
 FROM customer_features
 WHERE churned IS NOT NULL
+  -- A sliding window: the six newest labelled weekly snapshots. Churn drivers change (the drift
+  -- scenarios show how), so a retrained model should learn how customers behave now.
+  AND snapshot_date >= DATE_SUB(
+    (SELECT MAX(snapshot_date) FROM customer_features WHERE churned IS NOT NULL), INTERVAL 35 DAY)

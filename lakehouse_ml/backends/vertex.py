@@ -1,0 +1,920 @@
+"""The gcp registry and endpoints: Vertex AI Model Registry and Vertex AI endpoints.
+
+Built on ``google-cloud-aiplatform``:
+
+* the GAPIC clients (``aiplatform_v1.ModelServiceClient``, ``EndpointServiceClient``,
+  ``PredictionServiceClient``) with ``client_options={"api_endpoint": …}`` and
+  ``transport="rest"`` make every call. The high-level ``aiplatform.Model`` / ``aiplatform.Endpoint``
+  objects take their API endpoint and transport only from the process-global ``aiplatform.init``,
+  so using them here would redirect every other aiplatform user of the process (and race between
+  Dagster runs in threads); the GAPIC clients take them per client;
+* the high-level SDK's own traffic arithmetic (``aiplatform.Endpoint._allocate_traffic`` and
+  ``_unallocate_traffic``, static methods that touch no global state) computes the
+  ``trafficSplit`` of ``deployModel`` and ``undeployModel`` exactly as ``Endpoint.deploy`` and
+  ``Endpoint.undeploy`` do, and its defaults are kept (machine type ``n1-standard-2``, one replica,
+  key ``"0"`` for the model being deployed).
+
+REST methods used (``aiplatform_v1/services/*/transports/rest_base.py`` of the SDK, and
+https://cloud.google.com/vertex-ai/docs/reference/rest/v1/projects.locations.models and
+…/projects.locations.endpoints): ``models.get`` (``name@version`` or ``name@alias``),
+``models.listVersions``, ``models.list``, ``models.mergeVersionAliases``, ``models.deleteVersion``,
+``models.delete``; ``endpoints.create`` (``endpointId``), ``get``, ``list`` (``display_name="…"``
+filter), ``deployModel``, ``undeployModel``, ``patch`` (``updateMask`` ``trafficSplit`` /
+``predictRequestResponseLoggingConfig``), ``predict``; long-running operations are polled with
+``operations.get`` until done or until ``operation_timeout_s``.
+
+BigQuery ML registers models itself (``CREATE MODEL … OPTIONS(MODEL_REGISTRY='VERTEX_AI',
+VERTEX_AI_MODEL_ID=…)``, https://cloud.google.com/bigquery/docs/update_vertex), so registering,
+replacing and dropping versions from Python is refused here with a message that says so. The
+link from a BigQuery ML model to its registry version is BigQuery's: the model's training runs
+carry ``vertexAiModelId`` and ``vertexAiModelVersion`` (BigQuery REST ``models.get``,
+``TrainingRun``); the Vertex AI ``Model`` resource itself only says ``modelSourceInfo.sourceType =
+BQML``, not which BigQuery model, so :meth:`VertexModelRegistry.find_bqml_version` asks BigQuery.
+
+Request-response logging (https://cloud.google.com/vertex-ai/docs/predictions/online-prediction-logging:
+"You can enable request-response logging by creating or patching the prediction endpoint") is
+endpoint-wide on Vertex AI. :meth:`VertexEndpoints.deploy` patches the endpoint's
+``predictRequestResponseLoggingConfig`` to ``bq://{project}.{dataset}.request_response_logging_{endpoint_id}``
+(Vertex AI's own default would be dataset ``logging_<display name>_<endpoint id>``, table
+``request_response_logging``: the project's dataset keeps the monitoring SQL unqualified).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from google.api_core import exceptions as google_exceptions
+from pydantic import Field
+
+from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
+from lakehouse_ml.backends.registry import (
+    DEFAULT_ALIAS,
+    ModelNotRegisteredError,
+    ModelRegistry,
+    ModelVersion,
+    RegistryError,
+    VersionDeployedError,
+    check_alias,
+    check_model_id,
+    parse_merge,
+    vertex_region,
+)
+
+if TYPE_CHECKING:
+    from lakehouse_ml.settings import Settings
+
+DEFAULT_MACHINE_TYPE = "n1-standard-2"  # aiplatform.models._DEFAULT_MACHINE_TYPE
+DEPLOYING_MODEL_KEY = "0"  # aiplatform.models._DEPLOYING_MODEL_TRAFFIC_SPLIT_KEY
+REQUEST_LOG_TABLE_PREFIX = "request_response_logging"
+CONSOLE = "https://console.cloud.google.com/vertex-ai"
+# endpoints.create ``endpointId``: a letter then up to 62 of [a-z0-9-] ending in a letter or digit,
+# or up to 9 digits without a leading zero.
+NEW_ENDPOINT_ID_PATTERN = re.compile(r"^([a-z]([a-z0-9-]{0,61}[a-z0-9])?|[1-9][0-9]{0,8})$")
+# Ids Vertex AI generates are longer numbers (19 digits).
+ENDPOINT_ID_PATTERN = re.compile(r"^([a-z]([a-z0-9-]{0,61}[a-z0-9])?|[1-9][0-9]{0,19})$")
+_NUMERIC_ID = re.compile(r"^[0-9]+$")
+_RESOURCE = re.compile(r"^projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/(?P<kind>models|endpoints)/(?P<id>[^/@]+)(@(?P<version>.+))?$")
+_BQML_SOURCE = re.compile(r"^bqml://(?:(?P<project>[a-z][a-z0-9-]{4,28}[a-z0-9])\.)?(?P<dataset>[A-Za-z0-9_]+)\.(?P<model>[A-Za-z0-9_]+)$")
+_OUTPUT_URI = re.compile(r"^bq://(?P<project>[^.]+)(\.(?P<dataset>[^.]+))?(\.(?P<table>[^.]+))?$")
+
+# -- shared plumbing ---------------------------------------------------------------------------------
+
+
+def _error_status(err: google_exceptions.GoogleAPICallError) -> str:
+    """Google's canonical status (``NOT_FOUND``, ``FAILED_PRECONDITION``…) of an API error."""
+    response = getattr(err, "response", None)
+    if response is not None:
+        try:
+            status = response.json().get("error", {}).get("status")
+            if status:
+                return str(status)
+        except Exception:
+            pass
+    code = getattr(err, "grpc_status_code", None)
+    return getattr(code, "name", "") or type(err).__name__.upper()
+
+
+def _error_text(err: google_exceptions.GoogleAPICallError) -> str:
+    return str(getattr(err, "message", "") or err).strip()
+
+
+def _iso(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return str(value)
+
+
+class _VertexClients:
+    """Per-call GAPIC clients (closed on exit) for one project, region and API endpoint."""
+
+    def __init__(self, api_endpoint: str, credentials: Any):
+        self.api_endpoint = api_endpoint
+        self.credentials = credentials
+        self._open: list[Any] = []
+
+    def _make(self, cls: Any) -> Any:
+        from google.api_core.client_options import ClientOptions
+
+        client = cls(
+            credentials=self.credentials,
+            client_options=ClientOptions(api_endpoint=self.api_endpoint),
+            transport="rest",
+        )
+        self._open.append(client)
+        return client
+
+    @property
+    def models(self) -> Any:
+        from google.cloud.aiplatform_v1 import ModelServiceClient
+
+        return self._make(ModelServiceClient)
+
+    @property
+    def endpoints(self) -> Any:
+        from google.cloud.aiplatform_v1 import EndpointServiceClient
+
+        return self._make(EndpointServiceClient)
+
+    @property
+    def prediction(self) -> Any:
+        from google.cloud.aiplatform_v1 import PredictionServiceClient
+
+        return self._make(PredictionServiceClient)
+
+    def close(self) -> None:
+        for client in self._open:
+            with contextlib.suppress(Exception):
+                client.transport.close()
+        self._open.clear()
+
+
+class _VertexConfig:
+    """Configuration and plumbing shared by the registry and the endpoints (a mixin for pydantic
+    resources that declare ``project``, ``bigquery_location``, ``api_endpoint``,
+    ``anonymous_credentials``, ``operation_timeout_s`` and ``poll_interval_s``)."""
+
+    error_type: ClassVar[type[Exception]] = RuntimeError
+
+    @property
+    def region(self) -> str:
+        try:
+            return vertex_region(self.bigquery_location)
+        except RegistryError as err:
+            raise self.error_type(str(err)) from None
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.api_endpoint or f"https://{self.region}-aiplatform.googleapis.com"
+
+    @property
+    def parent(self) -> str:
+        return f"projects/{self.project}/locations/{self.region}"
+
+    def _credentials(self) -> Any:
+        if self.anonymous_credentials:
+            from google.auth.credentials import AnonymousCredentials
+
+            return AnonymousCredentials()
+        return None  # application default credentials
+
+    @contextlib.contextmanager
+    def _clients(self, action: str) -> Iterator[_VertexClients]:
+        """Clients for one call; transport, credential and unexpected API errors become
+        ``_error_type`` with what to do next."""
+        clients = _VertexClients(self.endpoint_url, self._credentials())
+        try:
+            yield clients
+        except google_exceptions.GoogleAPICallError as err:  # not translated where it was raised
+            raise self.error_type(
+                f"Vertex AI could not {action}: {_error_text(err)} ({_error_status(err)}). If this is transient "
+                "(HTTP 5xx, quota), run again; otherwise check the request in the Vertex AI console."
+            ) from None
+        except google_exceptions.RetryError as err:
+            raise self.error_type(
+                f"Vertex AI did not answer in time to {action} ({err}). Check that {self.endpoint_url} is reachable "
+                "(LAKEHOUSE_ML_VERTEX_API_ENDPOINT, network, proxy), then run again."
+            ) from None
+        except Exception as err:
+            module = type(err).__module__
+            if module.startswith("google.auth"):
+                raise self.error_type(
+                    f"No usable Google Cloud credentials for Vertex AI: {err}. Run `gcloud auth application-default "
+                    "login`, or point GOOGLE_APPLICATION_CREDENTIALS at a service account key, then run again."
+                ) from None
+            if module.startswith(("requests", "urllib3")):
+                raise self.error_type(
+                    f"Could not reach Vertex AI at {self.endpoint_url} to {action}: {err}. Check the endpoint "
+                    "(LAKEHOUSE_ML_VERTEX_API_ENDPOINT), the network and any proxy, then run again."
+                ) from None
+            raise
+        finally:
+            clients.close()
+
+    def _wait(self, operation: Any, what: str) -> Any:
+        """Poll a long-running operation (``operations.get``) until it is done; its result."""
+        name = getattr(getattr(operation, "operation", None), "name", "") or "?"
+        deadline = time.monotonic() + float(self.operation_timeout_s)
+        delay = max(float(self.poll_interval_s), 0.001)
+        while not operation.done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self.error_type(
+                    f"Vertex AI did not finish {what} within {self.operation_timeout_s:g} s (operation {name}). It may "
+                    "still complete: check the operation in the Vertex AI console, then run again (or raise "
+                    "operation_timeout_s; deployments can take 15-30 minutes)."
+                )
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 1.5, 10.0)
+        proto = operation.operation
+        if proto.HasField("error") and proto.error.code:
+            raise self.error_type(
+                f"Vertex AI failed to finish {what}: {proto.error.message} (code {proto.error.code}, operation {name})."
+            )
+        return operation.result()
+
+
+# -- the registry ------------------------------------------------------------------------------------
+
+
+class VertexModelRegistry(_VertexConfig, ModelRegistry):
+    """Vertex AI Model Registry of one project; models live in the region of the BigQuery location."""
+
+    project: str = Field(description="Google Cloud project id.")
+    bigquery_location: str = Field("US", description="BigQuery location; US → us-central1, EU → europe-west4.")
+    api_endpoint: str | None = Field(None, description="Vertex AI API endpoint (default https://{region}-aiplatform.googleapis.com).")
+    bigquery_api_endpoint: str | None = Field(None, description="BigQuery API endpoint (to follow a BigQuery ML model to its version).")
+    anonymous_credentials: bool = Field(False, description="Send no credentials (only for a local test double).")
+    operation_timeout_s: float = Field(600.0, description="How long to wait for a long-running operation.")
+    poll_interval_s: float = Field(0.05, description="First wait between operations.get polls (grows ×1.5 to 10 s).")
+
+    error_type: ClassVar[type[Exception]] = RegistryError
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    def model_name(self, model_id: str, version_or_alias: str | None = None) -> str:
+        check_model_id(model_id)
+        name = f"{self.parent}/models/{model_id}"
+        if version_or_alias is not None:
+            name += f"@{self._check_ref(version_or_alias)}"
+        return name
+
+    @staticmethod
+    def _check_ref(version_or_alias: str) -> str:
+        ref = str(version_or_alias)
+        if _NUMERIC_ID.match(ref):
+            return ref
+        return check_alias(ref)
+
+    def _to_version(self, model: Any, source: str = "") -> ModelVersion:
+        match = _RESOURCE.match(model.name)
+        model_id = match["id"] if match else model.name.rsplit("/", 1)[-1]
+        types = {getattr(t, "name", str(t)) for t in model.supported_deployment_resources_types}
+        aliases = sorted(model.version_aliases, key=lambda a: (a != DEFAULT_ALIAS, a))
+        return ModelVersion(
+            model_id=model_id,
+            version_id=model.version_id,
+            aliases=aliases,
+            display_name=model.display_name,
+            source=source,
+            model_type="",  # the Model resource does not carry the BigQuery ML model type
+            artifact_uri=model.artifact_uri or f"{self.parent}/models/{model_id}@{model.version_id}",
+            labels=dict(model.labels),
+            metrics={},
+            create_time=_iso(model.version_create_time) or _iso(model.create_time),
+            update_time=_iso(model.version_update_time) or _iso(model.update_time),
+            deployable=bool(types & {"DEDICATED_RESOURCES", "AUTOMATIC_RESOURCES", "SHARED_RESOURCES"}),
+        )
+
+    def _not_registered(self, clients: _VertexClients, model_id: str, ref: str | None) -> ModelNotRegisteredError:
+        """The most useful 'not found' message: is the model missing, or only that version/alias?"""
+        try:
+            versions = list(clients.models.list_model_versions(name=self.model_name(model_id)))
+        except google_exceptions.NotFound:
+            try:
+                known = sorted({m.name.rsplit("/", 1)[-1] for m in clients.models.list_models(parent=self.parent)})
+            except google_exceptions.GoogleAPICallError:
+                known = []
+            return ModelNotRegisteredError(
+                f"Model {model_id!r} is not in Vertex AI Model Registry ({self.parent}); registered models: "
+                f"{known or 'none'}. Register it with CREATE MODEL … OPTIONS(MODEL_REGISTRY='VERTEX_AI', "
+                f"VERTEX_AI_MODEL_ID='{model_id}') in BigQuery ML."
+            )
+        ids = sorted((v.version_id for v in versions), key=int)
+        aliases = sorted({a for v in versions for a in v.version_aliases})
+        return ModelNotRegisteredError(
+            f"Model {model_id!r} has no version or alias {ref!r}; its versions: {ids}, its aliases: {aliases}. "
+            "Use one of those, or add the alias with merge_version_aliases."
+        )
+
+    def _get(self, clients: _VertexClients, model_id: str, ref: str) -> Any:
+        try:
+            return clients.models.get_model(name=self.model_name(model_id, ref))
+        except google_exceptions.NotFound:
+            raise self._not_registered(clients, model_id, ref) from None
+
+    # -- reading -----------------------------------------------------------------------------------
+    def get_version(self, model_id: str, version_or_alias: str = DEFAULT_ALIAS) -> ModelVersion:
+        self.model_name(model_id, version_or_alias)  # validate before any call
+        with self._clients(f"get model {model_id}@{version_or_alias}") as clients:
+            return self._to_version(self._get(clients, model_id, str(version_or_alias)))
+
+    def list_versions(self, model_id: str) -> list[ModelVersion]:
+        name = self.model_name(model_id)
+        with self._clients(f"list the versions of model {model_id}") as clients:
+            try:
+                versions = [self._to_version(m) for m in clients.models.list_model_versions(name=name)]
+            except google_exceptions.NotFound:
+                raise self._not_registered(clients, model_id, None) from None
+        return sorted(versions, key=lambda v: int(v.version_id) if v.version_id.isdigit() else 0)
+
+    def latest_version(self, model_id: str) -> ModelVersion:
+        versions = self.list_versions(model_id)
+        if not versions:
+            raise ModelNotRegisteredError(f"Model {model_id!r} has no versions in Vertex AI Model Registry.")
+        return versions[-1]
+
+    def list_models(self) -> list[str]:
+        with self._clients("list models") as clients:
+            return sorted({m.name.rsplit("/", 1)[-1] for m in clients.models.list_models(parent=self.parent)})
+
+    def find_bqml_version(self, source: str) -> ModelVersion | None:
+        """The registry version of the BigQuery ML model ``bqml://[project.]dataset.model``: BigQuery's
+        ``models.get`` reports it in the last training run's ``vertexAiModelId`` /
+        ``vertexAiModelVersion``; None when the model is missing, unregistered, or its version is gone."""
+        match = _BQML_SOURCE.match(source or "")
+        if match is None:
+            raise RegistryError(
+                f"Invalid BigQuery ML source {source!r}: use bqml://<dataset>.<model> (for example bqml://lakehouse_ml.churn_model)."
+            )
+        project = match["project"] or self.project
+        runs = self._bigquery_training_runs(project, match["dataset"], match["model"])
+        registered = [r for r in runs if r.get("vertexAiModelId")]
+        if not registered:
+            return None
+        run = registered[-1]
+        model_id, version_id = run["vertexAiModelId"], str(run.get("vertexAiModelVersion") or DEFAULT_ALIAS)
+        with self._clients(f"get model {model_id}@{version_id}") as clients:
+            try:
+                model = clients.models.get_model(name=self.model_name(model_id, version_id))
+            except google_exceptions.NotFound:
+                return None
+        return self._to_version(model, source=f"bqml://{match['dataset']}.{match['model']}")
+
+    def _bigquery_training_runs(self, project: str, dataset: str, model: str) -> list[dict[str, Any]]:
+        from google.cloud import bigquery
+
+        kwargs: dict[str, Any] = {"project": self.project}
+        if self.bigquery_api_endpoint:
+            kwargs["client_options"] = {"api_endpoint": self.bigquery_api_endpoint}
+        if self.anonymous_credentials:
+            from google.auth.credentials import AnonymousCredentials
+
+            kwargs["credentials"] = AnonymousCredentials()
+        try:
+            client = bigquery.Client(**kwargs)
+        except Exception as err:
+            raise RegistryError(
+                f"Cannot open a BigQuery client to look up bqml://{dataset}.{model}: {err}. Run `gcloud auth "
+                "application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS), then run again."
+            ) from None
+        try:
+            found = client.get_model(f"{project}.{dataset}.{model}")
+        except google_exceptions.NotFound:
+            return []
+        except google_exceptions.GoogleAPICallError as err:
+            raise RegistryError(
+                f"BigQuery could not read model {project}.{dataset}.{model}: {_error_text(err)}. Check "
+                "LAKEHOUSE_ML_GCP_PROJECT, LAKEHOUSE_ML_GCP_DATASET and the credentials, then run again."
+            ) from None
+        finally:
+            client.close()
+        return list(found._properties.get("trainingRuns") or [])
+
+    # -- changing ----------------------------------------------------------------------------------
+    def merge_version_aliases(self, model_id: str, version_id: str, aliases: Sequence[str]) -> ModelVersion:
+        """models.mergeVersionAliases; the body is exactly ``{"versionAliases": aliases}``."""
+        add, remove = parse_merge(aliases)  # validates every alias before anything is sent
+        aliases = list(aliases)
+        if not aliases:
+            raise RegistryError("Give at least one alias to merge (a leading '-' removes it), for example ['champion'].")
+        name = self.model_name(model_id, version_id)
+        with self._clients(f"merge aliases into model {model_id}@{version_id}") as clients:
+            try:
+                merged = clients.models.merge_version_aliases(name=name, version_aliases=aliases)
+            except google_exceptions.NotFound:
+                raise self._not_registered(clients, model_id, str(version_id)) from None
+            except (google_exceptions.BadRequest, google_exceptions.FailedPrecondition) as err:
+                hint = (
+                    " One version must carry 'default' at all times: add 'default' to another version instead (that "
+                    "moves it)."
+                    if DEFAULT_ALIAS in remove
+                    else ""
+                )
+                raise RegistryError(
+                    f"Vertex AI refused to merge aliases {aliases} into model {model_id!r} version {version_id}: "
+                    f"{_error_text(err)}.{hint}"
+                ) from None
+        return self._to_version(merged)
+
+    @staticmethod
+    def _deployments(model: Any) -> list[str]:
+        return [f"{ref.endpoint} (deployed model {ref.deployed_model_id})" for ref in model.deployed_models]
+
+    def delete_version(self, model_id: str, version_id: str) -> None:
+        """models.deleteVersion (long-running): refused when deployed, when it is the only version or
+        holds ``default``."""
+        with self._clients(f"delete model {model_id}@{version_id}") as clients:
+            model = self._get(clients, model_id, str(version_id))
+            number = model.version_id
+            deployed = self._deployments(model)
+            if deployed:
+                raise VersionDeployedError(
+                    f"Cannot delete version {number} of model {model_id!r}: it is deployed to {', '.join(deployed)}. "
+                    "Undeploy it from those endpoints first."
+                )
+            try:
+                operation = clients.models.delete_model_version(name=self.model_name(model_id, number))
+            except google_exceptions.NotFound:
+                raise self._not_registered(clients, model_id, str(version_id)) from None
+            except (google_exceptions.BadRequest, google_exceptions.FailedPrecondition) as err:
+                text = _error_text(err)
+                if "deployed" in text.lower():
+                    raise VersionDeployedError(
+                        f"Cannot delete version {number} of model {model_id!r}: {text} Undeploy it first."
+                    ) from None
+                raise RegistryError(
+                    f"Vertex AI refused to delete version {number} of model {model_id!r}: {text} A model keeps at "
+                    "least one version (delete the whole model with delete_model), and the 'default' version "
+                    f"stays until 'default' moves (merge_version_aliases({model_id!r}, other_version, ['default']))."
+                ) from None
+            self._wait(operation, f"deleting version {number} of model {model_id!r}")
+
+    def delete_model(self, model_id: str) -> None:
+        """models.delete (long-running): every version goes; refused while any version is deployed."""
+        name = self.model_name(model_id)
+        with self._clients(f"delete model {model_id}") as clients:
+            try:
+                versions = list(clients.models.list_model_versions(name=name))
+            except google_exceptions.NotFound:
+                raise self._not_registered(clients, model_id, None) from None
+            deployed = [d for v in versions for d in self._deployments(v)]
+            if deployed:
+                raise VersionDeployedError(
+                    f"Cannot delete model {model_id!r}: versions are deployed to {', '.join(deployed)}. Undeploy them first."
+                )
+            try:
+                operation = clients.models.delete_model(name=name)
+            except (google_exceptions.BadRequest, google_exceptions.FailedPrecondition) as err:
+                raise VersionDeployedError(
+                    f"Vertex AI refused to delete model {model_id!r}: {_error_text(err)} Undeploy its versions first."
+                ) from None
+            self._wait(operation, f"deleting model {model_id!r}")
+
+    def version_url(self, version: ModelVersion) -> str:
+        """The version's page in the Google Cloud console (the form the SDK links to in
+        ``aiplatform/utils/_ipython_utils.py``)."""
+        return (
+            f"{CONSOLE}/models/locations/{self.region}/models/{version.model_id}/versions/{version.version_id}"
+            f"?project={self.project}"
+        )
+
+    # -- BigQuery ML registers models itself ---------------------------------------------------------
+    def _bigquery_registers(self, what: str) -> RegistryError:
+        return RegistryError(
+            f"Cannot {what} from Python on the gcp backend: BigQuery ML registers models in Vertex AI Model "
+            "Registry itself. Use CREATE [OR REPLACE] MODEL … OPTIONS(MODEL_REGISTRY='VERTEX_AI', "
+            "VERTEX_AI_MODEL_ID='<model id>', VERTEX_AI_MODEL_VERSION_ALIASES=[…]) (or ALTER MODEL … SET "
+            "OPTIONS(VERTEX_AI_MODEL_ID=…)) in BigQuery, and DROP MODEL to remove it."
+        )
+
+    def register_version(self, model_id: str, **kwargs: Any) -> ModelVersion:  # type: ignore[override]
+        raise self._bigquery_registers(f"register a version of model {model_id!r}")
+
+    def replace_bqml_version(self, source: str, model_id: str | None, **kwargs: Any) -> ModelVersion | None:  # type: ignore[override]
+        raise self._bigquery_registers(f"replace the version registered from {source}")
+
+    def drop_bqml_model(self, source: str, *, check_only: bool = False) -> None:
+        raise self._bigquery_registers(f"drop the versions registered from {source}")
+
+
+# -- the endpoints -----------------------------------------------------------------------------------
+
+
+class VertexEndpoints(_VertexConfig, Endpoints):
+    """Vertex AI endpoints of one project, in the region of the BigQuery location."""
+
+    project: str = Field(description="Google Cloud project id.")
+    dataset: str = Field("lakehouse_ml", description="BigQuery dataset that receives the request-response log.")
+    bigquery_location: str = Field("US", description="BigQuery location; US → us-central1, EU → europe-west4.")
+    api_endpoint: str | None = Field(None, description="Vertex AI API endpoint (default https://{region}-aiplatform.googleapis.com).")
+    anonymous_credentials: bool = Field(False, description="Send no credentials (only for a local test double).")
+    operation_timeout_s: float = Field(1800.0, description="How long to wait for a long-running operation (deployments are slow).")
+    poll_interval_s: float = Field(0.05, description="First wait between operations.get polls (grows ×1.5 to 10 s).")
+
+    error_type: ClassVar[type[Exception]] = EndpointError
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    def _lookup(self, clients: _VertexClients, endpoint: str) -> Any | None:
+        """The Endpoint resource, by resource name, id or display name (None when missing)."""
+        endpoint = str(endpoint).strip()
+        if not endpoint:
+            raise EndpointError("Give an endpoint id or display name.")
+        service = clients.endpoints
+        if "/" in endpoint:
+            try:
+                return service.get_endpoint(name=endpoint)
+            except google_exceptions.NotFound:
+                return None
+        if ENDPOINT_ID_PATTERN.match(endpoint):
+            try:
+                return service.get_endpoint(name=f"{self.parent}/endpoints/{endpoint}")
+            except google_exceptions.NotFound:
+                pass
+        if '"' in endpoint or "\\" in endpoint:
+            return None
+        found = list(service.list_endpoints(request={"parent": self.parent, "filter": f'display_name="{endpoint}"'}))
+        if len(found) > 1:
+            raise EndpointError(
+                f"{len(found)} endpoints are named {endpoint!r} ({', '.join(e.name.rsplit('/', 1)[-1] for e in found)}); "
+                "use the endpoint id instead."
+            )
+        return found[0] if found else None
+
+    def _require(self, clients: _VertexClients, endpoint: str) -> Any:
+        found = self._lookup(clients, endpoint)
+        if found is None:
+            raise EndpointError(
+                f"Endpoint {endpoint!r} not found in {self.parent}; create it with create_endpoint() (or check "
+                "LAKEHOUSE_ML_GCP_PROJECT and LAKEHOUSE_ML_BIGQUERY_LOCATION)."
+            )
+        return found
+
+    @staticmethod
+    def _endpoint_id(resource: Any) -> str:
+        return resource.name.rsplit("/", 1)[-1]
+
+    def _as_dict(self, resource: Any) -> dict[str, Any]:
+        split = {k: int(v) for k, v in resource.traffic_split.items()}
+        logging_config = resource.predict_request_response_logging_config
+        rate = float(logging_config.sampling_rate) if logging_config.enabled else 0.0
+        deployed = []
+        for dm in resource.deployed_models:
+            match = _RESOURCE.match(dm.model)
+            resources = dm.dedicated_resources
+            deployed.append(
+                {
+                    "deployed_model_id": dm.id,
+                    "model_id": match["id"] if match else dm.model.rsplit("/", 1)[-1],
+                    "version_id": dm.model_version_id or (match["version"] if match and match["version"] else ""),
+                    "traffic_percentage": split.get(dm.id, 0),
+                    "create_time": _iso(dm.create_time),
+                    "display_name": dm.display_name,
+                    "model_resource_name": dm.model,
+                    "artifact_uri": dm.model,
+                    "machine_type": resources.machine_spec.machine_type or None,
+                    "min_replica_count": int(resources.min_replica_count),
+                    "max_replica_count": int(resources.max_replica_count),
+                    "logging_sampling_rate": rate,
+                }
+            )
+        return {
+            "endpoint_id": self._endpoint_id(resource),
+            "display_name": resource.display_name,
+            "resource_name": resource.name,
+            "deployed_models": deployed,
+            "traffic_split": {d["deployed_model_id"]: d["traffic_percentage"] for d in deployed},
+            "request_log_table": self._log_table(resource),
+        }
+
+    def _log_table(self, resource: Any) -> str | None:
+        config = resource.predict_request_response_logging_config
+        if not config.enabled:
+            return None
+        match = _OUTPUT_URI.match(config.bigquery_destination.output_uri or "")
+        if match is None:
+            return None
+        endpoint_id = self._endpoint_id(resource)
+        # Vertex AI's defaults when the URI stops at the project or the dataset
+        # (PredictRequestResponseLoggingConfig.bigquery_destination).
+        dataset = match["dataset"] or "logging_" + re.sub(r"[^A-Za-z0-9_]", "_", resource.display_name) + f"_{endpoint_id}"
+        table = match["table"] or REQUEST_LOG_TABLE_PREFIX
+        return f"{match['project']}.{dataset}.{table}"
+
+    def console_url(self, endpoint_id: str) -> str | None:
+        """The endpoint's page in the Google Cloud console."""
+        return f"{CONSOLE}/online-prediction/locations/{self.region}/endpoints/{endpoint_id}?project={self.project}"
+
+    def log_destination(self, endpoint_id: str) -> str:
+        """The ``bigqueryDestination.outputUri`` this backend gives an endpoint."""
+        return f"bq://{self.project}.{self.dataset}.{REQUEST_LOG_TABLE_PREFIX}_{endpoint_id.replace('-', '_')}"
+
+    # -- endpoints -----------------------------------------------------------------------------------
+    def create_endpoint(self, display_name: str, endpoint_id: str | None = None) -> dict[str, Any]:
+        """endpoints.create (long-running). With ``endpoint_id``, an endpoint that already exists
+        under it is returned as it is (so a re-run does not fail)."""
+        from google.cloud.aiplatform_v1 import Endpoint
+
+        if not isinstance(display_name, str) or not display_name.strip() or len(display_name) > 128:
+            raise EndpointError(f"Invalid endpoint display name {display_name!r}: give 1 to 128 characters.")
+        if endpoint_id is not None and not NEW_ENDPOINT_ID_PATTERN.match(str(endpoint_id)):
+            raise EndpointError(
+                f"Invalid endpoint id {endpoint_id!r}: use up to 63 characters from [a-z0-9-] starting with a letter "
+                "and ending with a letter or digit (for example 'churn-endpoint'), or up to 9 digits."
+            )
+        with self._clients(f"create endpoint {display_name!r}") as clients:
+            service = clients.endpoints
+            if endpoint_id is not None:
+                try:
+                    return self._as_dict(service.get_endpoint(name=f"{self.parent}/endpoints/{endpoint_id}"))
+                except google_exceptions.NotFound:
+                    pass
+            kwargs: dict[str, Any] = {"parent": self.parent, "endpoint": Endpoint(display_name=display_name)}
+            if endpoint_id is not None:
+                kwargs["endpoint_id"] = str(endpoint_id)
+            try:
+                operation = service.create_endpoint(**kwargs)
+            except google_exceptions.Conflict:
+                return self._as_dict(service.get_endpoint(name=f"{self.parent}/endpoints/{endpoint_id}"))
+            except google_exceptions.BadRequest as err:
+                raise EndpointError(f"Vertex AI refused to create endpoint {display_name!r}: {_error_text(err)}") from None
+            created = self._wait(operation, f"creating endpoint {display_name!r}")
+            return self._as_dict(service.get_endpoint(name=created.name))
+
+    def get_endpoint(self, endpoint: str) -> dict[str, Any] | None:
+        """``endpoint_id``, ``display_name``, ``resource_name``, ``deployed_models`` (dicts with
+        ``deployed_model_id``, ``model_id``, ``version_id``, ``traffic_percentage``, ``create_time``,
+        ``display_name``, ``model_resource_name``, ``artifact_uri``, ``machine_type``,
+        ``min_replica_count``, ``max_replica_count``, ``logging_sampling_rate``), ``traffic_split``
+        and ``request_log_table``; None when missing."""
+        with self._clients(f"get endpoint {endpoint!r}") as clients:
+            found = self._lookup(clients, endpoint)
+            return None if found is None else self._as_dict(found)
+
+    def request_log_table(self, endpoint: str) -> str | None:
+        """The BigQuery table (``project.dataset.table``) the endpoint's request-response log goes to,
+        or None when request-response logging is off."""
+        with self._clients(f"get endpoint {endpoint!r}") as clients:
+            return self._log_table(self._require(clients, endpoint))
+
+    def deploy(
+        self,
+        endpoint: str,
+        model_id: str,
+        version_id: str,
+        artifact_uri: str = "",
+        *,
+        traffic_percentage: int | None = None,
+        traffic_split: Mapping[str, int] | None = None,
+        machine_type: str | None = None,
+        logging_sampling_rate: float = 1.0,
+    ) -> str:
+        """endpoints.deployModel of ``models/{model_id}@{version_id}`` (long-running); returns the
+        deployed model id. ``artifact_uri`` is not used: Vertex AI serves the registered version.
+
+        Traffic as ``aiplatform.Endpoint.deploy`` computes it: ``traffic_split`` is sent as given
+        (``"0"`` = the model being deployed); otherwise the new model gets ``traffic_percentage``
+        (default 0) and the others are scaled to fill the rest, except on an endpoint that takes no
+        traffic yet, where the new model gets 100. ``logging_sampling_rate`` > 0 turns on the
+        endpoint's request-response logging to :meth:`log_destination` with that sampling rate
+        (it is endpoint-wide on Vertex AI; 0 leaves the endpoint's logging as it is)."""
+        from google.cloud.aiplatform import Endpoint as SdkEndpoint
+        from google.cloud.aiplatform_v1 import DedicatedResources, DeployedModel, MachineSpec
+
+        rate = float(logging_sampling_rate)
+        if not 0.0 <= rate <= 1.0:
+            raise EndpointError(f"logging_sampling_rate must be between 0 and 1; got {logging_sampling_rate!r}.")
+        if traffic_percentage is not None and traffic_split is not None:
+            raise EndpointError("Give traffic_percentage or traffic_split, not both.")
+        pct = 0 if traffic_percentage is None else int(traffic_percentage)
+        if not 0 <= pct <= 100:
+            raise EndpointError(f"traffic_percentage must be between 0 and 100; got {traffic_percentage!r}.")
+        try:
+            check_model_id(model_id)
+            model = f"{self.parent}/models/{model_id}@{VertexModelRegistry._check_ref(str(version_id))}"
+        except RegistryError as err:
+            raise EndpointError(str(err)) from None
+        with self._clients(f"deploy model {model_id}@{version_id}") as clients:
+            service = clients.endpoints
+            resource = self._require(clients, endpoint)
+            endpoint_id = self._endpoint_id(resource)
+            deployed_ids = {dm.id for dm in resource.deployed_models}
+            current = {k: int(v) for k, v in resource.traffic_split.items() if k in deployed_ids}
+            if traffic_split is not None:
+                split = self._check_split(traffic_split, deployed_ids | {DEPLOYING_MODEL_KEY}, endpoint_id)
+            elif not any(current.values()):
+                split = {DEPLOYING_MODEL_KEY: 100}  # nothing takes traffic yet: the new model takes it all
+            else:
+                split = SdkEndpoint._allocate_traffic(traffic_split=current, traffic_percentage=pct)
+            if rate > 0:
+                self._enable_logging(service, resource, rate)
+            deployed_model = DeployedModel(
+                model=model,
+                dedicated_resources=DedicatedResources(
+                    machine_spec=MachineSpec(machine_type=machine_type or DEFAULT_MACHINE_TYPE),
+                    min_replica_count=1,
+                    max_replica_count=1,
+                ),
+            )
+            try:
+                operation = service.deploy_model(
+                    endpoint=resource.name, deployed_model=deployed_model, traffic_split=split
+                )
+            except google_exceptions.NotFound as err:
+                raise EndpointError(
+                    f"Cannot deploy model {model_id!r} version {version_id}: {_error_text(err)} Register it first "
+                    "(CREATE MODEL … OPTIONS(MODEL_REGISTRY='VERTEX_AI') in BigQuery ML) or pick an existing version."
+                ) from None
+            except (google_exceptions.BadRequest, google_exceptions.FailedPrecondition) as err:
+                raise EndpointError(
+                    f"Vertex AI refused to deploy model {model_id!r} version {version_id} to endpoint {endpoint_id}: "
+                    f"{_error_text(err)} (ARIMA_PLUS models register but cannot be deployed; a traffic split must "
+                    "name deployed models and sum to 100.)"
+                ) from None
+            response = self._wait(operation, f"deploying model {model_id}@{version_id} to endpoint {endpoint_id}")
+            return response.deployed_model.id
+
+    def _enable_logging(self, service: Any, resource: Any, rate: float) -> None:
+        """endpoints.patch of ``predictRequestResponseLoggingConfig`` (only when it changes)."""
+        from google.cloud.aiplatform_v1 import BigQueryDestination, Endpoint, PredictRequestResponseLoggingConfig
+        from google.protobuf import field_mask_pb2
+
+        uri = self.log_destination(self._endpoint_id(resource))
+        config = resource.predict_request_response_logging_config
+        if config.enabled and abs(float(config.sampling_rate) - rate) < 1e-9 and config.bigquery_destination.output_uri == uri:
+            return
+        try:
+            service.update_endpoint(
+                endpoint=Endpoint(
+                    name=resource.name,
+                    predict_request_response_logging_config=PredictRequestResponseLoggingConfig(
+                        enabled=True, sampling_rate=rate, bigquery_destination=BigQueryDestination(output_uri=uri)
+                    ),
+                ),
+                update_mask=field_mask_pb2.FieldMask(paths=["predict_request_response_logging_config"]),
+            )
+        except google_exceptions.BadRequest as err:
+            raise EndpointError(
+                f"Vertex AI refused the request-response logging config of endpoint {resource.name} ({uri}, sampling "
+                f"rate {rate}): {_error_text(err)} Check LAKEHOUSE_ML_GCP_DATASET, or deploy with logging_sampling_rate=0."
+            ) from None
+
+    @staticmethod
+    def _check_split(split: Mapping[str, int], allowed: set[str], endpoint_id: str) -> dict[str, int]:
+        if not isinstance(split, Mapping):
+            raise EndpointError(f"traffic_split must map deployed model ids to percentages; got {split!r}.")
+        out = {}
+        for key, value in split.items():
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+                raise EndpointError(f"traffic_split[{key!r}] must be an integer between 0 and 100; got {value!r}.")
+            out[str(key)] = int(value)
+        unknown = set(out) - allowed
+        if unknown:
+            raise EndpointError(
+                f"traffic_split names models not deployed on endpoint {endpoint_id}: {sorted(unknown)} (deployed: "
+                f"{sorted(allowed - {DEPLOYING_MODEL_KEY})}; '0' is the model being deployed)."
+            )
+        if sum(out.values()) != 100:
+            raise EndpointError(f"traffic_split percentages must sum to 100; got {sum(out.values())} ({out}).")
+        return out
+
+    def undeploy(self, endpoint: str, deployed_model_id: str) -> None:
+        """endpoints.undeployModel (long-running). Its traffic goes to the others proportionally
+        (``aiplatform.Endpoint._unallocate_traffic``); if it had all the traffic, the others share
+        it equally."""
+        from google.cloud.aiplatform import Endpoint as SdkEndpoint
+
+        deployed_model_id = str(deployed_model_id)
+        with self._clients(f"undeploy {deployed_model_id} from endpoint {endpoint!r}") as clients:
+            service = clients.endpoints
+            resource = self._require(clients, endpoint)
+            endpoint_id = self._endpoint_id(resource)
+            deployed_ids = [dm.id for dm in resource.deployed_models]
+            if deployed_model_id not in deployed_ids:
+                raise EndpointError(
+                    f"Model {deployed_model_id!r} is not deployed on endpoint {endpoint_id} (deployed: {deployed_ids})."
+                )
+            current = {k: int(v) for k, v in resource.traffic_split.items() if k in deployed_ids}
+            if deployed_model_id in current:
+                split = SdkEndpoint._unallocate_traffic(traffic_split=current, deployed_model_id=deployed_model_id)
+                split.pop(deployed_model_id)
+            else:
+                split = dict(current)
+            remaining = [d for d in deployed_ids if d != deployed_model_id]
+            split = {k: split.get(k, 0) for k in remaining}
+            if remaining and sum(split.values()) != 100:  # it had everything: share it equally
+                n = len(remaining)
+                split = {k: 100 // n + (1 if i < 100 % n else 0) for i, k in enumerate(remaining)}
+            try:
+                operation = service.undeploy_model(
+                    endpoint=resource.name, deployed_model_id=deployed_model_id, traffic_split=split
+                )
+            except google_exceptions.GoogleAPICallError as err:
+                raise EndpointError(
+                    f"Vertex AI refused to undeploy {deployed_model_id} from endpoint {endpoint_id}: {_error_text(err)}"
+                ) from None
+            self._wait(operation, f"undeploying {deployed_model_id} from endpoint {endpoint_id}")
+
+    def set_traffic_split(self, endpoint: str, traffic_split: Mapping[str, int]) -> None:
+        """endpoints.patch with ``updateMask=trafficSplit``; deployed models left out get 0."""
+        from google.cloud.aiplatform_v1 import Endpoint
+        from google.protobuf import field_mask_pb2
+
+        with self._clients(f"set the traffic split of endpoint {endpoint!r}") as clients:
+            service = clients.endpoints
+            resource = self._require(clients, endpoint)
+            endpoint_id = self._endpoint_id(resource)
+            split = self._check_split(traffic_split, {dm.id for dm in resource.deployed_models}, endpoint_id)
+            try:
+                service.update_endpoint(
+                    endpoint=Endpoint(name=resource.name, traffic_split=split),
+                    update_mask=field_mask_pb2.FieldMask(paths=["traffic_split"]),
+                )
+            except google_exceptions.BadRequest as err:
+                raise EndpointError(
+                    f"Vertex AI refused traffic split {split} on endpoint {endpoint_id}: {_error_text(err)}"
+                ) from None
+
+    def predict(
+        self, endpoint: str, instances: Sequence[Any], parameters: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """PredictionService.Predict: ``predictions``, ``deployedModelId``, ``model``,
+        ``modelVersionId`` (and ``modelDisplayName``)."""
+        from google.protobuf import json_format, struct_pb2
+
+        try:
+            values = [json_format.ParseDict(json.loads(json.dumps(i, default=_plain)), struct_pb2.Value()) for i in instances]
+            params = (
+                json_format.ParseDict(json.loads(json.dumps(dict(parameters), default=_plain)), struct_pb2.Value())
+                if parameters is not None
+                else None
+            )
+        except (TypeError, ValueError, json_format.ParseError) as err:
+            raise EndpointError(f"The instances must be JSON values (objects of feature values): {err}.") from None
+        with self._clients(f"predict on endpoint {endpoint!r}") as clients:
+            resource = self._require(clients, endpoint)
+            kwargs: dict[str, Any] = {"endpoint": resource.name, "instances": values}
+            if params is not None:
+                kwargs["parameters"] = params
+            try:
+                response = clients.prediction.predict(**kwargs)
+            except (google_exceptions.BadRequest, google_exceptions.FailedPrecondition) as err:
+                raise EndpointError(
+                    f"predict on endpoint {self._endpoint_id(resource)} failed: {_error_text(err)} Check the instances "
+                    "(feature names and types) and that a model is deployed with traffic."
+                ) from None
+        body = json_format.MessageToDict(type(response).pb(response))
+        body.setdefault("predictions", [])
+        for key in ("deployedModelId", "model", "modelVersionId", "modelDisplayName"):
+            body.setdefault(key, "")
+        return body
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars/arrays and dates as plain JSON values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# -- factories ---------------------------------------------------------------------------------------
+
+
+def _project(settings: "Settings", error: type[Exception]) -> str:
+    if not settings.gcp_project:
+        raise error(
+            "The gcp backend needs a Google Cloud project: set LAKEHOUSE_ML_GCP_PROJECT "
+            "(example: LAKEHOUSE_ML_GCP_PROJECT=my-analytics-project)."
+        )
+    return settings.gcp_project
+
+
+def build_vertex_registry(settings: "Settings") -> VertexModelRegistry:
+    """Vertex AI Model Registry for these settings (project, region from the BigQuery location,
+    API endpoints, credentials)."""
+    return VertexModelRegistry(
+        project=_project(settings, RegistryError),
+        bigquery_location=settings.bigquery_location,
+        api_endpoint=settings.vertex_api_endpoint,
+        bigquery_api_endpoint=settings.bigquery_api_endpoint,
+        anonymous_credentials=settings.gcp_anonymous_credentials,
+    )
+
+
+def build_vertex_endpoints(settings: "Settings") -> VertexEndpoints:
+    """Vertex AI endpoints for these settings; request-response logs go to the project's dataset."""
+    return VertexEndpoints(
+        project=_project(settings, EndpointError),
+        dataset=settings.gcp_dataset,
+        bigquery_location=settings.bigquery_location,
+        api_endpoint=settings.vertex_api_endpoint,
+        anonymous_credentials=settings.gcp_anonymous_credentials,
+    )

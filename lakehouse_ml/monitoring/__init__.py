@@ -1,0 +1,1 @@
+"""Monitoring: drift statistics (``ML.VALIDATE_DATA_DRIFT`` semantics), reports and plots."""

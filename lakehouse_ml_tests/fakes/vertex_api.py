@@ -1,0 +1,955 @@
+"""A local HTTP test double of the Vertex AI REST API (v1), for wire-level tests of the gcp backend.
+
+The real ``google-cloud-aiplatform`` clients talk to it unchanged (``client_options={"api_endpoint":
+api.url}``, ``transport="rest"``, ``AnonymousCredentials``). It keeps its state in memory and
+answers in the documented REST shapes
+(https://cloud.google.com/vertex-ai/docs/reference/rest/v1/projects.locations.models,
+https://cloud.google.com/vertex-ai/docs/reference/rest/v1/projects.locations.endpoints); the routes
+are the ones the GAPIC REST transports of ``google-cloud-aiplatform`` use
+(``aiplatform_v1/services/{model,endpoint,prediction}_service/transports/rest_base.py``):
+
+* models: ``GET {name}`` (``name`` may end in ``@<version id>`` or ``@<alias>``; without it the
+  ``default`` version), ``GET {parent}/models`` (one entry per model: its default version),
+  ``GET {name}:listVersions``, ``POST {name}@v:mergeVersionAliases``, ``DELETE {name}@v:deleteVersion``
+  and ``DELETE {name}`` (both long-running);
+* endpoints: ``POST {parent}/endpoints[?endpointId=]`` (long-running), ``GET``, ``GET`` list with a
+  ``display_name="…"`` filter, ``PATCH ?updateMask=`` (``displayName``, ``description``, ``labels``,
+  ``trafficSplit``, ``predictRequestResponseLoggingConfig``), ``:deployModel`` and ``:undeployModel``
+  (long-running), ``:predict``;
+* operations: ``GET …/operations/{id}`` under ``/v1/`` and ``/ui/`` (the REST transport's
+  operations client lists the ``/ui/`` route first).
+
+Vertex AI rules it enforces (each answers Google's JSON error shape ``{"error": {"code", "message",
+"status"}}``):
+
+* aliases are unique within a model (merging an alias another version holds moves it), exactly one
+  version holds ``default``, and it cannot be removed from its holder (add it elsewhere instead);
+  the alias pattern ``[a-z][a-zA-Z0-9-]{0,126}[a-z-0-9]``; a version id looks like an integer, so
+  an alias cannot;
+* ``deleteVersion`` refuses a version with DeployedModels, the only version and the ``default``
+  version (FAILED_PRECONDITION); ``models.delete`` refuses a model with deployed versions;
+* ``deployModel``: ``dedicatedResources`` with ``machineSpec.machineType`` and
+  ``minReplicaCount`` ≥ 1 for models that support DEDICATED_RESOURCES (BigQuery ML ARIMA_PLUS models
+  support no deployment: FAILED_PRECONDITION); ``trafficSplit`` refers to the new model as ``"0"``,
+  must name deployed models only and sum to 100; left empty, the split is not changed (the first
+  model on an endpoint then gets 100);
+* ``undeployModel``: the remaining split must sum to 100 (or be empty when nothing is left);
+* long-running operations are **not done** in the first answer nor in the first
+  ``polls_before_done`` ``operations.get`` answers; their change is applied when they complete,
+  as on Vertex AI, where the endpoint changes only when the operation finishes.
+
+Predictions are deterministic: each model version has a linear function (``intercept`` +
+``weight`` × the sum of the instance's numeric values) and each endpoint picks the deployed model
+by smooth weighted round robin over its traffic split, so a 90/10 split sends exactly one request
+in ten to the canary. Every request is recorded (:attr:`FakeVertexApi.requests`).
+
+:meth:`FakeVertexApi.seed_bqml_model` registers versions as BigQuery ML does
+(``modelSourceInfo.sourceType = BQML``); it also records the BigQuery model's training runs with
+``vertexAiModelId`` / ``vertexAiModelVersion``, served on BigQuery's ``models.get`` route
+(``GET /bigquery/v2/projects/{p}/datasets/{d}/models/{m}``), so the same server can stand in for
+both APIs when a test needs the link from a BigQuery ML model to its registry version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import http.server
+import itertools
+import json
+import re
+import threading
+import urllib.parse
+from typing import Any, Callable, Iterator
+
+_TYPE = "type.googleapis.com/google.cloud.aiplatform.v1."
+_STATUS_HTTP = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "ABORTED": 409,
+    "INTERNAL": 500,
+    "UNIMPLEMENTED": 501,
+}
+_STATUS_CODE = {  # google.rpc.Code numbers (for errors inside operations)
+    "INVALID_ARGUMENT": 3,
+    "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6,
+    "PERMISSION_DENIED": 7,
+    "FAILED_PRECONDITION": 9,
+    "INTERNAL": 13,
+    "UNIMPLEMENTED": 12,
+}
+ALIAS_PATTERN = re.compile(r"^[a-z][a-zA-Z0-9-]{0,126}[a-z-0-9]$")
+# endpoints.create, endpointId: "If the first character is a letter, this value may be up to 63
+# characters, and valid characters are [a-z0-9-]. The last character must be a letter or number.
+# If the first character is a number, this value may be up to 9 characters, and valid characters
+# are [0-9] with no leading zeros."
+ENDPOINT_ID_PATTERN = re.compile(r"^([a-z][a-z0-9-]{0,61}[a-z0-9]|[a-z]|[1-9][0-9]{0,8})$")
+NON_DEPLOYABLE_BQML_TYPES = ("ARIMA_PLUS", "ARIMA_PLUS_XREG")
+DEFAULT_PROJECT_NUMBER = "123456789012"
+
+_LOC = r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
+_MODEL = _LOC + r"/models/(?P<model>[^/@:]+)(?:@(?P<version>[^/:]+))?"
+_ENDPOINT = _LOC + r"/endpoints/(?P<endpoint>[^/:]+)"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class VertexApiError(Exception):
+    """An answer in Google's error shape."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    @property
+    def http_code(self) -> int:
+        return _STATUS_HTTP.get(self.status, 500)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.http_code, "message": self.message, "status": self.status}}
+
+    def rpc_status(self) -> dict[str, Any]:
+        return {"code": _STATUS_CODE.get(self.status, 2), "message": self.message}
+
+
+@dataclasses.dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    json: Any
+    status: int = 0
+    response: Any = None
+
+
+@dataclasses.dataclass
+class _Version:
+    version_id: str
+    display_name: str
+    model_type: str
+    labels: dict[str, str]
+    description: str
+    create_time: str
+    update_time: str
+    source_type: str
+    deployable: bool
+    intercept: float
+    weight: float
+
+
+@dataclasses.dataclass
+class _Model:
+    project: str
+    location: str
+    model_id: str
+    display_name: str
+    create_time: str
+    next_version: int = 1
+    versions: dict[str, _Version] = dataclasses.field(default_factory=dict)
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)  # alias -> version id
+
+
+@dataclasses.dataclass
+class _Endpoint:
+    project: str
+    location: str
+    endpoint_id: str
+    display_name: str
+    create_time: str
+    update_time: str
+    description: str = ""
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    deployed: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    traffic_split: dict[str, int] = dataclasses.field(default_factory=dict)
+    logging: dict[str, Any] | None = None
+    rr_credit: dict[str, int] = dataclasses.field(default_factory=dict)  # smooth weighted round robin
+
+
+@dataclasses.dataclass
+class _Operation:
+    name: str
+    metadata_type: str
+    response_type: str
+    complete: Callable[[], dict[str, Any]]  # applies the change; returns the response body
+    polls_left: int
+    create_time: str
+    done: bool = False
+    response: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+class FakeVertexApi:
+    """The test double. Use :func:`fake_vertex_api` (or ``with FakeVertexApi() as api``)."""
+
+    def __init__(self, *, project_number: str = DEFAULT_PROJECT_NUMBER, polls_before_done: int = 1, page_size: int = 50):
+        self.project_number = project_number
+        self.polls_before_done = polls_before_done
+        self.page_size = page_size
+        self.lock = threading.RLock()
+        self._models: dict[tuple[str, str, str], _Model] = {}
+        self._endpoints: dict[tuple[str, str, str], _Endpoint] = {}
+        self._operations: dict[str, _Operation] = {}
+        self._bq_models: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._requests: list[RecordedRequest] = []
+        self._ids = itertools.count(1)
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("The fake Vertex AI API is not running: call start() first.")
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "FakeVertexApi":
+        api = self
+
+        class Handler(_Handler):
+            fake = api
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = False  # server_close() joins the request threads
+        server.block_on_close = True
+        self._server = server
+        self.port = server.server_address[1]
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-vertex-api", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(10)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> "FakeVertexApi":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- what tests use ----------------------------------------------------------------------------
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self.lock:
+            return list(self._requests)
+
+    def clear_requests(self) -> None:
+        with self.lock:
+            self._requests.clear()
+
+    def find_requests(self, method: str | None = None, path: str | None = None) -> list[RecordedRequest]:
+        """Requests with this method whose path matches the regular expression ``path`` in full."""
+        return [
+            r
+            for r in self.requests
+            if (method is None or r.method == method.upper()) and (path is None or re.fullmatch(path, r.path))
+        ]
+
+    def seed_bqml_model(
+        self,
+        project: str,
+        location: str,
+        model_id: str,
+        *,
+        dataset: str,
+        bq_model: str | None = None,
+        model_type: str = "LOGISTIC_REG",
+        aliases: list[str] | tuple[str, ...] = (),
+        display_name: str | None = None,
+        labels: dict[str, str] | None = None,
+        intercept: float | None = None,
+        weight: float = 1.0,
+    ) -> str:
+        """Register a new version of ``model_id`` as BigQuery ML's CREATE MODEL with
+        ``MODEL_REGISTRY='VERTEX_AI'`` does (version 1 of a new id also gets ``default``; the
+        aliases move to it); returns the version id. The BigQuery model ``dataset.bq_model``
+        (default: the model id) then reports this version in its last training run."""
+        with self.lock:
+            key = (project, location, model_id)
+            now = _now()
+            model = self._models.get(key)
+            if model is None:
+                model = _Model(project, location, model_id, display_name or model_id, now)
+                self._models[key] = model
+            version_id = str(model.next_version)
+            model.next_version += 1
+            model.versions[version_id] = _Version(
+                version_id=version_id,
+                display_name=display_name or model.display_name,
+                model_type=model_type.upper(),
+                labels=dict(labels or {}),
+                description="",
+                create_time=now,
+                update_time=now,
+                source_type="BQML",
+                deployable=model_type.upper() not in NON_DEPLOYABLE_BQML_TYPES,
+                intercept=float(version_id) if intercept is None else float(intercept),
+                weight=float(weight),
+            )
+            if "default" not in model.aliases:
+                model.aliases["default"] = version_id
+            for alias in aliases:
+                if not ALIAS_PATTERN.match(alias):
+                    raise ValueError(f"invalid alias {alias!r}")
+                model.aliases[alias] = version_id
+            bq_key = (project, dataset, bq_model or model_id)
+            self._bq_models[bq_key] = {
+                "modelReference": {"projectId": project, "datasetId": dataset, "modelId": bq_model or model_id},
+                "modelType": model_type.upper(),
+                "location": location,
+                "trainingRuns": [
+                    {
+                        "startTime": now,
+                        "vertexAiModelId": model_id,
+                        "vertexAiModelVersion": version_id,
+                        "trainingOptions": {"modelRegistry": "VERTEX_AI"},
+                    }
+                ],
+            }
+            return version_id
+
+    def model_state(self, project: str, location: str, model_id: str) -> dict[str, Any]:
+        """``{"versions": [...], "aliases": {alias: version}}`` read directly (not through the API)."""
+        with self.lock:
+            model = self._models[(project, location, model_id)]
+            return {"versions": sorted(model.versions, key=int), "aliases": dict(model.aliases)}
+
+    def endpoint_state(self, project: str, location: str, endpoint_id: str) -> dict[str, Any]:
+        """The endpoint resource as ``endpoints.get`` would answer it, read directly."""
+        with self.lock:
+            return self._endpoint_json(self._endpoints[(project, location, endpoint_id)])
+
+    def operations_polled(self) -> list[RecordedRequest]:
+        return self.find_requests("GET", r"/(v1|ui)/.*/operations/[^/]+")
+
+    # -- resources -------------------------------------------------------------------------------
+    def _pnum(self, project: str) -> str:
+        return self.project_number
+
+    def _model_name(self, model: _Model) -> str:
+        return f"projects/{self._pnum(model.project)}/locations/{model.location}/models/{model.model_id}"
+
+    def _version_aliases(self, model: _Model, version_id: str) -> list[str]:
+        held = [a for a, v in model.aliases.items() if v == version_id]
+        return sorted(held, key=lambda a: (a != "default", a))
+
+    def _deployments_of(self, model: _Model, version_id: str | None = None) -> list[dict[str, str]]:
+        refs = []
+        for ep in self._endpoints.values():
+            for dm in ep.deployed:
+                if dm["_model_key"] == (model.project, model.location, model.model_id) and (
+                    version_id is None or dm["modelVersionId"] == version_id
+                ):
+                    refs.append({"endpoint": self._endpoint_name(ep), "deployedModelId": dm["id"]})
+        return refs
+
+    def _version_json(self, model: _Model, version: _Version) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": self._model_name(model),
+            "versionId": version.version_id,
+            "versionAliases": self._version_aliases(model, version.version_id),
+            "versionCreateTime": version.create_time,
+            "versionUpdateTime": version.update_time,
+            "displayName": version.display_name,
+            "createTime": model.create_time,
+            "updateTime": version.update_time,
+            "modelSourceInfo": {"sourceType": version.source_type},
+            "supportedDeploymentResourcesTypes": ["DEDICATED_RESOURCES"] if version.deployable else [],
+            "etag": f"etag-{version.version_id}-{version.update_time}",
+        }
+        if version.labels:
+            body["labels"] = dict(version.labels)
+        if version.description:
+            body["versionDescription"] = version.description
+        deployed = self._deployments_of(model, version.version_id)
+        if deployed:
+            body["deployedModels"] = deployed
+        return body
+
+    def _find_model(self, project: str, location: str, model_id: str) -> _Model:
+        model = self._models.get((project, location, model_id))
+        if model is None and project == self.project_number:
+            matches = [m for (p, l, i), m in self._models.items() if l == location and i == model_id]
+            model = matches[0] if matches else None
+        if model is None:
+            raise VertexApiError(
+                "NOT_FOUND",
+                f'Model projects/{project}/locations/{location}/models/{model_id} not found.',
+            )
+        return model
+
+    def _find_version(self, model: _Model, version_or_alias: str | None) -> _Version:
+        ref = version_or_alias or "default"
+        version_id = model.aliases.get(ref, ref)
+        version = model.versions.get(version_id)
+        if version is None:
+            raise VertexApiError(
+                "NOT_FOUND",
+                f'Model {self._model_name(model)}@{ref} not found: no version or alias "{ref}".',
+            )
+        return version
+
+    def _endpoint_name(self, ep: _Endpoint) -> str:
+        return f"projects/{self._pnum(ep.project)}/locations/{ep.location}/endpoints/{ep.endpoint_id}"
+
+    def _endpoint_json(self, ep: _Endpoint) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": self._endpoint_name(ep),
+            "displayName": ep.display_name,
+            "createTime": ep.create_time,
+            "updateTime": ep.update_time,
+            "etag": f"etag-{ep.update_time}",
+        }
+        if ep.description:
+            body["description"] = ep.description
+        if ep.labels:
+            body["labels"] = dict(ep.labels)
+        if ep.deployed:
+            body["deployedModels"] = [{k: v for k, v in dm.items() if not k.startswith("_")} for dm in ep.deployed]
+        if ep.traffic_split:
+            body["trafficSplit"] = dict(ep.traffic_split)
+        if ep.logging is not None:
+            body["predictRequestResponseLoggingConfig"] = json.loads(json.dumps(ep.logging))
+        return body
+
+    def _find_endpoint(self, project: str, location: str, endpoint_id: str) -> _Endpoint:
+        ep = self._endpoints.get((project, location, endpoint_id))
+        if ep is None and project == self.project_number:
+            matches = [e for (p, l, i), e in self._endpoints.items() if l == location and i == endpoint_id]
+            ep = matches[0] if matches else None
+        if ep is None:
+            raise VertexApiError(
+                "NOT_FOUND", f"Endpoint projects/{project}/locations/{location}/endpoints/{endpoint_id} not found."
+            )
+        return ep
+
+    # -- operations ------------------------------------------------------------------------------
+    def _start_operation(
+        self, parent: str, metadata_type: str, response_type: str, complete: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
+        op_id = str(8000000000000000000 + next(self._ids))
+        name = f"{parent}/operations/{op_id}"
+        op = _Operation(name, metadata_type, response_type, complete, self.polls_before_done, _now())
+        self._operations[name] = op
+        return self._operation_json(op)
+
+    def _operation_json(self, op: _Operation) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": op.name,
+            "metadata": {
+                "@type": _TYPE + op.metadata_type,
+                "genericMetadata": {"createTime": op.create_time, "updateTime": _now()},
+            },
+            "done": op.done,
+        }
+        if op.done:
+            if op.error is not None:
+                body["error"] = op.error
+            else:
+                body["response"] = {"@type": op.response_type, **(op.response or {})}
+        return body
+
+    def _get_operation(self, name: str) -> dict[str, Any]:
+        op = self._operations.get(name)
+        if op is None:
+            # Names come back with the project number; a client may use the project id.
+            tail = name.split("/locations/", 1)[-1]
+            hits = [o for n, o in self._operations.items() if n.split("/locations/", 1)[-1] == tail]
+            op = hits[0] if hits else None
+        if op is None:
+            raise VertexApiError("NOT_FOUND", f"Operation {name} not found.")
+        if not op.done:
+            if op.polls_left > 0:
+                op.polls_left -= 1
+            else:
+                try:
+                    op.response = op.complete()
+                except VertexApiError as err:
+                    op.error = err.rpc_status()
+                op.done = True
+        return self._operation_json(op)
+
+    # -- dispatch --------------------------------------------------------------------------------
+    def handle(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        with self.lock:
+            try:
+                return 200, self._dispatch(method, path, query, body)
+            except VertexApiError as err:
+                return err.http_code, err.body()
+
+    def _dispatch(self, method: str, path: str, query: dict[str, str], body: Any) -> Any:
+        path = urllib.parse.unquote(path)
+        m = re.fullmatch(r"/bigquery/v2/projects/([^/]+)/datasets/([^/]+)/models/([^/]+)", path)
+        if m and method == "GET":
+            found = self._bq_models.get(m.groups())
+            if found is None:
+                raise VertexApiError("NOT_FOUND", f"Not found: Model {m[1]}:{m[2]}.{m[3]}")
+            return found
+        m = re.fullmatch(r"/(?:v1|ui)/(" + _LOC + r"(?:/(?:models|endpoints)/[^/]+)?/operations/[^/]+)", path)
+        if m and method == "GET":
+            return self._get_operation(m[1])
+        if not path.startswith("/v1/"):
+            raise VertexApiError("NOT_FOUND", f"The test double has no route {method} {path}.")
+        rest = path[len("/v1/"):]
+        routes: list[tuple[str, str, Callable[..., Any]]] = [
+            ("GET", _LOC + r"/models", self._models_list),
+            ("GET", _MODEL + r":listVersions", self._models_list_versions),
+            ("POST", _MODEL + r":mergeVersionAliases", self._models_merge_aliases),
+            ("DELETE", _MODEL + r":deleteVersion", self._models_delete_version),
+            ("GET", _MODEL, self._models_get),
+            ("DELETE", _MODEL, self._models_delete),
+            ("POST", _LOC + r"/endpoints", self._endpoints_create),
+            ("GET", _LOC + r"/endpoints", self._endpoints_list),
+            ("POST", _ENDPOINT + r":deployModel", self._endpoints_deploy),
+            ("POST", _ENDPOINT + r":undeployModel", self._endpoints_undeploy),
+            ("POST", _ENDPOINT + r":predict", self._endpoints_predict),
+            ("GET", _ENDPOINT, self._endpoints_get),
+            ("PATCH", _ENDPOINT, self._endpoints_patch),
+            ("DELETE", _ENDPOINT, self._endpoints_delete),
+        ]
+        for verb, pattern, handler in routes:
+            m = re.fullmatch(pattern, rest)
+            if m and verb == method:
+                return handler(query=query, body=body if isinstance(body, dict) else {}, **m.groupdict())
+        raise VertexApiError("UNIMPLEMENTED", f"The test double does not implement {method} {path}.")
+
+    # -- models ----------------------------------------------------------------------------------
+    def _page(self, items: list[dict[str, Any]], key: str, query: dict[str, str]) -> dict[str, Any]:
+        size = int(query.get("pageSize") or self.page_size) or self.page_size
+        start = int(query.get("pageToken") or 0)
+        out: dict[str, Any] = {key: items[start : start + size]}
+        if start + size < len(items):
+            out["nextPageToken"] = str(start + size)
+        return out
+
+    def _models_get(self, project, location, model, version, query, body):
+        found = self._find_model(project, location, model)
+        return self._version_json(found, self._find_version(found, version))
+
+    def _models_list(self, project, location, query, body):
+        if query.get("filter"):
+            raise VertexApiError("INVALID_ARGUMENT", "The test double supports models.list without a filter only.")
+        models = sorted(
+            (m for (p, l, _), m in self._models.items() if project in (p, self.project_number) and l == location),
+            key=lambda m: m.model_id,
+        )
+        return self._page([self._version_json(m, self._find_version(m, "default")) for m in models], "models", query)
+
+    def _models_list_versions(self, project, location, model, version, query, body):
+        found = self._find_model(project, location, model)
+        items = [self._version_json(found, v) for _, v in sorted(found.versions.items(), key=lambda kv: int(kv[0]))]
+        return self._page(items, "models", query)
+
+    def _models_merge_aliases(self, project, location, model, version, query, body):
+        found = self._find_model(project, location, model)
+        target = self._find_version(found, version)
+        aliases = body.get("versionAliases")
+        if not isinstance(aliases, list) or not aliases:
+            raise VertexApiError("INVALID_ARGUMENT", "versionAliases is required and must not be empty.")
+        add, remove = [], []
+        for raw in aliases:
+            name = raw[1:] if isinstance(raw, str) and raw.startswith("-") else raw
+            if not isinstance(name, str) or not ALIAS_PATTERN.match(name):
+                raise VertexApiError(
+                    "INVALID_ARGUMENT",
+                    f'Invalid version alias "{raw}": it must match [a-z][a-zA-Z0-9-]{{0,126}}[a-z-0-9].',
+                )
+            (remove if raw.startswith("-") else add).append(name)
+        both = set(add) & set(remove)
+        add = [a for a in add if a not in both]
+        remove = [r for r in remove if r not in both]
+        if "default" in remove and found.aliases.get("default") == target.version_id:
+            raise VertexApiError(
+                "FAILED_PRECONDITION",
+                "The default alias cannot be removed from the default version; add it to another version.",
+            )
+        now = _now()
+        for name in remove:
+            if found.aliases.get(name) == target.version_id:
+                del found.aliases[name]
+        for name in add:
+            old = found.aliases.get(name)
+            if old is not None and old != target.version_id and old in found.versions:
+                found.versions[old].update_time = now
+            found.aliases[name] = target.version_id
+        target.update_time = now
+        return self._version_json(found, target)
+
+    def _models_delete_version(self, project, location, model, version, query, body):
+        found = self._find_model(project, location, model)
+        if not version:
+            raise VertexApiError("INVALID_ARGUMENT", "deleteVersion needs a name with @<version id>.")
+        target = self._find_version(found, version)
+        vid = target.version_id
+        deployed = self._deployments_of(found, vid)
+        if deployed:
+            raise VertexApiError(
+                "FAILED_PRECONDITION",
+                f"Model version {self._model_name(found)}@{vid} has deployed models and cannot be deleted: "
+                + ", ".join(f"{d['endpoint']} ({d['deployedModelId']})" for d in deployed)
+                + ". Undeploy them first.",
+            )
+        if len(found.versions) == 1:
+            raise VertexApiError(
+                "FAILED_PRECONDITION",
+                "Deleting the only version in the Model is not allowed. Use models.delete for deleting the Model instead.",
+            )
+        if found.aliases.get("default") == vid:
+            raise VertexApiError(
+                "FAILED_PRECONDITION",
+                f"Model version {vid} is the default version and cannot be deleted; move the default alias first.",
+            )
+
+        def complete() -> dict[str, Any]:
+            found.versions.pop(vid, None)
+            for alias in [a for a, v in found.aliases.items() if v == vid]:
+                del found.aliases[alias]
+            return {}
+
+        return self._start_operation(
+            self._model_name(found), "DeleteOperationMetadata", "type.googleapis.com/google.protobuf.Empty", complete
+        )
+
+    def _models_delete(self, project, location, model, version, query, body):
+        if version:
+            raise VertexApiError("INVALID_ARGUMENT", "models.delete takes a model name without a version.")
+        found = self._find_model(project, location, model)
+        deployed = self._deployments_of(found)
+        if deployed:
+            raise VertexApiError(
+                "FAILED_PRECONDITION",
+                f"Model {self._model_name(found)} has deployed models and cannot be deleted: "
+                + ", ".join(f"{d['endpoint']} ({d['deployedModelId']})" for d in deployed)
+                + ". Undeploy them first.",
+            )
+
+        def complete() -> dict[str, Any]:
+            self._models.pop((found.project, found.location, found.model_id), None)
+            return {}
+
+        return self._start_operation(
+            self._model_name(found), "DeleteOperationMetadata", "type.googleapis.com/google.protobuf.Empty", complete
+        )
+
+    # -- endpoints -------------------------------------------------------------------------------
+    def _endpoints_create(self, project, location, query, body):
+        endpoint_id = query.get("endpointId") or str(1000000000 + next(self._ids))[:9]
+        if not ENDPOINT_ID_PATTERN.match(endpoint_id):
+            raise VertexApiError(
+                "INVALID_ARGUMENT",
+                f'Invalid endpointId "{endpoint_id}": up to 63 characters from [a-z0-9-] starting with a letter, '
+                "or up to 9 digits without a leading zero.",
+            )
+        if (project, location, endpoint_id) in self._endpoints:
+            raise VertexApiError("ALREADY_EXISTS", f"Endpoint with id {endpoint_id} already exists.")
+        display_name = body.get("displayName")
+        if not display_name:
+            raise VertexApiError("INVALID_ARGUMENT", "endpoint.displayName is required.")
+        now = _now()
+        ep = _Endpoint(project, location, endpoint_id, display_name, now, now)
+        if body.get("predictRequestResponseLoggingConfig"):
+            ep.logging = self._check_logging(body["predictRequestResponseLoggingConfig"])
+        parent = f"projects/{self._pnum(project)}/locations/{location}/endpoints/{endpoint_id}"
+
+        def complete() -> dict[str, Any]:
+            self._endpoints[(project, location, endpoint_id)] = ep
+            return self._endpoint_json(ep)
+
+        return self._start_operation(parent, "CreateEndpointOperationMetadata", _TYPE + "Endpoint", complete)
+
+    def _endpoints_get(self, project, location, endpoint, query, body):
+        return self._endpoint_json(self._find_endpoint(project, location, endpoint))
+
+    def _endpoints_list(self, project, location, query, body):
+        items = [
+            e for (p, l, _), e in sorted(self._endpoints.items()) if project in (p, self.project_number) and l == location
+        ]
+        flt = (query.get("filter") or "").strip()
+        if flt:
+            m = re.fullmatch(r'display_name\s*=\s*"([^"]*)"', flt) or re.fullmatch(r"display_name\s*=\s*(\S+)", flt)
+            if m is None:
+                raise VertexApiError("INVALID_ARGUMENT", f"The test double supports only display_name=\"…\" filters; got {flt!r}.")
+            items = [e for e in items if e.display_name == m[1]]
+        return self._page([self._endpoint_json(e) for e in items], "endpoints", query)
+
+    def _endpoints_delete(self, project, location, endpoint, query, body):
+        ep = self._find_endpoint(project, location, endpoint)
+        if ep.deployed:
+            raise VertexApiError("FAILED_PRECONDITION", "The endpoint has deployed models; undeploy them first.")
+
+        def complete() -> dict[str, Any]:
+            self._endpoints.pop((ep.project, ep.location, ep.endpoint_id), None)
+            return {}
+
+        return self._start_operation(
+            self._endpoint_name(ep), "DeleteOperationMetadata", "type.googleapis.com/google.protobuf.Empty", complete
+        )
+
+    @staticmethod
+    def _check_split(split: Any, deployed: set[str], what: str) -> dict[str, int]:
+        if not isinstance(split, dict):
+            raise VertexApiError("INVALID_ARGUMENT", f"{what} must be a map of deployed model id to percentage.")
+        out: dict[str, int] = {}
+        for k, v in split.items():
+            if k not in deployed:
+                raise VertexApiError("INVALID_ARGUMENT", f"{what} refers to DeployedModel {k}, which is not deployed.")
+            if not isinstance(v, int) or not 0 <= v <= 100:
+                raise VertexApiError("INVALID_ARGUMENT", f"{what}[{k}] must be an integer between 0 and 100; got {v!r}.")
+            out[k] = v
+        if deployed and sum(out.values()) != 100:
+            raise VertexApiError(
+                "INVALID_ARGUMENT", f"The {what} values must add up to 100; got {sum(out.values())} ({out})."
+            )
+        if not deployed and out:
+            raise VertexApiError("INVALID_ARGUMENT", f"{what} must be empty when no models are deployed.")
+        return out
+
+    @staticmethod
+    def _check_logging(config: Any) -> dict[str, Any]:
+        if not isinstance(config, dict):
+            raise VertexApiError("INVALID_ARGUMENT", "predictRequestResponseLoggingConfig must be an object.")
+        rate = config.get("samplingRate", 0)
+        if not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise VertexApiError("INVALID_ARGUMENT", f"samplingRate must be in [0, 1]; got {rate!r}.")
+        uri = (config.get("bigqueryDestination") or {}).get("outputUri", "")
+        if config.get("enabled") and uri and not re.fullmatch(r"bq://[a-z][a-z0-9-]{4,28}[a-z0-9](\.\w+){0,2}", uri):
+            raise VertexApiError("INVALID_ARGUMENT", f"bigqueryDestination.outputUri must be bq://project[.dataset[.table]]; got {uri!r}.")
+        return json.loads(json.dumps(config))
+
+    def _endpoints_patch(self, project, location, endpoint, query, body):
+        ep = self._find_endpoint(project, location, endpoint)
+        mask = [p.strip() for p in (query.get("updateMask") or "").split(",") if p.strip()]
+        if not mask:
+            raise VertexApiError("INVALID_ARGUMENT", "updateMask is required.")
+        camel = {
+            "display_name": "displayName",
+            "traffic_split": "trafficSplit",
+            "predict_request_response_logging_config": "predictRequestResponseLoggingConfig",
+        }
+        changes: dict[str, Any] = {}
+        for path in mask:
+            field = camel.get(path, path)
+            if field == "trafficSplit":
+                changes[field] = self._check_split(
+                    body.get("trafficSplit", {}), {d["id"] for d in ep.deployed}, "trafficSplit"
+                )
+            elif field == "predictRequestResponseLoggingConfig":
+                changes[field] = self._check_logging(body.get(field) or {})
+            elif field in ("displayName", "description", "labels"):
+                changes[field] = body.get(field)
+            else:
+                raise VertexApiError("INVALID_ARGUMENT", f"updateMask path {path!r} is not supported by endpoints.patch.")
+        if "trafficSplit" in changes:
+            ep.traffic_split = {k: v for k, v in changes["trafficSplit"].items() if v}
+        if "predictRequestResponseLoggingConfig" in changes:
+            ep.logging = changes["predictRequestResponseLoggingConfig"]
+        if "displayName" in changes:
+            if not changes["displayName"]:
+                raise VertexApiError("INVALID_ARGUMENT", "displayName must not be empty.")
+            ep.display_name = changes["displayName"]
+        if "description" in changes:
+            ep.description = changes["description"] or ""
+        if "labels" in changes:
+            ep.labels = dict(changes["labels"] or {})
+        ep.update_time = _now()
+        return self._endpoint_json(ep)
+
+    def _endpoints_deploy(self, project, location, endpoint, query, body):
+        ep = self._find_endpoint(project, location, endpoint)
+        spec = body.get("deployedModel")
+        if not isinstance(spec, dict) or not spec.get("model"):
+            raise VertexApiError("INVALID_ARGUMENT", "deployedModel.model is required.")
+        m = re.fullmatch(_MODEL, spec["model"])
+        if m is None:
+            raise VertexApiError("INVALID_ARGUMENT", f"deployedModel.model {spec['model']!r} is not a model resource name.")
+        model = self._find_model(m["project"], m["location"], m["model"])
+        if m["location"] != location:
+            raise VertexApiError("INVALID_ARGUMENT", "The model and the endpoint must be in the same location.")
+        version = self._find_version(model, m["version"])
+        if not version.deployable:
+            raise VertexApiError(
+                "FAILED_PRECONDITION",
+                f"Model {self._model_name(model)}@{version.version_id} ({version.model_type}) does not support "
+                "deployment: its supportedDeploymentResourcesTypes is empty.",
+            )
+        resources = spec.get("dedicatedResources")
+        if not isinstance(resources, dict):
+            raise VertexApiError(
+                "INVALID_ARGUMENT", "deployedModel.dedicatedResources is required: the model supports DEDICATED_RESOURCES only."
+            )
+        machine = (resources.get("machineSpec") or {}).get("machineType")
+        if not machine:
+            raise VertexApiError("INVALID_ARGUMENT", "dedicatedResources.machineSpec.machineType is required.")
+        min_replicas = resources.get("minReplicaCount", 0)
+        if not isinstance(min_replicas, int) or min_replicas < 1:
+            raise VertexApiError("INVALID_ARGUMENT", "dedicatedResources.minReplicaCount must be at least 1.")
+        max_replicas = max(int(resources.get("maxReplicaCount") or min_replicas), min_replicas)
+        dm_id = str(4000000000000000000 + next(self._ids))
+        split_in = body.get("trafficSplit")
+        new_split: dict[str, int] | None = None
+        if split_in:
+            current = {d["id"] for d in ep.deployed}
+            renamed = {(dm_id if k == "0" else k): v for k, v in split_in.items()}
+            new_split = self._check_split(renamed, current | {dm_id}, "trafficSplit")
+        deployed = {
+            "id": dm_id,
+            "model": self._model_name(model),
+            "modelVersionId": version.version_id,
+            "displayName": spec.get("displayName") or version.display_name,
+            "createTime": _now(),
+            "dedicatedResources": {
+                "machineSpec": {"machineType": machine},
+                "minReplicaCount": min_replicas,
+                "maxReplicaCount": max_replicas,
+            },
+            "_model_key": (model.project, model.location, model.model_id),
+        }
+
+        def complete() -> dict[str, Any]:
+            if model.versions.get(version.version_id) is not version:
+                raise VertexApiError("NOT_FOUND", "The model version was deleted while it was being deployed.")
+            ep.deployed.append(deployed)
+            if new_split is not None:
+                ep.traffic_split = {k: v for k, v in new_split.items() if v}
+            elif not ep.traffic_split:
+                ep.traffic_split = {dm_id: 100}
+            ep.update_time = _now()
+            return {"deployedModel": {k: v for k, v in deployed.items() if not k.startswith("_")}}
+
+        return self._start_operation(self._endpoint_name(ep), "DeployModelOperationMetadata", _TYPE + "DeployModelResponse", complete)
+
+    def _endpoints_undeploy(self, project, location, endpoint, query, body):
+        ep = self._find_endpoint(project, location, endpoint)
+        dm_id = body.get("deployedModelId")
+        if dm_id not in {d["id"] for d in ep.deployed}:
+            raise VertexApiError("NOT_FOUND", f"DeployedModel {dm_id} not found on endpoint {self._endpoint_name(ep)}.")
+        remaining = {d["id"] for d in ep.deployed} - {dm_id}
+        split_in = body.get("trafficSplit")
+        if split_in:
+            new_split = self._check_split(split_in, remaining, "trafficSplit")
+        else:
+            new_split = {k: v for k, v in ep.traffic_split.items() if k != dm_id}
+            if remaining and sum(new_split.values()) != 100:
+                raise VertexApiError(
+                    "FAILED_PRECONDITION",
+                    f"Undeploying DeployedModel {dm_id} would leave the traffic split at "
+                    f"{sum(new_split.values())}%; send a trafficSplit for the remaining models.",
+                )
+
+        def complete() -> dict[str, Any]:
+            ep.deployed = [d for d in ep.deployed if d["id"] != dm_id]
+            ep.traffic_split = {k: v for k, v in new_split.items() if v}
+            ep.rr_credit.pop(dm_id, None)
+            ep.update_time = _now()
+            return {}
+
+        return self._start_operation(
+            self._endpoint_name(ep), "UndeployModelOperationMetadata", _TYPE + "UndeployModelResponse", complete
+        )
+
+    def _endpoints_predict(self, project, location, endpoint, query, body):
+        ep = self._find_endpoint(project, location, endpoint)
+        instances = body.get("instances")
+        if not isinstance(instances, list) or not instances:
+            raise VertexApiError("INVALID_ARGUMENT", "instances must be a non-empty list.")
+        live = {k: v for k, v in ep.traffic_split.items() if v > 0}
+        if not live:
+            raise VertexApiError(
+                "FAILED_PRECONDITION", f"Endpoint {self._endpoint_name(ep)} has no deployed model taking traffic."
+            )
+        # Smooth weighted round robin: deterministic and exact over a full cycle.
+        for k, v in live.items():
+            ep.rr_credit[k] = ep.rr_credit.get(k, 0) + v
+        chosen = max(sorted(live), key=lambda k: ep.rr_credit[k])
+        ep.rr_credit[chosen] -= sum(live.values())
+        dm = next(d for d in ep.deployed if d["id"] == chosen)
+        model = self._models.get(dm["_model_key"])
+        version = model.versions.get(dm["modelVersionId"]) if model else None
+        if version is None:
+            raise VertexApiError("INTERNAL", "The deployed model version no longer exists.")
+        predictions = []
+        for i, instance in enumerate(instances):
+            values = list(instance.values()) if isinstance(instance, dict) else instance if isinstance(instance, list) else None
+            if values is None or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values):
+                raise VertexApiError(
+                    "INVALID_ARGUMENT", f"instances[{i}] must be an object or a list of numbers; got {instance!r}."
+                )
+            predictions.append({"value": version.intercept + version.weight * float(sum(values))})
+        return {
+            "predictions": predictions,
+            "deployedModelId": chosen,
+            "model": dm["model"],
+            "modelDisplayName": dm["displayName"],
+            "modelVersionId": dm["modelVersionId"],
+        }
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    fake: FakeVertexApi
+    protocol_version = "HTTP/1.0"  # one request per connection: nothing lingers at shutdown
+    timeout = 10
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _serve(self) -> None:
+        parsed = urllib.parse.urlsplit(self.path)
+        query = dict(urllib.parse.parse_qsl(parsed.query, keep_blank_values=True))
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        payload: Any = None
+        recorded = RecordedRequest(self.command, urllib.parse.unquote(parsed.path), query, None)
+        if raw:
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                status, answer = 400, VertexApiError("INVALID_ARGUMENT", "Invalid JSON payload received.").body()
+                recorded.json = raw.decode("utf-8", "replace")
+                self._answer(recorded, status, answer)
+                return
+        recorded.json = payload
+        status, answer = self.fake.handle(self.command, parsed.path, query, payload)
+        self._answer(recorded, status, answer)
+
+    def _answer(self, recorded: RecordedRequest, status: int, answer: Any) -> None:
+        recorded.status = status
+        recorded.response = answer
+        with self.fake.lock:
+            self.fake._requests.append(recorded)
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _serve
+
+
+@contextlib.contextmanager
+def fake_vertex_api(**kwargs: Any) -> Iterator[FakeVertexApi]:
+    """Start a :class:`FakeVertexApi` on a free port of 127.0.0.1; stop it (and its threads) on exit."""
+    api = FakeVertexApi(**kwargs)
+    api.start()
+    try:
+        yield api
+    finally:
+        api.stop()

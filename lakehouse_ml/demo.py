@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import dagster as dg
 
@@ -213,19 +213,16 @@ def run_demo(
 
 
 def _drift_values(instance: dg.DagsterInstance, model: str) -> list[tuple[str, float, float, bool]]:
+    """The latest monitoring report's drift rows (its ``drift_values`` metadata)."""
     event = instance.get_latest_materialization_event(dg.AssetKey(f"{model}_monitoring"))
-    text = event.asset_materialization.metadata.get("feature_drift")
-    out = []
-    if text is None:
-        return out
-    for line in str(text.value).splitlines()[2:]:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) >= 5:
-            try:
-                out.append((cells[0], float(cells[2]), float(cells[3]), cells[4] == "DRIFT"))
-            except ValueError:
-                continue
-    return out
+    rows = event.asset_materialization.metadata.get("drift_values") if event else None
+    if rows is None:
+        return []
+    return [
+        (r["input"], float(r["value"]), float(r["threshold"]), bool(r["is_anomaly"]))
+        for r in rows.value
+        if r["value"] is not None
+    ]
 
 
 def _cursor_key() -> str:
@@ -242,4 +239,4 @@ def _save_sensor_cursor(instance: dg.DagsterInstance, cursor: str | None) -> Non
         instance.run_storage.set_cursor_values({_cursor_key(): cursor})
 
 
-__all__: list[Any] = ["DemoSummary", "run_demo"]
+__all__ = ["DemoSummary", "run_demo"]

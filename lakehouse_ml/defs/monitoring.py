@@ -83,6 +83,17 @@ def monitoring_asset(spec: models.ModelSpec, reports_dir) -> dg.AssetsDefinition
         if result.judged:
             metadata["feature_drift"] = dg.MetadataValue.md(report.markdown_table(result.drift, serving.warn_fraction))
             metadata["max_drift"] = dg.MetadataValue.float(result.max_drift)
+            metadata["drift_values"] = dg.MetadataValue.json(
+                [
+                    {
+                        "input": str(r.input),
+                        "value": None if r.value is None or r.value != r.value else float(r.value),
+                        "threshold": float(r.threshold),
+                        "is_anomaly": bool(r.is_anomaly) if r.is_anomaly is not None and r.is_anomaly == r.is_anomaly else None,
+                    }
+                    for r in result.drift.itertuples()
+                ]
+            )
             if not result.prediction_drift.empty:
                 metadata["prediction_drift"] = dg.MetadataValue.md(
                     report.markdown_table(result.prediction_drift, serving.warn_fraction)

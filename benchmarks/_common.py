@@ -63,3 +63,16 @@ def figures_section(title: str, provenance: str, figures: dict[str, str], *extra
             *extra,
         ]
     )
+
+
+def print_figures(figures: dict[str, str]) -> None:
+    """The figures on the terminal, one measure per line, names right-aligned."""
+    width = max(len(k) for k in figures)
+    for key, value in figures.items():
+        print(f"{key:>{width}}: {value}")
+
+
+def record_figures(name: str, title: str, provenance: str, figures: dict[str, str], *extra: str) -> None:
+    """Record a benchmark's section of docs/benchmarks.md."""
+    root = Path(__file__).resolve().parent.parent
+    record_section(root / "docs" / "benchmarks.md", name, figures_section(title, provenance, figures, *extra))

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import PeakRSS, figures_section, record_section  # noqa: E402
+from _common import PeakRSS, print_figures, record_figures  # noqa: E402
 
 from lakehouse_ml.backends.local_warehouse import LocalWarehouse  # noqa: E402
 
@@ -146,16 +146,14 @@ def main() -> None:
         "BOOSTED_TREE_CLASSIFIER roc_auc": f"{float(tree_eval.roc_auc[0]):.4f}",
         f"**ML.PREDICT over {predictions.num_rows:,} rows, fetched as Arrow (target < 5 s)**": f"**{t_predict:.1f} s**",
     }
-    for key, value in figures.items():
-        print(f"{key:>80}: {value}")
+    print_figures(figures)
     if args.record:
         provenance = (
             f"`python benchmarks/bqml.py --record` on {dt.date.today()}, {os.cpu_count()} cores, "
             f"Python {platform.python_version()}, local backend; every figure is a SQL statement "
             "through the local warehouse, end to end."
         )
-        body = figures_section("bqml: the local BigQuery ML engine", provenance, figures)
-        record_section(ROOT / "docs" / "benchmarks.md", "bqml", body)
+        record_figures("bqml", "bqml: the local BigQuery ML engine", provenance, figures)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from lakehouse_ml.backends.translate import translate  # noqa: E402
 from lakehouse_ml.datagen import SimulationConfig, landing_files, write_landing  # noqa: E402
 from lakehouse_ml.settings import load_settings  # noqa: E402
 
-from _common import PeakRSS, figures_section, record_section  # noqa: E402
+from _common import PeakRSS, print_figures, record_figures  # noqa: E402
 
 
 def baseline(landing: Path, config: SimulationConfig, database: Path) -> float:
@@ -134,8 +134,7 @@ def main() -> None:
         "peak RSS, whole run": f"{memory.peak / 2**20:.0f} MiB",
         "max RSS (getrusage)": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB",
     }
-    for key, value in figures.items():
-        print(f"{key:>50}: {value}")
+    print_figures(figures)
     scaling = generation_scaling([args.order_lines // 4, args.order_lines, args.order_lines * 4])
     for lines, seconds, rss in scaling:
         print(f"{'generation alone, ' + format(lines, ',') + ' lines':>50}: {seconds:.1f} s, max RSS {rss:.0f} MiB")
@@ -145,7 +144,8 @@ def main() -> None:
             f"`python benchmarks/features.py --record` on {dt.date.today()}, {os.cpu_count()} cores, "
             f"Python {platform.python_version()}, {args.order_lines:,} target order lines, local backend."
         )
-        body = figures_section(
+        record_figures(
+            "features",
             "features: generation + feature materialization",
             provenance,
             figures,
@@ -157,7 +157,6 @@ def main() -> None:
             *[f"| {lines:,} | {seconds:.1f} | {rss:.0f} MiB |" for lines, seconds, rss in scaling],
             "",
         )
-        record_section(ROOT / "docs" / "benchmarks.md", "features", body)
 
 
 if __name__ == "__main__":

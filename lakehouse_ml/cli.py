@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--scenario", default="channel_shift", help="drift scenario (price_shock, channel_shift, new_region)")
     demo.add_argument("--intensity", type=float, default=1.5, help="drift intensity (default 1.5)")
-    demo.add_argument("--drift-days", type=int, default=84, help="the last N simulated days drift (default 84)")
+    demo.add_argument("--drift-days", type=int, default=154, help="the last N simulated days drift (default 154)")
     demo.add_argument("--requests", type=int, default=600, help="instances sent per traffic step (default 600)")
     demo.add_argument("--keep-serving", action="store_true", help="leave the local endpoint server running afterwards")
     demo.set_defaults(func=cmd_demo)

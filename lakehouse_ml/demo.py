@@ -95,7 +95,7 @@ def run_demo(
     model: str = "churn_model",
     scenario: str = "channel_shift",
     intensity: float = 1.5,
-    drift_days: int = 84,
+    drift_days: int = 154,
     requests: int = 600,
     batch_size: int = 5,
     keep_serving: bool = False,
@@ -165,14 +165,14 @@ def run_demo(
             progress(f"[6/11] the drift starts: loading {onset} .. {keys[-1]} ({drift.name}) and refreshing features")
             started = clock()
             materialize_all(settings, instance, say, jobs=DATA_JOBS, partition_range=(onset.isoformat(), keys[-1]))
+            drift_onset = clock()  # the first drifted request
             send("drifted traffic")
-            drift_onset = clock()
             progress("[7/11] monitoring")
             monitor("after the drift")
             summary.drift_values = _drift_values(instance, model)
             progress(f"[8/11] evaluating {SENSOR}")
             definitions = build_definitions(settings)
-            sensor = definitions.get_sensor_def(SENSOR)
+            sensor = definitions.resolve_sensor_def(SENSOR)
             context = dg.build_sensor_context(instance=instance, definitions=definitions, cursor=_sensor_cursor(instance))
             result = sensor.evaluate_tick(context)
             _save_sensor_cursor(instance, result.cursor)
@@ -185,7 +185,12 @@ def run_demo(
                 progress(f"      run requested: {request.job_name}, run_key {request.run_key}")
                 progress("[9/11] retraining: features -> CREATE OR REPLACE MODEL -> evaluate -> gate -> deploy")
                 job = definitions.resolve_job_def(request.job_name)
-                run = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+                run = job.execute_in_process(
+                    instance=instance,
+                    tags=tags,
+                    raise_on_error=False,
+                    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                )
                 summary.sensor_run_id, summary.sensor_tags, summary.sensor_runs = run.run_id, tags, summary.sensor_runs + 1
                 gate = _latest_check(instance, f"{model}_registry_version", "champion_challenger")
                 if gate is not None:

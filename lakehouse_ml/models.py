@@ -195,11 +195,20 @@ CHURN_MODEL = ModelSpec(
     ),
     evaluation=Evaluation.BINARY_CLASSIFICATION,
     gate=Gate(metric="roc_auc", direction="higher"),
-    # Recency, frequency and spend drive churn most: their drift gets a tighter threshold than
-    # ML.VALIDATE_DATA_DRIFT's default 0.3 (normal weeks stay under 0.03 on the simulator).
+    # Recency, frequency, spend and the channel mix drive churn most: their drift gets tighter
+    # thresholds than ML.VALIDATE_DATA_DRIFT's default 0.3 (normal weeks stay under 0.03 on the
+    # simulator).
     serving=Serving(
         endpoint="churn_model",
-        drift_thresholds=(("recency_days", 0.1), ("frequency_orders", 0.1), ("monetary_total", 0.1)),
+        drift_thresholds=(
+            ("recency_days", 0.1),
+            ("frequency_orders", 0.1),
+            ("monetary_total", 0.1),
+            ("share_web", 0.15),
+            ("share_app", 0.15),
+            ("share_store", 0.15),
+            ("share_mobile", 0.15),
+        ),
     ),
 )
 

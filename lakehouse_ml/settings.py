@@ -27,7 +27,7 @@ EXAMPLES: dict[str, str] = {
     "backend": "local",
     "home": "./.lakehouse_ml",
     "start_date": "2026-01-01",
-    "days": "240",
+    "days": "310",
     "seed": "42",
     "customers": "5000",
     "gcp_project": "my-analytics-project",
@@ -62,7 +62,7 @@ class Settings(BaseModel):
     )
     # The simulated history. Daily partitions of the raw tables span exactly these days.
     start_date: dt.date = Field(dt.date(2026, 1, 1), description="First simulated day (daily partitions start here).")
-    days: int = Field(240, ge=1, le=3650, description="Number of simulated days (the demo drifts the last 84).")
+    days: int = Field(310, ge=1, le=3650, description="Number of simulated days (the demo drifts the last 154).")
     seed: int = Field(42, ge=0, description="Seed of the Cymbal retail simulator.")
     customers: int = Field(5000, ge=10, description="Simulated customers (sets the scale).")
 

@@ -19,8 +19,8 @@ def test_defaults_are_local():
     settings = load_settings({})
     assert settings.backend == "local"
     assert settings.home == Path(".lakehouse_ml")
-    assert settings.start_date == dt.date(2026, 1, 1) and settings.days == 240
-    assert settings.end_date == dt.date(2026, 8, 28)
+    assert settings.start_date == dt.date(2026, 1, 1) and settings.days == 310
+    assert settings.end_date == dt.date(2026, 11, 6)
     assert settings.duckdb_path == Path(".lakehouse_ml").resolve() / "warehouse.duckdb"
 
 
@@ -48,8 +48,8 @@ def test_gcp_settings():
         ({"LAKEHOUSE_ML_GCP_DATASET": "has-dash"}, "LAKEHOUSE_ML_GCP_DATASET", "LAKEHOUSE_ML_GCP_DATASET=lakehouse_ml"),
         ({"LAKEHOUSE_ML_BIGQUERY_LOCATION": "mars"}, "LAKEHOUSE_ML_BIGQUERY_LOCATION", "=US"),
         ({"LAKEHOUSE_ML_START_DATE": "2026-13-01"}, "LAKEHOUSE_ML_START_DATE", "=2026-01-01"),
-        ({"LAKEHOUSE_ML_DAYS": "many"}, "LAKEHOUSE_ML_DAYS", "LAKEHOUSE_ML_DAYS=240"),
-        ({"LAKEHOUSE_ML_DAYS": "0"}, "LAKEHOUSE_ML_DAYS", "LAKEHOUSE_ML_DAYS=240"),
+        ({"LAKEHOUSE_ML_DAYS": "many"}, "LAKEHOUSE_ML_DAYS", "LAKEHOUSE_ML_DAYS=310"),
+        ({"LAKEHOUSE_ML_DAYS": "0"}, "LAKEHOUSE_ML_DAYS", "LAKEHOUSE_ML_DAYS=310"),
         ({"LAKEHOUSE_ML_VERTEX_API_ENDPOINT": "not a url"}, "LAKEHOUSE_ML_VERTEX_API_ENDPOINT", "https://"),
     ],
 )

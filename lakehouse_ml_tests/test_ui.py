@@ -9,21 +9,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from lakehouse_ml_tests.local_chain import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 QUERY = "{ assetNodes { assetKey { path } dependencyKeys { path } groupName isPartitioned } }"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _graphql(port: int, query: str) -> dict:
@@ -37,7 +32,7 @@ def _graphql(port: int, query: str) -> dict:
 
 
 def test_ui_lists_assets_with_lineage(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_ML_")}
     env.update(DAGSTER_HOME=str(tmp_path), LAKEHOUSE_ML_HOME=str(tmp_path / "home"))
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")

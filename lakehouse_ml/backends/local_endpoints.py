@@ -26,6 +26,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import pandas as pd
 
 from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
+from lakehouse_ml.serving.log import LOG_COLUMNS
 from lakehouse_ml.serving.state import connect, ensure_schema, load_state, registry_db
 
 def _now() -> str:
@@ -262,7 +263,7 @@ class LocalEndpoints(Endpoints):
         folder = Path(self.home).expanduser().resolve() / "serving" / "logs" / info["endpoint_id"]
         files = sorted(str(f) for f in folder.glob("*.parquet")) if folder.is_dir() else []
         if not files:
-            return pd.DataFrame(columns=["endpoint_id", "deployed_model_id", "model_id", "model_version_id", "logging_time", "request_id", "prediction"])
+            return pd.DataFrame(columns=list(LOG_COLUMNS))
         utc = dt.timezone.utc
         bounds = [t.astimezone(utc) if t.tzinfo else t.replace(tzinfo=utc) for t in (start, end)]
         with duckdb.connect() as conn:

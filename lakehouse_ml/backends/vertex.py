@@ -37,12 +37,46 @@ endpoint-wide on Vertex AI. :meth:`VertexEndpoints.deploy` patches the endpoint'
 ``predictRequestResponseLoggingConfig`` to ``bq://{project}.{dataset}.request_response_logging_{endpoint_id}``
 (Vertex AI's own default would be dataset ``logging_<display name>_<endpoint id>``, table
 ``request_response_logging``: the project's dataset keeps the monitoring SQL unqualified).
+
+:meth:`VertexEndpoints.request_log` reads that table back with the ``google-cloud-bigquery`` client
+(through :class:`lakehouse_ml.backends.gcp_warehouse.GcpWarehouse`, so the client setup, the typed
+``@start`` / ``@end`` TIMESTAMP parameters and the error messages are the warehouse's). What it
+relies on, and where that comes from:
+
+* where the table is: ``PredictRequestResponseLoggingConfig.bigquery_destination``
+  (``aiplatform_v1/types/endpoint.py`` of the SDK: a project-only URI gets dataset
+  ``logging_<endpoint-display-name>_<endpoint-id>``, a URI without a table gets table
+  ``request_response_logging``), resolved by ``_log_table``; the table's schema is versioned and
+  output-only (``request_response_logging_schema_version``, "v1" or "v2", same file in v1beta1);
+* the columns read: ``logging_time`` (TIMESTAMP, when the request was logged), ``request_id``
+  (one per request), ``deployed_model_id`` (STRING: the deployed model that answered) and
+  ``request_payload`` / ``response_payload`` (REPEATED STRING: one JSON text per instance of the
+  request, and per prediction of its response, in request order). Vertex AI documents the
+  schema on its request-response logging pages
+  (https://cloud.google.com/vertex-ai/docs/predictions/online-prediction-logging,
+  https://cloud.google.com/vertex-ai/generative-ai/docs/multimodal/request-response-logging); the
+  copies searchable while this was written held only those pages' openings, so ``logging_time``,
+  ``request_id`` and ``request_payload`` were checked against public code that reads such
+  tables: a Google-authored Vertex AI pipeline (``FROM <endpoint log table>,
+  UNNEST(request_payload) AS payload WHERE logging_time >= …``, one instance per element) and
+  streamsec-terraform/terraform-streamsec-google-integration (``WHERE logging_time > watermark``,
+  de-duplication on ``request_id``); ``deployed_model_id`` and ``response_payload`` rest on the
+  docs' schema alone (a table without them fails with BigQuery's "Unrecognized name", which
+  the error repeats). Not confirmed, so not relied on: the type of ``request_id`` (read as
+  whatever comes back, NUMERIC, INT64 or STRING, and turned into its decimal text) and that
+  ``response_payload`` has exactly one element per instance (an instance without one gets
+  prediction None). The ``endpoint`` column is not read: the table is the endpoint's own.
+* the log carries the deployed model id, not the model: ``model_id`` / ``model_version_id`` come
+  from the endpoint's deployed models at read time. Vertex AI keeps no record of an undeployed
+  model, so the rows of a model that has since been undeployed keep their ``deployed_model_id``
+  and get no ``model_id`` / ``model_version_id`` (None).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import decimal
 import json
 import re
 import time
@@ -67,11 +101,22 @@ from lakehouse_ml.backends.registry import (
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    from lakehouse_ml.backends.gcp_warehouse import LakehouseBigQueryResource
     from lakehouse_ml.settings import Settings
 
 DEFAULT_MACHINE_TYPE = "n1-standard-2"  # aiplatform.models._DEFAULT_MACHINE_TYPE
 DEPLOYING_MODEL_KEY = "0"  # aiplatform.models._DEPLOYING_MODEL_TRAFFIC_SPLIT_KEY
 REQUEST_LOG_TABLE_PREFIX = "request_response_logging"
+# One window of an endpoint's request-response log (columns: see the module docstring). The table
+# is named unqualified (it resolves in the log's dataset, the job's default dataset) after
+# check_identifier; the window comes in as TIMESTAMP parameters.
+REQUEST_LOG_SQL = """SELECT deployed_model_id, logging_time, request_id, request_payload, response_payload
+FROM {table}
+WHERE logging_time >= @start AND logging_time < @end
+ORDER BY logging_time, request_id"""
 CONSOLE = "https://console.cloud.google.com/vertex-ai"
 # endpoints.create ``endpointId``: a letter then up to 62 of [a-z0-9-] ending in a letter or digit,
 # or up to 9 digits without a leading zero.
@@ -159,9 +204,21 @@ class _VertexClients:
 class _VertexConfig:
     """Configuration and plumbing shared by the registry and the endpoints (a mixin for pydantic
     resources that declare ``project``, ``bigquery_location``, ``api_endpoint``,
-    ``anonymous_credentials``, ``operation_timeout_s`` and ``poll_interval_s``)."""
+    ``bigquery_api_endpoint``, ``anonymous_credentials``, ``operation_timeout_s`` and
+    ``poll_interval_s``)."""
 
     error_type: ClassVar[type[Exception]] = RuntimeError
+
+    def _bigquery(self, project: str | None = None) -> "LakehouseBigQueryResource":
+        """The gcp warehouse's BigQuery client setup for these settings (API endpoint,
+        credentials). No fixed location: BigQuery runs each job where the tables it reads are."""
+        from lakehouse_ml.backends.gcp_warehouse import LakehouseBigQueryResource
+
+        return LakehouseBigQueryResource(
+            project=project or self.project,
+            api_endpoint=self.bigquery_api_endpoint,
+            anonymous_credentials=self.anonymous_credentials,
+        )
 
     @property
     def region(self) -> str:
@@ -368,33 +425,24 @@ class VertexModelRegistry(_VertexConfig, ModelRegistry):
         return self._to_version(model, source=f"bqml://{match['dataset']}.{match['model']}")
 
     def _bigquery_training_runs(self, project: str, dataset: str, model: str) -> list[dict[str, Any]]:
-        from google.cloud import bigquery
-
-        kwargs: dict[str, Any] = {"project": self.project}
-        if self.bigquery_api_endpoint:
-            kwargs["client_options"] = {"api_endpoint": self.bigquery_api_endpoint}
-        if self.anonymous_credentials:
-            from google.auth.credentials import AnonymousCredentials
-
-            kwargs["credentials"] = AnonymousCredentials()
+        name = f"{project}.{dataset}.{model}"
         try:
-            client = bigquery.Client(**kwargs)
-        except Exception as err:
-            raise RegistryError(
-                f"Cannot open a BigQuery client to look up bqml://{dataset}.{model}: {err}. Run `gcloud auth "
-                "application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS), then run again."
-            ) from None
-        try:
-            found = client.get_model(f"{project}.{dataset}.{model}")
+            with self._bigquery().get_client() as client:
+                found = client.get_model(name)
         except google_exceptions.NotFound:
             return []
         except google_exceptions.GoogleAPICallError as err:
             raise RegistryError(
-                f"BigQuery could not read model {project}.{dataset}.{model}: {_error_text(err)}. Check "
-                "LAKEHOUSE_ML_GCP_PROJECT, LAKEHOUSE_ML_GCP_DATASET and the credentials, then run again."
+                f"BigQuery could not read model {name}: {_error_text(err)}. Check LAKEHOUSE_ML_GCP_PROJECT, "
+                "LAKEHOUSE_ML_GCP_DATASET and the credentials, then run again."
             ) from None
-        finally:
-            client.close()
+        except Exception as err:
+            if type(err).__module__.startswith("google.auth"):
+                raise RegistryError(
+                    f"Cannot open a BigQuery client to look up bqml://{dataset}.{model}: {err}. Run `gcloud auth "
+                    "application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS), then run again."
+                ) from None
+            raise
         return list(found._properties.get("trainingRuns") or [])
 
     # -- changing ----------------------------------------------------------------------------------
@@ -514,6 +562,7 @@ class VertexEndpoints(_VertexConfig, Endpoints):
     dataset: str = Field("lakehouse_ml", description="BigQuery dataset that receives the request-response log.")
     bigquery_location: str = Field("US", description="BigQuery location; US → us-central1, EU → europe-west4.")
     api_endpoint: str | None = Field(None, description="Vertex AI API endpoint (default https://{region}-aiplatform.googleapis.com).")
+    bigquery_api_endpoint: str | None = Field(None, description="BigQuery API endpoint (to read the request-response log).")
     anonymous_credentials: bool = Field(False, description="Send no credentials (only for a local test double).")
     operation_timeout_s: float = Field(1800.0, description="How long to wait for a long-running operation (deployments are slow).")
     poll_interval_s: float = Field(0.05, description="First wait between operations.get polls (grows ×1.5 to 10 s).")
@@ -662,6 +711,72 @@ class VertexEndpoints(_VertexConfig, Endpoints):
         or None when request-response logging is off."""
         with self._clients(f"get endpoint {endpoint!r}") as clients:
             return self._log_table(self._require(clients, endpoint))
+
+    def request_log(self, endpoint: str, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+        """The endpoint's request-response log for ``start <= logging_time < end`` (naive times
+        are UTC), read from its BigQuery table with one query: one row per logged instance, in the
+        local backend's columns and types (:mod:`lakehouse_ml.serving.log`): ``endpoint_id``,
+        ``deployed_model_id``, ``model_id``, ``model_version_id``, ``logging_time`` (UTC),
+        ``request_id`` (text), ``instance_index`` (the instance's position in its request), the
+        instance's features (one column each, in name order: clients send instances as protobuf
+        Structs, whose keys keep no order; numbers as float) and ``prediction`` (JSON text), the
+        rows ordered by time, request and position.
+
+        * ``model_id`` / ``model_version_id`` come from the endpoint's deployed models: the rows
+          of a model undeployed since it answered cannot be mapped (Vertex AI keeps no record of
+          it) and keep only their ``deployed_model_id`` (model columns None).
+        * Logging off on the endpoint, or its dataset missing: :class:`EndpointError` saying
+          what to do (nothing could ever be logged there).
+        * The table missing (nothing logged to it yet): an empty frame, as the local backend
+          answers before its first log file.
+        """
+        window = {"start": _utc(start, "start"), "end": _utc(end, "end")}
+        with self._clients(f"get endpoint {endpoint!r}") as clients:
+            info = self._as_dict(self._require(clients, endpoint))
+        endpoint_id, table = info["endpoint_id"], info["request_log_table"]
+        if table is None:
+            raise EndpointError(
+                f"Request-response logging is off on endpoint {endpoint_id}, so it has no request log to read. "
+                "Deploy to it with logging_sampling_rate > 0 (that turns the endpoint's logging on), then send traffic."
+            )
+        versions = {d["deployed_model_id"]: (d["model_id"], d["version_id"]) for d in info["deployed_models"]}
+        return _log_frame(endpoint_id, self._read_log(endpoint_id, table, window), versions)
+
+    def _read_log(self, endpoint_id: str, table: str, window: dict[str, dt.datetime]) -> pa.Table | None:
+        """The log's rows in the window (None when the table does not exist yet)."""
+        from lakehouse_ml.backends.gcp_warehouse import GcpWarehouse
+        from lakehouse_ml.backends.warehouse import WarehouseError, check_identifier
+
+        project, dataset, name = table.split(".")
+        warehouse = GcpWarehouse(bigquery=self._bigquery(project), dataset=dataset)
+        try:
+            if not warehouse.table_exists(check_identifier(name, "request-response log table")):
+                self._require_dataset(endpoint_id, project, dataset)
+                return None
+            return warehouse.query_arrow(REQUEST_LOG_SQL.format(table=name), window)
+        except WarehouseError as err:
+            raise EndpointError(
+                f"Could not read the request-response log {table} of endpoint {endpoint_id}: {err} The table must be "
+                "a Vertex AI request-response logging table (deployed_model_id, logging_time, request_id, "
+                "request_payload, response_payload): check the endpoint's predictRequestResponseLoggingConfig "
+                "(deploying with logging_sampling_rate > 0 points it at this project's dataset)."
+            ) from None
+
+    def _require_dataset(self, endpoint_id: str, project: str, dataset: str) -> None:
+        try:
+            with self._bigquery(project).get_client() as client:
+                client.get_dataset(f"{project}.{dataset}")
+        except google_exceptions.NotFound:
+            raise EndpointError(
+                f"Endpoint {endpoint_id} logs requests to BigQuery dataset {project}.{dataset}, which does not exist, "
+                "so Vertex AI cannot log there. Create it (the gcp warehouse creates LAKEHOUSE_ML_GCP_DATASET on its "
+                "first write) or check LAKEHOUSE_ML_GCP_PROJECT and LAKEHOUSE_ML_GCP_DATASET, then send traffic."
+            ) from None
+        except google_exceptions.GoogleAPICallError as err:
+            raise EndpointError(
+                f"BigQuery could not read dataset {project}.{dataset} (the request-response log of endpoint "
+                f"{endpoint_id}): {_error_text(err)}. Check the credentials' BigQuery roles, then run again."
+            ) from None
 
     def deploy(
         self,
@@ -885,6 +1000,65 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def _utc(value: Any, name: str) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        raise EndpointError(f"The request log window's {name} must be a datetime; got {value!r}.")
+    return value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _parsed(text: Any) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _request_id_text(value: Any) -> str | None:
+    """A request id as decimal text (BigQuery NUMERIC arrives as a Decimal with 9 decimals)."""
+    if isinstance(value, decimal.Decimal):
+        return format(value.normalize(), "f")
+    return None if value is None else str(value)
+
+
+def _log_frame(endpoint_id: str, rows: pa.Table | None, versions: Mapping[str, tuple[str, str]]) -> pd.DataFrame:
+    """One row per logged instance, in the columns and types of the local request log."""
+    import pyarrow as pa
+
+    from lakehouse_ml.serving.log import LOG_COLUMNS, feature_array
+
+    meta: dict[str, list] = {name: [] for name in LOG_COLUMNS}
+    instances: list[dict] = []
+    read = ("deployed_model_id", "logging_time", "request_id", "request_payload", "response_payload")
+    records = zip(*(rows.column(c).to_pylist() for c in read)) if rows is not None else ()
+    for deployed_model_id, logged, request_id, payloads, predictions in records:
+        model_id, version_id = versions.get(deployed_model_id, (None, None))
+        predictions = predictions or []
+        for i, payload in enumerate(payloads or []):
+            instance = _parsed(payload)
+            instances.append(instance if isinstance(instance, dict) else {})
+            prediction = predictions[i] if i < len(predictions) else None
+            parsed = _parsed(prediction)
+            values = {
+                "endpoint_id": endpoint_id,
+                "deployed_model_id": deployed_model_id,
+                "model_id": model_id,
+                "model_version_id": version_id,
+                "logging_time": logged,
+                "request_id": _request_id_text(request_id),
+                "instance_index": i,
+                "prediction": prediction if parsed is None else json.dumps(parsed),
+            }
+            for name, value in values.items():
+                meta[name].append(value)
+    types = {"logging_time": pa.timestamp("us", tz="UTC"), "instance_index": pa.int32()}
+    arrays = {name: pa.array(meta[name], types.get(name, pa.string())) for name in LOG_COLUMNS if name != "prediction"}
+    names = {name: f"feature_{name}" if name in LOG_COLUMNS else name for instance in instances for name in instance}
+    for name, column in sorted(names.items(), key=lambda item: item[1]):
+        arrays[column] = feature_array([row.get(name) for row in instances])
+    arrays["prediction"] = pa.array(meta["prediction"], pa.string())
+    return pa.table(arrays).to_pandas()
+
+
 # -- factories ---------------------------------------------------------------------------------------
 
 
@@ -916,5 +1090,6 @@ def build_vertex_endpoints(settings: "Settings") -> VertexEndpoints:
         dataset=settings.gcp_dataset,
         bigquery_location=settings.bigquery_location,
         api_endpoint=settings.vertex_api_endpoint,
+        bigquery_api_endpoint=settings.bigquery_api_endpoint,
         anonymous_credentials=settings.gcp_anonymous_credentials,
     )

@@ -39,6 +39,45 @@ def _floats(values: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and v == v}
 
 
+def _version_metadata(registry: ModelRegistry, version: Any, metrics: dict[str, float]) -> dict[str, Any]:
+    return {
+        "model_id": dg.MetadataValue.text(version.model_id),
+        "version_id": dg.MetadataValue.text(version.version_id),
+        "aliases": dg.MetadataValue.json(sorted(version.aliases)),
+        "source": dg.MetadataValue.text(version.source),
+        "model_type": dg.MetadataValue.text(version.model_type),
+        "metrics": dg.MetadataValue.json(metrics),
+        "link": _link(registry.version_url(version)),
+    }
+
+
+def registered_version_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
+    """The registry version asset of a model that is registered but not served: it records the
+    version its last ``CREATE OR REPLACE MODEL`` registered (no gate: no alias moves)."""
+    model_id = deployment.registry_model_id(spec)
+
+    @dg.asset(
+        name=f"{spec.name}_registry_version",
+        group_name=GROUP,
+        description=(
+            f"The Vertex AI Model Registry version of {spec.name} (model id {model_id}) registered by its last "
+            "CREATE OR REPLACE MODEL. Registered for lineage and batch scoring; not deployed to an endpoint."
+        ),
+        deps=[dg.AssetDep(spec.name), dg.AssetDep(f"{spec.name}_evaluation")],
+        kinds={"vertexai"},
+    )
+    def _registered_version(warehouse: Warehouse, registry: ModelRegistry) -> dg.MaterializeResult:
+        with user_errors():
+            try:
+                version = registry.latest_version(model_id)
+            except RegistryError as err:
+                raise dg.Failure(description=str(err)) from err
+            metrics = _floats(version.metrics) or _floats(models.evaluation_metrics(warehouse, spec))
+        return dg.MaterializeResult(metadata=_version_metadata(registry, version, metrics))
+
+    return _registered_version
+
+
 def registry_version_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
     serving = deployment.serving_spec(spec)
     model_id = deployment.registry_model_id(spec)
@@ -82,14 +121,7 @@ def registry_version_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
             except (RegistryError, EndpointError) as err:
                 raise dg.Failure(description=str(err)) from err
         context.log.info(result.reason)
-        metadata: dict[str, Any] = {
-            "model_id": dg.MetadataValue.text(version.model_id),
-            "version_id": dg.MetadataValue.text(version.version_id),
-            "aliases": dg.MetadataValue.json(sorted(version.aliases)),
-            "source": dg.MetadataValue.text(version.source),
-            "model_type": dg.MetadataValue.text(version.model_type),
-            "metrics": dg.MetadataValue.json(metrics),
-            "link": _link(registry.version_url(version)),
+        metadata = _version_metadata(registry, version, metrics) | {
             "serving": dg.MetadataValue.bool(serving.serving_alias in version.aliases),
             "gate": dg.MetadataValue.text(result.reason),
         }
@@ -232,9 +264,12 @@ def deployment_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
 
 
 def serving_assets(specs: tuple[models.ModelSpec, ...]) -> list[dg.AssetsDefinition]:
-    """Registry version and deployment assets of every served model."""
+    """A registry version asset for every registered model; a gated one and a deployment asset for
+    every served model."""
     out: list[dg.AssetsDefinition] = []
     for spec in specs:
         if spec.serving is not None:
             out.extend([registry_version_asset(spec), deployment_asset(spec)])
+        elif str(spec.registry_options.get("model_registry", "")).upper() == "VERTEX_AI":
+            out.append(registered_version_asset(spec))
     return out

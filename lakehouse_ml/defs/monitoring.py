@@ -98,6 +98,7 @@ def monitoring_asset(spec: models.ModelSpec, reports_dir) -> dg.AssetsDefinition
                 metadata["prediction_drift"] = dg.MetadataValue.md(
                     report.markdown_table(result.prediction_drift, serving.warn_fraction)
                 )
+                metadata["prediction_baseline"] = dg.MetadataValue.text(result.prediction_baseline)
         if not result.performance.empty:
             metadata["performance"] = dg.MetadataValue.md(result.performance.to_markdown(index=False, floatfmt=".4f"))
             latest = result.performance.iloc[-1]

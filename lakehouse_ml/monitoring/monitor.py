@@ -13,7 +13,8 @@ window (the request-response log since the previous report):
   training features against the served ones, run by the warehouse (BigQuery itself on gcp), with
   the spec's thresholds;
 * **prediction drift**: the served predictions (positive-class probability and predicted class)
-  against the predictions on the training rows, with the same arithmetic;
+  against the version's predictions on its evaluation split (:func:`evaluation_rows`), with the
+  same arithmetic;
 * **performance**: served predictions whose ground truth has arrived since (the label of the same
   customer snapshot, matched on the logged features against ``sql/monitoring/<model>_ground_truth.sql``),
   per monitoring window, against the version's evaluation metric.
@@ -24,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +36,15 @@ from lakehouse_ml.backends.endpoints import Endpoints
 from lakehouse_ml.backends.registry import ModelRegistry, ModelVersion, RegistryError
 from lakehouse_ml.backends.warehouse import Warehouse, WarehouseError, check_identifier
 from lakehouse_ml.bqml import metrics as bqml_metrics
-from lakehouse_ml.bqml.sql import TokenType, bind_template, tokenize
+from lakehouse_ml.bqml import split as bqml_split
+from lakehouse_ml.bqml.sql import bind_template
 from lakehouse_ml.deployment import registry_model_id, serving_spec
 from lakehouse_ml.models import CLASSIFIER_TYPES, ModelSpec, positive_label
 from lakehouse_ml.monitoring import drift as drift_stats
 from lakehouse_ml.monitoring import report
+from lakehouse_ml.serving.log import LOG_COLUMNS
 from lakehouse_ml.sqlfiles import read_sql
 
-LOG_COLUMNS = ("endpoint_id", "deployed_model_id", "model_id", "model_version_id", "logging_time", "request_id", "instance_index", "prediction")
 # The first report of a model looks this far back in the request-response log.
 FIRST_WINDOW = dt.timedelta(days=1)
 
@@ -59,44 +60,6 @@ def save_baseline(warehouse: Warehouse, spec: ModelSpec, version_id: str) -> int
     ``CREATE OR REPLACE MODEL``, while the BigQuery ML model is that version)."""
     sql = bind_template(read_sql("models/evaluation/labelled_predictions.sql"), spec.name, spec.training_query)
     return warehouse.write_query(baseline_table(spec, version_id), sql)
-
-
-def bind_tables(sql: str, tables: dict[str, str], values: dict[str, float], thresholds: tuple[tuple[str, float], ...]) -> str:
-    """A ``sql/monitoring`` template bound at the token level: ``TABLE <name>`` → ``TABLE <table>``
-    for each checked identifier in ``tables``, ``@<name>`` → the finite number ``values[name]``,
-    and ``@thresholds`` → an ``ARRAY<STRUCT<STRING, FLOAT64>>`` literal of checked feature names."""
-    tokens = tokenize(sql)
-    pieces: list[str] = []
-    position = 0
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        nxt = tokens[i + 1] if i + 1 < len(tokens) else None
-        replacement = None
-        if token.token_type == TokenType.TABLE and nxt is not None and nxt.text in tables:
-            token, replacement = nxt, check_identifier(tables[nxt.text], "table")
-            i += 1
-        elif token.token_type == TokenType.PARAMETER and nxt is not None and (nxt.text in values or nxt.text == "thresholds"):
-            if nxt.text == "thresholds":
-                items = [f"('{check_identifier(name, 'feature')}', {float(value)!r})" for name, value in thresholds]
-                replacement = "[" + ", ".join(items) + "]"
-            else:
-                value = values[nxt.text]
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise WarehouseError(f"Template value @{nxt.text} must be a finite number, got {value!r}.")
-                replacement = repr(float(value))
-            pieces.append(sql[position : token.start])
-            pieces.append(replacement)
-            position = nxt.end + 1
-            i += 2
-            continue
-        if replacement is not None:
-            pieces.append(sql[position : token.start])
-            pieces.append(replacement)
-            position = token.end + 1
-        i += 1
-    pieces.append(sql[position:])
-    return "".join(pieces)
 
 
 @dataclasses.dataclass
@@ -119,6 +82,7 @@ class MonitoringResult:
     max_drift: float
     report_path: Path | None = None
     note: str = ""
+    prediction_baseline: str = ""  # which training rows the prediction drift compares with
 
     @property
     def status(self) -> str:
@@ -153,6 +117,22 @@ def _positive_from_served(spec: ModelSpec, predictions: pd.Series, positive: Any
     return np.array(probs), np.array(classes, dtype=object)
 
 
+def evaluation_rows(spec: ModelSpec, baseline: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows of the version's evaluation split among its saved training rows, and how they were
+    found. BigQuery ML's split is recomputed where it is deterministic from the data (SEQ on
+    DATA_SPLIT_COL, CUSTOM on its BOOL column); for AUTO_SPLIT and RANDOM, whose row hashing is
+    BigQuery's own, every training row stands in."""
+    options = spec.options
+    method = str(options.get("data_split_method", "AUTO_SPLIT")).upper()
+    column = options.get("data_split_col")
+    if method in ("SEQ", "CUSTOM") and column in baseline.columns and len(baseline):
+        fraction = options.get("data_split_eval_fraction")
+        mask = bqml_split.split(baseline, method, None if fraction is None else float(fraction), column).eval_mask
+        if mask.any():
+            return baseline[mask], f"the evaluation split ({method} on {column}, {int(mask.sum())} rows)"
+    return baseline, f"all {len(baseline)} training rows ({method} split: not recomputed)"
+
+
 def _positive_from_baseline(spec: ModelSpec, frame: pd.DataFrame, positive: Any) -> tuple[np.ndarray, np.ndarray]:
     label = spec.label
     probs = np.array(
@@ -174,17 +154,15 @@ def load_windows(reports_dir: Path, spec: ModelSpec) -> list[dict[str, Any]]:
 
 
 def _performance(
-    warehouse: Warehouse, spec: ModelSpec, endpoints: Endpoints, windows: list[dict[str, Any]], features: list[str]
+    warehouse: Warehouse, spec: ModelSpec, log: pd.DataFrame, windows: list[dict[str, Any]], features: list[str]
 ) -> pd.DataFrame:
-    """The gate metric of served predictions whose label has arrived, per monitoring window."""
+    """The gate metric of served predictions whose label has arrived, per monitoring window
+    (``log``: the request-response log over every window)."""
     columns = ["window_end", "metric", "value", "version", "rows"]
     if spec.model_type not in CLASSIFIER_TYPES or not windows:
         return pd.DataFrame(columns=columns)
     truth = warehouse.query(read_sql(f"monitoring/{spec.name}_ground_truth.sql"))
     label = spec.label
-    start = dt.datetime.fromisoformat(windows[0]["start"])
-    end = dt.datetime.fromisoformat(windows[-1]["end"])
-    log = endpoints.request_log(serving_spec(spec).endpoint, start, end)
     keys = [f for f in features if f in truth.columns and f in log.columns]
     if log.empty or truth.empty or not keys:
         return pd.DataFrame(columns=columns)
@@ -234,8 +212,13 @@ def monitor(
     end = now or dt.datetime.now(dt.timezone.utc)
     windows = load_windows(reports_dir, spec)
     start = dt.datetime.fromisoformat(windows[-1]["end"]) if windows else end - FIRST_WINDOW
-    log = endpoints.request_log(serving.endpoint, start, end)
-    log = log[log["model_version_id"].astype(str) == version.version_id] if not log.empty else log
+    # One read of the log over every window: this window's rows judge drift, all of them the
+    # performance trend.
+    history = endpoints.request_log(serving.endpoint, dt.datetime.fromisoformat(windows[0]["start"]) if windows else start, end)
+    log = history
+    if not history.empty:
+        times = pd.to_datetime(history["logging_time"], utc=True)
+        log = history[(times >= pd.Timestamp(start)) & (history["model_version_id"].astype(str) == version.version_id)]
     features = [c for c in log.columns if c not in LOG_COLUMNS]
     table = baseline_table(spec, version.version_id)
     if not warehouse.table_exists(table):
@@ -261,11 +244,14 @@ def monitor(
         base = baseline[features].reset_index(drop=True)
         warehouse.load_dataframe(base, f"{spec.name}_monitoring_baseline")
         warehouse.load_dataframe(study, f"{spec.name}_monitoring_window")
-        sql = bind_tables(
+        sql = bind_template(
             read_sql("monitoring/feature_drift.sql"),
-            {"baseline_rows": f"{spec.name}_monitoring_baseline", "serving_rows": f"{spec.name}_monitoring_window"},
-            {"numerical_threshold": serving.numerical_threshold, "categorical_threshold": serving.categorical_threshold},
-            serving.drift_thresholds,
+            tables={"baseline_rows": f"{spec.name}_monitoring_baseline", "serving_rows": f"{spec.name}_monitoring_window"},
+            values={
+                "numerical_threshold": serving.numerical_threshold,
+                "categorical_threshold": serving.categorical_threshold,
+                "thresholds": serving.drift_thresholds,
+            },
         )
         result.drift = warehouse.query(sql)
         options = {
@@ -276,7 +262,8 @@ def monitor(
         result.histograms = _histograms(drift_stats.drift_distributions(base, study, options))
         if spec.model_type in CLASSIFIER_TYPES:
             positive = positive_label(baseline[spec.label])
-            base_p, base_c = _positive_from_baseline(spec, baseline, positive)
+            evaluation, result.prediction_baseline = evaluation_rows(spec, baseline)
+            base_p, base_c = _positive_from_baseline(spec, evaluation, positive)
             study_p, study_c = _positive_from_served(spec, log["prediction"], positive)
             name = f"{spec.label}_probability"
             prediction_options = {k: v for k, v in options.items() if k != "thresholds"}
@@ -294,7 +281,7 @@ def monitor(
             result.max_drift = float(values["value"].max())
             result.max_ratio = float((values["value"] / values["threshold"]).max())
     windows = windows + [{"start": start.isoformat(), "end": end.isoformat(), "version": version.version_id, "rows": len(log)}]
-    result.performance = _performance(warehouse, spec, endpoints, windows, features)
+    result.performance = _performance(warehouse, spec, history, windows, features)
     folder = reports_dir / spec.name / "monitoring"
     stamp = end.strftime("%Y%m%dT%H%M%SZ")
     metric = spec.gate.metric

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from lakehouse_ml.atomic import replacing
 
-_META = ("endpoint_id", "deployed_model_id", "model_id", "model_version_id", "logging_time", "request_id", "instance_index", "prediction")
+LOG_COLUMNS = ("endpoint_id", "deployed_model_id", "model_id", "model_version_id", "logging_time", "request_id", "instance_index", "prediction")
 
 
 class RequestLog:
@@ -119,7 +119,7 @@ class RequestLog:
         return written
 
     def _write(self, endpoint_id: str, deployed_model_id: str, entries: list) -> Path:
-        columns: dict[str, list] = {name: [] for name in _META}
+        columns: dict[str, list] = {name: [] for name in LOG_COLUMNS}
         features: dict[str, list] = {}
         n = 0
         for model_id, version_id, logged, request_id, rows, predictions, names in entries:
@@ -152,7 +152,7 @@ class RequestLog:
         for name, values in features.items():
             if name in arrays or name == "prediction":
                 name = f"feature_{name}"
-            arrays[name] = _feature_array(values)
+            arrays[name] = feature_array(values)
         arrays["prediction"] = pa.array(columns["prediction"], pa.string())
         table = pa.table(arrays)
         self._seq += 1
@@ -163,7 +163,7 @@ class RequestLog:
         return path
 
 
-def _feature_array(values: list) -> pa.Array:
+def feature_array(values: list) -> pa.Array:
     kinds = {type(v) for v in values if v is not None}
     if kinds and kinds <= {int, float}:
         return pa.array([None if v is None else float(v) for v in values], pa.float64())

@@ -9,6 +9,9 @@ become the project's exceptions with messages that say what to do next.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import socket
 import threading
 
 import pytest
@@ -19,13 +22,21 @@ from google.auth.credentials import AnonymousCredentials
 from lakehouse_ml.backends.endpoints import EndpointError
 from lakehouse_ml.backends.registry import ModelNotRegisteredError, RegistryError, VersionDeployedError
 from lakehouse_ml.backends.vertex import (
+    REQUEST_LOG_SQL,
     VertexEndpoints,
     VertexModelRegistry,
     build_vertex_endpoints,
     build_vertex_registry,
 )
+from lakehouse_ml.serving.log import LOG_COLUMNS
 from lakehouse_ml.settings import load_settings
-from lakehouse_ml_tests.fakes.vertex_api import DEFAULT_PROJECT_NUMBER, FakeVertexApi, fake_vertex_api
+from lakehouse_ml_tests.fakes.bigquery_api import FakeBigQueryApi, fake_bigquery_api
+from lakehouse_ml_tests.fakes.vertex_api import (
+    DEFAULT_PROJECT_NUMBER,
+    REQUEST_LOG_SCHEMA,
+    FakeVertexApi,
+    fake_vertex_api,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,7 +60,7 @@ def api() -> FakeVertexApi:
     assert leftovers == [], f"the test double left threads behind: {leftovers}"
 
 
-def settings_for(api: FakeVertexApi, location: str = "US"):
+def settings_for(api: FakeVertexApi, location: str = "US", bigquery: FakeBigQueryApi | None = None):
     return load_settings(
         {
             "LAKEHOUSE_ML_BACKEND": "gcp",
@@ -57,7 +68,8 @@ def settings_for(api: FakeVertexApi, location: str = "US"):
             "LAKEHOUSE_ML_GCP_DATASET": DATASET,
             "LAKEHOUSE_ML_BIGQUERY_LOCATION": location,
             "LAKEHOUSE_ML_VERTEX_API_ENDPOINT": api.url,
-            "LAKEHOUSE_ML_BIGQUERY_API_ENDPOINT": api.url,  # the double also answers BigQuery's models.get
+            # without a BigQuery double, the Vertex AI double answers BigQuery's models.get itself
+            "LAKEHOUSE_ML_BIGQUERY_API_ENDPOINT": (bigquery or api).url,
             "LAKEHOUSE_ML_GCP_ANONYMOUS_CREDENTIALS": "true",
         }
     )
@@ -437,3 +449,214 @@ def test_high_level_sdk_reads_the_double(api, endpoints):
     finally:
         initializer.global_config.__init__()  # back to the SDK's defaults for the rest of the process
     assert prediction.deployed_model_id == dm and prediction.model_version_id == "2"
+
+
+# -- request-response log ----------------------------------------------------------------------------
+# Vertex AI logs predictions to BigQuery: the Vertex AI double appends each logged request to a
+# BigQuery double (as Vertex AI's logging does), and request_log reads it back with the real
+# google-cloud-bigquery client.
+
+T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+HOUR = dt.timedelta(hours=1)
+LOG_TABLE = "request_response_logging_churn_ep"
+
+
+@pytest.fixture()
+def bq() -> FakeBigQueryApi:
+    with fake_bigquery_api() as running:
+        yield running
+
+
+@pytest.fixture()
+def logging_api(bq: FakeBigQueryApi) -> FakeVertexApi:
+    with fake_vertex_api(bigquery=bq) as running:
+        yield running
+
+
+@pytest.fixture()
+def logged(logging_api: FakeVertexApi, bq: FakeBigQueryApi) -> VertexEndpoints:
+    """Endpoints on the Vertex AI double, reading the request log from the BigQuery double."""
+    return build_vertex_endpoints(settings_for(logging_api, bigquery=bq))
+
+
+def predict_at(api: FakeVertexApi, endpoints: VertexEndpoints, when: dt.datetime, instances: list) -> dict:
+    api.clock = lambda: when
+    return endpoints.predict("churn-ep", instances)
+
+
+def test_request_log_reads_one_window_one_row_per_instance(logging_api, bq, logged):
+    seed_churn(logging_api, intercept=0.5, weight=2.0)
+    bq.create_dataset(PROJECT, DATASET)
+    logged.create_endpoint("churn", endpoint_id="churn-ep")
+    dm = logged.deploy("churn-ep", "churn", "2", "", logging_sampling_rate=1.0)
+    predict_at(logging_api, logged, T0 - dt.timedelta(seconds=1), [{"a": 9, "b": 9}])  # before the window
+    predict_at(logging_api, logged, T0, [{"a": 1, "b": 2.5}, {"a": -1, "b": 0}])  # at its start: in
+    predict_at(logging_api, logged, T0 + HOUR / 2, [{"a": 3, "b": 1}])
+    predict_at(logging_api, logged, T0 + HOUR, [{"a": 7, "b": 7}])  # at its end: out
+    assert logging_api.logging_errors == []
+    assert bq.table(PROJECT, DATASET, LOG_TABLE).num_rows == 4  # one row per request in BigQuery
+    bq.clear_requests()
+
+    log = logged.request_log("churn", T0, T0 + HOUR)
+
+    assert list(log.columns) == [*LOG_COLUMNS[:-1], "a", "b", "prediction"]
+    assert log[["a", "b"]].to_dict("list") == {"a": [1.0, -1.0, 3.0], "b": [2.5, 0.0, 1.0]}
+    assert log["prediction"].tolist() == ['{"value": 7.5}', '{"value": -1.5}', '{"value": 8.5}']
+    assert [json.loads(p)["value"] for p in log["prediction"]] == [0.5 + 2.0 * 3.5, 0.5 - 2.0, 0.5 + 2.0 * 4]
+    assert log["instance_index"].tolist() == [0, 1, 0]
+    assert log["request_id"].tolist() == ["7000000000000000002", "7000000000000000002", "7000000000000000003"]
+    assert log["logging_time"].tolist() == [T0, T0, T0 + HOUR / 2]
+    assert set(log["endpoint_id"]) == {"churn-ep"} and set(log["deployed_model_id"]) == {dm}
+    assert set(log["model_id"]) == {"churn"} and set(log["model_version_id"]) == {"2"}
+    assert {c: str(log[c].dtype) for c in ("logging_time", "instance_index", "a", "request_id")} == {
+        "logging_time": "datetime64[us, UTC]",
+        "instance_index": "int32",
+        "a": "float64",
+        "request_id": "object",
+    }
+    # one parameterised query on the endpoint's log table, the window as TIMESTAMP parameters
+    (job,) = bq.job_inserts()
+    query = job["configuration"]["query"]
+    assert query["query"] == REQUEST_LOG_SQL.format(table=LOG_TABLE)
+    assert query["defaultDataset"] == {"projectId": PROJECT, "datasetId": DATASET}
+    params = {p["name"]: p for p in query["queryParameters"]}
+    assert {n: p["parameterType"]["type"] for n, p in params.items()} == {"start": "TIMESTAMP", "end": "TIMESTAMP"}
+    assert [dt.datetime.fromisoformat(params[n]["parameterValue"]["value"]) for n in ("start", "end")] == [T0, T0 + HOUR]
+    # naive times are UTC
+    again = logged.request_log("churn-ep", T0.replace(tzinfo=None), (T0 + HOUR).replace(tzinfo=None))
+    assert again.equals(log)
+    # an empty window is an empty log with the same columns
+    assert list(logged.request_log("churn-ep", T0 - 2 * HOUR, T0 - HOUR).columns) == list(LOG_COLUMNS)
+
+
+def test_request_log_maps_deployed_models_to_versions_and_keeps_undeployed_ones(logging_api, bq, logged):
+    seed_churn(logging_api, intercept=None)  # version n predicts n + the sum of the instance
+    bq.create_dataset(PROJECT, DATASET)
+    logged.create_endpoint("churn", endpoint_id="churn-ep")
+    old = logged.deploy("churn-ep", "churn", "1", "", logging_sampling_rate=1.0)
+    new = logged.deploy("churn-ep", "churn", "2", "", traffic_percentage=50, logging_sampling_rate=1.0)
+    for i in range(4):
+        predict_at(logging_api, logged, T0 + i * dt.timedelta(minutes=1), [{"x": float(i)}])
+    logged.undeploy("churn-ep", old)  # Vertex AI forgets it: its rows cannot be mapped any more
+
+    log = logged.request_log("churn-ep", T0, T0 + HOUR)
+
+    served = log.assign(value=[json.loads(p)["value"] for p in log["prediction"]])
+    rows = served[["deployed_model_id", "model_id", "model_version_id", "x", "value"]].to_dict("records")
+    assert sorted(r["deployed_model_id"] for r in rows) == sorted([old, old, new, new])
+    for row in rows:
+        if row["deployed_model_id"] == new:
+            assert (row["model_id"], row["model_version_id"], row["value"]) == ("churn", "2", 2.0 + row["x"])
+        else:
+            assert row["model_id"] is None and row["model_version_id"] is None
+            assert row["value"] == 1.0 + row["x"]  # its predictions are kept
+    # what monitoring keeps of the serving version
+    assert log[log["model_version_id"].astype(str) == "2"]["deployed_model_id"].tolist() == [new, new]
+
+
+def test_request_log_holds_the_sampled_requests(logging_api, bq, logged):
+    seed_churn(logging_api)
+    bq.create_dataset(PROJECT, DATASET)
+    logged.create_endpoint("churn", endpoint_id="churn-ep")
+    logged.deploy("churn-ep", "churn", "1", "", logging_sampling_rate=0.5)
+    for i in range(6):
+        predict_at(logging_api, logged, T0 + i * dt.timedelta(minutes=1), [{"x": float(i)}])
+    log = logged.request_log("churn-ep", T0, T0 + HOUR)
+    assert log["x"].tolist() == [1.0, 3.0, 5.0]  # the double logs every second request at rate 0.5
+    assert log["logging_time"].tolist() == [T0 + i * dt.timedelta(minutes=1) for i in (1, 3, 5)]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_request_log_has_the_local_backends_columns_and_types(logging_api, bq, logged, tmp_path):
+    from lakehouse_ml.backends.local_endpoints import LocalEndpoints
+    from lakehouse_ml.serving.log import RequestLog
+
+    instances = [
+        {"tenure": 3, "plan": "basic", "promo": True, "prediction": 1},  # a feature named like a log column
+        {"tenure": 10.5, "plan": None, "promo": False, "prediction": 0},
+    ]
+    predictions = [
+        {"predicted_churned": True, "predicted_churned_probs": [{"label": True, "prob": 0.75}]},
+        {"predicted_churned": False, "predicted_churned_probs": [{"label": True, "prob": 0.25}]},
+    ]
+    # the local backend's log of one request
+    local = LocalEndpoints(home=str(tmp_path), port=_free_port())
+    local.create_endpoint("churn", endpoint_id="churn-ep")
+    writer = RequestLog(tmp_path / "serving" / "logs")
+    writer.add("churn-ep", "dm-local", "churn", "2", "req-1", list(instances[0]), instances, predictions)
+    writer.flush()
+    now = dt.datetime.now(dt.timezone.utc)
+    local_log = local.request_log("churn-ep", now - HOUR, now + HOUR)
+    # Vertex AI's log of the same request
+    seed_churn(logging_api)
+    bq.create_dataset(PROJECT, DATASET)
+    logged.create_endpoint("churn", endpoint_id="churn-ep")
+    dm = logged.deploy("churn-ep", "churn", "2", "", logging_sampling_rate=1.0)
+    row = {
+        "endpoint": f"projects/{DEFAULT_PROJECT_NUMBER}/locations/{REGION}/endpoints/churn-ep",
+        "deployed_model_id": dm,
+        "logging_time": T0,
+        "request_id": 1234,
+        "request_payload": [json.dumps(i) for i in instances],
+        "response_payload": [json.dumps(p, separators=(",", ":")) for p in predictions],
+    }
+    bq.append_rows(PROJECT, DATASET, LOG_TABLE, [row], REQUEST_LOG_SCHEMA)
+    vertex_log = logged.request_log("churn-ep", T0, T0 + HOUR)
+
+    # the same columns (Vertex AI's features in name order: its instances' keys keep no order)
+    assert list(vertex_log.columns) == [*LOG_COLUMNS[:-1], "feature_prediction", "plan", "promo", "tenure", "prediction"]
+    assert list(local_log.columns) == [*LOG_COLUMNS[:-1], "tenure", "plan", "promo", "feature_prediction", "prediction"]
+    for column in vertex_log.columns:
+        if column == "logging_time":
+            assert vertex_log[column].dt.tz is not None and local_log[column].dt.tz is not None
+        else:
+            assert vertex_log[column].dtype == local_log[column].dtype, column
+    same = ["instance_index", "tenure", "plan", "promo", "feature_prediction", "prediction"]
+    same += ["model_id", "model_version_id"]
+    assert vertex_log[same].to_dict("list") == local_log[same].to_dict("list")
+    assert vertex_log["plan"].tolist() == ["basic", None] and vertex_log["promo"].tolist() == [True, False]
+    assert vertex_log["request_id"].tolist() == ["1234", "1234"]
+
+
+def test_request_log_without_a_log_says_why(logging_api, bq, logged):
+    seed_churn(logging_api)
+    logged.create_endpoint("churn", endpoint_id="churn-ep")
+    logged.deploy("churn-ep", "churn", "1", "", logging_sampling_rate=0)
+    with pytest.raises(EndpointError, match="must be a datetime"):
+        logged.request_log("churn-ep", "yesterday", T0)
+    with pytest.raises(EndpointError, match=r"logging is off on endpoint churn-ep.*logging_sampling_rate > 0"):
+        logged.request_log("churn-ep", T0, T0 + HOUR)
+    assert bq.requests == [], "nothing to read in BigQuery when logging is off"
+    with pytest.raises(EndpointError, match="not found.*create_endpoint"):
+        logged.request_log("missing-ep", T0, T0 + HOUR)
+
+    # logging on, but its dataset is missing: Vertex AI cannot log there (the predict still answers)
+    logged.deploy("churn-ep", "churn", "2", "", logging_sampling_rate=1.0)
+    assert logged.predict("churn-ep", [{"x": 1.0}])["predictions"]
+    (refused,) = logging_api.logging_errors
+    assert f"Not found: Dataset {PROJECT}:{DATASET}" in refused
+    with pytest.raises(EndpointError, match=rf"dataset {PROJECT}\.{DATASET}, which does not exist.*Create it"):
+        logged.request_log("churn-ep", T0, T0 + HOUR)
+
+    # the dataset is there, nothing logged yet: an empty log, and no query
+    bq.create_dataset(PROJECT, DATASET)
+    bq.clear_requests()
+    empty = logged.request_log("churn-ep", T0, T0 + HOUR)
+    assert empty.empty and list(empty.columns) == list(LOG_COLUMNS)
+    assert str(empty["logging_time"].dtype) == "datetime64[us, UTC]" and str(empty["instance_index"].dtype) == "int32"
+    assert bq.job_inserts() == []
+    assert [r.path for r in bq.requests] == [  # tables.get, then datasets.get to tell the two apart
+        f"/bigquery/v2/projects/{PROJECT}/datasets/{DATASET}/tables/{LOG_TABLE}",
+        f"/bigquery/v2/projects/{PROJECT}/datasets/{DATASET}",
+    ]
+
+    # a table that is not a request-response log
+    bq.append_rows(PROJECT, DATASET, LOG_TABLE, [{"x": 1}], [{"name": "x", "type": "INTEGER", "mode": "NULLABLE"}])
+    not_a_log = "Unrecognized name: logging_time.*must be a Vertex AI request-response logging table"
+    with pytest.raises(EndpointError, match=not_a_log):
+        logged.request_log("churn-ep", T0, T0 + HOUR)

@@ -323,6 +323,31 @@ def test_bind_template_fills_in_checked_pieces():
         bind_template(template, "k", "SELECT 1", {"contamination": "0.1); DROP TABLE t; --"})
 
 
+def test_bind_template_binds_tables_and_per_feature_thresholds():
+    template = (
+        "SELECT * FROM ML.VALIDATE_DATA_DRIFT(TABLE baseline_rows, TABLE serving_rows, "
+        "STRUCT(@numerical AS numerical_default_threshold, @thresholds AS thresholds))"
+    )
+    values = {"numerical": 0.3, "thresholds": (("recency_days", 0.1), ("share_store", 0.15))}
+    bound = bind_template(template, tables={"baseline_rows": "b_v2", "serving_rows": "window"}, values=values)
+    assert bound == (
+        "SELECT * FROM ML.VALIDATE_DATA_DRIFT(TABLE b_v2, TABLE window, STRUCT(0.3 AS numerical_default_threshold, "
+        "ARRAY<STRUCT<STRING, FLOAT64>>[('recency_days', 0.1), ('share_store', 0.15)] AS thresholds))"
+    )
+    # Names outside `tables` stay as written; the model template name needs a model.
+    assert "TABLE serving_rows" in bind_template(template, tables={"baseline_rows": "b"}, values=values)
+    with pytest.raises(BqmlError, match="model's name"):
+        bind_template("SELECT * FROM ML.PREDICT(MODEL model, TABLE t)")
+    with pytest.raises(WarehouseError, match="table"):
+        bind_template(template, tables={"baseline_rows": "b; DROP TABLE t"}, values=values)
+    with pytest.raises(WarehouseError, match="feature"):
+        bind_template(template, tables={}, values={"numerical": 0.3, "thresholds": (("x') OR ('1", 0.1),)})
+    with pytest.raises(BqmlError, match="pairs"):
+        bind_template(template, tables={}, values={"numerical": 0.3, "thresholds": ("recency_days",)})
+    with pytest.raises(BqmlError, match="finite number"):
+        bind_template(template, tables={}, values={"numerical": 0.3, "thresholds": (("a", float("nan")),)})
+
+
 def test_the_translator_alone_points_to_the_warehouse():
     for sql in ("SELECT * FROM ML.PREDICT(MODEL m, TABLE t)", "CREATE MODEL m OPTIONS(model_type='kmeans') AS SELECT 1 AS x"):
         with pytest.raises(SQLTranslationError, match="local warehouse"):

@@ -6,7 +6,6 @@ stays registered and undeployed; a rollback redeploys an older version."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import dagster as dg
@@ -15,46 +14,18 @@ import pytest
 
 from lakehouse_ml import deployment, models
 from lakehouse_ml.backends import build_endpoints, build_registry, build_warehouse
-from lakehouse_ml.datagen import SimulationConfig, write_landing
 from lakehouse_ml.definitions import build_definitions
-from lakehouse_ml.runner import ALL_JOBS, materialize_all
+from lakehouse_ml.runner import materialize_all
 from lakehouse_ml.serving import server
-from lakehouse_ml.settings import load_settings
 from lakehouse_ml.sqlfiles import read_sql
+from lakehouse_ml_tests.local_chain import materialized_chain
 
 SPEC = models.CHURN_MODEL
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    settings = load_settings(
-        {
-            "LAKEHOUSE_ML_HOME": str(home),
-            "LAKEHOUSE_ML_DAYS": "130",
-            "LAKEHOUSE_ML_CUSTOMERS": "500",
-            "LAKEHOUSE_ML_SERVING_PORT": str(_free_port()),
-        }
-    )
-    write_landing(
-        SimulationConfig(seed=3, start_date=settings.start_date, days=settings.days, customers=settings.customers),
-        settings.landing_dir,
-    )
-    instance = dg.DagsterInstance.ephemeral()
-    try:
-        assert server.health(settings.serving_host, settings.serving_port) is None
-        materialize_all(settings, instance, jobs=ALL_JOBS)
-        yield settings, instance
-    finally:
-        server.stop_server(settings.home_dir)
-        instance.dispose()
-    assert server.health(settings.serving_host, settings.serving_port) is None
+    yield from materialized_chain(tmp_path_factory.mktemp("home"), days=130, customers=500, seed=3)
 
 
 def _latest(instance, asset: str):
@@ -93,6 +64,23 @@ def test_registry_version_metadata(chain):
     assert Path(meta["link"].value).is_dir()
     gate = _check(instance, "churn_model_registry_version", "champion_challenger")
     assert gate.passed and "first to serve" in gate.description
+
+
+@pytest.mark.parametrize("name", ["customer_segments_model", "transaction_anomaly_model"])
+def test_registered_models_that_are_not_served_have_a_registry_version_asset(chain, name):
+    settings, instance = chain
+    meta = _latest(instance, f"{name}_registry_version")
+    assert meta["model_id"].value == name and meta["version_id"].value == "1"
+    assert meta["aliases"].value == ["default"]
+    assert meta["source"].value == f"bqml://main.{name}"
+    assert meta["model_type"].value == "KMEANS"
+    assert meta["metrics"].value["davies_bouldin_index"] > 0
+    assert Path(meta["link"].value).is_dir()
+    assert build_registry(settings).get_version(name).version_id == "1"
+    definitions = build_definitions(settings)
+    assert definitions.resolve_assets_def(f"{name}_registry_version").check_specs_by_output_name == {}
+    with pytest.raises(Exception):
+        definitions.resolve_assets_def(f"{name}_deployment")
 
 
 def test_deployment_starts_the_server_and_serves_ml_predict(chain):

@@ -1394,6 +1394,28 @@ class FakeBigQueryApi:
                 project, dataset, table
             )
 
+    def create_dataset(self, project: str, dataset: str, location: str | None = None) -> dict[str, Any]:
+        """Create a dataset directly (not through the API); its resource."""
+        return self._engine.create_dataset(project, dataset, {"location": location} if location else {}, self.url)
+
+    def append_rows(
+        self, project: str, dataset: str, table: str, rows: list[dict[str, Any]], schema: list[dict[str, Any]]
+    ) -> None:
+        """Append rows as a streaming insert by another service would (Vertex AI's request-response
+        logging, for example), creating the table with ``schema`` (REST field dicts) when it is
+        missing. The dataset must exist (``notFound`` otherwise)."""
+        arrow_schema = pa.schema([pa.field(f["name"], _arrow_type_for_field(f)) for f in schema])
+        data = pa.Table.from_pylist(rows, schema=arrow_schema)
+        with self._engine.lock:
+            self._engine.dataset_resource(project, dataset)
+            if not self._engine.table_exists(project, dataset, table):
+                body = {"tableReference": {"tableId": table}, "schema": {"fields": schema}}
+                self._engine.create_table(project, dataset, body, self.url)
+            destination = {"projectId": project, "datasetId": dataset, "tableId": table}
+            self._engine.write_arrow(
+                destination, data, write_disposition="WRITE_APPEND", create_disposition="CREATE_NEVER", partitioning=None
+            )
+
     def job(self, project: str, job_id: str) -> dict[str, Any]:
         with self._engine.lock:
             return self._job_resource(self._engine.get_job(project, job_id))

@@ -43,6 +43,17 @@ Predictions are deterministic: each model version has a linear function (``inter
 by smooth weighted round robin over its traffic split, so a 90/10 split sends exactly one request
 in ten to the canary. Every request is recorded (:attr:`FakeVertexApi.requests`).
 
+Request-response logging: with a BigQuery double attached (``FakeVertexApi(bigquery=…)``, a
+:class:`lakehouse_ml_tests.fakes.bigquery_api.FakeBigQueryApi`), a predict on an endpoint whose
+``predictRequestResponseLoggingConfig`` is enabled appends one row per logged request to the
+configured ``bq://project[.dataset[.table]]`` (Vertex AI's defaults for the missing parts), in the
+columns :data:`REQUEST_LOG_SCHEMA` (the sources are listed in ``lakehouse_ml/backends/vertex.py``):
+``request_payload`` / ``response_payload`` hold one JSON text per instance / prediction,
+``request_id`` is a NUMERIC and ``logging_time`` comes from :attr:`FakeVertexApi.clock`. Sampling
+is deterministic (a rate of 0.25 logs every fourth request). A write BigQuery refuses (its dataset
+missing, say) is not an error for the predict, as on Vertex AI: it is kept in
+:attr:`FakeVertexApi.logging_errors`.
+
 :meth:`FakeVertexApi.seed_bqml_model` registers versions as BigQuery ML does
 (``modelSourceInfo.sourceType = BQML``); it also records the BigQuery model's training runs with
 ``vertexAiModelId`` / ``vertexAiModelVersion``, served on BigQuery's ``models.get`` route
@@ -55,6 +66,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import decimal
 import http.server
 import itertools
 import json
@@ -93,6 +105,15 @@ ALIAS_PATTERN = re.compile(r"^[a-z][a-zA-Z0-9-]{0,126}[a-z-0-9]$")
 ENDPOINT_ID_PATTERN = re.compile(r"^([a-z][a-z0-9-]{0,61}[a-z0-9]|[a-z]|[1-9][0-9]{0,8})$")
 NON_DEPLOYABLE_BQML_TYPES = ("ARIMA_PLUS", "ARIMA_PLUS_XREG")
 DEFAULT_PROJECT_NUMBER = "123456789012"
+# The request-response logging table (REST field dicts for the BigQuery double).
+REQUEST_LOG_SCHEMA = [
+    {"name": "endpoint", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "deployed_model_id", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "logging_time", "type": "TIMESTAMP", "mode": "NULLABLE"},
+    {"name": "request_id", "type": "NUMERIC", "mode": "NULLABLE"},
+    {"name": "request_payload", "type": "STRING", "mode": "REPEATED"},
+    {"name": "response_payload", "type": "STRING", "mode": "REPEATED"},
+]
 
 _LOC = r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
 _MODEL = _LOC + r"/models/(?P<model>[^/@:]+)(?:@(?P<version>[^/:]+))?"
@@ -173,6 +194,7 @@ class _Endpoint:
     traffic_split: dict[str, int] = dataclasses.field(default_factory=dict)
     logging: dict[str, Any] | None = None
     rr_credit: dict[str, int] = dataclasses.field(default_factory=dict)  # smooth weighted round robin
+    log_credit: float = 0.0  # deterministic request-response log sampling
 
 
 @dataclasses.dataclass
@@ -191,8 +213,19 @@ class _Operation:
 class FakeVertexApi:
     """The test double. Use :func:`fake_vertex_api` (or ``with FakeVertexApi() as api``)."""
 
-    def __init__(self, *, project_number: str = DEFAULT_PROJECT_NUMBER, polls_before_done: int = 1, page_size: int = 50):
+    def __init__(
+        self,
+        *,
+        project_number: str = DEFAULT_PROJECT_NUMBER,
+        polls_before_done: int = 1,
+        page_size: int = 50,
+        bigquery: Any = None,
+    ):
         self.project_number = project_number
+        self.bigquery = bigquery  # a FakeBigQueryApi that receives the request-response log
+        self.clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
+        self.logging_errors: list[str] = []
+        self._request_ids = itertools.count(7_000_000_000_000_000_001)
         self.polls_before_done = polls_before_done
         self.page_size = page_size
         self.lock = threading.RLock()
@@ -893,6 +926,7 @@ class FakeVertexApi:
                     "INVALID_ARGUMENT", f"instances[{i}] must be an object or a list of numbers; got {instance!r}."
                 )
             predictions.append({"value": version.intercept + version.weight * float(sum(values))})
+        self._log_request(ep, chosen, instances, predictions)
         return {
             "predictions": predictions,
             "deployedModelId": chosen,
@@ -900,6 +934,35 @@ class FakeVertexApi:
             "modelDisplayName": dm["displayName"],
             "modelVersionId": dm["modelVersionId"],
         }
+
+
+    def _log_request(self, ep: _Endpoint, deployed_model_id: str, instances: list, predictions: list) -> None:
+        """Vertex AI's request-response logging of one predict (see the module docstring)."""
+        config = ep.logging or {}
+        if self.bigquery is None or not config.get("enabled"):
+            return
+        ep.log_credit += float(config.get("samplingRate") or 0)
+        if ep.log_credit < 1 - 1e-9:
+            return
+        ep.log_credit -= 1
+        uri = (config.get("bigqueryDestination") or {}).get("outputUri", "")
+        m = re.fullmatch(r"bq://([^.]+)(?:\.([^.]+))?(?:\.([^.]+))?", uri)
+        if m is None:
+            self.logging_errors.append(f"no BigQuery destination in {config!r}")
+            return
+        dataset = m[2] or "logging_" + re.sub(r"[^A-Za-z0-9_]", "_", ep.display_name) + f"_{ep.endpoint_id}"
+        row = {
+            "endpoint": self._endpoint_name(ep),
+            "deployed_model_id": deployed_model_id,
+            "logging_time": self.clock(),
+            "request_id": decimal.Decimal(next(self._request_ids)),
+            "request_payload": [json.dumps(instance) for instance in instances],
+            "response_payload": [json.dumps(prediction) for prediction in predictions],
+        }
+        try:
+            self.bigquery.append_rows(m[1], dataset, m[3] or "request_response_logging", [row], REQUEST_LOG_SCHEMA)
+        except Exception as err:  # the BigQuery double's refusal: the predict still succeeds
+            self.logging_errors.append(str(err))
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -4,7 +4,6 @@ that are always stopped."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 
 import numpy as np
@@ -14,12 +13,7 @@ import pytest
 from lakehouse_ml.backends.local_endpoints import LocalEndpoints
 from lakehouse_ml.bqml.engine import BqmlEngine
 from lakehouse_ml.serving import server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from lakehouse_ml_tests.local_chain import free_port
 
 
 def training_frame(n: int = 400, seed: int = 3) -> pd.DataFrame:

@@ -6,6 +6,8 @@
 -- automatically, so callers pass the raw feature columns.
 --
 -- Features are listed explicitly: no keys (customer_id), no dates.
+-- Registered in the Vertex AI Model Registry as customer_segments_model (model_registry,
+-- vertex_ai_model_id); it scores in batch (ML.PREDICT) and is not deployed to an endpoint.
 -- No query parameters: the same statement runs unchanged on BigQuery and locally.
 CREATE OR REPLACE MODEL customer_segments_model
 TRANSFORM (
@@ -20,7 +22,9 @@ OPTIONS (
   model_type = 'KMEANS',
   num_clusters = 5,
   kmeans_init_method = 'KMEANS++',
-  standardize_features = TRUE
+  standardize_features = TRUE,
+  model_registry = 'VERTEX_AI',
+  vertex_ai_model_id = 'customer_segments_model'
 ) AS
 SELECT
   recency_days,

@@ -9,13 +9,17 @@
 -- and device are one-hot encoded; NULL history features (a customer's first order) become the
 -- training mean, as BigQuery ML does.
 --
+-- Registered in the Vertex AI Model Registry as transaction_anomaly_model (model_registry,
+-- vertex_ai_model_id); it scores in batch (ML.PREDICT) and is not deployed to an endpoint.
 -- No query parameters: the same statement runs unchanged on BigQuery and locally.
 CREATE OR REPLACE MODEL transaction_anomaly_model
 OPTIONS (
   model_type = 'KMEANS',
   num_clusters = 6,
   kmeans_init_method = 'KMEANS++',
-  standardize_features = TRUE
+  standardize_features = TRUE,
+  model_registry = 'VERTEX_AI',
+  vertex_ai_model_id = 'transaction_anomaly_model'
 ) AS
 SELECT
   channel,

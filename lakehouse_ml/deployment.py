@@ -61,11 +61,16 @@ def serving_spec(spec: ModelSpec) -> Serving:
     return spec.serving
 
 
+def is_registered(spec: ModelSpec) -> bool:
+    """Whether ``CREATE MODEL`` registers the model in the Vertex AI Model Registry."""
+    return str(spec.registry_options.get("model_registry", "")).upper() == "VERTEX_AI"
+
+
 def registry_model_id(spec: ModelSpec) -> str:
     """The Vertex AI model id the BigQuery ML model registers under (VERTEX_AI_MODEL_ID, default:
     the model name)."""
     options = spec.registry_options
-    if str(options.get("model_registry", "")).upper() != "VERTEX_AI":
+    if not is_registered(spec):
         raise ValueError(
             f"{spec.name} is served but not registered: add model_registry = 'VERTEX_AI' to the OPTIONS "
             f"of sql/{spec.sql_path}."

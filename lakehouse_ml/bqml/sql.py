@@ -1681,6 +1681,8 @@ def _template_value(name: str, value: Any) -> str:
         for pair in value:
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
                 raise BqmlError(f"Template value @{name} must be (name, number) pairs, got {pair!r}.")
+            if isinstance(pair[1], (list, tuple)):
+                raise BqmlError(f"Template value @{name} must be (name, number) pairs, got {pair!r}.")
             items.append(f"('{check_identifier(pair[0], 'feature')}', {_template_value(name, pair[1])})")
         return "ARRAY<STRUCT<STRING, FLOAT64>>[" + ", ".join(items) + "]"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

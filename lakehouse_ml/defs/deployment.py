@@ -270,6 +270,6 @@ def serving_assets(specs: tuple[models.ModelSpec, ...]) -> list[dg.AssetsDefinit
     for spec in specs:
         if spec.serving is not None:
             out.extend([registry_version_asset(spec), deployment_asset(spec)])
-        elif str(spec.registry_options.get("model_registry", "")).upper() == "VERTEX_AI":
+        elif deployment.is_registered(spec):
             out.append(registered_version_asset(spec))
     return out

@@ -344,6 +344,8 @@ def test_bind_template_binds_tables_and_per_feature_thresholds():
         bind_template(template, tables={}, values={"numerical": 0.3, "thresholds": (("x') OR ('1", 0.1),)})
     with pytest.raises(BqmlError, match="pairs"):
         bind_template(template, tables={}, values={"numerical": 0.3, "thresholds": ("recency_days",)})
+    with pytest.raises(BqmlError, match="pairs"):
+        bind_template(template, tables={}, values={"numerical": 0.3, "thresholds": (("a", (0.1,)),)})
     with pytest.raises(BqmlError, match="finite number"):
         bind_template(template, tables={}, values={"numerical": 0.3, "thresholds": (("a", float("nan")),)})
 

@@ -75,7 +75,7 @@ def test_windows_drift_performance_and_report(served):
     assert second.version.version_id == "1"
 
     baseline = warehouse.query(f"SELECT * FROM {mon.baseline_table(SPEC, '1')}")
-    features = [c for c in labelled.columns]
+    features = list(labelled.columns)
     expected = validate_data_drift(
         baseline[features],
         pd.DataFrame(rows)[features],

@@ -78,7 +78,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             selection=dg.AssetSelection.groups(SERVING_GROUP),
             description=(
                 "Register the served models' new versions, gate each against the serving version on fresh "
-                "labelled rows, and deploy the winners to their endpoints (canary, smoke test, promotion)."
+                "rows, and deploy the winners to their endpoints (canary, smoke test, promotion)."
             ),
         ),
         dg.define_asset_job(

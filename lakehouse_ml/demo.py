@@ -103,8 +103,11 @@ def run_demo(
 ) -> DemoSummary:
     """Run the loop (see the module docstring) and return its summary."""
     spec = model_spec(model)
-    if spec.serving is None:
-        raise ValueError(f"{model} is not served; served models: churn_model.")
+    if spec.serving is None or spec.label is None:
+        raise ValueError(
+            f"The demo retrains a served, labelled model and scores it on post-drift labels; {model} is not one. "
+            "Use churn_model."
+        )
     if settings.backend != "local":
         raise ValueError("The demo runs on the local backend (LAKEHOUSE_ML_BACKEND=local).")
     keys = daily_partitions(settings).get_partition_keys()

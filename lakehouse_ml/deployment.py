@@ -13,11 +13,12 @@ Life of a version (aliases from the model's :class:`~lakehouse_ml.models.Serving
    finds it (the newest version of the model id) and gives it the candidate alias
    (``challenger``).
 2. :func:`gate` compares the candidate with the version holding the serving alias
-   (``champion``) on the same fresh labelled rows (``sql/gate/<model>.sql``): the candidate's
-   predictions come from ``ML.PREDICT`` on the warehouse, the serving version's from its endpoint,
-   which is what it really answers. The metric is the spec's gate metric with ``ML.EVALUATE``'s
-   definition (:mod:`lakehouse_ml.bqml.metrics`). The first version of a model passes (nothing
-   serves yet).
+   (``champion``) on the same fresh rows (``sql/gate/<model>.sql``): the candidate's predictions
+   come from ``ML.PREDICT`` on the warehouse, the serving version's from its endpoint, which is
+   what it really answers. Classifiers and regressors are compared on labelled rows with the
+   spec's gate metric in ``ML.EVALUATE``'s definition (:mod:`lakehouse_ml.bqml.metrics`); k-means
+   models on the Davies-Bouldin index of each version's clusters of the same rows, in one feature
+   space (:func:`cluster_scores`). The first version of a model passes (nothing serves yet).
 3. :func:`promote` moves the serving alias and ``default`` to the winner (models.mergeVersionAliases).
    A loser keeps only the candidate alias: registered, never deployed.
 4. :func:`deploy` puts the version holding the serving alias on the model's endpoint (creating it
@@ -29,19 +30,22 @@ Life of a version (aliases from the model's :class:`~lakehouse_ml.models.Serving
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import davies_bouldin_score
 
 from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
 from lakehouse_ml.backends.registry import DEFAULT_ALIAS, ModelRegistry, ModelVersion, RegistryError
-from lakehouse_ml.backends.warehouse import Warehouse, WarehouseError
+from lakehouse_ml.backends.warehouse import Warehouse, WarehouseError, check_identifier
 from lakehouse_ml.bqml import metrics as bqml_metrics
-from lakehouse_ml.bqml.sql import bind_template
-from lakehouse_ml.models import CLASSIFIER_TYPES, REGRESSOR_TYPES, ModelSpec, Serving, positive_label
+from lakehouse_ml.bqml.preprocess import Preprocessor
+from lakehouse_ml.bqml.sql import bind_template, parse_select_list, transform_output_names
+from lakehouse_ml.models import CLASSIFIER_TYPES, CLUSTERING_TYPES, REGRESSOR_TYPES, ModelSpec, Serving, positive_label
 from lakehouse_ml.sqlfiles import read_sql
 
 # Instances per predict request: well under the 1.5 MB payload limit for these feature rows.
@@ -164,40 +168,11 @@ def _serving_scores(spec: ModelSpec, predictions: list[dict], labels: pd.Series,
     return np.array([float(p[f"predicted_{label}"]) for p in predictions])
 
 
-def gate(warehouse: Warehouse, registry: ModelRegistry, endpoints: Endpoints, spec: ModelSpec, candidate: ModelVersion) -> GateResult:
-    """Compare ``candidate`` with the serving version on the same fresh labelled rows."""
+def _serving_predictions(
+    endpoints: Endpoints, spec: ModelSpec, champion: ModelVersion, instances: list[dict]
+) -> list[dict]:
+    """What the serving version answers for ``instances`` through its endpoint (only it may answer)."""
     serving = serving_spec(spec)
-    model_id = registry_model_id(spec)
-    result = GateResult(
-        passed=True, reason="", metric=spec.gate.metric, direction=spec.gate.direction, candidate_version=candidate.version_id
-    )
-    champion = registry.find_alias(model_id, serving.serving_alias)
-    if champion is None:
-        result.reason = f"No version of {model_id} holds '{serving.serving_alias}' yet: version {candidate.version_id} is the first to serve."
-        return result
-    result.serving_version = champion.version_id
-    if champion.version_id == candidate.version_id:
-        result.reason = f"Version {candidate.version_id} already holds '{serving.serving_alias}'."
-        return result
-    label = spec.label
-    if label is None:
-        raise ValueError(f"{spec.name}: the gate needs a labelled model.")
-    gate_query = read_sql(f"gate/{spec.name}.sql")
-    rows = warehouse.query(gate_query)
-    result.rows = len(rows)
-    if rows.empty or rows[label].nunique() < (2 if spec.model_type in CLASSIFIER_TYPES else 1):
-        result.passed = False
-        result.reason = (
-            f"No fresh labelled rows to compare on (sql/gate/{spec.name}.sql returned {len(rows)} rows"
-            f"{' with one class only' if len(rows) else ''}): version {candidate.version_id} is not promoted. "
-            "Load newer days, then materialize again."
-        )
-        return result
-    predicted = warehouse.query(
-        bind_template("SELECT * FROM ML.PREDICT(MODEL model, TABLE training_rows)", spec.name, gate_query)
-    )
-    candidate_scores = _candidate_scores(spec, predicted, label)
-    instances = to_instances(rows.drop(columns=[label]))
     endpoint = serving.endpoint
     if endpoints.get_endpoint(endpoint) is None:
         raise EndpointError(
@@ -211,25 +186,183 @@ def gate(warehouse: Warehouse, registry: ModelRegistry, endpoints: Endpoints, sp
             f"Endpoint {endpoint!r} answered with versions {dict(versions)}, not only the serving version "
             f"{champion.version_id}: finish or roll back the running canary before comparing a new candidate."
         )
-    serving_scores = _serving_scores(spec, predictions, rows[label], label)
-    result.candidate_metrics = _score(spec, predicted[label], candidate_scores)
-    result.serving_metrics = _score(spec, rows[label], serving_scores)
+    return predictions
+
+
+def gate(warehouse: Warehouse, registry: ModelRegistry, endpoints: Endpoints, spec: ModelSpec, candidate: ModelVersion) -> GateResult:
+    """Compare ``candidate`` with the serving version on the same fresh rows
+    (``sql/gate/<model>.sql``): labelled rows for classifiers and regressors, the rows a k-means
+    model clusters for KMEANS (:func:`_clustering_gate`)."""
+    serving = serving_spec(spec)
+    model_id = registry_model_id(spec)
+    result = GateResult(
+        passed=True, reason="", metric=spec.gate.metric, direction=spec.gate.direction, candidate_version=candidate.version_id
+    )
+    champion = registry.find_alias(model_id, serving.serving_alias)
+    if champion is None:
+        result.reason = f"No version of {model_id} holds '{serving.serving_alias}' yet: version {candidate.version_id} is the first to serve."
+        return result
+    result.serving_version = champion.version_id
+    if champion.version_id == candidate.version_id:
+        result.reason = f"Version {candidate.version_id} already holds '{serving.serving_alias}'."
+        return result
+    gate_query = read_sql(f"gate/{spec.name}.sql")
+    rows = warehouse.query(gate_query)
+    result.rows = len(rows)
+    if spec.model_type in CLUSTERING_TYPES:
+        compared = _clustering_gate(warehouse, endpoints, spec, champion, rows, result)
+    else:
+        compared = _supervised_gate(warehouse, endpoints, spec, champion, gate_query, rows, result)
+    if not compared:
+        result.passed = False
+        result.reason += f" Version {candidate.version_id} is not promoted. Load newer days, then materialize again."
+        return result
     metric = spec.gate.metric
     if metric not in result.candidate_metrics:
         raise ValueError(f"{spec.name}: gate metric {metric!r} is not one of {sorted(result.candidate_metrics)}.")
     result.candidate_value = float(result.candidate_metrics[metric])
     result.serving_value = float(result.serving_metrics[metric])
-    result.passed = spec.gate.better_or_equal(result.candidate_value, result.serving_value)
     comparison = ">=" if spec.gate.direction == "higher" else "<="
-    verdict = "wins" if result.passed else "loses"
+    if math.isnan(result.candidate_value):
+        result.passed = False
+        verdict = f"loses: its {metric} is undefined ({_undefined_reason(spec)})"
+    elif math.isnan(result.serving_value):
+        result.passed = True
+        verdict = f"wins: the serving version's {metric} is undefined ({_undefined_reason(spec)}), the candidate's is {result.candidate_value:.4f}"
+    else:
+        result.passed = spec.gate.better_or_equal(result.candidate_value, result.serving_value)
+        verdict = ("wins" if result.passed else "loses") + (
+            f": {metric} {result.candidate_value:.4f} against {result.serving_value:.4f}"
+        )
     result.reason = (
-        f"Candidate version {candidate.version_id} {verdict}: {metric} {result.candidate_value:.4f} against "
-        f"{result.serving_value:.4f} for serving version {champion.version_id} on {len(rows)} fresh labelled rows "
+        f"Candidate version {candidate.version_id} {verdict} for serving version {champion.version_id} on "
+        f"{result.rows} fresh {'' if spec.model_type in CLUSTERING_TYPES else 'labelled '}rows"
+        f"{' (Davies-Bouldin in one feature space)' if spec.model_type in CLUSTERING_TYPES else ''} "
         f"(needs {comparison}, {spec.gate.direction} is better)."
     )
     if not result.passed:
         result.reason += " It stays registered as '" + serving.candidate_alias + "' and is not deployed."
     return result
+
+
+def gate_rows_description(spec: ModelSpec) -> str:
+    """What the gate compares the two versions on, for descriptions."""
+    if spec.model_type in CLUSTERING_TYPES:
+        return "rows, both versions' clusters of them scored in one feature space"
+    return "labelled rows"
+
+
+def _undefined_reason(spec: ModelSpec) -> str:
+    if spec.model_type in CLUSTERING_TYPES:
+        return "fewer than two clusters hold rows"
+    return "the metric needs rows it does not have"
+
+
+def _supervised_gate(
+    warehouse: Warehouse, endpoints: Endpoints, spec: ModelSpec, champion: ModelVersion, gate_query: str,
+    rows: pd.DataFrame, result: GateResult,
+) -> bool:
+    """The gate metric of both versions' predictions of the fresh labelled rows (ML.EVALUATE's
+    definitions); False (with the reason) when there are no rows to compare on."""
+    label = spec.label
+    if label is None:
+        raise ValueError(f"{spec.name}: the gate needs a labelled model.")
+    if rows.empty or rows[label].nunique() < (2 if spec.model_type in CLASSIFIER_TYPES else 1):
+        result.reason = (
+            f"No fresh labelled rows to compare on (sql/gate/{spec.name}.sql returned {len(rows)} rows"
+            f"{' with one class only' if len(rows) else ''})."
+        )
+        return False
+    predicted = warehouse.query(
+        bind_template(read_sql("models/evaluation/labelled_predictions.sql"), spec.name, gate_query)
+    )
+    candidate_scores = _candidate_scores(spec, predicted, label)
+    predictions = _serving_predictions(endpoints, spec, champion, to_instances(rows.drop(columns=[label])))
+    serving_scores = _serving_scores(spec, predictions, rows[label], label)
+    result.candidate_metrics = _score(spec, predicted[label], candidate_scores)
+    result.serving_metrics = _score(spec, rows[label], serving_scores)
+    return True
+
+
+def gate_table(spec: ModelSpec) -> str:
+    """The scratch table a k-means gate loads its rows into."""
+    return check_identifier(f"{spec.name}_gate_rows", "table")
+
+
+def cluster_feature_columns(spec: ModelSpec, input_columns: Sequence[str]) -> list[str]:
+    """The columns k-means clusters on: the TRANSFORM clause's outputs for a model created with
+    one, else the model's input columns."""
+    transform = spec.statement.transform
+    if not transform:
+        return list(input_columns)
+    return transform_output_names(parse_select_list(transform), list(input_columns))
+
+
+def cluster_scores(features: pd.DataFrame, assignments: dict[str, np.ndarray], *, standardize: bool = True) -> dict[str, dict[str, float]]:
+    """The Davies-Bouldin index (scikit-learn's ``davies_bouldin_score``, the definition
+    ``ML.EVALUATE`` uses: clusters' own means as centres) of each named assignment of the same
+    rows, in one feature space: ``features`` after BigQuery ML's k-means preprocessing (numerical
+    columns standardized, a NULL as the mean; categorical columns one-hot) fitted on those rows.
+    Also the number of clusters that hold rows. NaN when fewer than two do."""
+    prep = Preprocessor.fit(features, list(features.columns), "kmeans", standardize=standardize)
+    design = prep.design(features).dense()
+    out: dict[str, dict[str, float]] = {}
+    for name, labels in assignments.items():
+        clusters = len(np.unique(labels))
+        index = float(davies_bouldin_score(design, labels)) if 2 <= clusters < len(labels) else float("nan")
+        out[name] = {"davies_bouldin_index": index, "clusters": float(clusters)}
+    return out
+
+
+def score_clusterings(warehouse: Warehouse, spec: ModelSpec, rows: pd.DataFrame, serving_clusters: np.ndarray) -> dict[str, dict[str, float]]:
+    """:func:`cluster_scores` of the candidate's clusters of ``rows`` (``ML.PREDICT`` on the
+    warehouse) and of ``serving_clusters`` (the serving version's, one per row), in the
+    candidate's input space (``ML.TRANSFORM`` for a model with a TRANSFORM clause). The rows go
+    to the warehouse once, numbered, into :func:`gate_table`; both queries read that table
+    (``sql/gate/cluster_assignments.sql``, ``sql/gate/cluster_features.sql``)."""
+    table = gate_table(spec)
+    loaded = rows.assign(
+        gate_row=np.arange(len(rows), dtype=np.int64), serving_centroid_id=np.asarray(serving_clusters, dtype=np.int64)
+    )
+    warehouse.load_dataframe(loaded, table)
+    assigned = warehouse.query(bind_template(read_sql("gate/cluster_assignments.sql"), spec.name, tables={"gate_rows": table}))
+    assigned = assigned.set_index("gate_row").sort_index()
+    columns = cluster_feature_columns(spec, list(rows.columns))
+    if spec.statement.transform:
+        space = warehouse.query(bind_template(read_sql("gate/cluster_features.sql"), spec.name, tables={"gate_rows": table}))
+        space = space.set_index("gate_row").sort_index()
+    else:
+        space = loaded.set_index("gate_row")
+    if len(assigned) != len(rows) or len(space) != len(rows):
+        raise WarehouseError(f"{spec.name}: the gate lost rows ({len(rows)} sent, {len(assigned)} clustered, {len(space)} transformed).")
+    return cluster_scores(
+        space[columns],
+        {"candidate": assigned["CENTROID_ID"].to_numpy(np.int64), "serving": assigned["serving_centroid_id"].to_numpy(np.int64)},
+        standardize=bool(spec.options.get("standardize_features", True)),
+    )
+
+
+def _clustering_gate(
+    warehouse: Warehouse, endpoints: Endpoints, spec: ModelSpec, champion: ModelVersion, rows: pd.DataFrame,
+    result: GateResult,
+) -> bool:
+    """Both versions cluster the same fresh rows: the serving version through its endpoint
+    (``nearest_centroid_id``), the candidate with ``ML.PREDICT`` (``CENTROID_ID``). Each version's
+    centroids live in its own standardized space, so the two clusterings are scored in one:
+    the candidate's input space (``ML.TRANSFORM`` applies its TRANSFORM clause) with k-means
+    preprocessing fitted on the fresh rows (:func:`cluster_scores`). False when there are too
+    few rows to compare on."""
+    if spec.gate.metric != "davies_bouldin_index":
+        raise ValueError(f"{spec.name}: the gate of a k-means model compares davies_bouldin_index, not {spec.gate.metric!r}.")
+    needed = 2 * int(spec.options.get("num_clusters") or 2)
+    if len(rows) < needed:
+        result.reason = f"Too few fresh rows to compare clusterings on (sql/gate/{spec.name}.sql returned {len(rows)}, {needed} needed)."
+        return False
+    predictions = _serving_predictions(endpoints, spec, champion, to_instances(rows))
+    serving_clusters = np.array([int(p["nearest_centroid_id"]) for p in predictions], dtype=np.int64)
+    scores = score_clusterings(warehouse, spec, rows, serving_clusters)
+    result.candidate_metrics, result.serving_metrics = scores["candidate"], scores["serving"]
+    return True
 
 
 def promote(registry: ModelRegistry, spec: ModelSpec, version: ModelVersion) -> ModelVersion:
@@ -286,6 +419,17 @@ def _check_predictions(spec: ModelSpec, batch: list[dict], answer: dict, problem
             probs = prediction[f"{spec.label}_probs"]
             if not probs or any(not 0.0 <= float(p) <= 1.0 for p in probs) or abs(sum(map(float, probs)) - 1.0) > 1e-6:
                 problems.append(f"probabilities are not a distribution: {probs}")
+                return
+        if spec.model_type in CLUSTERING_TYPES:
+            ids, distances = prediction["centroid_ids"], prediction["centroid_distances"]
+            if (
+                not ids
+                or len(ids) != len(distances)
+                or prediction["nearest_centroid_id"] != ids[0]
+                or any(float(d) < 0 for d in distances)
+                or any(float(a) > float(b) for a, b in zip(distances, distances[1:]))
+            ):
+                problems.append(f"centroid distances are not the nearest centroids, nearest first: {prediction}")
                 return
 
 

@@ -56,8 +56,9 @@ _MODEL_TYPES_OF = {
 
 @dataclass(frozen=True)
 class Gate:
-    """The metric a retrained candidate must match or beat before it replaces the serving model
-    (used by the registry and retraining issues)."""
+    """The metric a retrained candidate must match or beat on fresh rows before it replaces the
+    serving version (:func:`lakehouse_ml.deployment.gate`): an ``ML.EVALUATE`` metric of a
+    classifier or regressor, or ``davies_bouldin_index`` of a k-means model."""
 
     metric: str
     direction: Literal["higher", "lower"]
@@ -221,6 +222,8 @@ TRANSACTION_ANOMALY_MODEL = ModelSpec(
     evaluation=Evaluation.ANOMALY_DETECTION,
     gate=Gate(metric="davies_bouldin_index", direction="lower"),
     contamination=0.02,
+    # Scored online at checkout: the endpoint answers each order's nearest centroid and distances.
+    serving=Serving(endpoint="transaction_anomaly_model"),
 )
 
 CUSTOMER_SEGMENTS_MODEL = ModelSpec(
@@ -228,6 +231,8 @@ CUSTOMER_SEGMENTS_MODEL = ModelSpec(
     description="KMEANS customer segments on log recency, frequency and monetary value of the latest snapshot.",
     evaluation=Evaluation.CLUSTERING,
     gate=Gate(metric="davies_bouldin_index", direction="lower"),
+    # Looked up online by the CRM: the endpoint answers a customer's segment (nearest centroid).
+    serving=Serving(endpoint="customer_segments_model"),
 )
 
 MODELS: tuple[ModelSpec, ...] = (CHURN_MODEL, TRANSACTION_ANOMALY_MODEL, CUSTOMER_SEGMENTS_MODEL)

@@ -21,7 +21,7 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 from sqlglot import exp
 
-from lakehouse_ml.backends.translate import TranslatedStatement, translate, translate_query
+from lakehouse_ml.backends.translate import TranslatedStatement, arrow_table, translate, translate_query
 from lakehouse_ml.backends.warehouse import (
     Params,
     PartitionWindow,
@@ -74,11 +74,6 @@ def bigquery_type(duckdb_type: str) -> str:
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield None
-
-
-def _arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:
-    fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
-    return fetch()
 
 
 class LocalWarehouse(Warehouse):
@@ -188,7 +183,7 @@ class LocalWarehouse(Warehouse):
         values = {p: params[p] for p in statement.parameters}
         try:
             if fetch_arrow:
-                return _arrow(conn.sql(statement.duckdb_sql, params=values or None))
+                return arrow_table(conn.sql(statement.duckdb_sql, params=values or None))
             return conn.execute(statement.duckdb_sql, values) if values else conn.execute(statement.duckdb_sql)
         except duckdb.CatalogException as err:
             match = _MISSING_TABLE.search(str(err))

@@ -157,9 +157,16 @@ def translate_query(query: exp.Query) -> TranslatedStatement:
     return _translate_one(query)
 
 
+def arrow_table(relation: Any) -> Any:
+    """The rows of a DuckDB relation as an Arrow table (``to_arrow_table`` in DuckDB 1.4 and
+    later, ``arrow`` before)."""
+    fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
+    return fetch()
+
+
 def to_duckdb(sql: str) -> str:
     """The DuckDB text of a BigQuery script, statements separated by ``;``."""
     return ";\n".join(t.duckdb_sql for t in translate(sql))
 
 
-__all__ = ["TranslatedStatement", "translate", "translate_query", "to_duckdb", "WarehouseError"]
+__all__ = ["TranslatedStatement", "arrow_table", "translate", "translate_query", "to_duckdb", "WarehouseError"]

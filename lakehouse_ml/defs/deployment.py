@@ -3,7 +3,8 @@
 
 * ``<model>_registry_version``: the Vertex AI Model Registry version the last ``CREATE OR REPLACE
   MODEL`` registered, with the **blocking** ``champion_challenger`` check: the candidate is
-  compared with the serving version on fresh labelled rows, and only a candidate at least as good
+  compared with the serving version on fresh rows (labelled ones for a classifier; for k-means,
+  both versions' clusters of the same rows), and only a candidate at least as good
   gets the serving alias. A loser stays registered (alias ``challenger``) and the check says why;
   the deployment downstream does not run.
 * ``<model>_deployment``: the endpoint serving the version that holds the serving alias (canary,
@@ -82,6 +83,7 @@ def registry_version_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
     serving = deployment.serving_spec(spec)
     model_id = deployment.registry_model_id(spec)
     name = f"{spec.name}_registry_version"
+    rows = deployment.gate_rows_description(spec)
 
     @dg.asset(
         name=name,
@@ -89,7 +91,7 @@ def registry_version_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         description=(
             f"The Vertex AI Model Registry version of {spec.name} (model id {model_id}) registered by its last "
             f"CREATE OR REPLACE MODEL. The blocking `{GATE_CHECK}` check compares it with the version holding "
-            f"'{serving.serving_alias}' on fresh labelled rows (sql/gate/{spec.name}.sql, {spec.gate.metric}, "
+            f"'{serving.serving_alias}' on fresh {rows} (sql/gate/{spec.name}.sql, {spec.gate.metric}, "
             f"{spec.gate.direction} is better); a winner takes '{serving.serving_alias}' and 'default'."
         ),
         deps=[dg.AssetDep(spec.name), dg.AssetDep(f"{spec.name}_evaluation")],
@@ -100,7 +102,7 @@ def registry_version_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
                 asset=name,
                 blocking=True,
                 description=(
-                    f"The candidate's {spec.gate.metric} on fresh labelled rows is at least the serving version's "
+                    f"The candidate's {spec.gate.metric} on fresh {rows} is at least the serving version's "
                     f"({spec.gate.direction} is better)."
                 ),
             )

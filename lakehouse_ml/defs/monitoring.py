@@ -10,7 +10,7 @@
   when a feature crosses its threshold and names the features; fails with severity WARN when a
   feature reaches ``warn_fraction`` of its threshold; passes otherwise, or when the window holds
   too few served instances to judge (it says so).
-* ``<model>_retraining_job``: refresh the model's feature tables → ``CREATE OR REPLACE MODEL``
+* ``<model>_retraining_job``: refresh the model's unpartitioned feature tables → ``CREATE OR REPLACE MODEL``
   → evaluate → register + champion/challenger gate (blocking) → deploy (canary, smoke test,
   promotion). ``drift_retraining_sensor`` starts it when ``feature_drift`` fails.
 """
@@ -25,6 +25,7 @@ from lakehouse_ml.backends.registry import ModelRegistry, RegistryError
 from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.defs.metadata import user_errors
 from lakehouse_ml.defs.sensors import retraining_job_name
+from lakehouse_ml.features import FEATURE_TABLES
 from lakehouse_ml.monitoring import monitor, report
 
 GROUP = "monitoring"
@@ -137,15 +138,25 @@ def monitoring_assets(specs: tuple[models.ModelSpec, ...], reports_dir) -> list[
     return [monitoring_asset(spec, reports_dir) for spec in specs if spec.serving is not None]
 
 
+def refreshed_tables(spec: models.ModelSpec) -> list[str]:
+    """The feature tables a retraining run rebuilds first: the unpartitioned ones the model trains
+    on. Day-partitioned tables (transaction_features) are kept current by the daily job, one
+    partition per day; a retraining run has no partition to give them."""
+    partitioned = {table.name for table in FEATURE_TABLES if table.partition_column}
+    return [name for name in spec.upstream_tables if name not in partitioned]
+
+
 def retraining_job(spec: models.ModelSpec):
+    refreshed = refreshed_tables(spec)
     selection = dg.AssetSelection.assets(
-        *spec.upstream_tables, spec.name, f"{spec.name}_evaluation", f"{spec.name}_registry_version", f"{spec.name}_deployment"
+        *refreshed, spec.name, f"{spec.name}_evaluation", f"{spec.name}_registry_version", f"{spec.name}_deployment"
     )
+    first = f"refresh {', '.join(refreshed)} → " if refreshed else f"on the current {', '.join(spec.upstream_tables)}: "
     return dg.define_asset_job(
         retraining_job_name(spec.name),
         selection=selection,
         description=(
-            f"Retrain {spec.name}: refresh {', '.join(spec.upstream_tables)} → CREATE OR REPLACE MODEL (a new registry "
+            f"Retrain {spec.name}: {first}CREATE OR REPLACE MODEL (a new registry "
             "version) → evaluate → champion/challenger gate (blocking) → promote → deploy as a canary, then 100%."
         ),
         tags={"lakehouse_ml/model": spec.name},

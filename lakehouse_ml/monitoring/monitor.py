@@ -12,9 +12,9 @@ window (the request-response log since the previous report):
 * **feature drift**: ``sql/monitoring/feature_drift.sql`` — ``ML.VALIDATE_DATA_DRIFT`` of the
   training features against the served ones, run by the warehouse (BigQuery itself on gcp), with
   the spec's thresholds;
-* **prediction drift**: the served predictions (positive-class probability and predicted class)
-  against the version's predictions on its evaluation split (:func:`evaluation_rows`), with the
-  same arithmetic;
+* **prediction drift**: the served predictions (a classifier's positive-class probability and
+  predicted class; a k-means model's nearest centroid and distance to it) against the version's
+  predictions on its evaluation split (:func:`evaluation_rows`), with the same arithmetic;
 * **performance**: served predictions whose ground truth has arrived since (the label of the same
   customer snapshot, matched on the logged features against ``sql/monitoring/<model>_ground_truth.sql``),
   per monitoring window, against the version's evaluation metric.
@@ -39,7 +39,7 @@ from lakehouse_ml.bqml import metrics as bqml_metrics
 from lakehouse_ml.bqml import split as bqml_split
 from lakehouse_ml.bqml.sql import bind_template
 from lakehouse_ml.deployment import registry_model_id, serving_spec
-from lakehouse_ml.models import CLASSIFIER_TYPES, ModelSpec, positive_label
+from lakehouse_ml.models import CLASSIFIER_TYPES, CLUSTERING_TYPES, ModelSpec, positive_label
 from lakehouse_ml.monitoring import drift as drift_stats
 from lakehouse_ml.monitoring import report
 from lakehouse_ml.serving.log import LOG_COLUMNS
@@ -47,6 +47,10 @@ from lakehouse_ml.sqlfiles import read_sql
 
 # The first report of a model looks this far back in the request-response log.
 FIRST_WINDOW = dt.timedelta(days=1)
+# The prediction-drift columns of a k-means model: the nearest centroid (categorical: the shares of
+# the clusters) and the distance to it (numerical: rows far from every centroid show here first).
+CLUSTER_COLUMN = "centroid_id"
+DISTANCE_COLUMN = "nearest_centroid_distance"
 
 
 def baseline_table(spec: ModelSpec, version_id: str) -> str:
@@ -122,6 +126,8 @@ def evaluation_rows(spec: ModelSpec, baseline: pd.DataFrame) -> tuple[pd.DataFra
     found. BigQuery ML's split is recomputed where it is deterministic from the data (SEQ on
     DATA_SPLIT_COL, CUSTOM on its BOOL column); for AUTO_SPLIT and RANDOM, whose row hashing is
     BigQuery's own, every training row stands in."""
+    if spec.model_type in CLUSTERING_TYPES:
+        return baseline, f"all {len(baseline)} training rows (k-means models have no evaluation split)"
     options = spec.options
     method = str(options.get("data_split_method", "AUTO_SPLIT")).upper()
     column = options.get("data_split_col")
@@ -131,6 +137,28 @@ def evaluation_rows(spec: ModelSpec, baseline: pd.DataFrame) -> tuple[pd.DataFra
         if mask.any():
             return baseline[mask], f"the evaluation split ({method} on {column}, {int(mask.sum())} rows)"
     return baseline, f"all {len(baseline)} training rows ({method} split: not recomputed)"
+
+
+def _clusters_from_baseline(frame: pd.DataFrame) -> pd.DataFrame:
+    """A k-means version's predictions on its training rows (``ML.PREDICT``'s ``CENTROID_ID`` and
+    nearest ``NEAREST_CENTROIDS_DISTANCE``) as the prediction-drift columns."""
+    return pd.DataFrame(
+        {
+            CLUSTER_COLUMN: frame["CENTROID_ID"].astype("int64").astype(str).to_numpy(dtype=object),
+            DISTANCE_COLUMN: [float(min(d["DISTANCE"] for d in near)) for near in frame["NEAREST_CENTROIDS_DISTANCE"]],
+        }
+    )
+
+
+def _clusters_from_served(predictions: pd.Series) -> pd.DataFrame:
+    """Served k-means predictions (``nearest_centroid_id``, ``centroid_distances`` nearest first)
+    as the prediction-drift columns."""
+    clusters, distances = [], []
+    for text in predictions:
+        p = json.loads(text) if isinstance(text, str) else text
+        clusters.append(str(int(p["nearest_centroid_id"])))
+        distances.append(float(p["centroid_distances"][0]))
+    return pd.DataFrame({CLUSTER_COLUMN: np.array(clusters, dtype=object), DISTANCE_COLUMN: np.array(distances)})
 
 
 def _positive_from_baseline(spec: ModelSpec, frame: pd.DataFrame, positive: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -260,17 +288,22 @@ def monitor(
             "thresholds": list(serving.drift_thresholds),
         }
         result.histograms = _histograms(drift_stats.drift_distributions(base, study, options))
+        prediction_options = {k: v for k, v in options.items() if k != "thresholds"}
         if spec.model_type in CLASSIFIER_TYPES:
             positive = positive_label(baseline[spec.label])
             evaluation, result.prediction_baseline = evaluation_rows(spec, baseline)
             base_p, base_c = _positive_from_baseline(spec, evaluation, positive)
             study_p, study_c = _positive_from_served(spec, log["prediction"], positive)
             name = f"{spec.label}_probability"
-            prediction_options = {k: v for k, v in options.items() if k != "thresholds"}
             result.prediction_drift = drift_stats.validate_data_drift(
                 pd.DataFrame({name: base_p, f"predicted_{spec.label}": base_c}),
                 pd.DataFrame({name: study_p, f"predicted_{spec.label}": study_c}),
                 prediction_options,
+            )
+        elif spec.model_type in CLUSTERING_TYPES:
+            evaluation, result.prediction_baseline = evaluation_rows(spec, baseline)
+            result.prediction_drift = drift_stats.validate_data_drift(
+                _clusters_from_baseline(evaluation), _clusters_from_served(log["prediction"]), prediction_options
             )
         result.judged = True
         rows = report.drift_rows(result.drift, serving.warn_fraction)
@@ -296,6 +329,10 @@ def monitor(
         performance=result.performance,
         baseline={metric: float(baseline_metric)} if isinstance(baseline_metric, (int, float)) else None,
         warn_fraction=serving.warn_fraction,
+        performance_note=None if spec.label else (
+            f"{spec.model_type} models have no labels to score; prediction drift watches the shares of "
+            "the clusters and the distance to the nearest centroid"
+        ),
     )
     write_bytes(_windows_file(reports_dir, spec), json.dumps(windows, indent=1).encode())
     return result

@@ -476,6 +476,9 @@ def _img(png: bytes, alt: str, caption: str = "") -> str:
     return f'<figure><img alt="{_e(alt)}" src="data:image/png;base64,{data}">{cap}</figure>'
 
 
+NO_LABELS_YET = "no ground-truth labels have arrived for the serving windows yet"
+
+
 def _badge(status: str) -> str:
     css = "NA" if status == NA else status
     return f'<span class="badge {css}">{_e(status)}</span>'
@@ -567,8 +570,10 @@ def render_html(
     title: str | None = None,
     top_features: int = 3,
     generated_at: dt.datetime | None = None,
+    performance_note: str | None = None,
 ) -> str:
     """The report as an HTML string (see :func:`write_html_report`)."""
+    no_performance = performance_note or NO_LABELS_YET
     rows = drift_rows(drift, warn_fraction)
     prediction_rows = drift_rows(prediction_drift, warn_fraction)
     perf = performance if performance is not None else pd.DataFrame(columns=["window_end", "metric", "value"])
@@ -633,7 +638,7 @@ def render_html(
                 text += f"; training evaluation {baselines[metric]:.4f}, change {delta:+.4f}"
             summary.append((f"latest {metric}", text))
     else:
-        summary.append(("performance", "no ground-truth labels for the serving window yet"))
+        summary.append(("performance", no_performance))
     parts.append(
         '<dl class="summary">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in summary) + "</dl>"
     )
@@ -702,7 +707,7 @@ def render_html(
 
     parts.append('<h2 id="performance">Performance</h2>')
     if perf.empty:
-        parts.append('<p class="muted">No ground-truth labels have arrived for the serving windows yet.</p>')
+        parts.append(f'<p class="muted">{_e(no_performance[:1].upper() + no_performance[1:])}.</p>')
     else:
         parts.append(
             _img(
@@ -743,7 +748,8 @@ def write_html_report(path: str | Path, **report: Any) -> Path:
     categories, base, study); ``prediction_drift`` (same shape as ``drift``, may be empty);
     ``performance`` (window_end, metric, value[, baseline]) and ``baseline`` (a number, or
     metric -> number: the training evaluation); ``warn_fraction`` (default 0.8); ``title``;
-    ``top_features`` (histograms drawn when nothing drifted, default 3).
+    ``top_features`` (histograms drawn when nothing drifted, default 3); ``performance_note``
+    (what stands in for an empty performance table; default: no labels have arrived yet).
 
     The page is rendered in full in memory, then written through a temporary file and a rename:
     a failure leaves any previous report at ``path`` as it was. Returns ``path``.

@@ -17,8 +17,11 @@ Errors use Google's JSON error shape (``google.rpc.Status`` over REST, https://c
     {"error": {"code": 400, "message": "...", "status": "INVALID_ARGUMENT"}}
 
 Instances are JSON objects keyed by the model's feature columns (as for a BigQuery ML model
-exported to a TensorFlow SavedModel and served by Vertex AI). ``parameters`` accepts
-``threshold`` (binary classifiers, as ``ML.PREDICT``'s THRESHOLD).
+exported to a TensorFlow SavedModel and served by Vertex AI). For a model created with a
+``TRANSFORM`` clause these are the TRANSFORM's input columns, as for ``ML.PREDICT``: the
+endpoint applies the TRANSFORM (with its training statistics) itself, as the exported model's
+preprocessing part does. ``parameters`` accepts ``threshold`` (binary classifiers, as
+``ML.PREDICT``'s THRESHOLD).
 
 Prediction objects: the output keys of BigQuery ML models served by Vertex AI (exported
 models' serving signature, https://cloud.google.com/bigquery/docs/exporting-models), one object

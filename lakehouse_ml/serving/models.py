@@ -25,6 +25,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -79,17 +80,22 @@ def load_predictor(artifact_uri: str | Path) -> "Predictor":
     fast = model_type in ("LINEAR_REG", "LOGISTIC_REG", "KMEANS") and all(
         f["kind"] in ("numeric", "categorical") for f in prep["features"]
     )
-    return (FastPredictor if fast else EnginePredictor)(Path(artifact_uri), meta, arrays)
+    predictor = (FastPredictor if fast else EnginePredictor)(Path(artifact_uri), meta, arrays)
+    if meta.get("transform_sql"):
+        return TransformPredictor(Path(artifact_uri), meta, arrays, predictor)
+    return predictor
 
 
 class Predictor:
     """Validates instances and predicts. ``feature_names`` in training order."""
 
-    def __init__(self, directory: Path, meta: dict, arrays: dict[str, np.ndarray]):
+    def __init__(self, directory: Path, meta: dict, arrays: dict[str, np.ndarray], features: list[dict] | None = None):
         self.directory = directory
         self.meta = meta
         self.model_type: str = meta["model_type"]
-        self.features: list[dict] = meta["preprocessing"]["features"]
+        # The columns instances carry: the model's features (the TRANSFORM's inputs for a model
+        # created with one).
+        self.features: list[dict] = features if features is not None else meta["preprocessing"]["features"]
         self.feature_names = [f["name"] for f in self.features]
         self._exact = set(self.feature_names)
         self._lower = {n.lower(): n for n in self.feature_names}
@@ -358,6 +364,66 @@ class EnginePredictor(Predictor):
             {f"predicted_{label}": v, f"{label}_probs": [s["prob"] for s in p], f"{label}_values": [s["label"] for s in p]}
             for v, p in zip(predicted, probs)
         ]
+
+
+class TransformPredictor(Predictor):
+    """A model created with a ``TRANSFORM`` clause. As with ``ML.PREDICT`` and with BigQuery ML
+    models served by Vertex AI, instances carry the TRANSFORM's input columns (those
+    ``ML.FEATURE_INFO`` describes); the TRANSFORM, stored with its training statistics frozen in,
+    runs on an in-memory DuckDB over the request's rows (the SQL the local warehouse runs for
+    ``ML.PREDICT``), then ``inner`` predicts on its output."""
+
+    _INPUT = "__instances"
+
+    def __init__(self, directory: Path, meta: dict, arrays: dict[str, np.ndarray], inner: Predictor):
+        info = meta["preprocessing"].get("info_features")
+        if not info:
+            raise NotServable(f"{directory}: a model with a TRANSFORM clause needs its input columns (info_features).")
+        super().__init__(directory, meta, arrays, features=info)
+        import duckdb
+        from sqlglot import exp
+
+        from lakehouse_ml.backends.translate import translate_query
+        from lakehouse_ml.bqml.sql import lower_preprocessing, parse_select_list, transform_for_input
+
+        self.inner = inner
+        label = [meta["label"]["name"]] if meta.get("label") else []
+        items = transform_for_input(parse_select_list(meta["transform_sql"]), self.feature_names, label)
+        query = lower_preprocessing(exp.select(*[i.copy() for i in items]).from_(exp.to_table(self._INPUT)))
+        self._sql = translate_query(query).duckdb_sql
+        self._connection = duckdb.connect(":memory:")
+        self._lock = threading.Lock()
+
+    def _column(self, feature: dict, values: list) -> "pa.Array":
+        import pyarrow as pa
+
+        bq_type = feature["bq_type"]
+        if feature["kind"] == "numeric":
+            integral = bq_type == "INT64" and all(v is None or isinstance(v, int) or float(v).is_integer() for v in values)
+            if integral:
+                return pa.array([None if v is None else int(v) for v in values], type=pa.int64())
+            return pa.array([None if v is None else float(v) for v in values], type=pa.float64())
+        if bq_type == "BOOL":
+            return pa.array(values, type=pa.bool_())
+        if feature["kind"] == "timestamp":
+            import pandas as pd
+
+            return pa.array(pd.to_datetime(pd.Series(values, dtype=object), utc=True, errors="coerce"))
+        return pa.array(values, type=pa.string())
+
+    def _predict(self, rows: list[dict], threshold: float | None) -> list[dict]:
+        import pyarrow as pa
+
+        from lakehouse_ml.backends.translate import arrow_table
+
+        table = pa.table({f["name"]: self._column(f, [row[f["name"]] for row in rows]) for f in self.features})
+        with self._lock:
+            self._connection.register(self._INPUT, table)
+            try:
+                transformed = arrow_table(self._connection.sql(self._sql))
+            finally:
+                self._connection.unregister(self._INPUT)
+        return self.inner._predict(transformed.to_pylist(), threshold)
 
 
 def _json_kind(value: Any) -> str:

@@ -741,3 +741,55 @@ def test_the_warehouse_is_a_dagster_resource(gcp_warehouse, api):
     assert event.metadata["rows"].value == 1
     assert event.metadata["table"].value.endswith("!3schannel_totals")
     assert table_rows(api, "channel_totals", "channel") == [{"channel": "web", "orders": 3}]
+
+
+# -- the k-means gate ------------------------------------------------------------------------------
+
+
+def test_the_kmeans_gate_scores_clusterings_through_the_client_like_on_the_local_backend(gcp_warehouse, api, tmp_path):
+    """The warehouse half of customer_segments_model's gate on BigQuery: its model file and gate
+    file go over the wire unchanged, the numbered rows are uploaded once, ML.PREDICT and
+    ML.TRANSFORM read that table, and the scores equal the local backend's."""
+    from lakehouse_ml import deployment, models
+    from lakehouse_ml.backends.local_warehouse import LocalWarehouse
+    from lakehouse_ml.sqlfiles import read_sql
+
+    spec = models.CUSTOMER_SEGMENTS_MODEL
+    rng = np.random.default_rng(2)
+    n = 240
+    snapshot = rng.choice([D1, D2], n)
+    frame = pd.DataFrame(
+        {
+            "snapshot_date": snapshot,
+            "recency_days": rng.integers(0, 90, n).astype("int64"),
+            "frequency_orders": rng.integers(1, 30, n).astype("int64"),
+            "monetary_total": rng.lognormal(5.0, 1.0, n),
+            "avg_order_value": rng.lognormal(3.5, 0.5, n),
+            "distinct_categories": rng.integers(1, 8, n).astype("int64"),
+            "share_app": rng.random(n),
+        }
+    )
+    local = LocalWarehouse.at(tmp_path / "warehouse.duckdb")
+    scores = {}
+    for warehouse in (gcp_warehouse, local):
+        warehouse.load_dataframe(frame, "customer_features")
+        warehouse.execute(spec.sql)
+        rows = warehouse.query(read_sql(f"gate/{spec.name}.sql"))
+        assert len(rows) == int((snapshot == D2).sum())
+        serving = (np.arange(len(rows)) % 3 + 1).astype("int64")  # a serving version's clusters
+        api.clear_requests()
+        scores[warehouse is local] = deployment.score_clusterings(warehouse, spec, rows, serving)
+        if warehouse is gcp_warehouse:
+            sent, loads = [c["query"] for c in query_configs(api)], load_configs(api)
+    assert scores[False]["candidate"] == pytest.approx(scores[True]["candidate"], rel=1e-9)
+    assert scores[False]["serving"] == pytest.approx(scores[True]["serving"], rel=1e-9)
+    assert scores[False]["candidate"]["davies_bouldin_index"] < scores[False]["serving"]["davies_bouldin_index"]
+
+    table = f"{spec.name}_gate_rows"
+    assert len(sent) == 2
+    assert sent[0].endswith(f"\nSELECT * FROM ML.PREDICT(MODEL {spec.name}, TABLE {table})\n")
+    assert sent[1].endswith(f"\nSELECT * FROM ML.TRANSFORM(MODEL {spec.name}, TABLE {table})\n")
+    (load,) = loads
+    assert load["destinationTable"]["tableId"] == table and load["writeDisposition"] == "WRITE_TRUNCATE"
+    uploaded = api.table(PROJECT, DATASET, table).to_pandas()
+    assert uploaded["gate_row"].tolist() == list(range(len(rows)))

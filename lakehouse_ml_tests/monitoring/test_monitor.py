@@ -170,3 +170,47 @@ def test_the_asset_check_fails_naming_the_feature(served):
     values = {d["input"]: d for d in metadata["drift_values"].value}
     assert values["share_store"]["value"] > values["share_store"]["threshold"] == 0.15
     assert str(metadata["report"].value).endswith(".html")
+
+
+def test_kmeans_report_watches_cluster_shares_and_distances(served):
+    """customer_segments_model serves too: its report compares the served clusters and distances
+    with the version's predictions on its training rows, and says there are no labels to score."""
+    settings, _ = served
+    spec = models.CUSTOMER_SEGMENTS_MODEL
+    warehouse, endpoints = build_warehouse(settings), build_endpoints(settings)
+    rows = traffic.frame_instances(warehouse.query(read_sql("serving/customer_segments_model.sql")))
+    assert len(rows) >= 100
+    url, token = traffic.endpoint_predict_url(endpoints, spec.serving.endpoint)
+    report = traffic.send_traffic(url, rows, count=len(rows), rate=None, batch_size=1, token=token)
+    assert report.failed == 0, report.summary()
+    result = mon.monitor(warehouse, build_registry(settings), endpoints, spec, reports_dir(settings))
+    assert result.judged and result.study_rows >= len(rows)
+    assert "k-means models have no evaluation split" in result.prediction_baseline
+    assert result.performance.empty
+
+    # Independently: the served answers from the log against ML.PREDICT on the training rows.
+    log = endpoints.request_log(spec.serving.endpoint, result.window_start, result.window_end)
+    answers = [json.loads(p) if isinstance(p, str) else p for p in log["prediction"]]
+    baseline = warehouse.query(f"SELECT * FROM {mon.baseline_table(spec, '1')}")
+    expected = validate_data_drift(
+        pd.DataFrame(
+            {
+                "centroid_id": baseline["CENTROID_ID"].astype(str),
+                "nearest_centroid_distance": [min(d["DISTANCE"] for d in n) for n in baseline["NEAREST_CENTROIDS_DISTANCE"]],
+            }
+        ),
+        pd.DataFrame(
+            {
+                "centroid_id": [str(a["nearest_centroid_id"]) for a in answers],
+                "nearest_centroid_distance": [a["centroid_distances"][0] for a in answers],
+            }
+        ),
+        {"numerical_default_threshold": 0.3, "categorical_default_threshold": 0.3},
+    )
+    got = result.prediction_drift.set_index("input")
+    for row in expected.itertuples():
+        assert got.loc[row.input, "value"] == pytest.approx(row.value, abs=1e-12), row.input
+    # The same customers as the training snapshot: the served clusters hardly move.
+    assert got.loc["centroid_id", "metric"] == "L_INFTY" and got.loc["centroid_id", "value"] < 0.1
+    html = result.report_path.read_text()
+    assert "no labels to score" in html and "nearest_centroid_distance" in html

@@ -7,7 +7,7 @@
 --
 -- Features are listed explicitly: no keys (customer_id), no dates.
 -- Registered in the Vertex AI Model Registry as customer_segments_model (model_registry,
--- vertex_ai_model_id); it scores in batch (ML.PREDICT) and is not deployed to an endpoint.
+-- vertex_ai_model_id) and served on its endpoint (sql/serving/, sql/gate/ for retraining).
 -- No query parameters: the same statement runs unchanged on BigQuery and locally.
 CREATE OR REPLACE MODEL customer_segments_model
 TRANSFORM (

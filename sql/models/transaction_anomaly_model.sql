@@ -10,7 +10,7 @@
 -- training mean, as BigQuery ML does.
 --
 -- Registered in the Vertex AI Model Registry as transaction_anomaly_model (model_registry,
--- vertex_ai_model_id); it scores in batch (ML.PREDICT) and is not deployed to an endpoint.
+-- vertex_ai_model_id) and served on its endpoint (sql/serving/, sql/gate/ for retraining).
 -- No query parameters: the same statement runs unchanged on BigQuery and locally.
 CREATE OR REPLACE MODEL transaction_anomaly_model
 OPTIONS (

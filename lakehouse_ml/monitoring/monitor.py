@@ -47,6 +47,9 @@ from lakehouse_ml.sqlfiles import read_sql
 
 # The first report of a model looks this far back in the request-response log.
 FIRST_WINDOW = dt.timedelta(days=1)
+# The performance trend covers this many windows, the current one included (two days of hourly
+# reports): each report reads the request log over them once, however long the model has served.
+TREND_WINDOWS = 48
 # The prediction-drift columns of a k-means model: the nearest centroid (categorical: the shares of
 # the clusters) and the distance to it (numerical: rows far from every centroid show here first).
 CLUSTER_COLUMN = "centroid_id"
@@ -240,9 +243,10 @@ def monitor(
     end = now or dt.datetime.now(dt.timezone.utc)
     windows = load_windows(reports_dir, spec)
     start = dt.datetime.fromisoformat(windows[-1]["end"]) if windows else end - FIRST_WINDOW
-    # One read of the log over every window: this window's rows judge drift, all of them the
-    # performance trend.
-    history = endpoints.request_log(serving.endpoint, dt.datetime.fromisoformat(windows[0]["start"]) if windows else start, end)
+    # One read of the log over the trend's windows: this window's rows judge drift, all of them
+    # the performance trend.
+    trend = windows[-(TREND_WINDOWS - 1):] if TREND_WINDOWS > 1 else []
+    history = endpoints.request_log(serving.endpoint, dt.datetime.fromisoformat(trend[0]["start"]) if trend else start, end)
     log = history
     if not history.empty:
         times = pd.to_datetime(history["logging_time"], utc=True)
@@ -314,7 +318,7 @@ def monitor(
             result.max_drift = float(values["value"].max())
             result.max_ratio = float((values["value"] / values["threshold"]).max())
     windows = windows + [{"start": start.isoformat(), "end": end.isoformat(), "version": version.version_id, "rows": len(log)}]
-    result.performance = _performance(warehouse, spec, history, windows, features)
+    result.performance = _performance(warehouse, spec, history, windows[-TREND_WINDOWS:], features)
     folder = reports_dir / spec.name / "monitoring"
     stamp = end.strftime("%Y%m%dT%H%M%SZ")
     metric = spec.gate.metric

@@ -51,7 +51,7 @@ def _monitor(settings):
     )
 
 
-def test_windows_drift_performance_and_report(served):
+def test_windows_drift_performance_and_report(served, monkeypatch):
     settings, _ = served
     warehouse = build_warehouse(settings)
 
@@ -142,8 +142,14 @@ def test_windows_drift_performance_and_report(served):
     assert list(third.performance["window_end"]) == [pd.Timestamp(second.window_end), pd.Timestamp(third.window_end)]
     assert list(third.performance["rows"]) == [len(scores), still_labelled]
 
+    # 4. The trend keeps the newest TREND_WINDOWS windows (here 2): the scored window drops out.
+    monkeypatch.setattr(mon, "TREND_WINDOWS", 2)
+    fourth = _monitor(settings)
+    assert fourth.study_rows == 0 and not fourth.judged
+    assert list(fourth.performance["window_end"]) == [pd.Timestamp(third.window_end)]
+
     windows = json.loads((reports_dir(settings) / "churn_model" / "monitoring" / "windows.json").read_text())
-    assert [w["rows"] for w in windows] == [first.study_rows, len(rows), len(drifted)]
+    assert [w["rows"] for w in windows] == [first.study_rows, len(rows), len(drifted), 0]
     assert all(dt.datetime.fromisoformat(a["end"]) == dt.datetime.fromisoformat(b["start"]) for a, b in zip(windows, windows[1:]))
 
 

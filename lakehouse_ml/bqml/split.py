@@ -81,8 +81,10 @@ def row_hashes(frame: pd.DataFrame, factorized: dict | None = None) -> np.ndarra
         if factorized and name in factorized:
             codes, keys = factorized[name]
         elif pd.api.types.is_numeric_dtype(dtype) and not isinstance(dtype, pd.CategoricalDtype):
-            # As float64 whatever the integer/float/nullable type: the same values, the same key.
-            values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+            # As float32 whatever the integer/float/nullable type: the same values, the same key,
+            # also when a value differs in its last bits only (a warehouse that sums in parallel
+            # adds in any order), so that seeds and splits do not change from run to run.
+            values = series.to_numpy(dtype=np.float64, na_value=np.nan).astype(np.float32)
             column_hash = pd.util.hash_array(values)
             codes = None
         elif pd.api.types.is_datetime64_any_dtype(dtype) and not isinstance(dtype, pd.ArrowDtype):

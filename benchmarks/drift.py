@@ -136,7 +136,7 @@ def demo_benchmark(args: argparse.Namespace) -> None:
     figures = {
         "scale": f"{settings.customers:,} customers, {settings.days} days, {summary.scenario}",
         "generate the landing data": f"{seconds['generate']:.1f} s",
-        "materialize everything before the drift (data, 3 models, registry, endpoint)": f"{seconds['materialize']:.1f} s",
+        "materialize everything before the drift (data, 3 models, their registry versions and endpoints)": f"{seconds['materialize']:.1f} s",
         "drift: load the drifted days, traffic, monitoring, sensor, retraining, canary, promotion": f"{seconds['drift']:.1f} s",
         "**drift onset → retrained version serving (goal < 2 min)**": f"**{seconds['drift onset -> retrained version serving']:.1f} s**",
         "**demo total (goal < 5 min)**": f"**{seconds['total']:.1f} s**",

@@ -221,21 +221,22 @@ def test_kmeans_gate_scores_both_versions_clusters_in_one_space_and_stops_a_wors
     assert gate.metadata["candidate_value"].value == pytest.approx(expected, rel=1e-9)
     assert gate.metadata["serving_value"].value == pytest.approx(expected, rel=1e-9)
 
-    # A candidate whose clusters mean nothing: trained on the customers' features shuffled
-    # against each other, so its centroids sit where few real customers are.
+    # A broken candidate: trained with recency counted from the wrong epoch (100,000 days too
+    # many). Its centroids sit far from every real customer, so it puts them all in one cluster:
+    # its Davies-Bouldin index is undefined and it loses.
     spec = models.CUSTOMER_SEGMENTS_MODEL
     sql = spec.sql.replace(
         "FROM customer_features\nWHERE snapshot_date",
-        "FROM (SELECT * REPLACE (MOD(recency_days * 7919, 97) AS recency_days, MOD(frequency_orders * 31, 13) * 9 AS frequency_orders) "
-        "FROM customer_features)\nWHERE snapshot_date",
+        "FROM (SELECT * REPLACE (recency_days + 100000 AS recency_days) FROM customer_features)\nWHERE snapshot_date",
     )
     assert sql != spec.sql
     warehouse.execute(sql)
     result = _materialize(settings, instance, f"{name}_registry_version*")
     gate = _check(instance, f"{name}_registry_version", "champion_challenger")
     assert not gate.passed, gate.description
-    assert "Candidate version 3 loses" in gate.description and "not deployed" in gate.description
-    assert gate.metadata["candidate_value"].value > gate.metadata["serving_value"].value  # lower is better
+    assert "Candidate version 3 loses: its davies_bouldin_index is undefined" in gate.description
+    assert "not deployed" in gate.description
+    assert "| clusters | 1.0000 |" in gate.metadata["comparison"].value
     planned = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert f"{name}_deployment" not in planned
     assert registry.get_version(name, "champion").version_id == "2"

@@ -1355,6 +1355,25 @@ def check_pass_through(items: Sequence[exp.Expression], options: Mapping[str, An
             )
 
 
+def select_over(items: Sequence[exp.Expression], table: str) -> exp.Expression:
+    """``SELECT items FROM table`` with the manual preprocessing functions lowered to plain SQL."""
+    return lower_preprocessing(exp.select(*[i.copy() for i in items]).from_(exp.to_table(table)))
+
+
+def model_transform_query(metadata: Mapping[str, Any], input_columns: Sequence[str], table: str) -> exp.Expression | None:
+    """The query that applies a model's TRANSFORM (``transform_sql``, its training statistics
+    frozen in) to the rows of ``table``, whose columns are ``input_columns``: None for a model
+    without one. The label and the other pass-through columns (``options``, ``label_columns`` of
+    :meth:`BqmlEngine.model_metadata`) may be missing from the input, as at prediction time. The
+    local warehouse runs it for ML.PREDICT and the other model functions; the local endpoint
+    server for each request."""
+    transform_sql = metadata.get("transform_sql")
+    if not transform_sql:
+        return None
+    droppable = [*special_columns(metadata.get("options") or {}), *(metadata.get("label_columns") or [])]
+    return select_over(transform_for_input(parse_select_list(transform_sql), input_columns, droppable), table)
+
+
 def transform_for_input(items: Sequence[exp.Expression], input_columns: Sequence[str], droppable: Sequence[str]) -> list[exp.Expression]:
     """The TRANSFORM items to apply to an input that may lack the label (and the other
     pass-through columns in ``droppable``): items naming a missing one of those are dropped."""
@@ -1507,19 +1526,13 @@ class BqmlSession:
         return parse_select_list(transform_sql) if transform_sql else None
 
     def _select_over(self, items: Sequence[exp.Expression], table: pa.Table) -> pa.Table:
-        name = self._register(table)
-        query = lower_preprocessing(exp.select(*[i.copy() for i in items]).from_(exp.to_table(name)))
-        return self._run_translated(translate_query(query), True)
+        return self._run_translated(translate_query(select_over(items, self._register(table))), True)
 
     def _apply_transform(self, model: str, table: pa.Table) -> pa.Table:
         """The input of a model function after the model's TRANSFORM (itself without one)."""
-        items = self._transform_items(model)
-        if items is None:
-            return table
         metadata = self._engine.model_metadata(model)
-        droppable = [*special_columns(metadata.get("options") or {}), *(metadata.get("label_columns") or [])]
-        kept = transform_for_input(items, table.column_names, droppable)
-        return self._select_over(kept, table)
+        query = model_transform_query(metadata, table.column_names, self._register(table))
+        return table if query is None else self._run_translated(translate_query(query), True)
 
     def call(self, call: MLCall, ctes: Sequence[exp.CTE] = ()) -> pa.Table:
         """The result of one ML table function."""

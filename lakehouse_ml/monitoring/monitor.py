@@ -244,8 +244,8 @@ def monitor(
     windows = load_windows(reports_dir, spec)
     start = dt.datetime.fromisoformat(windows[-1]["end"]) if windows else end - FIRST_WINDOW
     # One read of the log over the trend's windows: this window's rows judge drift, all of them
-    # the performance trend.
-    trend = windows[-(TREND_WINDOWS - 1):] if TREND_WINDOWS > 1 else []
+    # the performance trend (classifiers only: the other models have no trend, so only this window).
+    trend = windows[-(TREND_WINDOWS - 1):] if TREND_WINDOWS > 1 and spec.model_type in CLASSIFIER_TYPES else []
     history = endpoints.request_log(serving.endpoint, dt.datetime.fromisoformat(trend[0]["start"]) if trend else start, end)
     log = history
     if not history.empty:

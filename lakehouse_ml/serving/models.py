@@ -381,16 +381,17 @@ class TransformPredictor(Predictor):
             raise NotServable(f"{directory}: a model with a TRANSFORM clause needs its input columns (info_features).")
         super().__init__(directory, meta, arrays, features=info)
         import duckdb
-        from sqlglot import exp
 
         from lakehouse_ml.backends.translate import translate_query
-        from lakehouse_ml.bqml.sql import lower_preprocessing, parse_select_list, transform_for_input
+        from lakehouse_ml.bqml.sql import model_transform_query
 
         self.inner = inner
-        label = [meta["label"]["name"]] if meta.get("label") else []
-        items = transform_for_input(parse_select_list(meta["transform_sql"]), self.feature_names, label)
-        query = lower_preprocessing(exp.select(*[i.copy() for i in items]).from_(exp.to_table(self._INPUT)))
-        self._sql = translate_query(query).duckdb_sql
+        metadata = {
+            "transform_sql": meta["transform_sql"],
+            "options": meta.get("options") or {},
+            "label_columns": [meta["label"]["name"]] if meta.get("label") else [],
+        }
+        self._sql = translate_query(model_transform_query(metadata, self.feature_names, self._INPUT)).duckdb_sql
         self._connection = duckdb.connect(":memory:")
         self._lock = threading.Lock()
 

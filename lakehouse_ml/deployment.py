@@ -8,17 +8,18 @@ local registry and endpoint server.
 
 Life of a version (aliases from the model's :class:`~lakehouse_ml.models.Serving` spec):
 
-1. ``CREATE OR REPLACE MODEL`` with ``MODEL_REGISTRY='VERTEX_AI'`` registers a new version
-   (BigQuery does it on gcp, the local BigQuery ML engine locally). :func:`register_candidate`
-   finds it (the newest version of the model id) and gives it the candidate alias
-   (``challenger``).
+1. A training run's ``CREATE MODEL`` of its own BigQuery ML model with ``MODEL_REGISTRY='VERTEX_AI'``
+   registers a new version (BigQuery does it on gcp, the local BigQuery ML engine locally).
+   :func:`register_candidate` finds the version of that run's model and gives it the candidate
+   alias (``challenger``).
 2. :func:`gate` compares the candidate with the version holding the serving alias
-   (``champion``) on the same fresh rows (``sql/gate/<model>.sql``): the candidate's predictions
-   come from ``ML.PREDICT`` on the warehouse, the serving version's from its endpoint, which is
-   what it really answers. Classifiers and regressors are compared on labelled rows with the
-   spec's gate metric in ``ML.EVALUATE``'s definition (:mod:`lakehouse_ml.bqml.metrics`); k-means
-   models on the Davies-Bouldin index of each version's clusters of the same rows, in one feature
-   space (:func:`cluster_scores`). The first version of a model passes (nothing serves yet).
+   (``champion``) on the same fresh rows (``sql/gate/<model>.sql``): both versions' BigQuery ML
+   models are alive (each run has its own), so both are scored with ``ML.PREDICT`` on the
+   warehouse, and the gate sends no endpoint traffic. Classifiers and regressors are compared on
+   labelled rows with the spec's gate metric in ``ML.EVALUATE``'s definition
+   (:mod:`lakehouse_ml.bqml.metrics`); k-means models on the Davies-Bouldin index of each version's
+   clusters of the same rows, in one feature space (:func:`cluster_scores`). The first version of
+   a model passes (nothing serves yet).
 3. :func:`promote` moves the serving alias and ``default`` to the winner (models.mergeVersionAliases).
    A loser keeps only the candidate alias: registered, never deployed.
 4. :func:`deploy` puts the version holding the serving alias on the model's endpoint (creating it
@@ -26,11 +27,16 @@ Life of a version (aliases from the model's :class:`~lakehouse_ml.models.Serving
    smoke test sends real predictions and must see the new version answer; then it is promoted to
    100% and the versions no longer wanted are undeployed. A canary that fails its smoke test is
    rolled back (undeployed; the traffic returns to what served before).
+5. :func:`collect_garbage` then drops the BigQuery ML models of older runs whose version is
+   neither deployed nor holds an alias (beyond the newest ``keep_models``), which deletes their
+   registry versions; a drop right after an undeploy can still be refused
+   (googleapis/python-aiplatform#2807), so it is retried with backoff.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -44,8 +50,19 @@ from lakehouse_ml.backends.registry import DEFAULT_ALIAS, ModelRegistry, ModelVe
 from lakehouse_ml.backends.warehouse import Warehouse, WarehouseError, check_identifier
 from lakehouse_ml.bqml import metrics as bqml_metrics
 from lakehouse_ml.bqml.preprocess import Preprocessor
+from lakehouse_ml.bigquery import served
 from lakehouse_ml.bqml.sql import bind_template, parse_select_list, transform_output_names
-from lakehouse_ml.models import CLASSIFIER_TYPES, CLUSTERING_TYPES, REGRESSOR_TYPES, ModelSpec, Serving, positive_label
+from lakehouse_ml.models import (
+    CLASSIFIER_TYPES,
+    CLUSTERING_TYPES,
+    REGRESSOR_TYPES,
+    ModelSpec,
+    Serving,
+    is_training_model,
+    positive_label,
+    training_models,
+)
+from lakehouse_ml.monitoring.baseline import baseline_table
 from lakehouse_ml.sqlfiles import read_sql
 
 # Instances per predict request: well under the 1.5 MB payload limit for these feature rows.
@@ -82,26 +99,60 @@ def registry_model_id(spec: ModelSpec) -> str:
     return str(options.get("vertex_ai_model_id") or spec.name)
 
 
-def to_instances(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as JSON-ready prediction instances (NULL/NaN → None, numpy scalars → Python values,
-    dates and timestamps → ISO strings): the website's conversion."""
-    from lakehouse_ml.traffic import frame_instances
-
-    return frame_instances(frame)
+def to_instances(spec: ModelSpec, table: Any) -> list[dict[str, Any]]:
+    """The rows of a ``pyarrow.Table`` as the model's prediction instances: JSON-ready values, a
+    NULL as the served model takes it (its type's sentinel for a model with a TRANSFORM clause):
+    the website's conversion (:func:`lakehouse_ml.bigquery.served.instances`)."""
+    return served.instances(table, transform=bool(spec.statement.transform))
 
 
 # -- registry --------------------------------------------------------------------------------------
 
 
-def register_candidate(registry: ModelRegistry, spec: ModelSpec) -> ModelVersion:
-    """The version the last ``CREATE OR REPLACE MODEL`` registered, with the candidate alias
+def registered_version(warehouse: Warehouse, registry: ModelRegistry, spec: ModelSpec, model: str) -> ModelVersion:
+    """The registry version of the spec's BigQuery ML model ``model`` (a training run's)."""
+    version = registry.find_bqml_version(warehouse.model_source(model))
+    if version is None:
+        raise RegistryError(
+            f"BigQuery ML model {model} is not registered in the model registry: its CREATE MODEL has no "
+            f"MODEL_REGISTRY='VERTEX_AI', or its version was deleted. Materialize {spec.name} again to train and "
+            "register a new version."
+        )
+    if version.model_id != registry_model_id(spec):
+        raise RegistryError(
+            f"BigQuery ML model {model} is registered as {version.model_id!r}, not {registry_model_id(spec)!r}: check "
+            f"VERTEX_AI_MODEL_ID in sql/{spec.sql_path}."
+        )
+    return version
+
+
+def register_candidate(warehouse: Warehouse, registry: ModelRegistry, spec: ModelSpec, model: str) -> ModelVersion:
+    """The version the training run's model ``model`` registered, with the candidate alias
     (unless it already serves)."""
     serving = serving_spec(spec)
-    model_id = registry_model_id(spec)
-    version = registry.latest_version(model_id)
+    version = registered_version(warehouse, registry, spec, model)
     if serving.serving_alias not in version.aliases and serving.candidate_alias not in version.aliases:
-        version = registry.merge_version_aliases(model_id, version.version_id, [serving.candidate_alias])
+        version = registry.merge_version_aliases(version.model_id, version.version_id, [serving.candidate_alias])
     return version
+
+
+def bqml_model_of(warehouse: Warehouse, registry: ModelRegistry, spec: ModelSpec, version: ModelVersion) -> str:
+    """The BigQuery ML model behind a registry version: its source where the registry says it
+    (locally), else the one of the spec's models that BigQuery reports as that version (its
+    training run's ``vertexAiModelVersion``)."""
+    source = version.source or ""
+    prefix = warehouse.model_source("x")[: -len("x")]
+    if source.startswith(prefix) and is_training_model(spec, source[len(prefix):]):
+        return source[len(prefix):]
+    for model, _ in training_models(warehouse, spec):
+        found = registry.find_bqml_version(warehouse.model_source(model))
+        if found is not None and found.model_id == version.model_id and found.version_id == version.version_id:
+            return model
+    raise RegistryError(
+        f"No BigQuery ML model of {spec.name} in {warehouse.describe()} is version {version.version_id} of "
+        f"{version.model_id}: its model was dropped or replaced, so it cannot be scored with ML.PREDICT. Deploy a "
+        f"version whose model exists (run config `version` of {spec.name}_deployment), then retry."
+    )
 
 
 @dataclass
@@ -119,17 +170,8 @@ class GateResult:
     rows: int = 0
     candidate_metrics: dict[str, float] = field(default_factory=dict)
     serving_metrics: dict[str, float] = field(default_factory=dict)
-
-
-def _predict_endpoint(endpoints: Endpoints, endpoint: str, instances: list[dict]) -> tuple[list[dict], Counter]:
-    predictions: list[dict] = []
-    versions: Counter = Counter()
-    for start in range(0, len(instances), PREDICT_BATCH):
-        batch = instances[start : start + PREDICT_BATCH]
-        answer = endpoints.predict(endpoint, batch)
-        predictions.extend(answer["predictions"])
-        versions[str(answer.get("modelVersionId"))] += len(batch)
-    return predictions, versions
+    candidate_model: str | None = None  # the BigQuery ML models the two versions were scored with
+    serving_model: str | None = None
 
 
 def _score(spec: ModelSpec, labels: pd.Series, scores: np.ndarray) -> dict[str, float]:
@@ -148,51 +190,21 @@ def _score(spec: ModelSpec, labels: pd.Series, scores: np.ndarray) -> dict[str, 
     )
 
 
-def _candidate_scores(spec: ModelSpec, frame: pd.DataFrame, label: str) -> np.ndarray:
+def _scores(spec: ModelSpec, frame: pd.DataFrame, label: str, positive: Any) -> np.ndarray:
+    """``ML.PREDICT``'s positive-class probabilities of a binary classifier (the class's
+    ``prob`` in ``predicted_<label>_probs``) or predicted values of a regressor."""
     if spec.model_type in CLASSIFIER_TYPES:
-        positive = positive_label(frame[label])
         return np.array(
             [next((float(p["prob"]) for p in probs if p["label"] == positive), 0.0) for probs in frame[f"predicted_{label}_probs"]]
         )
     return frame[f"predicted_{label}"].to_numpy(float)
 
 
-def _serving_scores(spec: ModelSpec, predictions: list[dict], labels: pd.Series, label: str) -> np.ndarray:
-    if spec.model_type in CLASSIFIER_TYPES:
-        positive = positive_label(labels)
-        out = []
-        for p in predictions:
-            values, probs = p[f"{label}_values"], p[f"{label}_probs"]
-            out.append(next((float(pr) for v, pr in zip(values, probs) if v == positive), 0.0))
-        return np.array(out)
-    return np.array([float(p[f"predicted_{label}"]) for p in predictions])
-
-
-def _serving_predictions(
-    endpoints: Endpoints, spec: ModelSpec, champion: ModelVersion, instances: list[dict]
-) -> list[dict]:
-    """What the serving version answers for ``instances`` through its endpoint (only it may answer)."""
-    serving = serving_spec(spec)
-    endpoint = serving.endpoint
-    if endpoints.get_endpoint(endpoint) is None:
-        raise EndpointError(
-            f"Version {champion.version_id} holds '{serving.serving_alias}' but endpoint {endpoint!r} does not exist: "
-            f"materialize {spec.name}_deployment to deploy it, then retry."
-        )
-    endpoints.ensure_serving()
-    predictions, versions = _predict_endpoint(endpoints, endpoint, instances)
-    if set(versions) != {champion.version_id}:
-        raise EndpointError(
-            f"Endpoint {endpoint!r} answered with versions {dict(versions)}, not only the serving version "
-            f"{champion.version_id}: finish or roll back the running canary before comparing a new candidate."
-        )
-    return predictions
-
-
-def gate(warehouse: Warehouse, registry: ModelRegistry, endpoints: Endpoints, spec: ModelSpec, candidate: ModelVersion) -> GateResult:
-    """Compare ``candidate`` with the serving version on the same fresh rows
-    (``sql/gate/<model>.sql``): labelled rows for classifiers and regressors, the rows a k-means
-    model clusters for KMEANS (:func:`_clustering_gate`)."""
+def gate(warehouse: Warehouse, registry: ModelRegistry, spec: ModelSpec, candidate: ModelVersion, candidate_model: str) -> GateResult:
+    """Compare ``candidate`` (registered from the BigQuery ML model ``candidate_model``) with the
+    serving version on the same fresh rows (``sql/gate/<model>.sql``), both scored with
+    ``ML.PREDICT``: labelled rows for classifiers and regressors, the rows a k-means model clusters
+    for KMEANS (:func:`_clustering_gate`)."""
     serving = serving_spec(spec)
     model_id = registry_model_id(spec)
     result = GateResult(
@@ -206,13 +218,15 @@ def gate(warehouse: Warehouse, registry: ModelRegistry, endpoints: Endpoints, sp
     if champion.version_id == candidate.version_id:
         result.reason = f"Version {candidate.version_id} already holds '{serving.serving_alias}'."
         return result
+    serving_model = bqml_model_of(warehouse, registry, spec, champion)
+    result.candidate_model, result.serving_model = candidate_model, serving_model
     gate_query = read_sql(f"gate/{spec.name}.sql")
     rows = warehouse.query(gate_query)
     result.rows = len(rows)
     if spec.model_type in CLUSTERING_TYPES:
-        compared = _clustering_gate(warehouse, endpoints, spec, champion, rows, result)
+        compared = _clustering_gate(warehouse, spec, candidate_model, serving_model, rows, result)
     else:
-        compared = _supervised_gate(warehouse, endpoints, spec, champion, gate_query, rows, result)
+        compared = _supervised_gate(warehouse, spec, candidate_model, serving_model, gate_query, rows, result)
     if not compared:
         result.passed = False
         result.reason += f" Version {candidate.version_id} is not promoted. Load newer days, then materialize again."
@@ -236,7 +250,7 @@ def gate(warehouse: Warehouse, registry: ModelRegistry, endpoints: Endpoints, sp
         )
     result.reason = (
         f"Candidate version {candidate.version_id} {verdict} for serving version {champion.version_id} on "
-        f"{result.rows} fresh {'' if spec.model_type in CLUSTERING_TYPES else 'labelled '}rows"
+        f"{result.rows} fresh {'' if spec.model_type in CLUSTERING_TYPES else 'labelled '}rows, both scored with ML.PREDICT"
         f"{' (Davies-Bouldin in one feature space)' if spec.model_type in CLUSTERING_TYPES else ''} "
         f"(needs {comparison}, {spec.gate.direction} is better)."
     )
@@ -259,10 +273,10 @@ def _undefined_reason(spec: ModelSpec) -> str:
 
 
 def _supervised_gate(
-    warehouse: Warehouse, endpoints: Endpoints, spec: ModelSpec, champion: ModelVersion, gate_query: str,
+    warehouse: Warehouse, spec: ModelSpec, candidate_model: str, serving_model: str, gate_query: str,
     rows: pd.DataFrame, result: GateResult,
 ) -> bool:
-    """The gate metric of both versions' predictions of the fresh labelled rows (ML.EVALUATE's
+    """The gate metric of both versions' ``ML.PREDICT`` of the fresh labelled rows (ML.EVALUATE's
     definitions); False (with the reason) when there are no rows to compare on."""
     label = spec.label
     if label is None:
@@ -273,14 +287,11 @@ def _supervised_gate(
             f"{' with one class only' if len(rows) else ''})."
         )
         return False
-    predicted = warehouse.query(
-        bind_template(read_sql("models/evaluation/labelled_predictions.sql"), spec.name, gate_query)
-    )
-    candidate_scores = _candidate_scores(spec, predicted, label)
-    predictions = _serving_predictions(endpoints, spec, champion, to_instances(rows.drop(columns=[label])))
-    serving_scores = _serving_scores(spec, predictions, rows[label], label)
-    result.candidate_metrics = _score(spec, predicted[label], candidate_scores)
-    result.serving_metrics = _score(spec, rows[label], serving_scores)
+    template = read_sql("models/evaluation/labelled_predictions.sql")
+    positive = positive_label(rows[label]) if spec.model_type in CLASSIFIER_TYPES else None
+    for model, metrics in ((candidate_model, result.candidate_metrics), (serving_model, result.serving_metrics)):
+        predicted = warehouse.query(bind_template(template, model, gate_query))
+        metrics.update(_score(spec, predicted[label], _scores(spec, predicted, label, positive)))
     return True
 
 
@@ -314,42 +325,42 @@ def cluster_scores(features: pd.DataFrame, assignments: dict[str, np.ndarray], *
     return out
 
 
-def score_clusterings(warehouse: Warehouse, spec: ModelSpec, rows: pd.DataFrame, serving_clusters: np.ndarray) -> dict[str, dict[str, float]]:
-    """:func:`cluster_scores` of the candidate's clusters of ``rows`` (``ML.PREDICT`` on the
-    warehouse) and of ``serving_clusters`` (the serving version's, one per row), in the
-    candidate's input space (``ML.TRANSFORM`` for a model with a TRANSFORM clause). The rows go
-    to the warehouse once, numbered, into :func:`gate_table`; both queries read that table
-    (``sql/gate/cluster_assignments.sql``, ``sql/gate/cluster_features.sql``)."""
+def score_clusterings(
+    warehouse: Warehouse, spec: ModelSpec, rows: pd.DataFrame, candidate_model: str, serving_model: str
+) -> dict[str, dict[str, float]]:
+    """:func:`cluster_scores` of both versions' clusters of ``rows`` (``ML.PREDICT`` of each
+    version's BigQuery ML model on the warehouse), in the candidate's input space (``ML.TRANSFORM``
+    for a model with a TRANSFORM clause). The rows go to the warehouse once, numbered, into
+    :func:`gate_table`; every query reads that table (``sql/gate/cluster_assignments.sql``,
+    ``sql/gate/cluster_features.sql``)."""
     table = gate_table(spec)
-    loaded = rows.assign(
-        gate_row=np.arange(len(rows), dtype=np.int64), serving_centroid_id=np.asarray(serving_clusters, dtype=np.int64)
-    )
+    loaded = rows.assign(gate_row=np.arange(len(rows), dtype=np.int64))
     warehouse.load_dataframe(loaded, table)
-    assigned = warehouse.query(bind_template(read_sql("gate/cluster_assignments.sql"), spec.name, tables={"gate_rows": table}))
-    assigned = assigned.set_index("gate_row").sort_index()
+    assignments: dict[str, np.ndarray] = {}
+    template = read_sql("gate/cluster_assignments.sql")
+    for name, model in (("candidate", candidate_model), ("serving", serving_model)):
+        assigned = warehouse.query(bind_template(template, model, tables={"gate_rows": table})).set_index("gate_row").sort_index()
+        if len(assigned) != len(rows):
+            raise WarehouseError(f"{spec.name}: the gate lost rows ({len(rows)} sent, {len(assigned)} clustered by {model}).")
+        assignments[name] = assigned["CENTROID_ID"].to_numpy(np.int64)
     columns = cluster_feature_columns(spec, list(rows.columns))
     if spec.statement.transform:
-        space = warehouse.query(bind_template(read_sql("gate/cluster_features.sql"), spec.name, tables={"gate_rows": table}))
+        space = warehouse.query(bind_template(read_sql("gate/cluster_features.sql"), candidate_model, tables={"gate_rows": table}))
         space = space.set_index("gate_row").sort_index()
     else:
         space = loaded.set_index("gate_row")
-    if len(assigned) != len(rows) or len(space) != len(rows):
-        raise WarehouseError(f"{spec.name}: the gate lost rows ({len(rows)} sent, {len(assigned)} clustered, {len(space)} transformed).")
-    return cluster_scores(
-        space[columns],
-        {"candidate": assigned["CENTROID_ID"].to_numpy(np.int64), "serving": assigned["serving_centroid_id"].to_numpy(np.int64)},
-        standardize=bool(spec.options.get("standardize_features", True)),
-    )
+    if len(space) != len(rows):
+        raise WarehouseError(f"{spec.name}: the gate lost rows ({len(rows)} sent, {len(space)} transformed).")
+    return cluster_scores(space[columns], assignments, standardize=bool(spec.options.get("standardize_features", True)))
 
 
 def _clustering_gate(
-    warehouse: Warehouse, endpoints: Endpoints, spec: ModelSpec, champion: ModelVersion, rows: pd.DataFrame,
+    warehouse: Warehouse, spec: ModelSpec, candidate_model: str, serving_model: str, rows: pd.DataFrame,
     result: GateResult,
 ) -> bool:
-    """Both versions cluster the same fresh rows: the serving version through its endpoint
-    (``nearest_centroid_id``), the candidate with ``ML.PREDICT`` (``CENTROID_ID``). Each version's
-    centroids live in its own standardized space, so the two clusterings are scored in one:
-    the candidate's input space (``ML.TRANSFORM`` applies its TRANSFORM clause) with k-means
+    """Both versions cluster the same fresh rows with ``ML.PREDICT`` (``CENTROID_ID``). Each
+    version's centroids live in its own standardized space, so the two clusterings are scored in
+    one: the candidate's input space (``ML.TRANSFORM`` applies its TRANSFORM clause) with k-means
     preprocessing fitted on the fresh rows (:func:`cluster_scores`). False when there are too
     few rows to compare on."""
     if spec.gate.metric != "davies_bouldin_index":
@@ -358,9 +369,7 @@ def _clustering_gate(
     if len(rows) < needed:
         result.reason = f"Too few fresh rows to compare clusterings on (sql/gate/{spec.name}.sql returned {len(rows)}, {needed} needed)."
         return False
-    predictions = _serving_predictions(endpoints, spec, champion, to_instances(rows))
-    serving_clusters = np.array([int(p["nearest_centroid_id"]) for p in predictions], dtype=np.int64)
-    scores = score_clusterings(warehouse, spec, rows, serving_clusters)
+    scores = score_clusterings(warehouse, spec, rows, candidate_model, serving_model)
     result.candidate_metrics, result.serving_metrics = scores["candidate"], scores["serving"]
     return True
 
@@ -395,13 +404,9 @@ class SmokeResult:
 
 
 def expected_fields(spec: ModelSpec) -> list[str]:
-    """The prediction fields a served BigQuery ML model answers with (see lakehouse_ml.serving)."""
-    label = spec.label
-    if spec.model_type in CLASSIFIER_TYPES:
-        return [f"predicted_{label}", f"{label}_probs", f"{label}_values"]
-    if spec.model_type in REGRESSOR_TYPES:
-        return [f"predicted_{label}"]
-    return ["nearest_centroid_id", "centroid_ids", "centroid_distances"]
+    """The prediction fields a served BigQuery ML model answers with (the export serving
+    signature, :mod:`lakehouse_ml.bigquery.served`)."""
+    return spec.prediction_format().fields
 
 
 def _check_predictions(spec: ModelSpec, batch: list[dict], answer: dict, problems: list[str]) -> None:
@@ -409,28 +414,13 @@ def _check_predictions(spec: ModelSpec, batch: list[dict], answer: dict, problem
     if not isinstance(predictions, list) or len(predictions) != len(batch):
         problems.append(f"expected {len(batch)} predictions, got {len(predictions) if isinstance(predictions, list) else predictions!r}")
         return
-    wanted = expected_fields(spec)
+    fmt = spec.prediction_format()
+    clusters = int(spec.options.get("num_clusters") or 0) or None if spec.model_type in CLUSTERING_TYPES else None
     for prediction in predictions:
-        missing = [f for f in wanted if f not in prediction]
-        if missing:
-            problems.append(f"prediction without {', '.join(missing)}: {prediction}")
+        found = fmt.problems(prediction, num_clusters=clusters)
+        if found:
+            problems.append(f"{found[0]}: {prediction}")
             return
-        if spec.model_type in CLASSIFIER_TYPES:
-            probs = prediction[f"{spec.label}_probs"]
-            if not probs or any(not 0.0 <= float(p) <= 1.0 for p in probs) or abs(sum(map(float, probs)) - 1.0) > 1e-6:
-                problems.append(f"probabilities are not a distribution: {probs}")
-                return
-        if spec.model_type in CLUSTERING_TYPES:
-            ids, distances = prediction["centroid_ids"], prediction["centroid_distances"]
-            if (
-                not ids
-                or len(ids) != len(distances)
-                or prediction["nearest_centroid_id"] != ids[0]
-                or any(float(d) < 0 for d in distances)
-                or any(float(a) > float(b) for a, b in zip(distances, distances[1:]))
-            ):
-                problems.append(f"centroid distances are not the nearest centroids, nearest first: {prediction}")
-                return
 
 
 def smoke_test(
@@ -440,13 +430,17 @@ def smoke_test(
     *,
     must_answer: str | None = None,
     allowed_versions: set[str] | None = None,
+    endpoint: str | None = None,
 ) -> SmokeResult:
-    """Send real predictions through the model's endpoint and check every answer.
+    """Send real predictions through the model's endpoint and check every answer (the documented
+    shape, :class:`~lakehouse_ml.bigquery.served.PredictionFormat`).
 
     ``must_answer``: a version that must answer at least :data:`CANARY_MIN_ANSWERS` requests (a
     canary: single-instance requests are sent until it has, up to :data:`CANARY_MAX_REQUESTS`).
-    ``allowed_versions``: the versions allowed to answer."""
-    endpoint = serving_spec(spec).endpoint
+    ``allowed_versions``: the versions allowed to answer. ``endpoint``: the endpoint's id, when
+    the caller has resolved it (predictions then make no management call); default: the spec's
+    endpoint name."""
+    endpoint = endpoint or serving_spec(spec).endpoint
     result = SmokeResult(passed=False)
     if not instances:
         result.problems.append(f"no instances to send (sql/serving/{spec.name}.sql returned no rows)")
@@ -559,7 +553,9 @@ def deploy(
         actions.append(f"deployed version {version.version_id} as {deployed_model_id}: canary at {canary_percent}%")
         say(actions[-1])
         allowed = {version.version_id} | {str(d["version_id"]) for d in others}
-        canary = smoke_test(endpoints, spec, instances, must_answer=version.version_id, allowed_versions=allowed)
+        canary = smoke_test(
+            endpoints, spec, instances, must_answer=version.version_id, allowed_versions=allowed, endpoint=endpoint_id
+        )
         if not canary.passed:
             endpoints.undeploy(endpoint_id, deployed_model_id)
             rolled_back = True
@@ -579,7 +575,7 @@ def deploy(
                 say(actions[-1])
     info = endpoints.get_endpoint(endpoint_id)
     live = {str(d["version_id"]) for d in info["deployed_models"] if d.get("traffic_percentage", 0) > 0}
-    smoke = smoke_test(endpoints, spec, instances, allowed_versions=live or None)
+    smoke = smoke_test(endpoints, spec, instances, allowed_versions=live or None, endpoint=endpoint_id)
     return DeploymentResult(
         endpoint_id=endpoint_id,
         endpoint_name=serving.endpoint,
@@ -593,6 +589,92 @@ def deploy(
         rolled_back=rolled_back,
         server=server,
     )
+
+
+@dataclass
+class GarbageResult:
+    """What :func:`collect_garbage` did: models dropped, kept (and why), not dropped (and why)."""
+
+    dropped: list[str] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        parts = [f"dropped {', '.join(self.dropped)}" if self.dropped else "dropped nothing"]
+        if self.kept:
+            parts.append("kept " + ", ".join(f"{m} ({why})" for m, why in self.kept.items()))
+        if self.failed:
+            parts.append("could not drop " + ", ".join(f"{m} ({why})" for m, why in self.failed.items()))
+        return "; ".join(parts)
+
+
+# A BigQuery ML model whose version was just undeployed can still be refused for a while
+# (googleapis/python-aiplatform#2807: a delete right after an undeploy, even after a 60 s sleep):
+# the drop is retried with exponential backoff, 5 + 10 + 20 + 40 s, then left for the next run.
+GC_ATTEMPTS = 5
+GC_FIRST_DELAY_S = 5.0
+
+
+def collect_garbage(
+    warehouse: Warehouse,
+    registry: ModelRegistry,
+    endpoints: Endpoints,
+    spec: ModelSpec,
+    *,
+    keep: int | None = None,
+    attempts: int = GC_ATTEMPTS,
+    first_delay_s: float = GC_FIRST_DELAY_S,
+    sleep: Callable[[float], None] = time.sleep,
+    progress: Progress | None = None,
+) -> GarbageResult:
+    """Drop the spec's BigQuery ML models beyond the newest ``keep`` (default: the spec's
+    ``keep_models``) whose registry version is neither deployed on the model's endpoint nor holds
+    an alias; dropping a registered model deletes its version. Their monitoring baselines go too.
+    A refused drop is retried ``attempts`` times with exponential backoff; one that stays refused
+    is reported, not raised (the next run tries again)."""
+    serving = serving_spec(spec)
+    keep = serving.keep_models if keep is None else int(keep)
+    say = progress or (lambda message: None)
+    result = GarbageResult()
+    info = endpoints.get_endpoint(serving.endpoint)
+    deployed = {(d["model_id"], str(d["version_id"])) for d in (info["deployed_models"] if info else [])}
+    for position, (model, _) in enumerate(training_models(warehouse, spec)):
+        if position < keep:
+            continue
+        version = registry.find_bqml_version(warehouse.model_source(model))
+        if version is not None and (version.model_id, version.version_id) in deployed:
+            result.kept[model] = f"version {version.version_id} is deployed"
+            continue
+        if version is not None and version.aliases:
+            result.kept[model] = f"version {version.version_id} holds {', '.join(version.aliases)}"
+            continue
+        error = _drop_model(warehouse, model, attempts, first_delay_s, sleep, say)
+        if error is not None:
+            result.failed[model] = error
+            continue
+        result.dropped.append(model)
+        say(f"dropped {model}" + (f" (version {version.version_id})" if version is not None else ""))
+        if version is not None:
+            warehouse.drop_table(baseline_table(spec, version.version_id))
+    return result
+
+
+def _drop_model(
+    warehouse: Warehouse, model: str, attempts: int, delay: float, sleep: Callable[[float], None], say: Progress
+) -> str | None:
+    """``DROP MODEL`` with retries and exponential backoff; None once dropped, else the last error."""
+    for attempt in range(1, attempts + 1):
+        try:
+            warehouse.execute(bind_template(read_sql("gc/drop_model.sql"), model))
+            return None
+        except WarehouseError as err:
+            if attempt == attempts:
+                say(f"could not drop {model} after {attempts} attempts: {err}")
+                return str(err)
+            say(f"dropping {model} was refused ({err}); retrying in {delay:g} s")
+            sleep(delay)
+            delay *= 2
+    return "no attempt was made"
 
 
 def serving_version(registry: ModelRegistry, spec: ModelSpec, version: str | None = None) -> ModelVersion:
@@ -617,7 +699,7 @@ def serving_version(registry: ModelRegistry, spec: ModelSpec, version: str | Non
 def serving_rows(warehouse: Warehouse, spec: ModelSpec, limit: int = 200) -> list[dict]:
     """Instances the website would send now (``sql/serving/<model>.sql``), for smoke tests."""
     try:
-        frame = warehouse.query(read_sql(f"serving/{spec.name}.sql"))
+        table = warehouse.query_arrow(read_sql(f"serving/{spec.name}.sql"))
     except FileNotFoundError as err:
         raise WarehouseError(f"{spec.name} is served but has no sql/serving/{spec.name}.sql: {err}") from None
-    return to_instances(frame.head(limit))
+    return to_instances(spec, table.slice(0, limit))

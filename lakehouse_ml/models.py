@@ -12,9 +12,12 @@ on BigQuery and on the local warehouse, whose BigQuery ML engine runs the same s
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import logging
 import math
+import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,14 +26,13 @@ import numpy as np
 import pandas as pd
 
 from lakehouse_ml.backends.warehouse import Warehouse, WarehouseError, check_identifier
-from lakehouse_ml.bqml.sql import CreateModel, bind_template, parse_model_statement
+from lakehouse_ml.bigquery.served import CLASSIFIER_TYPES, CLUSTERING_TYPES, REGRESSOR_TYPES, PredictionFormat
+from lakehouse_ml.bqml.sql import CreateModel, bind_template, parse_model_statement, rename_created_model
 from lakehouse_ml.sqlfiles import read_sql, referenced_tables
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_TYPES = ("LOGISTIC_REG", "BOOSTED_TREE_CLASSIFIER", "RANDOM_FOREST_CLASSIFIER")
-REGRESSOR_TYPES = ("LINEAR_REG", "BOOSTED_TREE_REGRESSOR", "RANDOM_FOREST_REGRESSOR")
-CLUSTERING_TYPES = ("KMEANS",)
+__all__ = ["CLASSIFIER_TYPES", "CLUSTERING_TYPES", "REGRESSOR_TYPES"]
 
 
 class Evaluation(str, enum.Enum):
@@ -91,6 +93,9 @@ class Serving:
     warn_fraction: float = 0.8
     # How many serving rows a monitoring window needs before drift is judged.
     min_window_rows: int = 100
+    # Training runs whose BigQuery ML model is kept whatever it holds; older ones are dropped once
+    # their version is neither deployed nor holds an alias (lakehouse_ml.deployment.collect_garbage).
+    keep_models: int = 3
 
     def __post_init__(self) -> None:
         check_identifier(self.endpoint, "endpoint")
@@ -102,6 +107,8 @@ class Serving:
             raise ValueError(f"logging_sampling_rate is in [0, 1], got {self.logging_sampling_rate}.")
         if not 0.0 < self.warn_fraction < 1.0:
             raise ValueError(f"warn_fraction is in (0, 1), got {self.warn_fraction}.")
+        if self.keep_models < 1:
+            raise ValueError(f"keep_models is at least 1 (the newest model is always kept), got {self.keep_models}.")
         for feature, threshold in self.drift_thresholds:
             check_identifier(feature, "feature")
             if not 0.0 < float(threshold) <= 1.0:
@@ -152,6 +159,13 @@ class ModelSpec:
                 f"{self.name}: MODEL_TYPE {model_type} does not fit its {self.evaluation.value} evaluation "
                 f"(expected one of {', '.join(_MODEL_TYPES_OF[self.evaluation])})."
             )
+        options = parsed.options
+        if str(options.get("model_registry", "")).upper() == "VERTEX_AI" and not options.get("vertex_ai_model_id"):
+            raise WarehouseError(
+                f"sql/{self.sql_path} registers the model without VERTEX_AI_MODEL_ID: add vertex_ai_model_id = "
+                f"'{self.name}' to its OPTIONS. Each training run creates a BigQuery ML model of its own name, and "
+                "without the option each would register under its own name instead of as a new version of one model."
+            )
         return parsed
 
     @staticmethod
@@ -186,6 +200,11 @@ class ModelSpec:
     def registry_options(self) -> dict[str, Any]:
         names = ("model_registry", "vertex_ai_model_id", "vertex_ai_model_version_aliases")
         return {name: self.options[name] for name in names if name in self.options}
+
+    def prediction_format(self, label_type: str | None = None) -> PredictionFormat:
+        """How the model's served predictions look (:mod:`lakehouse_ml.bigquery.served`);
+        ``label_type``: the label's BigQuery type, to read classes back in it."""
+        return PredictionFormat(self.model_type, self.label, label_type)
 
 
 CHURN_MODEL = ModelSpec(
@@ -248,23 +267,64 @@ def model_spec(name: str) -> ModelSpec:
 # -- training ----------------------------------------------------------------------------------
 
 
-def train(warehouse: Warehouse, spec: ModelSpec) -> None:
-    """Run the model's ``CREATE OR REPLACE MODEL`` statement (BigQuery trains it on gcp, the local
-    BigQuery ML engine locally)."""
+def training_model_name(spec: ModelSpec, run_id: str | None = None, now: dt.datetime | None = None) -> str:
+    """The BigQuery ML model a training run creates: ``<name>_<YYYYMMDDHHMMSS>_<8 hex>`` (UTC
+    time, then the first characters of the run id, or random ones), so names sort by time."""
+    when = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
+    suffix = re.sub(r"[^0-9a-f]", "", (run_id or uuid.uuid4().hex).lower())[:8] or uuid.uuid4().hex[:8]
+    return check_identifier(f"{spec.name}_{when:%Y%m%d%H%M%S}_{suffix}", "model")
+
+
+def _run_model_pattern(spec: ModelSpec) -> re.Pattern:
+    return re.compile(rf"^{re.escape(spec.name)}(_\d{{14}}_[0-9a-f]{{1,8}})?$")
+
+
+def is_training_model(spec: ModelSpec, model: str) -> bool:
+    """Whether ``model`` is one of the spec's BigQuery ML models: a training run's, or the SQL
+    file's own name (the file run as it is)."""
+    return bool(_run_model_pattern(spec).match(model))
+
+
+def training_models(warehouse: Warehouse, spec: ModelSpec) -> list[tuple[str, dt.datetime]]:
+    """The spec's BigQuery ML models in the warehouse, (name, creation time), newest first."""
+    found = [(name, created) for name, created in warehouse.list_models() if is_training_model(spec, name)]
+    return sorted(found, key=lambda item: (item[1], item[0]), reverse=True)
+
+
+def newest_model(warehouse: Warehouse, spec: ModelSpec) -> str:
+    """The spec's newest BigQuery ML model (what the model asset last trained, when its
+    materialization is not at hand)."""
+    found = training_models(warehouse, spec)
+    if not found:
+        raise WarehouseError(f"{spec.name} has no BigQuery ML model in {warehouse.describe()}: materialize {spec.name} first.")
+    return found[0][0]
+
+
+def training_sql(spec: ModelSpec, model: str) -> str:
+    """``sql/models/<name>.sql`` creating ``model`` (only the name changes)."""
     spec.statement  # noqa: B018 - validates the file against the spec before any work
-    warehouse.execute(spec.sql)
+    return rename_created_model(spec.sql, model)
 
 
-def _template(name: str, spec: ModelSpec, values: Mapping[str, float] | None = None) -> str:
-    return bind_template(read_sql(f"models/evaluation/{name}.sql"), spec.name, spec.training_query, values)
+def train(warehouse: Warehouse, spec: ModelSpec, model: str | None = None) -> str:
+    """Run the model's ``CREATE MODEL`` statement as the BigQuery ML model ``model`` (default: a
+    new :func:`training_model_name`); BigQuery trains it on gcp, the local BigQuery ML engine
+    locally. Returns the model's name."""
+    model = model or training_model_name(spec)
+    warehouse.execute(training_sql(spec, model))
+    return model
 
 
-def feature_info(warehouse: Warehouse, spec: ModelSpec) -> pd.DataFrame:
-    return warehouse.query(_template("feature_info", spec))
+def _template(name: str, spec: ModelSpec, model: str, values: Mapping[str, float] | None = None) -> str:
+    return bind_template(read_sql(f"models/evaluation/{name}.sql"), model, spec.training_query, values)
 
 
-def training_info(warehouse: Warehouse, spec: ModelSpec) -> pd.DataFrame:
-    return warehouse.query(_template("training_info", spec))
+def feature_info(warehouse: Warehouse, spec: ModelSpec, model: str) -> pd.DataFrame:
+    return warehouse.query(_template("feature_info", spec, model))
+
+
+def training_info(warehouse: Warehouse, spec: ModelSpec, model: str) -> pd.DataFrame:
+    return warehouse.query(_template("training_info", spec, model))
 
 
 # -- evaluation --------------------------------------------------------------------------------
@@ -291,11 +351,11 @@ def _float_or_none(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def evaluation_metrics(warehouse: Warehouse, spec: ModelSpec) -> dict[str, float | None]:
-    """``ML.EVALUATE`` without input data: the metrics on the model's evaluation split."""
-    frame = warehouse.query(_template("evaluate", spec))
+def evaluation_metrics(warehouse: Warehouse, spec: ModelSpec, model: str) -> dict[str, float | None]:
+    """``ML.EVALUATE`` without input data: the metrics of ``model`` on its evaluation split."""
+    frame = warehouse.query(_template("evaluate", spec, model))
     if frame.empty:
-        raise WarehouseError(f"ML.EVALUATE returned no rows for {spec.name}.")
+        raise WarehouseError(f"ML.EVALUATE returned no rows for {model}.")
     row = frame.iloc[0]
     return {str(column): _float_or_none(row[column]) for column in frame.columns if _is_metric(row[column])}
 
@@ -360,7 +420,7 @@ def _confusion_from_function(frame: pd.DataFrame) -> pd.DataFrame:
     return table.fillna(0).astype(int)
 
 
-def classification_plots_data(warehouse: Warehouse, spec: ModelSpec, result: EvaluationResult) -> None:
+def classification_plots_data(warehouse: Warehouse, spec: ModelSpec, model: str, result: EvaluationResult) -> None:
     """ROC curve and confusion matrix: ML.ROC_CURVE and ML.CONFUSION_MATRIX on the evaluation
     split where the warehouse runs them (BigQuery); else computed from ML.PREDICT over the
     labelled training rows (both splits), which the result's ``sources`` says."""
@@ -369,12 +429,12 @@ def classification_plots_data(warehouse: Warehouse, spec: ModelSpec, result: Eva
     def labelled_predictions() -> pd.DataFrame:
         nonlocal predictions
         if predictions is None:
-            predictions = warehouse.query(_template("labelled_predictions", spec))
+            predictions = warehouse.query(_template("labelled_predictions", spec, model))
         return predictions
 
     label = spec.label
     try:
-        roc = warehouse.query(_template("roc_curve", spec))
+        roc = warehouse.query(_template("roc_curve", spec, model))
         result.roc = roc[["threshold", "recall", "false_positive_rate"]].copy()
         result.sources["roc_curve"] = "ML.ROC_CURVE on the evaluation split"
     except WarehouseError as err:
@@ -388,7 +448,7 @@ def classification_plots_data(warehouse: Warehouse, spec: ModelSpec, result: Eva
         )
     result.roc_auc = auc(result.roc)
     try:
-        result.confusion = _confusion_from_function(warehouse.query(_template("confusion_matrix", spec)))
+        result.confusion = _confusion_from_function(warehouse.query(_template("confusion_matrix", spec, model)))
         result.sources["confusion_matrix"] = "ML.CONFUSION_MATRIX on the evaluation split"
     except WarehouseError as err:
         log.info("ML.CONFUSION_MATRIX unavailable (%s); computing it from ML.PREDICT", err)
@@ -400,22 +460,22 @@ def classification_plots_data(warehouse: Warehouse, spec: ModelSpec, result: Eva
         )
 
 
-def evaluate(warehouse: Warehouse, spec: ModelSpec) -> EvaluationResult:
-    """Run the model's evaluation (see :class:`Evaluation`)."""
-    result = EvaluationResult(metrics=evaluation_metrics(warehouse, spec))
+def evaluate(warehouse: Warehouse, spec: ModelSpec, model: str) -> EvaluationResult:
+    """Run the evaluation of the spec's BigQuery ML model ``model`` (see :class:`Evaluation`)."""
+    result = EvaluationResult(metrics=evaluation_metrics(warehouse, spec, model))
     result.sources["metrics"] = "ML.EVALUATE on the evaluation split"
     if spec.evaluation == Evaluation.BINARY_CLASSIFICATION:
-        classification_plots_data(warehouse, spec, result)
+        classification_plots_data(warehouse, spec, model, result)
     if spec.evaluation in (Evaluation.CLUSTERING, Evaluation.ANOMALY_DETECTION):
         if spec.evaluation == Evaluation.ANOMALY_DETECTION:
-            anomalies = warehouse.query(_template("anomalies", spec, {"contamination": spec.contamination}))
+            anomalies = warehouse.query(_template("anomalies", spec, model, {"contamination": spec.contamination}))
             result.anomalies = anomalies
             result.cluster_sizes = anomalies[["centroid_id", "row_count", "anomalies"]].copy()
             result.sources["cluster_sizes"] = (
                 f"ML.DETECT_ANOMALIES (contamination {spec.contamination}) on all training rows"
             )
         else:
-            result.cluster_sizes = warehouse.query(_template("cluster_sizes", spec))
+            result.cluster_sizes = warehouse.query(_template("cluster_sizes", spec, model))
             result.sources["cluster_sizes"] = "ML.PREDICT on all training rows"
         result.cluster_sizes["centroid_id"] = result.cluster_sizes["centroid_id"].astype(int)
     return result

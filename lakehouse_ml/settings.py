@@ -35,6 +35,8 @@ EXAMPLES: dict[str, str] = {
     "bigquery_location": "US",
     "bigquery_api_endpoint": "https://bigquery.googleapis.com",
     "vertex_api_endpoint": "https://us-central1-aiplatform.googleapis.com",
+    "monitoring_api_endpoint": "https://monitoring.googleapis.com",
+    "request_log_grace_seconds": "600",
     "gcp_anonymous_credentials": "false",
     "serving_host": "127.0.0.1",
     "serving_port": "8765",
@@ -76,8 +78,18 @@ class Settings(BaseModel):
     vertex_api_endpoint: str | None = Field(
         None, description="Override the Vertex AI API endpoint (private service connect, or a test double)."
     )
+    monitoring_api_endpoint: str | None = Field(
+        None, description="Override the Cloud Monitoring API endpoint (served prediction counts of Vertex AI endpoints)."
+    )
     gcp_anonymous_credentials: bool = Field(
         False, description="Send no credentials (only for a local test double of the Google APIs)."
+    )
+    request_log_grace_seconds: int = Field(
+        600,
+        ge=0,
+        le=86400,
+        description="How long Vertex AI's request-response log rows may take to land in BigQuery: each monitoring "
+        "report re-reads this much before its window (gcp backend; `lakehouse-ml gcp-check` measures the delay).",
     )
 
     # local endpoint server
@@ -119,7 +131,7 @@ class Settings(BaseModel):
             raise ValueError("a BigQuery location is US, EU or a region such as us-central1")
         return value
 
-    @field_validator("bigquery_api_endpoint", "vertex_api_endpoint")
+    @field_validator("bigquery_api_endpoint", "vertex_api_endpoint", "monitoring_api_endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^\s/]+(:\d+)?(/.*)?$", value):

@@ -12,7 +12,7 @@ which the local endpoint server speaks as well, so the same :func:`send_traffic`
 * :func:`scenario_instances` — the same from a temporary simulated lakehouse (optionally drifted).
 * :func:`send_traffic` — ``count`` requests at about ``rate`` requests/second from ``concurrency``
   keep-alive workers; HTTP errors are counted, never raised; returns a :class:`TrafficReport`.
-* :func:`endpoint_predict_url` / :func:`vertex_predict_url_and_token` — where to send them.
+* :func:`endpoint_predict_url` — where to send them (the backend's ``predict_target``).
 * :func:`add_traffic_arguments` / :func:`run_traffic_command` — the ``lakehouse-ml traffic`` command.
 """
 
@@ -36,42 +36,12 @@ import numpy as np
 import pandas as pd
 
 from lakehouse_ml.backends.warehouse import PartitionWindow, Warehouse, check_identifier
+from lakehouse_ml.bigquery.served import PredictionFormat, ServedFormatError, instances as encode_instances, json_safe
 
 MAX_ERRORS_KEPT = 5
 PROGRESS_INTERVAL = 0.1  # seconds: progress callbacks at most ~10 times per second
 
 # -- instances ---------------------------------------------------------------------------------
-
-
-def json_safe(value: Any) -> Any:
-    """One warehouse value as JSON: NULL/NaN/NaT/±inf -> None, numpy scalars -> Python, dates and
-    timestamps -> ISO 8601 strings, Decimal -> float, arrays and structs recursively."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating, decimal.Decimal)):
-        number = float(value)
-        return number if math.isfinite(number) else None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, np.datetime64):
-        return None if np.isnat(value) else pd.Timestamp(value).isoformat()
-    if isinstance(value, (pd.Timestamp, dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, (pd.Timedelta, dt.timedelta)):
-        return pd.Timedelta(value).total_seconds()
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, bytes):
-        import base64
-
-        return base64.b64encode(value).decode("ascii")
-    return str(value)
 
 
 def frame_instances(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -81,11 +51,6 @@ def frame_instances(frame: pd.DataFrame) -> list[dict[str, Any]]:
         {column: json_safe(value) for column, value in zip(columns, row)}
         for row in frame.itertuples(index=False, name=None)
     ]
-
-
-def table_instances(table: Any) -> list[dict[str, Any]]:
-    """Rows of a ``pyarrow.Table`` as JSON-safe dicts keyed by column (see :func:`json_safe`)."""
-    return [{str(k): json_safe(v) for k, v in row.items()} for row in table.to_pylist()]
 
 
 def shuffled(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
@@ -104,8 +69,9 @@ def serving_instances(
     warehouse: Warehouse, model: str, limit: int | None = None, seed: int = 0
 ) -> list[dict[str, Any]]:
     """The rows of ``sql/serving/<model>.sql`` on ``warehouse`` as prediction instances (JSON-safe
-    dicts with exactly the query's columns), shuffled deterministically by ``seed`` and cut to
-    ``limit``."""
+    dicts with exactly the query's columns, a NULL as the served model takes it: see
+    :func:`lakehouse_ml.bigquery.served.instances`), shuffled deterministically by ``seed`` and
+    cut to ``limit``."""
     from lakehouse_ml.sqlfiles import read_sql, sql_files
 
     check_identifier(model, "model")
@@ -120,9 +86,17 @@ def serving_instances(
             f"model's features for the rows to score). Models with one: {known}."
         ) from None
     # Arrow keeps the warehouse's types (an INT64 column with NULLs stays integers; pandas would
-    # make it float64).
-    rows = shuffled(table_instances(warehouse.query_arrow(sql)), seed)
+    # make it float64), which a TRANSFORM model's NULL sentinels depend on.
+    rows = shuffled(encode_instances(warehouse.query_arrow(sql), transform=_has_transform(model)), seed)
     return rows if limit is None else rows[:limit]
+
+
+def _has_transform(model: str) -> bool:
+    """Whether the declared model of that name was created with a TRANSFORM clause (an
+    undeclared name: no)."""
+    from lakehouse_ml.models import MODELS
+
+    return any(spec.name == model and spec.statement.transform for spec in MODELS)
 
 
 def _needed_tables(sql: str) -> tuple[list, list]:
@@ -240,6 +214,9 @@ class TrafficReport:
     versions: Counter = dataclasses.field(default_factory=Counter)
     instances: int = 0
     interrupted: bool = False
+    # What the model answered, by predicted class (or nearest centroid), when the sender was given
+    # the model's PredictionFormat.
+    outcomes: Counter = dataclasses.field(default_factory=Counter)
 
     @property
     def requests_per_second(self) -> float:
@@ -266,6 +243,11 @@ class TrafficReport:
                 + ", ".join(
                     f"v{k}: {v:,}" for k, v in sorted(self.versions.items(), key=lambda kv: str(kv[0]))
                 )
+            )
+        if self.outcomes:
+            lines.append(
+                "Predictions: "
+                + ", ".join(f"{k}: {v:,}" for k, v in sorted(self.outcomes.items(), key=lambda kv: str(kv[0])))
             )
         for error in self.errors:
             lines.append(f"Error: {error}")
@@ -319,10 +301,13 @@ class _Tally:
             return index
 
     def record(
-        self, instances: int, status: int | str, latency: float | None, error: str | None, version: str | None
+        self, instances: int, status: int | str, latency: float | None, error: str | None, version: str | None,
+        outcomes: Counter | None = None,
     ) -> None:
         with self.lock:
             report = self.report
+            if outcomes:
+                report.outcomes.update(outcomes)
             report.sent += 1
             report.instances += instances
             report.status_counts[status] += 1
@@ -354,6 +339,7 @@ def send_traffic(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     transport: Any = None,
+    prediction_format: PredictionFormat | None = None,
 ) -> TrafficReport:
     """Send ``count`` prediction requests to ``url`` (the full ``...:predict`` URL).
 
@@ -363,6 +349,10 @@ def send_traffic(
     adds ``Authorization: Bearer``. An HTTP error or a failed connection is counted in the report,
     never raised. ``progress(done, total)`` is called at most about 10 times a second (and once at
     the end). Ctrl-C stops the run and returns what was sent so far (``interrupted``).
+
+    ``prediction_format``: the served model's format; every prediction is parsed with it (one
+    that does not parse makes the request count as failed) and the report counts the predicted
+    classes or nearest centroids.
 
     ``clock``/``sleep`` (the schedule's time source) and ``transport`` (an httpx transport) can be
     injected for tests.
@@ -418,7 +408,10 @@ def send_traffic(
                         version = answer.get("modelVersionId")
                         if not isinstance(answer.get("predictions"), list):
                             raise ValueError("no 'predictions' list in the answer")
-                    except ValueError as err:
+                        outcomes = Counter(
+                            str(prediction_format.parse(p).predicted) for p in answer["predictions"]
+                        ) if prediction_format is not None else None
+                    except (ValueError, ServedFormatError) as err:
                         tally.record(
                             batch_size,
                             response.status_code,
@@ -427,7 +420,7 @@ def send_traffic(
                             None,
                         )
                         continue
-                    tally.record(batch_size, response.status_code, latency, None, version)
+                    tally.record(batch_size, response.status_code, latency, None, version, outcomes)
                 else:
                     tally.record(batch_size, response.status_code, latency, _error_message(response), None)
         finally:
@@ -477,92 +470,9 @@ def send_traffic(
 
 
 def endpoint_predict_url(endpoints: Any, endpoint_name: str) -> tuple[str, str | None]:
-    """The ``:predict`` URL and bearer token of an endpoint (by id or display name) of the local
-    endpoints resource (:class:`~lakehouse_ml.backends.local_endpoints.LocalEndpoints`)."""
-    from lakehouse_ml.backends.endpoints import EndpointError
-
-    info = endpoints.get_endpoint(endpoint_name)
-    if info is None:
-        raise EndpointError(
-            f"Endpoint {endpoint_name!r} not found. Deploy the model first (`lakehouse-ml materialize` "
-            "materializes its deployment) or pass --endpoint with an existing endpoint's name or id."
-        )
-    base_url = getattr(endpoints, "base_url", None)
-    if not base_url:
-        raise EndpointError(
-            f"{type(endpoints).__name__} has no base URL; for Vertex AI use vertex_predict_url_and_token()."
-        )
-    return f"{base_url.rstrip('/')}/v1/{info['resource_name']}:predict", getattr(endpoints, "token", None)
-
-
-def vertex_predict_url(settings: Any, endpoint_id: str) -> str:
-    """``https://{region}-aiplatform.googleapis.com/v1/projects/{p}/locations/{region}/endpoints/{id}:predict``
-    (or under ``settings.vertex_api_endpoint``); ``endpoint_id`` may be a full resource name."""
-    import re
-
-    from lakehouse_ml.backends.registry import vertex_region
-
-    region = vertex_region(settings.bigquery_location)
-    endpoint_id = str(endpoint_id).strip()
-    if endpoint_id.startswith("projects/"):
-        if not re.fullmatch(r"projects/[^/\s]+/locations/[^/\s]+/endpoints/[^/\s:]+", endpoint_id):
-            raise ValueError(
-                f"{endpoint_id!r} is not an endpoint resource name (projects/P/locations/L/endpoints/ID)."
-            )
-        resource = endpoint_id
-    else:
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", endpoint_id):
-            raise ValueError(f"{endpoint_id!r} is not a Vertex AI endpoint id.")
-        if not settings.gcp_project:
-            raise ValueError("LAKEHOUSE_ML_GCP_PROJECT is required to address a Vertex AI endpoint by id.")
-        resource = f"projects/{settings.gcp_project}/locations/{region}/endpoints/{endpoint_id}"
-    base = (settings.vertex_api_endpoint or f"https://{region}-aiplatform.googleapis.com").rstrip("/")
-    return f"{base}/v1/{resource}:predict"
-
-
-def vertex_predict_url_and_token(
-    settings: Any, endpoint_id: str, credentials: Any = None
-) -> tuple[str, str | None]:
-    """The Vertex AI ``:predict`` URL of ``endpoint_id`` and an OAuth access token from
-    Application Default Credentials (``google.auth.default()``, refreshed once: tokens last about
-    an hour). No token with ``LAKEHOUSE_ML_GCP_ANONYMOUS_CREDENTIALS`` (a test double)."""
-    url = vertex_predict_url(settings, endpoint_id)
-    if getattr(settings, "gcp_anonymous_credentials", False) and credentials is None:
-        return url, None
-    if credentials is None:
-        import google.auth
-
-        credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-    if not getattr(credentials, "token", None) or not getattr(credentials, "valid", True):
-        import google.auth.transport.requests
-
-        credentials.refresh(google.auth.transport.requests.Request())
-    return url, credentials.token
-
-
-def _vertex_endpoint_id(settings: Any, name: str) -> str:
-    """An endpoint id (or resource name) as given, or looked up by display name on Vertex AI."""
-    import re
-
-    if name.startswith("projects/") or re.fullmatch(r"\d+", name):
-        return name
-    from google.cloud import aiplatform
-
-    from lakehouse_ml.backends.registry import vertex_region
-
-    kwargs: dict[str, Any] = {
-        "project": settings.gcp_project,
-        "location": vertex_region(settings.bigquery_location),
-    }
-    if settings.vertex_api_endpoint:
-        kwargs.update(api_endpoint=settings.vertex_api_endpoint, api_transport="rest")
-    aiplatform.init(**kwargs)
-    found = aiplatform.Endpoint.list(filter=f'display_name="{name}"', order_by="create_time desc")
-    if not found:
-        raise RuntimeError(
-            f"No Vertex AI endpoint named {name!r} in {kwargs['project']}/{kwargs['location']}; deploy the model first."
-        )
-    return found[0].resource_name
+    """The ``:predict`` URL and bearer token of an endpoint (by id or display name) on any backend
+    (:meth:`~lakehouse_ml.backends.endpoints.Endpoints.predict_target`)."""
+    return endpoints.predict_target(endpoint_name)
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -643,19 +553,13 @@ def run_traffic_command(args: argparse.Namespace, settings: Any) -> int:
     if not instances:
         say(f"error: sql/serving/{model}.sql returned no rows; materialize the feature tables first.")
         return 2
-    if settings.backend == "gcp":
-        url, token = vertex_predict_url_and_token(settings, _vertex_endpoint_id(settings, endpoint))
-    else:
-        from lakehouse_ml.backends.local_endpoints import LocalEndpoints
+    from lakehouse_ml.backends import build_endpoints
+    from lakehouse_ml.models import MODELS
 
-        endpoints = LocalEndpoints(
-            home=str(settings.home_dir),
-            host=settings.serving_host,
-            port=settings.serving_port,
-            token=settings.serving_token,
-        )
-        url, token = endpoint_predict_url(endpoints, endpoint)
-        endpoints.ensure_server()
+    endpoints = build_endpoints(settings)
+    url, token = endpoints.predict_target(endpoint)
+    endpoints.ensure_serving()
+    spec = next((s for s in MODELS if s.name == model), None)
     shown_rate = "as fast as possible" if rate is None else f"{rate:g} req/s"
     say(
         f"Sending {args.count:,} request(s) of {args.batch_size} instance(s) to {url} at {shown_rate} "
@@ -671,6 +575,7 @@ def run_traffic_command(args: argparse.Namespace, settings: Any) -> int:
         concurrency=args.concurrency,
         timeout=args.timeout,
         progress=_progress_printer(),
+        prediction_format=spec.prediction_format() if spec is not None else None,
     )
     print(report.summary())
     return 0 if report.failed == 0 and not report.interrupted else 1

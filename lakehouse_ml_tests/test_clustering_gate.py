@@ -64,11 +64,13 @@ def test_cluster_columns_are_the_transform_outputs():
 @pytest.mark.parametrize(
     ("prediction", "problem"),
     [
-        ({"nearest_centroid_id": 2, "centroid_ids": [2, 1], "centroid_distances": [0.5, 1.5]}, None),
-        ({"nearest_centroid_id": 1, "centroid_ids": [2, 1], "centroid_distances": [0.5, 1.5]}, "not the nearest"),
-        ({"nearest_centroid_id": 2, "centroid_ids": [2, 1], "centroid_distances": [1.5, 0.5]}, "not the nearest"),
-        ({"nearest_centroid_id": 2, "centroid_ids": [2, 1], "centroid_distances": [-0.1, 0.5]}, "not the nearest"),
-        ({"nearest_centroid_id": 2, "centroid_ids": [2]}, "without centroid_distances"),
+        # The export serving signature: every centroid (customer_segments_model has 5) in id order.
+        ({"nearest_centroid_id": [2], "centroid_ids": [1, 2, 3, 4, 5], "centroid_distances": [1.5, 0.5, 2, 3, 4]}, None),
+        ({"nearest_centroid_id": [1], "centroid_ids": [1, 2, 3, 4, 5], "centroid_distances": [1.5, 0.5, 2, 3, 4]}, "not the nearest"),
+        ({"nearest_centroid_id": [2], "centroid_ids": [2, 1, 3, 4, 5], "centroid_distances": [0.5, 1.5, 2, 3, 4]}, "id order"),
+        ({"nearest_centroid_id": [2], "centroid_ids": [1, 2, 3, 4, 5], "centroid_distances": [1.5, -0.1, 2, 3, 4]}, "negative"),
+        ({"nearest_centroid_id": [2], "centroid_ids": [1, 2], "centroid_distances": [1.5, 0.5]}, "1..5"),
+        ({"nearest_centroid_id": [2], "centroid_ids": [1, 2, 3, 4, 5]}, "no centroid_distances"),
     ],
 )
 def test_a_served_kmeans_answer_is_checked(prediction, problem):
@@ -89,4 +91,4 @@ def test_the_kmeans_gate_compares_davies_bouldin_only():
         serving=models.Serving(endpoint="customer_segments_model"),
     )
     with pytest.raises(ValueError, match="compares davies_bouldin_index, not 'mean_squared_distance'"):
-        deployment._clustering_gate(None, None, spec, None, pd.DataFrame(), deployment.GateResult(True, "", "", "", "1"))
+        deployment._clustering_gate(None, spec, "candidate", "serving", pd.DataFrame(), deployment.GateResult(True, "", "", "", "1"))

@@ -1,6 +1,6 @@
 """The website (lakehouse_ml.traffic): instances from the serving query, simulated drifted traffic,
 requests to a real local endpoint server, errors counted not raised, the send schedule under an
-injected clock, and the Vertex AI URL."""
+injected clock, and the command."""
 
 from __future__ import annotations
 
@@ -36,7 +36,6 @@ from lakehouse_ml.traffic import (
     send_schedule,
     send_traffic,
     serving_instances,
-    vertex_predict_url_and_token,
 )
 from lakehouse_ml_tests.serving.conftest import artifact, free_port, instances, training_frame
 
@@ -118,6 +117,14 @@ def test_every_request_is_sent_and_answered(running, churn_url):
     assert report.versions == {"1": 60}
     assert report.errors == [] and not report.interrupted
     assert report.p50_ms is not None and 0 < report.p50_ms <= report.p99_ms
+    # With the model's prediction format every answer is parsed, and the report counts the classes.
+    from lakehouse_ml.bigquery.served import PredictionFormat
+
+    parsed = send_traffic(churn_url, GOOD, count=10, rate=None, batch_size=2, prediction_format=PredictionFormat("LOGISTIC_REG", "churned"))
+    assert parsed.ok == 10 and sum(parsed.outcomes.values()) == 20 and set(parsed.outcomes) <= {"true", "false"}
+    assert "Predictions: " in parsed.summary()
+    wrong = send_traffic(churn_url, GOOD, count=2, rate=None, prediction_format=PredictionFormat("LOGISTIC_REG", "other"))
+    assert wrong.failed == 2 and "no predicted_other" in wrong.errors[0]
     assert calls[-1] == (60, 60) and calls.count((60, 60)) == 1
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     summary = report.summary()
@@ -459,46 +466,6 @@ def test_scenario_instances_cleans_up_and_explains_a_too_short_history(tmp_path,
     assert list(scratch.iterdir()) == []
     with pytest.raises(ValueError, match="Unknown drift scenario"):
         scenario_instances("churn_model", "heatwave@2026-01-05", customers=50, days=30)
-
-
-# -- Vertex AI ---------------------------------------------------------------------------------
-
-
-class FakeCredentials:
-    token = None
-    valid = False
-
-    def refresh(self, request):
-        self.token, self.valid = "ya29.fake", True
-
-
-def test_vertex_predict_url_and_token():
-    settings = Settings(backend="gcp", gcp_project="my-project-123", bigquery_location="EU")
-    url, token = vertex_predict_url_and_token(settings, "4567", credentials=FakeCredentials())
-    assert (
-        url
-        == "https://europe-west4-aiplatform.googleapis.com/v1/projects/my-project-123/locations/europe-west4/endpoints/4567:predict"
-    )
-    assert token == "ya29.fake"
-
-    custom = Settings(
-        backend="gcp",
-        gcp_project="my-project-123",
-        vertex_api_endpoint="http://127.0.0.1:9999/",
-        gcp_anonymous_credentials=True,
-    )
-    url, token = vertex_predict_url_and_token(custom, "projects/other-proj/locations/us-east1/endpoints/88")
-    assert (
-        url == "http://127.0.0.1:9999/v1/projects/other-proj/locations/us-east1/endpoints/88:predict"
-        and token is None
-    )
-    url, _ = vertex_predict_url_and_token(custom, "12")
-    assert (
-        url == "http://127.0.0.1:9999/v1/projects/my-project-123/locations/us-central1/endpoints/12:predict"
-    )
-    for bad in ("12/../../x", "projects/p/endpoints/1"):
-        with pytest.raises(ValueError):
-            vertex_predict_url_and_token(custom, bad)
 
 
 # -- the command -------------------------------------------------------------------------------

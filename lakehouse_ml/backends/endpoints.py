@@ -79,3 +79,18 @@ class Endpoints(dg.ConfigurableResource):
     def console_url(self, endpoint_id: str) -> str | None:
         """A link to the endpoint for the Dagster UI (None when there is none)."""
         return None
+
+    def request_log_grace_seconds(self) -> float:
+        """How long a request-response log row may take to land after its ``logging_time``:
+        monitoring re-reads this much before each window."""
+        return 0.0
+
+    def served_predictions(self, endpoint: str, start: dt.datetime, end: dt.datetime) -> int | None:
+        """How many predictions the endpoint answered in ``[start, end)``, from a source other than
+        its request log (None when the backend has none): what tells a broken log from no traffic."""
+        return None
+
+    def predict_target(self, endpoint: str) -> tuple[str, str | None]:
+        """The full ``…:predict`` URL of an endpoint (by id or display name) and the bearer token to
+        send with it (None when none is needed): what a website or ``lakehouse-ml traffic`` calls."""
+        raise NotImplementedError

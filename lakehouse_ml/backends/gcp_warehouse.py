@@ -777,6 +777,22 @@ class GcpWarehouse(Warehouse):
             f"&ws=!1m5!1m4!4m3!1s{project}!2s{self.dataset}!3s{table}"
         )
 
+    def list_models(self) -> list[tuple[str, dt.datetime]]:
+        """BigQuery ``models.list`` of the dataset (a missing dataset has none)."""
+        with self._client() as client:
+            try:
+                found = list(client.list_models(f"{client.project}.{self.dataset}"))
+            except google_exceptions.NotFound:
+                return []
+            except google_exceptions.GoogleAPICallError as err:
+                raise self._translate(err, f"list the models of {client.project}.{self.dataset}", None) from None
+        return [(m.model_id, _utc(m.created)) for m in found]
+
+    def model_source(self, model: str) -> str:
+        from lakehouse_ml.backends.registry import bqml_source
+
+        return bqml_source(self.dataset, check_identifier(model, "model"))
+
     def model_url(self, model: str) -> str | None:
         check_identifier(model, "model")
         project = self.bigquery.project
@@ -787,6 +803,12 @@ class GcpWarehouse(Warehouse):
             f"https://console.cloud.google.com/bigquery?project={project}"
             f"&ws=!1m5!1m4!5m3!1s{project}!2s{self.dataset}!3s{model}"
         )
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime:
+    if value is None:
+        return dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
 def build_gcp_warehouse(settings: "Settings") -> GcpWarehouse:

@@ -29,6 +29,9 @@ from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
 from lakehouse_ml.serving.log import LOG_COLUMNS
 from lakehouse_ml.serving.state import connect, ensure_schema, load_state, registry_db
 
+LOG_GRACE_SECONDS = 5.0
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
 
@@ -272,6 +275,20 @@ class LocalEndpoints(Endpoints):
                 "ORDER BY logging_time, request_id, instance_index",
                 [files, *bounds],
             ).df()
+
+    def request_log_grace_seconds(self) -> float:
+        """A request answered while monitoring flushes the log lands in the next file: a few
+        seconds cover it (the server writes its log itself, on every flush)."""
+        return LOG_GRACE_SECONDS
+
+    def predict_target(self, endpoint: str) -> tuple[str, str | None]:
+        info = self.get_endpoint(endpoint)
+        if info is None:
+            raise EndpointError(
+                f"Endpoint {endpoint!r} not found. Deploy the model first (`lakehouse-ml materialize` "
+                "materializes its deployment) or give an existing endpoint's name or id."
+            )
+        return f"{self.base_url}/v1/{info['resource_name']}:predict", self.token
 
     def console_url(self, endpoint_id: str) -> str:
         return f"{self.base_url}/v1/projects/{self.project}/locations/{self.location}/endpoints/{endpoint_id}"

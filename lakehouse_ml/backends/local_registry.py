@@ -45,6 +45,8 @@ from lakehouse_ml.backends.registry import (
 )
 
 DB_NAME = "registry.db"
+# Where local endpoints live, in the resource names of errors (LocalEndpoints' project and location).
+LOCAL_ENDPOINT_PARENT = "projects/local/locations/us-central1"
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS models(
@@ -229,12 +231,17 @@ class LocalModelRegistry(ModelRegistry):
             )
         ]
 
+    @staticmethod
+    def _endpoint_names(deployed: Sequence[str]) -> list[str]:
+        return sorted({f"{LOCAL_ENDPOINT_PARENT}/endpoints/{d.split('/', 1)[0]}" for d in deployed})
+
     def _refuse_deployed(self, conn: sqlite3.Connection, model_id: str, version_id: str, what: str) -> None:
         deployed = self._deployments(conn, model_id, version_id)
         if deployed:
             raise VersionDeployedError(
                 f"Cannot {what}: version {version_id} of model {model_id!r} is deployed "
-                f"(endpoint/deployed model: {', '.join(deployed)}). Undeploy it from those endpoints first."
+                f"(endpoint/deployed model: {', '.join(deployed)}). Undeploy it from those endpoints first.",
+                self._endpoint_names(deployed),
             )
 
     # -- registering -------------------------------------------------------------------------------
@@ -380,26 +387,13 @@ class LocalModelRegistry(ModelRegistry):
             ).fetchone()
             return self._version(conn, row) if row is not None else None
 
-    def _retire(self, conn: sqlite3.Connection, row: sqlite3.Row, now: str, heir: tuple[str, str] | None) -> list[Path]:
-        """Remove the version ``row`` replaced or dropped in BigQuery ML (inside a transaction).
-
-        A deployed version cannot be deleted (models.deleteVersion): it stays, marked replaced,
-        and keeps its aliases — it is still what the endpoint serves, so an alias such as
-        ``champion`` goes on naming it until a promotion moves it (the champion/challenger gate
-        relies on this). A version that goes hands its aliases to ``heir`` (model id, version id)
-        when that is in the same model. Returns the folders to delete after the commit."""
+    def _retire(self, conn: sqlite3.Connection, row: sqlite3.Row, now: str) -> list[Path]:
+        """Delete the version ``row`` that BigQuery ML replaced or dropped (inside a transaction;
+        the caller has checked it is not deployed), as models.deleteVersion does: its aliases go,
+        but ``default``, which moves to the newest remaining version; the model goes with its last
+        version. Returns the folders to delete after the commit."""
         model_id, version_id = row["model_id"], row["version_id"]
-        same_model = heir is not None and heir[0] == model_id
         held = [r[0] for r in conn.execute("SELECT alias FROM aliases WHERE model_id = ? AND version_id = ?", (model_id, version_id))]
-        if self._deployments(conn, model_id, version_id):
-            conn.execute(
-                "UPDATE versions SET replaced_time = ?, update_time = ? WHERE model_id = ? AND version_id = ?",
-                (now, now, model_id, version_id),
-            )
-            return []
-        if same_model:
-            for alias in held:
-                self._set_alias(conn, model_id, heir[1], alias, now)
         conn.execute("DELETE FROM aliases WHERE model_id = ? AND version_id = ?", (model_id, version_id))
         conn.execute("DELETE FROM versions WHERE model_id = ? AND version_id = ?", (model_id, version_id))
         remaining = conn.execute(
@@ -408,10 +402,20 @@ class LocalModelRegistry(ModelRegistry):
         if not remaining:  # its last version: the model goes (models.delete)
             conn.execute("DELETE FROM models WHERE model_id = ?", (model_id,))
             return [self.root_path / model_id]
-        if DEFAULT_ALIAS in held and not same_model:
-            # `default` must stay on one version: the newest remaining one takes it.
+        if DEFAULT_ALIAS in held:
             self._set_alias(conn, model_id, remaining[0][0], DEFAULT_ALIAS, now)
         return [self.root_path / model_id / version_id]
+
+    def _refuse_deployed_source(self, conn: sqlite3.Connection, source: str, rows: Sequence[sqlite3.Row]) -> None:
+        for row in rows:
+            deployed = self._deployments(conn, row["model_id"], row["version_id"])
+            if deployed:
+                raise VersionDeployedError(
+                    f"Cannot replace or drop BigQuery ML model {source.removeprefix('bqml://')}: it is registered as "
+                    f"version {row['version_id']} of model {row['model_id']!r}, which is deployed (endpoint/deployed "
+                    f"model: {', '.join(deployed)}). Undeploy it first.",
+                    self._endpoint_names(deployed),
+                )
 
     def replace_bqml_version(
         self,
@@ -439,16 +443,15 @@ class LocalModelRegistry(ModelRegistry):
                 old = conn.execute(
                     "SELECT * FROM versions WHERE source = ? AND replaced_time IS NULL", (source,)
                 ).fetchall()
+                self._refuse_deployed_source(conn, source, old)
                 version_id = None
                 if model_id is not None:
                     version_id = self._insert(
-                        conn, model_id, staging, source=source, model_type=model_type, aliases=(),
+                        conn, model_id, staging, source=source, model_type=model_type, aliases=aliases,
                         display_name=display_name, labels=labels, metrics=metrics, published=published,
                     )
                 for row in old:
-                    garbage += self._retire(conn, row, now, (model_id, version_id) if model_id else None)
-                for alias in aliases:  # the statement's aliases win over the inherited ones
-                    self._set_alias(conn, model_id, version_id, alias, now)
+                    garbage += self._retire(conn, row, now)
         except BaseException:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -465,19 +468,12 @@ class LocalModelRegistry(ModelRegistry):
         garbage: list[Path] = []
         with self._write() as conn:
             rows = conn.execute("SELECT * FROM versions WHERE source = ? AND replaced_time IS NULL", (source,)).fetchall()
-            for row in rows:
-                deployed = self._deployments(conn, row["model_id"], row["version_id"])
-                if deployed:
-                    raise VersionDeployedError(
-                        f"Cannot drop BigQuery ML model {source.removeprefix('bqml://')}: it is registered as version "
-                        f"{row['version_id']} of model {row['model_id']!r}, which is deployed (endpoint/deployed model: "
-                        f"{', '.join(deployed)}). Undeploy it first, then drop the model."
-                    )
+            self._refuse_deployed_source(conn, source, rows)
             if check_only:
                 return
             now = _now()
             for row in rows:
-                garbage += self._retire(conn, row, now, None)
+                garbage += self._retire(conn, row, now)
         for path in garbage:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -526,8 +522,9 @@ class LocalModelRegistry(ModelRegistry):
         return self.get_version(model_id, version_id)
 
     def delete_version(self, model_id: str, version_id: str) -> None:
-        """models.deleteVersion: refused when deployed, when it is the only version (use
-        :meth:`delete_model`), and when it holds ``default`` (move ``default`` first)."""
+        """models.deleteVersion: refused when deployed and when it is the only version (use
+        :meth:`delete_model`); a deleted ``default`` version hands ``default`` to the newest
+        remaining version."""
         with self._write() as conn:
             row = self._row(conn, model_id, str(version_id))
             version_id = row["version_id"]
@@ -538,16 +535,9 @@ class LocalModelRegistry(ModelRegistry):
                     f"Cannot delete version {version_id} of model {model_id!r}: it is the only version, and a model "
                     "keeps at least one. Delete the whole model with delete_model (or DROP MODEL in BigQuery ML)."
                 )
-            if conn.execute(
-                "SELECT 1 FROM aliases WHERE model_id = ? AND version_id = ? AND alias = ?", (model_id, version_id, DEFAULT_ALIAS)
-            ).fetchone():
-                raise RegistryError(
-                    f"Cannot delete version {version_id} of model {model_id!r}: it holds the 'default' alias. Move "
-                    f"'default' to another version first (merge_version_aliases(model_id, other_version, ['default']))."
-                )
-            conn.execute("DELETE FROM aliases WHERE model_id = ? AND version_id = ?", (model_id, version_id))
-            conn.execute("DELETE FROM versions WHERE model_id = ? AND version_id = ?", (model_id, version_id))
-        shutil.rmtree(self.root_path / model_id / version_id, ignore_errors=True)
+            garbage = self._retire(conn, row, _now())
+        for path in garbage:
+            shutil.rmtree(path, ignore_errors=True)
 
     def delete_model(self, model_id: str) -> None:
         """models.delete: every version goes; refused while any version is deployed."""

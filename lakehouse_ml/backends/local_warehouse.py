@@ -10,6 +10,8 @@ through :mod:`lakehouse_ml.bqml.sql` to the local BigQuery ML engine, whose mode
 
 from __future__ import annotations
 
+import datetime as dt
+
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,6 +129,22 @@ class LocalWarehouse(Warehouse):
         """Where a model's artifacts are (a local folder), for links in the Dagster UI."""
         check_identifier(model, "model")
         return str((self.models_path() / model).absolute())
+
+    def list_models(self) -> list[tuple[str, dt.datetime]]:
+        engine = self.bqml_engine()
+        out = []
+        for name in engine.store.names():
+            try:
+                created = dt.datetime.fromisoformat(engine.store.load_meta(name)["creation_time"])
+            except (FileNotFoundError, KeyError, ValueError):
+                continue  # dropped meanwhile, or not a model folder
+            out.append((name, created if created.tzinfo else created.replace(tzinfo=dt.timezone.utc)))
+        return out
+
+    def model_source(self, model: str) -> str:
+        from lakehouse_ml.backends.registry import bqml_source
+
+        return bqml_source(self.bqml_engine().dataset, check_identifier(model, "model"))
 
     def _session(self, conn: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> BqmlSession:
         from lakehouse_ml.bqml.sql import BqmlSession

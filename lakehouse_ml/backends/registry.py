@@ -19,7 +19,13 @@ Semantics (each from the Vertex AI / BigQuery ML documentation):
 * ``delete_version``: models.deleteVersion — "Model version can only be deleted if there are no
   DeployedModels created from it. Deleting the only version in the Model is not allowed. Use
   models.delete for deleting the Model instead"
-  (https://cloud.google.com/vertex-ai/docs/reference/rest/v1/projects.locations.models/deleteVersion).
+  (https://cloud.google.com/vertex-ai/docs/reference/rest/v1/projects.locations.models/deleteVersion);
+  "When you delete a model version assigned the default alias, the alias is automatically assigned
+  to the next most recent version" (the model-alias page): deleting the ``default`` version moves
+  ``default`` to the newest remaining version.
+* ``CREATE OR REPLACE MODEL`` of a registered BigQuery ML model deletes its version and registers
+  the new model (v1, v2 → v1, v3); while that version is deployed BigQuery refuses it, and
+  ``DROP MODEL``, with FAILED_PRECONDITION (:mod:`lakehouse_ml.bigquery.registry`).
 * BigQuery ML models with ``MODEL_REGISTRY='VERTEX_AI'`` register at CREATE MODEL under
   ``VERTEX_AI_MODEL_ID`` (default: the model name), with ``VERTEX_AI_MODEL_VERSION_ALIASES`` on
   the new version; ``ALTER MODEL … SET OPTIONS(vertex_ai_model_id=…)`` registers an existing
@@ -65,7 +71,12 @@ class ModelNotRegisteredError(RegistryError):
 
 
 class VersionDeployedError(RegistryError):
-    """A version (or the BigQuery ML model behind it) is deployed to an endpoint."""
+    """A version (or the BigQuery ML model behind it) is deployed to an endpoint. ``endpoints``:
+    the resource names of the endpoints it is deployed to."""
+
+    def __init__(self, message: str, endpoints: Sequence[str] = ()):
+        super().__init__(message)
+        self.endpoints = list(endpoints)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,11 +195,11 @@ class ModelRegistry(dg.ConfigurableResource):
         labels: Mapping[str, str] | None = None,
         metrics: Mapping[str, Any] | None = None,
     ) -> ModelVersion | None:
-        """``CREATE OR REPLACE`` of the BigQuery ML model ``source``: its current version is replaced
-        by a new one under ``model_id`` (v1, v2 → v1, v3) and the old version's aliases move to the
-        new one — unless the old version is deployed: then it stays (a deployed version cannot be
-        deleted) and keeps its aliases. ``model_id=None``: the new model is not registered, the
-        old version goes."""
+        """``CREATE OR REPLACE`` of the BigQuery ML model ``source``: a new version is registered
+        under ``model_id`` and the model's current version is deleted (v1, v2 → v1, v3): its
+        aliases go with it, but ``default``, which moves to the newest remaining version. Raises
+        :class:`VersionDeployedError` (nothing changes) when that version is deployed.
+        ``model_id=None``: the new model is not registered, the old version goes."""
         raise NotImplementedError
 
     def drop_bqml_model(self, source: str, *, check_only: bool = False) -> None:

@@ -79,12 +79,14 @@ import datetime as dt
 import decimal
 import json
 import re
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from google.api_core import exceptions as google_exceptions
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
 from lakehouse_ml.backends.registry import (
@@ -118,6 +120,10 @@ FROM {table}
 WHERE logging_time >= @start AND logging_time < @end
 ORDER BY logging_time, request_id"""
 CONSOLE = "https://console.cloud.google.com/vertex-ai"
+# Cloud Monitoring: Vertex AI's built-in count of online predictions per endpoint (resource type
+# aiplatform.googleapis.com/Endpoint, label endpoint_id), read with projects.timeSeries.list.
+MONITORING_API = "https://monitoring.googleapis.com"
+PREDICTION_COUNT_METRIC = "aiplatform.googleapis.com/prediction/online/prediction_count"
 # endpoints.create ``endpointId``: a letter then up to 62 of [a-z0-9-] ending in a letter or digit,
 # or up to 9 digits without a leading zero.
 NEW_ENDPOINT_ID_PATTERN = re.compile(r"^([a-z]([a-z0-9-]{0,61}[a-z0-9])?|[1-9][0-9]{0,8})$")
@@ -157,48 +163,101 @@ def _iso(value: Any) -> str:
     return str(value)
 
 
-class _VertexClients:
-    """Per-call GAPIC clients (closed on exit) for one project, region and API endpoint."""
+# One set of credentials and one GAPIC client per service and API endpoint, per process: building
+# a client (and, with application default credentials, finding and refreshing them) on every call
+# costs time and quota. GAPIC clients over REST are safe to share between threads.
+_PROCESS_LOCK = threading.Lock()
+_CREDENTIALS: dict[bool, Any] = {}
+_CLIENTS: dict[tuple[str, str, bool], Any] = {}
+# How many credentials and clients this process has made, by kind (what the client-count test reads).
+CREATED: Counter = Counter()
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
-    def __init__(self, api_endpoint: str, credentials: Any):
-        self.api_endpoint = api_endpoint
-        self.credentials = credentials
-        self._open: list[Any] = []
 
-    def _make(self, cls: Any) -> Any:
-        from google.api_core.client_options import ClientOptions
+def process_credentials(anonymous: bool) -> Any:
+    """The process's credentials: ``AnonymousCredentials`` for a test double, else application
+    default credentials (``google.auth.default``, found once; the clients refresh the token)."""
+    with _PROCESS_LOCK:
+        found = _CREDENTIALS.get(anonymous)
+        if found is None:
+            if anonymous:
+                from google.auth.credentials import AnonymousCredentials
 
-        client = cls(
-            credentials=self.credentials,
-            client_options=ClientOptions(api_endpoint=self.api_endpoint),
-            transport="rest",
-        )
-        self._open.append(client)
+                found = AnonymousCredentials()
+            else:
+                import google.auth
+
+                found, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
+            _CREDENTIALS[anonymous] = found
+            CREATED["credentials"] += 1
+        return found
+
+
+def process_client(cls: Any, api_endpoint: str, anonymous: bool) -> Any:
+    """The process's GAPIC client of ``cls`` for ``api_endpoint`` (REST transport)."""
+    key = (cls.__name__, api_endpoint, anonymous)
+    with _PROCESS_LOCK:
+        client = _CLIENTS.get(key)
+    if client is not None:
         return client
+    from google.api_core.client_options import ClientOptions
+
+    credentials = process_credentials(anonymous)
+    with _PROCESS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            client = cls(credentials=credentials, client_options=ClientOptions(api_endpoint=api_endpoint), transport="rest")
+            _CLIENTS[key] = client
+            CREATED[cls.__name__] += 1
+    return client
+
+
+class _Retrying:
+    """A GAPIC client whose calls retry, with exponential backoff, on 429 (quota) and 503
+    (unavailable): the GAPIC methods of ``aiplatform_v1`` have no default retry
+    (``default_retry=None`` in their transports), and Vertex AI's rate quotas (600 resource
+    management requests a minute) answer 429 RESOURCE_EXHAUSTED, "Retry after a few seconds"."""
+
+    def __init__(self, client: Any, retry: Any):
+        self._client = client
+        self._retry = retry
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if name.startswith("_") or not callable(attribute) or name in ("transport",):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("retry", self._retry)
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+class _VertexClients:
+    """The process's clients for one API endpoint, each call retried on 429 and 503."""
+
+    def __init__(self, api_endpoint: str, anonymous: bool, retry: Any):
+        self.api_endpoint = api_endpoint
+        self.anonymous = anonymous
+        self.retry = retry
+
+    def _get(self, name: str) -> Any:
+        from google.cloud import aiplatform_v1
+
+        return _Retrying(process_client(getattr(aiplatform_v1, name), self.api_endpoint, self.anonymous), self.retry)
 
     @property
     def models(self) -> Any:
-        from google.cloud.aiplatform_v1 import ModelServiceClient
-
-        return self._make(ModelServiceClient)
+        return self._get("ModelServiceClient")
 
     @property
     def endpoints(self) -> Any:
-        from google.cloud.aiplatform_v1 import EndpointServiceClient
-
-        return self._make(EndpointServiceClient)
+        return self._get("EndpointServiceClient")
 
     @property
     def prediction(self) -> Any:
-        from google.cloud.aiplatform_v1 import PredictionServiceClient
-
-        return self._make(PredictionServiceClient)
-
-    def close(self) -> None:
-        for client in self._open:
-            with contextlib.suppress(Exception):
-                client.transport.close()
-        self._open.clear()
+        return self._get("PredictionServiceClient")
 
 
 class _VertexConfig:
@@ -235,18 +294,23 @@ class _VertexConfig:
     def parent(self) -> str:
         return f"projects/{self.project}/locations/{self.region}"
 
-    def _credentials(self) -> Any:
-        if self.anonymous_credentials:
-            from google.auth.credentials import AnonymousCredentials
+    @property
+    def _retry(self) -> Any:
+        from google.api_core import retry as api_retry
 
-            return AnonymousCredentials()
-        return None  # application default credentials
+        return api_retry.Retry(
+            predicate=api_retry.if_exception_type(google_exceptions.TooManyRequests, google_exceptions.ServiceUnavailable),
+            initial=float(self.retry_initial_s),
+            maximum=float(self.retry_maximum_s),
+            multiplier=2.0,
+            timeout=float(self.retry_timeout_s),
+        )
 
     @contextlib.contextmanager
     def _clients(self, action: str) -> Iterator[_VertexClients]:
-        """Clients for one call; transport, credential and unexpected API errors become
-        ``_error_type`` with what to do next."""
-        clients = _VertexClients(self.endpoint_url, self._credentials())
+        """The process's clients (:func:`process_client`); transport, credential and unexpected
+        API errors become ``error_type`` with what to do next."""
+        clients = _VertexClients(self.endpoint_url, bool(self.anonymous_credentials), self._retry)
         try:
             yield clients
         except google_exceptions.GoogleAPICallError as err:  # not translated where it was raised
@@ -272,15 +336,13 @@ class _VertexConfig:
                     "(LAKEHOUSE_ML_VERTEX_API_ENDPOINT), the network and any proxy, then run again."
                 ) from None
             raise
-        finally:
-            clients.close()
 
     def _wait(self, operation: Any, what: str) -> Any:
         """Poll a long-running operation (``operations.get``) until it is done; its result."""
         name = getattr(getattr(operation, "operation", None), "name", "") or "?"
         deadline = time.monotonic() + float(self.operation_timeout_s)
         delay = max(float(self.poll_interval_s), 0.001)
-        while not operation.done():
+        while not operation.done(retry=self._retry):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self.error_type(
@@ -311,6 +373,9 @@ class VertexModelRegistry(_VertexConfig, ModelRegistry):
     anonymous_credentials: bool = Field(False, description="Send no credentials (only for a local test double).")
     operation_timeout_s: float = Field(600.0, description="How long to wait for a long-running operation.")
     poll_interval_s: float = Field(0.05, description="First wait between operations.get polls (grows ×1.5 to 10 s).")
+    retry_initial_s: float = Field(1.0, description="First wait before retrying a call answered 429 or 503 (doubles each time).")
+    retry_maximum_s: float = Field(32.0, description="Longest wait between two retries of a call.")
+    retry_timeout_s: float = Field(300.0, description="How long one call is retried on 429 and 503 before it fails.")
 
     error_type: ClassVar[type[Exception]] = RegistryError
 
@@ -476,8 +541,8 @@ class VertexModelRegistry(_VertexConfig, ModelRegistry):
         return [f"{ref.endpoint} (deployed model {ref.deployed_model_id})" for ref in model.deployed_models]
 
     def delete_version(self, model_id: str, version_id: str) -> None:
-        """models.deleteVersion (long-running): refused when deployed, when it is the only version or
-        holds ``default``."""
+        """models.deleteVersion (long-running): refused when deployed or when it is the only version;
+        a deleted ``default`` version hands ``default`` to the next most recent version."""
         with self._clients(f"delete model {model_id}@{version_id}") as clients:
             model = self._get(clients, model_id, str(version_id))
             number = model.version_id
@@ -499,8 +564,7 @@ class VertexModelRegistry(_VertexConfig, ModelRegistry):
                     ) from None
                 raise RegistryError(
                     f"Vertex AI refused to delete version {number} of model {model_id!r}: {text} A model keeps at "
-                    "least one version (delete the whole model with delete_model), and the 'default' version "
-                    f"stays until 'default' moves (merge_version_aliases({model_id!r}, other_version, ['default']))."
+                    "least one version: delete the whole model with delete_model."
                 ) from None
             self._wait(operation, f"deleting version {number} of model {model_id!r}")
 
@@ -566,6 +630,19 @@ class VertexEndpoints(_VertexConfig, Endpoints):
     anonymous_credentials: bool = Field(False, description="Send no credentials (only for a local test double).")
     operation_timeout_s: float = Field(1800.0, description="How long to wait for a long-running operation (deployments are slow).")
     poll_interval_s: float = Field(0.05, description="First wait between operations.get polls (grows ×1.5 to 10 s).")
+    retry_initial_s: float = Field(1.0, description="First wait before retrying a call answered 429 or 503 (doubles each time).")
+    retry_maximum_s: float = Field(32.0, description="Longest wait between two retries of a call.")
+    retry_timeout_s: float = Field(300.0, description="How long one call is retried on 429 and 503 before it fails.")
+    request_log_grace_s: float = Field(
+        600.0,
+        description="How long a request-response log row may take to land in BigQuery after its logging_time "
+        "(monitoring re-reads this much before each window; `lakehouse-ml gcp-check` measures it).",
+    )
+    monitoring_api_endpoint: str | None = Field(
+        None, description="Cloud Monitoring API endpoint (default https://monitoring.googleapis.com), for served counts."
+    )
+
+    _endpoint_names: dict[str, str] = PrivateAttr(default_factory=dict)
 
     error_type: ClassVar[type[Exception]] = EndpointError
 
@@ -595,6 +672,21 @@ class VertexEndpoints(_VertexConfig, Endpoints):
                 "use the endpoint id instead."
             )
         return found[0] if found else None
+
+    def _resource_name(self, clients: _VertexClients, endpoint: str) -> str:
+        """The endpoint's resource name, with no API call for a resource name or a numeric id,
+        and one lookup per display name for the life of this resource (predictions after the
+        first make no management call)."""
+        endpoint = str(endpoint).strip()
+        if endpoint.startswith("projects/"):
+            return endpoint
+        if _NUMERIC_ID.match(endpoint) and ENDPOINT_ID_PATTERN.match(endpoint):
+            return f"{self.parent}/endpoints/{endpoint}"
+        known = self._endpoint_names.get(endpoint)
+        if known is None:
+            known = self._require(clients, endpoint).name
+            self._endpoint_names[endpoint] = known
+        return known
 
     def _require(self, clients: _VertexClients, endpoint: str) -> Any:
         found = self._lookup(clients, endpoint)
@@ -655,6 +747,77 @@ class VertexEndpoints(_VertexConfig, Endpoints):
         dataset = match["dataset"] or "logging_" + re.sub(r"[^A-Za-z0-9_]", "_", resource.display_name) + f"_{endpoint_id}"
         table = match["table"] or REQUEST_LOG_TABLE_PREFIX
         return f"{match['project']}.{dataset}.{table}"
+
+    def predict_target(self, endpoint: str) -> tuple[str, str | None]:
+        """The REST ``:predict`` URL of the endpoint (by resource name, id or display name) under
+        the API endpoint, and an OAuth access token of the process's credentials (refreshed when
+        stale; None with anonymous credentials)."""
+        with self._clients(f"get endpoint {endpoint!r}") as clients:
+            name = self._resource_name(clients, endpoint)
+        url = f"{self.endpoint_url.rstrip('/')}/v1/{name}:predict"
+        if self.anonymous_credentials:
+            return url, None
+        credentials = process_credentials(False)
+        if not getattr(credentials, "valid", False):
+            import google.auth.transport.requests
+
+            try:
+                credentials.refresh(google.auth.transport.requests.Request())
+            except Exception as err:
+                raise EndpointError(
+                    f"No usable Google Cloud credentials to call {url}: {err}. Run `gcloud auth application-default "
+                    "login`, or point GOOGLE_APPLICATION_CREDENTIALS at a service account key, then run again."
+                ) from None
+        return url, credentials.token
+
+    def request_log_grace_seconds(self) -> float:
+        return float(self.request_log_grace_s)
+
+    def served_predictions(self, endpoint: str, start: dt.datetime, end: dt.datetime) -> int | None:
+        """Cloud Monitoring's ``aiplatform.googleapis.com/prediction/online/prediction_count`` of
+        the endpoint over ``[start, end)`` (the sum of its points), through the REST method
+        ``projects.timeSeries.list``; None when Cloud Monitoring cannot be asked (no permission,
+        not reachable): the report then cannot tell a broken log from no traffic, and says nothing."""
+        import requests
+
+        with self._clients(f"get endpoint {endpoint!r}") as clients:
+            endpoint_id = self._resource_name(clients, endpoint).rsplit("/", 1)[-1]
+        window = {"start": _utc(start, "start"), "end": _utc(end, "end")}
+        base = (self.monitoring_api_endpoint or MONITORING_API).rstrip("/")
+        params = {
+            "filter": f'metric.type="{PREDICTION_COUNT_METRIC}" AND resource.labels.endpoint_id="{endpoint_id}"',
+            "interval.startTime": window["start"].isoformat().replace("+00:00", "Z"),
+            "interval.endTime": window["end"].isoformat().replace("+00:00", "Z"),
+        }
+        credentials = process_credentials(bool(self.anonymous_credentials))
+        if self.anonymous_credentials:
+            session: Any = requests.Session()
+        else:
+            import google.auth.transport.requests
+
+            session = google.auth.transport.requests.AuthorizedSession(credentials)
+        total = 0
+        try:
+            page: str | None = None
+            while True:
+                answer = session.get(
+                    f"{base}/v3/projects/{self.project}/timeSeries", params=params | ({"pageToken": page} if page else {}),
+                    timeout=30,
+                )
+                if answer.status_code != 200:
+                    return None
+                body = answer.json()
+                for series in body.get("timeSeries") or []:
+                    for point in series.get("points") or []:
+                        value = point.get("value") or {}
+                        total += int(float(value.get("int64Value", value.get("doubleValue", 0)) or 0))
+                page = body.get("nextPageToken")
+                if not page:
+                    return total
+        except (requests.RequestException, ValueError):
+            return None
+        finally:
+            session.close()
 
     def console_url(self, endpoint_id: str) -> str | None:
         """The endpoint's page in the Google Cloud console."""
@@ -836,6 +999,11 @@ class VertexEndpoints(_VertexConfig, Endpoints):
                     min_replica_count=1,
                     max_replica_count=1,
                 ),
+                # Predictions from BigQuery ML models deployed through the SDK have failed in
+                # "Explanation preprocessing" (GoogleCloudPlatform/vertex-ai-samples#2723); nothing
+                # here calls :explain. DeployedModel.disable_explanations: "If true, deploy the model
+                # without explainable feature, regardless the existence of Model.explanation_spec".
+                disable_explanations=True,
             )
             try:
                 operation = service.deploy_model(
@@ -973,15 +1141,21 @@ class VertexEndpoints(_VertexConfig, Endpoints):
         except (TypeError, ValueError, json_format.ParseError) as err:
             raise EndpointError(f"The instances must be JSON values (objects of feature values): {err}.") from None
         with self._clients(f"predict on endpoint {endpoint!r}") as clients:
-            resource = self._require(clients, endpoint)
-            kwargs: dict[str, Any] = {"endpoint": resource.name, "instances": values}
+            name = self._resource_name(clients, endpoint)
+            kwargs: dict[str, Any] = {"endpoint": name, "instances": values}
             if params is not None:
                 kwargs["parameters"] = params
             try:
                 response = clients.prediction.predict(**kwargs)
+            except google_exceptions.NotFound:
+                self._endpoint_names.pop(str(endpoint).strip(), None)
+                raise EndpointError(
+                    f"Endpoint {endpoint!r} not found in {self.parent}; create it with create_endpoint() (or check "
+                    "LAKEHOUSE_ML_GCP_PROJECT and LAKEHOUSE_ML_BIGQUERY_LOCATION)."
+                ) from None
             except (google_exceptions.BadRequest, google_exceptions.FailedPrecondition) as err:
                 raise EndpointError(
-                    f"predict on endpoint {self._endpoint_id(resource)} failed: {_error_text(err)} Check the instances "
+                    f"predict on endpoint {name.rsplit('/', 1)[-1]} failed: {_error_text(err)} Check the instances "
                     "(feature names and types) and that a model is deployed with traffic."
                 ) from None
         body = json_format.MessageToDict(type(response).pb(response))
@@ -1092,4 +1266,6 @@ def build_vertex_endpoints(settings: "Settings") -> VertexEndpoints:
         api_endpoint=settings.vertex_api_endpoint,
         bigquery_api_endpoint=settings.bigquery_api_endpoint,
         anonymous_credentials=settings.gcp_anonymous_credentials,
+        request_log_grace_s=float(settings.request_log_grace_seconds),
+        monitoring_api_endpoint=settings.monitoring_api_endpoint,
     )

@@ -274,3 +274,12 @@ class Warehouse(dg.ConfigurableResource):
         """Where a BigQuery ML model is, for the Dagster UI: a console URL on gcp, the artifact
         folder locally."""
         return None
+
+    def list_models(self) -> list[tuple[str, dt.datetime]]:
+        """The BigQuery ML models of the dataset: (name, creation time in UTC)."""
+        raise NotImplementedError
+
+    def model_source(self, model: str) -> str:
+        """How the model registry names the BigQuery ML model ``model`` as a version's source:
+        ``bqml://<dataset>.<model>``."""
+        raise NotImplementedError

@@ -34,7 +34,9 @@ from scipy.special import expit
 from lakehouse_ml.bqml import options as opt
 from lakehouse_ml.bqml import xgb
 from lakehouse_ml.bqml.artifacts import ModelStore, check_name
+from lakehouse_ml.backends.registry import VersionDeployedError
 from lakehouse_ml.backends.warehouse import WarehouseError
+from lakehouse_ml.bigquery.registry import deployed_model_message
 from lakehouse_ml.bqml.errors import BqmlError, ModelExistsError, ModelNotFoundError
 from lakehouse_ml.bqml.metrics import CLASSIFICATION_COLUMNS, KMEANS_COLUMNS, REGRESSION_COLUMNS
 from lakehouse_ml.bqml.metrics import classification as classification_metrics
@@ -282,6 +284,18 @@ class BqmlEngine:
         registry = meta.get("registry") or {}
         return registry.get("model_registry") == "VERTEX_AI" or registry.get("vertex_ai_model_id") is not None
 
+    def _refuse_deployed(self, name: str) -> None:
+        """BigQuery's FAILED_PRECONDITION when the registered version of ``name`` is deployed:
+        replacing or dropping the model would delete that version."""
+        try:
+            self.registry.drop_bqml_model(self._source(name), check_only=True)
+        except VersionDeployedError as err:
+            raise BqmlError(
+                deployed_model_message(err.endpoints)
+                + f" (Model {name!r} is registered and that version is deployed: undeploy it, or create a model of "
+                "another name with the same VERTEX_AI_MODEL_ID, which registers a new version.)"
+            ) from None
+
     def _sync_registry(self, name: str, replaced_registered: bool) -> None:
         """After CREATE [OR REPLACE] MODEL: register the new model, replacing the old one's version."""
         if self.registry is None:
@@ -363,6 +377,8 @@ class BqmlEngine:
             self.registry is not None and replace and self.store.exists(name)
             and self._registered(self.store.load_meta(name))
         )
+        if replaced_registered:  # refused before any work: nothing is trained or written
+            self._refuse_deployed(name)
         resolved = opt.resolve(options)
         opt.check_model_name_for_vertex(name, resolved)
         given = {str(k).lower() for k, v in (options or {}).items() if v is not None}
@@ -390,7 +406,7 @@ class BqmlEngine:
             self.registry is not None and self.store.exists(name) and self._registered(self.store.load_meta(name))
         )
         if registered:  # refused while its registered version is deployed
-            self.registry.drop_bqml_model(self._source(name), check_only=True)
+            self._refuse_deployed(name)
         dropped = self.store.drop(name)
         if dropped and registered:
             self.registry.drop_bqml_model(self._source(name))
@@ -534,6 +550,20 @@ class BqmlEngine:
         if not model.is_classifier:
             return _with_inputs([(f"predicted_{label}", pa.array(scores, type=pa.float64()))], frame)
         return _with_inputs(self._class_columns(model, scores, threshold, n), frame)
+
+    def centroid_distances(self, name: str, frame: pd.DataFrame) -> np.ndarray:
+        """A k-means model's distance from each row of ``frame`` to every centroid, (rows,
+        centroids) in centroid-id order: what the model's served predictions carry
+        (``centroid_distances``), in the space ``ML.PREDICT``'s distances are measured in."""
+        model = self._load(name)
+        if model.model_type not in opt.KMEANS_MODEL_TYPES:
+            raise BqmlError(f"Model {name!r} is a {model.model_type} model; centroid distances need a KMEANS model.")
+        design = model.prep.design(model.check_features(_as_frame(frame), "ML.PREDICT"))
+        c = model.centroids()
+        idx, dist = kmeans.top_nearest(design, c, model.meta["options"]["distance_type"], c.k)
+        out = np.empty_like(dist)
+        np.put_along_axis(out, idx, dist, axis=1)
+        return out
 
     def _class_columns(self, model: _Model, probs: np.ndarray, threshold: float | None, n: int) -> list:
         label = model.label_name

@@ -245,6 +245,7 @@ class CreateModel:
     options: dict[str, Any]
     query: str
     transform: str | None = None  # the TRANSFORM select list, as written
+    name_span: tuple[int, int] = (0, 0)  # where the model name is in the statement's text
 
 
 @dataclass(frozen=True)
@@ -573,8 +574,10 @@ def _parse_create(sql: str, tokens: Sequence[Token], params: Mapping[str, Any] |
         i += 3
     if replace and if_not_exists:
         raise BqmlError("CREATE OR REPLACE MODEL and IF NOT EXISTS cannot be combined.")
+    name_start = tokens[i].start if i < len(tokens) else len(sql)
     parts, raw, i = _take_path(sql, tokens, i, "model")
     model = _model_ref(parts, raw)
+    name_span = (name_start, name_start + len(raw))
     transform = None
     options: dict[str, Any] = {}
     if i < len(tokens) and _is(tokens[i], "TRANSFORM"):
@@ -610,8 +613,21 @@ def _parse_create(sql: str, tokens: Sequence[Token], params: Mapping[str, Any] |
     if not query.strip():
         raise BqmlError(f"CREATE MODEL {raw}: the AS query is empty.")
     return CreateModel(
-        model=model, replace=replace, if_not_exists=if_not_exists, options=options, query=query, transform=transform
+        model=model, replace=replace, if_not_exists=if_not_exists, options=options, query=query, transform=transform,
+        name_span=name_span,
     )
+
+
+def rename_created_model(sql: str, model: str) -> str:
+    """``sql`` (one ``CREATE MODEL`` statement, as in ``sql/models/``) creating the plain model
+    name ``model`` instead of its own: only the name changes, the rest of the text is kept as
+    written (a training run's own BigQuery ML model, :func:`lakehouse_ml.models.training_sql`)."""
+    check_identifier(model, "model")
+    statement = parse_model_statement(sql)
+    if not isinstance(statement, CreateModel):
+        raise BqmlError("Only a CREATE MODEL statement can be given another model name.")
+    start, end = statement.name_span
+    return sql[:start] + model + sql[end:]
 
 
 # =================================================================================================
@@ -1762,6 +1778,7 @@ def bind_template(
 
 __all__ = [
     "SIGNATURES",
+    "rename_created_model",
     "AlterModel",
     "BqmlSession",
     "CreateModel",

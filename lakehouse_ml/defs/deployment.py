@@ -1,16 +1,17 @@
 """Registry version and endpoint deployment assets of every served model (thin: the logic is in
 :mod:`lakehouse_ml.deployment`).
 
-* ``<model>_registry_version``: the Vertex AI Model Registry version the last ``CREATE OR REPLACE
-  MODEL`` registered, with the **blocking** ``champion_challenger`` check: the candidate is
-  compared with the serving version on fresh rows (labelled ones for a classifier; for k-means,
-  both versions' clusters of the same rows), and only a candidate at least as good
-  gets the serving alias. A loser stays registered (alias ``challenger``) and the check says why;
+* ``<model>_registry_version``: the Vertex AI Model Registry version that the model asset's last
+  run registered (its BigQuery ML model, metadata ``bqml_model``), with the **blocking**
+  ``champion_challenger`` check: the candidate is compared with the serving version on fresh rows
+  (labelled ones for a classifier; for k-means, both versions' clusters of the same rows), both
+  scored with ``ML.PREDICT``, and only a candidate at least as good gets the serving alias. A loser stays registered (alias ``challenger``) and the check says why;
   the deployment downstream does not run.
 * ``<model>_deployment``: the endpoint serving the version that holds the serving alias (canary,
   then 100%, then the old deployment goes), with the **blocking** ``smoke_test`` check: real
   predictions through the endpoint. Run config ``version`` rolls back (or forward) to a given
-  version; ``promote: false`` leaves a canary at its share.
+  version; ``promote: false`` leaves a canary at its share. After the old deployment is undeployed,
+  the BigQuery ML models of older runs that nothing serves are dropped (garbage collection).
 """
 
 
@@ -25,7 +26,8 @@ from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
 from lakehouse_ml.backends.registry import ModelRegistry, RegistryError
 from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.defs.metadata import user_errors
-from lakehouse_ml.monitoring import monitor
+from lakehouse_ml.defs.models import BQML_MODEL, trained_model
+from lakehouse_ml.monitoring.baseline import baseline_table, save_baseline
 
 GROUP = "serving"
 GATE_CHECK = "champion_challenger"
@@ -40,11 +42,12 @@ def _floats(values: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and v == v}
 
 
-def _version_metadata(registry: ModelRegistry, version: Any, metrics: dict[str, float]) -> dict[str, Any]:
+def _version_metadata(registry: ModelRegistry, version: Any, metrics: dict[str, float], model: str) -> dict[str, Any]:
     return {
         "model_id": dg.MetadataValue.text(version.model_id),
         "version_id": dg.MetadataValue.text(version.version_id),
         "aliases": dg.MetadataValue.json(sorted(version.aliases)),
+        BQML_MODEL: dg.MetadataValue.text(model),
         "source": dg.MetadataValue.text(version.source),
         "model_type": dg.MetadataValue.text(version.model_type),
         "metrics": dg.MetadataValue.json(metrics),
@@ -61,20 +64,23 @@ def registered_version_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         name=f"{spec.name}_registry_version",
         group_name=GROUP,
         description=(
-            f"The Vertex AI Model Registry version of {spec.name} (model id {model_id}) registered by its last "
-            "CREATE OR REPLACE MODEL. Registered for lineage and batch scoring; not deployed to an endpoint."
+            f"The Vertex AI Model Registry version of {spec.name} (model id {model_id}) that the model asset's last "
+            "run registered. Registered for lineage and batch scoring; not deployed to an endpoint."
         ),
         deps=[dg.AssetDep(spec.name), dg.AssetDep(f"{spec.name}_evaluation")],
         kinds={"vertexai"},
     )
-    def _registered_version(warehouse: Warehouse, registry: ModelRegistry) -> dg.MaterializeResult:
+    def _registered_version(
+        context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry
+    ) -> dg.MaterializeResult:
         with user_errors():
             try:
-                version = registry.latest_version(model_id)
+                model = trained_model(context, warehouse, spec)
+                version = deployment.registered_version(warehouse, registry, spec, model)
             except RegistryError as err:
                 raise dg.Failure(description=str(err)) from err
-            metrics = _floats(version.metrics) or _floats(models.evaluation_metrics(warehouse, spec))
-        return dg.MaterializeResult(metadata=_version_metadata(registry, version, metrics))
+            metrics = _floats(version.metrics) or _floats(models.evaluation_metrics(warehouse, spec, model))
+        return dg.MaterializeResult(metadata=_version_metadata(registry, version, metrics, model))
 
     return _registered_version
 
@@ -89,10 +95,11 @@ def registry_version_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         name=name,
         group_name=GROUP,
         description=(
-            f"The Vertex AI Model Registry version of {spec.name} (model id {model_id}) registered by its last "
-            f"CREATE OR REPLACE MODEL. The blocking `{GATE_CHECK}` check compares it with the version holding "
+            f"The Vertex AI Model Registry version of {spec.name} (model id {model_id}) that the model asset's last "
+            f"run registered. The blocking `{GATE_CHECK}` check compares it with the version holding "
             f"'{serving.serving_alias}' on fresh {rows} (sql/gate/{spec.name}.sql, {spec.gate.metric}, "
-            f"{spec.gate.direction} is better); a winner takes '{serving.serving_alias}' and 'default'."
+            f"{spec.gate.direction} is better), both scored with ML.PREDICT; a winner takes "
+            f"'{serving.serving_alias}' and 'default'."
         ),
         deps=[dg.AssetDep(spec.name), dg.AssetDep(f"{spec.name}_evaluation")],
         kinds={"vertexai"},
@@ -109,21 +116,22 @@ def registry_version_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         ],
     )
     def _registry_version(
-        context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry, endpoints: Endpoints
+        context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry
     ) -> dg.MaterializeResult:
         with user_errors():
             try:
-                candidate = deployment.register_candidate(registry, spec)
-                if not warehouse.table_exists(monitor.baseline_table(spec, candidate.version_id)):
-                    rows = monitor.save_baseline(warehouse, spec, candidate.version_id)
+                model = trained_model(context, warehouse, spec)
+                candidate = deployment.register_candidate(warehouse, registry, spec, model)
+                if not warehouse.table_exists(baseline_table(spec, candidate.version_id)):
+                    rows = save_baseline(warehouse, spec, candidate.version_id, model)
                     context.log.info(f"Saved {rows} training rows of version {candidate.version_id} for monitoring")
-                result = deployment.gate(warehouse, registry, endpoints, spec, candidate)
+                result = deployment.gate(warehouse, registry, spec, candidate, model)
                 version = deployment.promote(registry, spec, candidate) if result.passed else candidate
-                metrics = _floats(version.metrics) or _floats(models.evaluation_metrics(warehouse, spec))
+                metrics = _floats(version.metrics) or _floats(models.evaluation_metrics(warehouse, spec, model))
             except (RegistryError, EndpointError) as err:
                 raise dg.Failure(description=str(err)) from err
         context.log.info(result.reason)
-        metadata = _version_metadata(registry, version, metrics) | {
+        metadata = _version_metadata(registry, version, metrics, model) | {
             "serving": dg.MetadataValue.bool(serving.serving_alias in version.aliases),
             "gate": dg.MetadataValue.text(result.reason),
         }
@@ -135,6 +143,9 @@ def registry_version_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         }
         if result.serving_version is not None:
             check_metadata["serving_version"] = dg.MetadataValue.text(result.serving_version)
+        if result.serving_model is not None:
+            check_metadata["candidate_model"] = dg.MetadataValue.text(str(result.candidate_model))
+            check_metadata["serving_model"] = dg.MetadataValue.text(result.serving_model)
         if result.candidate_value is not None:
             check_metadata["candidate_value"] = dg.MetadataValue.float(result.candidate_value)
             check_metadata["serving_value"] = dg.MetadataValue.float(result.serving_value)
@@ -169,6 +180,11 @@ class DeploymentConfig(dg.Config):
     )
     canary_percent: int | None = Field(None, description="Traffic share of a new version before promotion (1..99).")
     promote: bool = Field(True, description="Promote a healthy canary to 100% and undeploy the rest.")
+    keep_models: int | None = Field(
+        None,
+        description="Training runs whose BigQuery ML model is kept whatever it holds (default: the model's Serving "
+        "keep_models); older ones whose version is neither deployed nor holds an alias are dropped after deploying.",
+    )
 
 
 def deployment_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
@@ -181,7 +197,8 @@ def deployment_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         description=(
             f"Endpoint {serving.endpoint!r} serving the version of {spec.name} that holds '{serving.serving_alias}': "
             f"created when missing; a new version goes in as a {serving.canary_percent}% canary, is smoke-tested, "
-            "promoted to 100%, and the old deployment is undeployed (a failing canary is rolled back). "
+            "promoted to 100%, and the old deployment is undeployed (a failing canary is rolled back); then the "
+            f"BigQuery ML models of older runs that nothing serves are dropped (the newest {serving.keep_models} stay). "
             "Request-response logging is on. Locally the endpoint server starts in the background."
         ),
         deps=[dg.AssetDep(f"{spec.name}_registry_version")],
@@ -211,6 +228,9 @@ def deployment_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
                     endpoints, spec, version, instances,
                     canary_percent=config.canary_percent, promote_canary=config.promote, progress=context.log.info,
                 )
+                garbage = deployment.collect_garbage(
+                    warehouse, registry, endpoints, spec, keep=config.keep_models, progress=context.log.info
+                )
             except (RegistryError, EndpointError) as err:
                 raise dg.Failure(description=str(err)) from err
         metadata: dict[str, Any] = {
@@ -229,6 +249,8 @@ def deployment_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
             ),
             "actions": dg.MetadataValue.md("\n".join(f"- {a}" for a in result.actions) or "- nothing to change"),
             "rolled_back": dg.MetadataValue.bool(result.rolled_back),
+            "garbage_collection": dg.MetadataValue.text(garbage.describe()),
+            "models_dropped": dg.MetadataValue.json(garbage.dropped),
             "summary": dg.MetadataValue.text(
                 "; ".join(result.actions) + f"; serving {result.traffic_split}" if result.actions else f"serving {result.traffic_split}"
             ),

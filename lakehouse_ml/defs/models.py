@@ -1,9 +1,11 @@
 """Model assets: for each :class:`lakehouse_ml.models.ModelSpec`, the model and its evaluation.
 
-* ``<model>``: runs ``sql/models/<model>.sql`` (``CREATE OR REPLACE MODEL``) on the warehouse;
-  its upstream assets are the tables the SQL reads. Metadata: model type, options, registry
+* ``<model>``: runs ``sql/models/<model>.sql`` on the warehouse as a BigQuery ML model of the
+  run's own (``<model>_<UTC time>_<run id>``, :func:`lakehouse_ml.models.training_model_name`),
+  registered as a new version of the file's ``VERTEX_AI_MODEL_ID``; its upstream assets are the
+  tables the SQL reads. Metadata: the run's model (``bqml_model``), model type, options, registry
   options, feature columns (ML.FEATURE_INFO), training iterations and loss (ML.TRAINING_INFO) and
-  where the model is.
+  where the model is. The assets downstream read ``bqml_model`` (:func:`trained_model`).
 * ``<model>_evaluation``: ML.EVALUATE's metrics as float metadata and a Markdown table, and PNG
   plots linked from the metadata (ROC curve and confusion matrix for classifiers, rows per
   cluster for KMEANS), written under ``reports_dir/<model>/``.
@@ -24,6 +26,19 @@ from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.defs.metadata import user_errors
 
 GROUP = "models"
+# The model asset's metadata key naming the run's BigQuery ML model.
+BQML_MODEL = "bqml_model"
+
+
+def trained_model(context: dg.AssetExecutionContext, warehouse: Warehouse, spec: models.ModelSpec) -> str:
+    """The BigQuery ML model the spec's model asset last trained: its latest materialization's
+    ``bqml_model`` (the same run's, in a retraining run), else the spec's newest model in the
+    warehouse (materialized by another Dagster instance)."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(spec.name))
+    value = event.asset_materialization.metadata.get(BQML_MODEL) if event and event.asset_materialization else None
+    if value is not None and models.is_training_model(spec, str(value.value)):
+        return str(value.value)
+    return models.newest_model(warehouse, spec)
 
 
 def _markdown(frame: pd.DataFrame, rows: int = 30) -> str:
@@ -42,11 +57,13 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-def model_metadata(warehouse: Warehouse, spec: models.ModelSpec) -> dict[str, Any]:
-    """Metadata of a trained model, read back through the warehouse (BigQuery SQL only)."""
-    features = models.feature_info(warehouse, spec)
-    training = models.training_info(warehouse, spec)
+def model_metadata(warehouse: Warehouse, spec: models.ModelSpec, model: str) -> dict[str, Any]:
+    """Metadata of the trained BigQuery ML model ``model``, read back through the warehouse
+    (BigQuery SQL only)."""
+    features = models.feature_info(warehouse, spec, model)
+    training = models.training_info(warehouse, spec, model)
     metadata: dict[str, Any] = {
+        BQML_MODEL: dg.MetadataValue.text(model),
         "model_type": dg.MetadataValue.text(spec.model_type),
         "options": dg.MetadataValue.json(_json_safe(spec.options)),
         "feature_columns": dg.MetadataValue.json([str(c) for c in features["input"]] if "input" in features else []),
@@ -67,7 +84,7 @@ def model_metadata(warehouse: Warehouse, spec: models.ModelSpec) -> dict[str, An
         shown = [c for c in ("training_run", "iteration", "loss", "eval_loss", "learning_rate", "duration_ms") if c in training]
         metadata["training_info"] = dg.MetadataValue.md(_markdown(training[shown] if shown else training))
     # Where the model is: a local folder (local warehouse) or a console link (when a backend has one).
-    location = warehouse.model_url(spec.name)
+    location = warehouse.model_url(model)
     if location:
         if location.startswith(("http://", "https://")):
             metadata["model_location"] = dg.MetadataValue.url(location)
@@ -82,7 +99,9 @@ def model_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
     @dg.asset(
         name=spec.name,
         group_name=GROUP,
-        description=spec.description + f"\n\nDefined by `sql/{spec.sql_path}`.",
+        description=spec.description
+        + f"\n\nDefined by `sql/{spec.sql_path}`. Each run creates a BigQuery ML model of its own "
+        f"(`{spec.name}_<UTC time>_<run id>`, metadata `{BQML_MODEL}`), so no run replaces a model that serves.",
         deps=[dg.AssetDep(table) for table in spec.upstream_tables],
         kinds={"bigquery", "sql"},
         metadata={
@@ -92,11 +111,15 @@ def model_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         tags={"model_type": spec.model_type_of(statement).lower()},
     )
     def _model(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
-        context.log.info(f"Training {spec.name} ({spec.model_type}) from sql/{spec.sql_path} on {warehouse.describe()}")
+        model = models.training_model_name(spec, context.run.run_id)
+        context.log.info(
+            f"Training {spec.name} ({spec.model_type}) from sql/{spec.sql_path} as BigQuery ML model {model} on "
+            f"{warehouse.describe()}"
+        )
         with user_errors():
-            models.train(warehouse, spec)
-            metadata = model_metadata(warehouse, spec)
-        context.log.info(f"Trained {spec.name}: {metadata['training_iterations'].value} iteration(s)")
+            models.train(warehouse, spec, model)
+            metadata = model_metadata(warehouse, spec, model)
+        context.log.info(f"Trained {model}: {metadata['training_iterations'].value} iteration(s)")
         return dg.MaterializeResult(metadata=metadata)
 
     return _model
@@ -123,12 +146,14 @@ def evaluation_asset(spec: models.ModelSpec, reports_dir: Path) -> dg.AssetsDefi
     )
     def _evaluation(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
         with user_errors():
-            result = models.evaluate(warehouse, spec)
+            model = trained_model(context, warehouse, spec)
+            result = models.evaluate(warehouse, spec, model)
         folder = _plot_paths(reports_dir, spec)
         metadata: dict[str, Any] = {
             f"metric/{metric}": dg.MetadataValue.float(value) for metric, value in result.metrics.items() if value is not None
         }
         metadata["metrics"] = dg.MetadataValue.md(reports.metrics_markdown(result.metrics))
+        metadata[BQML_MODEL] = dg.MetadataValue.text(model)
         gate_value = result.metrics.get(spec.gate.metric)
         shown = f"{gate_value:.4f}" if isinstance(gate_value, float) else str(gate_value)
         metadata["gate"] = dg.MetadataValue.text(f"{spec.gate.metric} ({spec.gate.direction} is better) = {shown}")
@@ -161,7 +186,7 @@ def evaluation_asset(spec: models.ModelSpec, reports_dir: Path) -> dg.AssetsDefi
             metadata["anomalies"] = dg.MetadataValue.int(flagged)
             metadata["anomaly_rate"] = dg.MetadataValue.float(flagged / total if total else 0.0)
             metadata["contamination"] = dg.MetadataValue.float(float(spec.contamination))
-        context.log.info(f"Evaluated {spec.name}: " + json.dumps({k: v for k, v in result.metrics.items()}, default=str))
+        context.log.info(f"Evaluated {model}: " + json.dumps({k: v for k, v in result.metrics.items()}, default=str))
         return dg.MaterializeResult(metadata=metadata)
 
     return _evaluation

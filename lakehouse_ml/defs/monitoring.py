@@ -104,7 +104,12 @@ def monitoring_asset(spec: models.ModelSpec, reports_dir) -> dg.AssetsDefinition
             metadata["performance"] = dg.MetadataValue.md(result.performance.to_markdown(index=False, floatfmt=".4f"))
             latest = result.performance.iloc[-1]
             metadata[f"performance/{latest['metric']}"] = dg.MetadataValue.float(float(latest["value"]))
-        if result.drifted:
+        if result.late_rows:
+            metadata["late_rows"] = dg.MetadataValue.int(result.late_rows)
+        if result.log_problem:
+            passed, severity = False, dg.AssetCheckSeverity.WARN
+            description = f"Not judged: {result.log_problem}"
+        elif result.drifted:
             passed, severity = False, dg.AssetCheckSeverity.ERROR
             description = f"Drift in {len(result.drifted)} feature(s): {', '.join(result.drifted)}."
         elif result.warned:

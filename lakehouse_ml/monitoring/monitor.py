@@ -8,7 +8,12 @@ window (the request-response log since the previous report):
   ``ML.PREDICT`` over the model's training query, ``sql/models/evaluation/labelled_predictions.sql``);
 * **serving data**: the instances the serving version answered in the window, from the
   request-response log (:meth:`Endpoints.request_log`: Parquet files locally, Vertex AI's
-  request-response logging table on gcp), loaded into ``<model>_monitoring_window``;
+  request-response logging table on gcp), loaded into ``<model>_monitoring_window``. Vertex AI
+  writes that table asynchronously, so a report re-reads the backend's grace period
+  (:meth:`Endpoints.request_log_grace_seconds`) before its window, counts the rows there that the
+  previous report did not count (it keeps their request ids), and de-duplicates on request id;
+  when the endpoint served predictions but the log holds none after the grace period, the report
+  says so and is not judged (its check warns);
 * **feature drift**: ``sql/monitoring/feature_drift.sql`` — ``ML.VALIDATE_DATA_DRIFT`` of the
   training features against the served ones, run by the warehouse (BigQuery itself on gcp), with
   the spec's thresholds;
@@ -34,14 +39,17 @@ import pandas as pd
 from lakehouse_ml.atomic import write_bytes
 from lakehouse_ml.backends.endpoints import Endpoints
 from lakehouse_ml.backends.registry import ModelRegistry, ModelVersion, RegistryError
-from lakehouse_ml.backends.warehouse import Warehouse, WarehouseError, check_identifier
+from lakehouse_ml.backends.warehouse import Warehouse, WarehouseError
 from lakehouse_ml.bqml import metrics as bqml_metrics
 from lakehouse_ml.bqml import split as bqml_split
 from lakehouse_ml.bqml.sql import bind_template
 from lakehouse_ml.deployment import registry_model_id, serving_spec
+from lakehouse_ml.bigquery import served
+from lakehouse_ml.bigquery.served import ServedFormatError, ServedPrediction
 from lakehouse_ml.models import CLASSIFIER_TYPES, CLUSTERING_TYPES, ModelSpec, positive_label
 from lakehouse_ml.monitoring import drift as drift_stats
 from lakehouse_ml.monitoring import report
+from lakehouse_ml.monitoring.baseline import baseline_table
 from lakehouse_ml.serving.log import LOG_COLUMNS
 from lakehouse_ml.sqlfiles import read_sql
 
@@ -54,19 +62,6 @@ TREND_WINDOWS = 48
 # the clusters) and the distance to it (numerical: rows far from every centroid show here first).
 CLUSTER_COLUMN = "centroid_id"
 DISTANCE_COLUMN = "nearest_centroid_distance"
-
-
-def baseline_table(spec: ModelSpec, version_id: str) -> str:
-    if not str(version_id).isdigit():
-        raise RegistryError(f"Unexpected version id {version_id!r}: Vertex AI version ids are numbers.")
-    return check_identifier(f"{spec.name}_baseline_v{version_id}", "table")
-
-
-def save_baseline(warehouse: Warehouse, spec: ModelSpec, version_id: str) -> int:
-    """Keep the training rows of a new version with its predictions on them (right after
-    ``CREATE OR REPLACE MODEL``, while the BigQuery ML model is that version)."""
-    sql = bind_template(read_sql("models/evaluation/labelled_predictions.sql"), spec.name, spec.training_query)
-    return warehouse.write_query(baseline_table(spec, version_id), sql)
 
 
 @dataclasses.dataclass
@@ -90,6 +85,8 @@ class MonitoringResult:
     report_path: Path | None = None
     note: str = ""
     prediction_baseline: str = ""  # which training rows the prediction drift compares with
+    late_rows: int = 0  # rows logged before the window that landed after the previous report
+    log_problem: str = ""  # the endpoint served, but its request log holds nothing: why it is not judged
 
     @property
     def status(self) -> str:
@@ -113,15 +110,24 @@ def _histograms(distributions: list[drift_stats.FeatureDistribution]) -> dict[st
     return out
 
 
-def _positive_from_served(spec: ModelSpec, predictions: pd.Series, positive: Any) -> tuple[np.ndarray, np.ndarray]:
-    label = spec.label
-    probs, classes = [], []
+def parse_served(spec: ModelSpec, predictions: pd.Series, label_type: str | None = None) -> list[ServedPrediction | None]:
+    """The served predictions of a request log (JSON text or objects) with the model's one
+    parser (:class:`~lakehouse_ml.bigquery.served.PredictionFormat`); None where a row holds
+    nothing that parses (a log row without its response)."""
+    fmt = spec.prediction_format(label_type)
+    out: list[ServedPrediction | None] = []
     for text in predictions:
-        p = json.loads(text) if isinstance(text, str) else text
-        values, ps = p.get(f"{label}_values", []), p.get(f"{label}_probs", [])
-        probs.append(next((float(pr) for v, pr in zip(values, ps) if v == positive), 0.0))
-        classes.append(str(p.get(f"predicted_{label}")))
-    return np.array(probs), np.array(classes, dtype=object)
+        try:
+            out.append(fmt.parse(json.loads(text) if isinstance(text, str) else text))
+        except (ServedFormatError, ValueError, TypeError):
+            out.append(None)
+    return out
+
+
+def _positive_from_served(parsed: list[ServedPrediction], positive: Any) -> tuple[np.ndarray, np.ndarray]:
+    probs = np.array([p.probability(positive) for p in parsed])
+    classes = np.array([str(p.predicted) for p in parsed], dtype=object)
+    return probs, classes
 
 
 def evaluation_rows(spec: ModelSpec, baseline: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -153,15 +159,15 @@ def _clusters_from_baseline(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _clusters_from_served(predictions: pd.Series) -> pd.DataFrame:
-    """Served k-means predictions (``nearest_centroid_id``, ``centroid_distances`` nearest first)
-    as the prediction-drift columns."""
-    clusters, distances = [], []
-    for text in predictions:
-        p = json.loads(text) if isinstance(text, str) else text
-        clusters.append(str(int(p["nearest_centroid_id"])))
-        distances.append(float(p["centroid_distances"][0]))
-    return pd.DataFrame({CLUSTER_COLUMN: np.array(clusters, dtype=object), DISTANCE_COLUMN: np.array(distances)})
+def _clusters_from_served(parsed: list[ServedPrediction]) -> pd.DataFrame:
+    """Served k-means predictions (``nearest_centroid_id`` and the distance to it among
+    ``centroid_distances``) as the prediction-drift columns."""
+    return pd.DataFrame(
+        {
+            CLUSTER_COLUMN: np.array([str(p.predicted) for p in parsed], dtype=object),
+            DISTANCE_COLUMN: np.array([p.nearest_distance for p in parsed], dtype=float),
+        }
+    )
 
 
 def _positive_from_baseline(spec: ModelSpec, frame: pd.DataFrame, positive: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -170,6 +176,34 @@ def _positive_from_baseline(spec: ModelSpec, frame: pd.DataFrame, positive: Any)
         [next((float(p["prob"]) for p in row if p["label"] == positive), 0.0) for row in frame[f"predicted_{label}_probs"]]
     )
     return probs, frame[f"predicted_{label}"].astype(str).to_numpy(dtype=object)
+
+
+def deduplicated(log: pd.DataFrame) -> pd.DataFrame:
+    """The request log with each (request, instance) once (a BigQuery log can hold a row twice)."""
+    if log.empty:
+        return log
+    return log.drop_duplicates(subset=["request_id", "instance_index"], keep="first").reset_index(drop=True)
+
+
+def _log_problem(endpoints: Endpoints, endpoint: str, history: pd.DataFrame, lo: dt.datetime, hi: dt.datetime) -> str:
+    """Why the request log cannot be trusted for [lo, hi) (empty when it can): the endpoint
+    answered predictions then (its served count, where the backend has one), yet the log holds
+    no row of that time, although the grace period for late rows has passed."""
+    if hi <= lo:
+        return ""
+    count = endpoints.served_predictions(endpoint, lo, hi)
+    if not count:
+        return ""
+    times = pd.to_datetime(history["logging_time"], utc=True)
+    logged = int(((times >= pd.Timestamp(lo)) & (times < pd.Timestamp(hi))).sum())
+    if logged:
+        return ""
+    return (
+        f"Endpoint {endpoint!r} served {count} prediction(s) between {lo:%Y-%m-%d %H:%M} and {hi:%Y-%m-%d %H:%M} UTC, "
+        "but its request-response log holds none of them although the grace period for late rows has passed: the log "
+        "is missing or not written. Check the endpoint's request-response logging (its BigQuery table exists, and the "
+        "Vertex AI service agent may write to the dataset: see README, Running on Google Cloud), then run again."
+    )
 
 
 def _windows_file(reports_dir: Path, spec: ModelSpec) -> Path:
@@ -208,8 +242,8 @@ def _performance(
         return out
 
     truth_keys = normal(truth).assign(_label=truth[label].to_numpy()).drop_duplicates(subset=keys, keep=False)
-    served = normal(log).assign(_time=pd.to_datetime(log["logging_time"], utc=True), _prediction=log["prediction"].to_numpy(), _version=log["model_version_id"].to_numpy())
-    joined = served.merge(truth_keys, on=keys, how="inner")
+    logged = normal(log).assign(_time=pd.to_datetime(log["logging_time"], utc=True), _prediction=log["prediction"].to_numpy(), _version=log["model_version_id"].to_numpy())
+    joined = logged.merge(truth_keys, on=keys, how="inner")
     rows = []
     if joined.empty:
         return pd.DataFrame(columns=columns)
@@ -219,7 +253,8 @@ def _performance(
         part = joined[(joined["_time"] >= lo) & (joined["_time"] < hi)]
         if len(part) < 20 or part["_label"].nunique() < 2:
             continue
-        scores, _ = _positive_from_served(spec, part["_prediction"], positive)
+        parsed = [p for p in parse_served(spec, part["_prediction"], served.label_type_of([positive])) if p is not None]
+        scores, _ = _positive_from_served(parsed, positive)
         actual = (part["_label"] == positive).to_numpy().astype(np.int64)
         value = bqml_metrics.classification(actual, np.column_stack([1 - scores, scores]))[spec.gate.metric]
         rows.append({"window_end": hi, "metric": spec.gate.metric, "value": float(value), "version": ",".join(sorted(set(part["_version"]))), "rows": len(part)})
@@ -243,15 +278,26 @@ def monitor(
     end = now or dt.datetime.now(dt.timezone.utc)
     windows = load_windows(reports_dir, spec)
     start = dt.datetime.fromisoformat(windows[-1]["end"]) if windows else end - FIRST_WINDOW
+    # Log rows can land after their logging_time (Vertex AI writes the request-response log to
+    # BigQuery asynchronously): each report re-reads the grace period before its window and counts
+    # the rows there that the previous report did not (it kept their request ids).
+    grace = dt.timedelta(seconds=float(endpoints.request_log_grace_seconds()))
+    read_from = start - grace
     # One read of the log over the trend's windows: this window's rows judge drift, all of them
     # the performance trend (classifiers only: the other models have no trend, so only this window).
     trend = windows[-(TREND_WINDOWS - 1):] if TREND_WINDOWS > 1 and spec.model_type in CLASSIFIER_TYPES else []
-    history = endpoints.request_log(serving.endpoint, dt.datetime.fromisoformat(trend[0]["start"]) if trend else start, end)
-    log = history
-    if not history.empty:
-        times = pd.to_datetime(history["logging_time"], utc=True)
-        log = history[(times >= pd.Timestamp(start)) & (history["model_version_id"].astype(str) == version.version_id)]
+    first = min(dt.datetime.fromisoformat(trend[0]["start"]), read_from) if trend else read_from
+    history = deduplicated(endpoints.request_log(serving.endpoint, first, end))
+    counted_before = set(windows[-1].get("tail_request_ids") or []) if windows else set()
+    times = pd.to_datetime(history["logging_time"], utc=True)
+    ids = history["request_id"].astype(str)
+    fresh = history[(times >= pd.Timestamp(read_from)) & ~ids.isin(counted_before)]
+    late = int((pd.to_datetime(fresh["logging_time"], utc=True) < pd.Timestamp(start)).sum())
+    log = fresh[fresh["model_version_id"].astype(str) == version.version_id]
+    tail = sorted(set(ids[(times >= pd.Timestamp(end - grace)) & ids.isin(counted_before | set(fresh["request_id"].astype(str)))]))
     features = [c for c in log.columns if c not in LOG_COLUMNS]
+    if spec.statement.transform:  # a TRANSFORM model's NULLs arrive as the documented sentinels
+        log = served.decode_null_sentinels(log, features)
     table = baseline_table(spec, version.version_id)
     if not warehouse.table_exists(table):
         raise WarehouseError(
@@ -264,9 +310,12 @@ def monitor(
         model_id=model_id, version=version, endpoint=serving.endpoint, window_start=start, window_end=end,
         base_rows=len(baseline), study_rows=len(log), judged=False, drift=empty, prediction_drift=empty,
         performance=pd.DataFrame(columns=["window_end", "metric", "value"]), histograms={}, drifted=[], warned=[],
-        max_ratio=0.0, max_drift=0.0,
+        max_ratio=0.0, max_drift=0.0, late_rows=late,
     )
-    if len(log) < serving.min_window_rows:
+    result.log_problem = _log_problem(endpoints, serving.endpoint, history, read_from, end - grace)
+    if result.log_problem:
+        result.note = result.log_problem
+    elif len(log) < serving.min_window_rows:
         result.note = (
             f"{len(log)} served instance(s) of version {version.version_id} in the window, fewer than the "
             f"{serving.min_window_rows} needed to judge drift: send traffic (lakehouse-ml traffic) and run it again."
@@ -297,7 +346,8 @@ def monitor(
             positive = positive_label(baseline[spec.label])
             evaluation, result.prediction_baseline = evaluation_rows(spec, baseline)
             base_p, base_c = _positive_from_baseline(spec, evaluation, positive)
-            study_p, study_c = _positive_from_served(spec, log["prediction"], positive)
+            parsed = [p for p in parse_served(spec, log["prediction"], served.label_type_of([positive])) if p is not None]
+            study_p, study_c = _positive_from_served(parsed, positive)
             name = f"{spec.label}_probability"
             result.prediction_drift = drift_stats.validate_data_drift(
                 pd.DataFrame({name: base_p, f"predicted_{spec.label}": base_c}),
@@ -306,8 +356,9 @@ def monitor(
             )
         elif spec.model_type in CLUSTERING_TYPES:
             evaluation, result.prediction_baseline = evaluation_rows(spec, baseline)
+            parsed = [p for p in parse_served(spec, log["prediction"]) if p is not None]
             result.prediction_drift = drift_stats.validate_data_drift(
-                _clusters_from_baseline(evaluation), _clusters_from_served(log["prediction"]), prediction_options
+                _clusters_from_baseline(evaluation), _clusters_from_served(parsed), prediction_options
             )
         result.judged = True
         rows = report.drift_rows(result.drift, serving.warn_fraction)
@@ -317,7 +368,14 @@ def monitor(
         if not values.empty:
             result.max_drift = float(values["value"].max())
             result.max_ratio = float((values["value"] / values["threshold"]).max())
-    windows = windows + [{"start": start.isoformat(), "end": end.isoformat(), "version": version.version_id, "rows": len(log)}]
+    for window in windows:  # only the newest window keeps the request ids of its tail
+        window.pop("tail_request_ids", None)
+    windows = windows + [
+        {
+            "start": start.isoformat(), "end": end.isoformat(), "version": version.version_id, "rows": len(log),
+            "late_rows": late, "tail_request_ids": tail,
+        }
+    ]
     result.performance = _performance(warehouse, spec, history, windows[-TREND_WINDOWS:], features)
     folder = reports_dir / spec.name / "monitoring"
     stamp = end.strftime("%Y%m%dT%H%M%SZ")

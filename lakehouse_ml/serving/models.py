@@ -1,8 +1,9 @@
 """Load a model artifact folder (``model.json`` + ``arrays.npz`` / ``booster.json``, as the local
 BigQuery ML engine writes it) into a predictor that turns JSON instances into prediction objects.
 
-Prediction objects carry the fields BigQuery ML models give when they are served by Vertex AI
-(see :mod:`lakehouse_ml.serving`), with the values of ``ML.PREDICT`` on the same rows.
+Prediction objects have the shape Vertex AI gives a BigQuery ML model of that type (the export
+serving signature, :mod:`lakehouse_ml.bigquery.served`, ``docs/serving-format.md``), with the
+values of ``ML.PREDICT`` on the same rows.
 
 Fast path (LINEAR_REG, LOGISTIC_REG, KMEANS without TIMESTAMP features): the preprocessing is
 compiled at load time into numpy arrays (per numeric feature: NULL value, centre, scale; per
@@ -14,9 +15,11 @@ values, slower.
 
 Every instance is validated first: it must be a JSON object with exactly the model's features
 (names as trained, or matching case-insensitively), numeric features take JSON numbers, BOOL
-features JSON booleans, the other categorical features JSON strings; ``null`` is allowed
-everywhere (BigQuery ML imputes it). A violation raises :class:`BadInstance` naming the instance
-and the feature.
+features JSON booleans, the other categorical features JSON strings. NULL: for a model without
+``TRANSFORM``, JSON ``null`` (BigQuery ML imputes it, as in ``ML.PREDICT``); for a model with a
+``TRANSFORM`` clause, the documented sentinels (``123456789.0e10`` / ``1234567890000000000`` for
+numbers, ``' __MISSING__ '`` for strings), and JSON ``null`` is refused, naming the sentinel to
+send. A violation raises :class:`BadInstance` naming the instance and the feature.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from lakehouse_ml.bigquery import served
 from lakehouse_ml.bqml.artifacts import ARRAYS_NPZ, MODEL_JSON
 
 # Model types the local server can serve; ARIMA_PLUS-like types register but cannot be deployed.
@@ -89,6 +93,9 @@ def load_predictor(artifact_uri: str | Path) -> "Predictor":
 class Predictor:
     """Validates instances and predicts. ``feature_names`` in training order."""
 
+    # Whether instances carry a TRANSFORM clause's inputs (NULL sentinels instead of JSON null).
+    transform = False
+
     def __init__(self, directory: Path, meta: dict, arrays: dict[str, np.ndarray], features: list[dict] | None = None):
         self.directory = directory
         self.meta = meta
@@ -126,6 +133,14 @@ class Predictor:
                 inst = self._rename(inst, i)
             for name, value in inst.items():
                 if value is None:
+                    if self.transform:
+                        raise BadInstance(self._null_refused(i, name))
+                    continue
+                if self.transform and served.is_null_sentinel(value):
+                    if expect[name] == "bool":
+                        raise BadInstance(self._null_refused(i, name))
+                    inst = dict(inst) if inst is instances[i] else inst
+                    inst[name] = None
                     continue
                 want = expect[name]
                 t = type(value)
@@ -152,6 +167,18 @@ class Predictor:
 
     def _type(self, name: str) -> str:
         return next(f["bq_type"] for f in self.features if f["name"] == name)
+
+    def _null_refused(self, i: int, name: str) -> str:
+        if self._expect[name] == "bool":
+            return (
+                f"instances[{i}].{name} is NULL, but this model has a TRANSFORM clause and a BOOL input of such a "
+                f"model has no NULL sentinel ({served.DOCS}, Supported data types): send true or false."
+            )
+        sentinel = served.NULL_STRING if self._expect[name] == "str" else served.NULL_FLOAT64
+        return (
+            f"instances[{i}].{name} is null, but this model has a TRANSFORM clause: send NULL as the sentinel "
+            f"{sentinel!r} ({served.DOCS}, Supported data types)."
+        )
 
     def _rename(self, inst: dict, i: int) -> dict:
         renamed: dict = {}
@@ -205,25 +232,20 @@ class Predictor:
             idx = (probs[:, 1] > (0.5 if threshold is None else threshold)).astype(np.int64)
         else:
             idx = np.argmax(probs, axis=1)
-        label = self.label_name
-        key_pred, key_probs, key_values = f"predicted_{label}", f"{label}_probs", f"{label}_values"
-        classes, values = self.classes, self.values_desc
-        desc = probs[:, self.descending].tolist()
-        return [
-            {key_pred: classes[k], key_probs: p, key_values: values}
-            for k, p in zip(idx.tolist(), desc)
-        ]
+        # ML.PREDICT's order of the classes (descending), so index k of ``classes`` is position
+        # descending.index(k) of the values.
+        position = {k: j for j, k in enumerate(self.descending)}
+        return served.classification_objects(
+            self.label_name, self.values_desc, [position[k] for k in idx.tolist()], probs[:, self.descending].tolist()
+        )
 
     def _regression_objects(self, values: np.ndarray) -> list[dict]:
-        key = f"predicted_{self.label_name}"
-        return [{key: v} for v in values.tolist()]
+        return served.regression_objects(self.label_name, values.tolist())
 
-    def _kmeans_objects(self, idx: np.ndarray, dist: np.ndarray) -> list[dict]:
-        ids = (idx + 1).tolist()
-        return [
-            {"nearest_centroid_id": i[0], "centroid_ids": i, "centroid_distances": d}
-            for i, d in zip(ids, dist.tolist())
-        ]
+    @staticmethod
+    def _kmeans_objects(distances: np.ndarray) -> list[dict]:
+        """``distances``: (rows, centroids), in centroid-id order."""
+        return served.clustering_objects(distances.tolist())
 
 
 class FastPredictor(Predictor):
@@ -262,7 +284,6 @@ class FastPredictor(Predictor):
             self._c_num_t = np.ascontiguousarray(c_num.T)
             self._c_cat_ext = np.vstack([c_cat.T, np.zeros((1, c_num.shape[0]))])  # (q+1, k)
             self._c_sq = np.einsum("ij,ij->i", c_num, c_num) + np.einsum("ij,ij->i", c_cat, c_cat)
-            self._top = min(c_num.shape[0], 5)
             self._cosine = meta["options"].get("distance_type") == "COSINE"
         else:
             self._w_num = np.asarray(arrays["w_num"], dtype=np.float64)
@@ -308,8 +329,7 @@ class FastPredictor(Predictor):
                 d = np.sqrt(np.clip(1.0 - cos, 0.0, None))
             else:
                 d = np.sqrt(np.clip(xn[:, None] - 2.0 * dots + self._c_sq[None, :], 0.0, None))
-            order = np.argsort(d, axis=1, kind="stable")[:, : self._top]
-            return self._kmeans_objects(order, np.take_along_axis(d, order, axis=1))
+            return self._kmeans_objects(d)
         z = num @ self._w_num
         if codes.shape[1]:
             z = z + self._w_cat_ext[codes].sum(axis=1)
@@ -348,32 +368,30 @@ class EnginePredictor(Predictor):
                 frame[f["name"]] = pd.to_numeric(frame[f["name"]], errors="coerce").astype("float64")
             elif f["kind"] == "timestamp":
                 frame[f["name"]] = pd.to_datetime(frame[f["name"]], utc=True, errors="coerce")
+        if self.model_type == "KMEANS":
+            return self._kmeans_objects(self._engine.centroid_distances("m", frame))
         options = {"threshold": threshold} if threshold is not None else None
         table = self._engine.predict("m", frame, options)
-        if self.model_type == "KMEANS":
-            near = table.column("NEAREST_CENTROIDS_DISTANCE").to_pylist()
-            idx = np.array([[s["CENTROID_ID"] - 1 for s in r] for r in near], dtype=np.int64)
-            dist = np.array([[s["DISTANCE"] for s in r] for r in near], dtype=np.float64)
-            return self._kmeans_objects(idx.reshape(len(rows), -1), dist.reshape(len(rows), -1))
         label = self.label_name
         predicted = table.column(f"predicted_{label}").to_pylist()
         if self.model_type not in _CLASSIFIERS:
-            return [{f"predicted_{label}": v} for v in predicted]
+            return served.regression_objects(label, predicted)
         probs = table.column(f"predicted_{label}_probs").to_pylist()
-        return [
-            {f"predicted_{label}": v, f"{label}_probs": [s["prob"] for s in p], f"{label}_values": [s["label"] for s in p]}
-            for v, p in zip(predicted, probs)
-        ]
+        classes = [s["label"] for s in probs[0]] if probs else []
+        return served.classification_objects(
+            label, classes, [classes.index(v) for v in predicted], [[s["prob"] for s in p] for p in probs]
+        )
 
 
 class TransformPredictor(Predictor):
     """A model created with a ``TRANSFORM`` clause. As with ``ML.PREDICT`` and with BigQuery ML
     models served by Vertex AI, instances carry the TRANSFORM's input columns (those
-    ``ML.FEATURE_INFO`` describes); the TRANSFORM, stored with its training statistics frozen in,
-    runs on an in-memory DuckDB over the request's rows (the SQL the local warehouse runs for
-    ``ML.PREDICT``), then ``inner`` predicts on its output."""
+    ``ML.FEATURE_INFO`` describes), NULLs as the documented sentinels; the TRANSFORM, stored with
+    its training statistics frozen in, runs on an in-memory DuckDB over the request's rows (the
+    SQL the local warehouse runs for ``ML.PREDICT``), then ``inner`` predicts on its output."""
 
     _INPUT = "__instances"
+    transform = True
 
     def __init__(self, directory: Path, meta: dict, arrays: dict[str, np.ndarray], inner: Predictor):
         info = meta["preprocessing"].get("info_features")

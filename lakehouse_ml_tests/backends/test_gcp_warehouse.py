@@ -747,9 +747,9 @@ def test_the_warehouse_is_a_dagster_resource(gcp_warehouse, api):
 
 
 def test_the_kmeans_gate_scores_clusterings_through_the_client_like_on_the_local_backend(gcp_warehouse, api, tmp_path):
-    """The warehouse half of customer_segments_model's gate on BigQuery: its model file and gate
-    file go over the wire unchanged, the numbered rows are uploaded once, ML.PREDICT and
-    ML.TRANSFORM read that table, and the scores equal the local backend's."""
+    """customer_segments_model's gate on BigQuery: its model file (as a run's model) and gate file
+    go over the wire, the numbered rows are uploaded once, both versions' ML.PREDICT and the
+    candidate's ML.TRANSFORM read that table, and the scores equal the local backend's."""
     from lakehouse_ml import deployment, models
     from lakehouse_ml.backends.local_warehouse import LocalWarehouse
     from lakehouse_ml.sqlfiles import read_sql
@@ -773,12 +773,13 @@ def test_the_kmeans_gate_scores_clusterings_through_the_client_like_on_the_local
     scores = {}
     for warehouse in (gcp_warehouse, local):
         warehouse.load_dataframe(frame, "customer_features")
-        warehouse.execute(spec.sql)
+        warehouse.execute(models.training_sql(spec, "segments_candidate"))
+        # a serving version with fewer clusters
+        warehouse.execute(models.training_sql(spec, "segments_serving").replace("num_clusters = 5", "num_clusters = 2"))
         rows = warehouse.query(read_sql(f"gate/{spec.name}.sql"))
         assert len(rows) == int((snapshot == D2).sum())
-        serving = (np.arange(len(rows)) % 3 + 1).astype("int64")  # a serving version's clusters
         api.clear_requests()
-        scores[warehouse is local] = deployment.score_clusterings(warehouse, spec, rows, serving)
+        scores[warehouse is local] = deployment.score_clusterings(warehouse, spec, rows, "segments_candidate", "segments_serving")
         if warehouse is gcp_warehouse:
             sent, loads = [c["query"] for c in query_configs(api)], load_configs(api)
     assert scores[False]["candidate"] == pytest.approx(scores[True]["candidate"], rel=1e-9)
@@ -786,9 +787,10 @@ def test_the_kmeans_gate_scores_clusterings_through_the_client_like_on_the_local
     assert scores[False]["candidate"]["davies_bouldin_index"] < scores[False]["serving"]["davies_bouldin_index"]
 
     table = f"{spec.name}_gate_rows"
-    assert len(sent) == 2
-    assert sent[0].endswith(f"\nSELECT * FROM ML.PREDICT(MODEL {spec.name}, TABLE {table})\n")
-    assert sent[1].endswith(f"\nSELECT * FROM ML.TRANSFORM(MODEL {spec.name}, TABLE {table})\n")
+    assert len(sent) == 3
+    assert sent[0].endswith(f"\nSELECT * FROM ML.PREDICT(MODEL segments_candidate, TABLE {table})\n")
+    assert sent[1].endswith(f"\nSELECT * FROM ML.PREDICT(MODEL segments_serving, TABLE {table})\n")
+    assert sent[2].endswith(f"\nSELECT * FROM ML.TRANSFORM(MODEL segments_candidate, TABLE {table})\n")
     (load,) = loads
     assert load["destinationTable"]["tableId"] == table and load["writeDisposition"] == "WRITE_TRUNCATE"
     uploaded = api.table(PROJECT, DATASET, table).to_pandas()

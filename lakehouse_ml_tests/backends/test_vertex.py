@@ -70,6 +70,7 @@ def settings_for(api: FakeVertexApi, location: str = "US", bigquery: FakeBigQuer
             "LAKEHOUSE_ML_VERTEX_API_ENDPOINT": api.url,
             # without a BigQuery double, the Vertex AI double answers BigQuery's models.get itself
             "LAKEHOUSE_ML_BIGQUERY_API_ENDPOINT": (bigquery or api).url,
+            "LAKEHOUSE_ML_MONITORING_API_ENDPOINT": api.url,
             "LAKEHOUSE_ML_GCP_ANONYMOUS_CREDENTIALS": "true",
         }
     )
@@ -91,6 +92,29 @@ def seed_churn(api: FakeVertexApi, versions: int = 2, **kwargs) -> None:
         api.seed_bqml_model(
             PROJECT, REGION, "churn", dataset=DATASET, bq_model="churn_model",
             aliases=["champion"] if i == 1 else [], **kwargs,
+        )
+
+
+def train_churn(bq: FakeBigQueryApi, api: FakeVertexApi, versions: int = 2, dataset: str = DATASET) -> None:
+    """``churn`` registered by BigQuery ML from real models (the BigQuery double trains them):
+    version i from ``churn_model_i`` on features ``a`` and ``b``; v2 gets ``champion``."""
+    import numpy as np
+    import pandas as pd
+
+    from lakehouse_ml.backends.gcp_warehouse import build_gcp_warehouse
+
+    warehouse = build_gcp_warehouse(settings_for(api, bigquery=bq)).model_copy(update={"dataset": dataset})
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame({"a": rng.normal(size=200), "b": rng.normal(size=200)})
+    frame["y"] = frame["a"] + 0.5 * rng.normal(size=200) > 0
+    if not warehouse.table_exists("churn_rows"):
+        warehouse.load_dataframe(frame, "churn_rows")
+    start = len([m for m, _ in warehouse.list_models() if m.startswith("churn_model_")])
+    for i in range(start + 1, start + versions + 1):
+        aliases = ", vertex_ai_model_version_aliases=['champion']" if i == 2 else ""
+        warehouse.execute(
+            f"CREATE MODEL churn_model_{i} OPTIONS(model_type='LOGISTIC_REG', input_label_cols=['y'], l2_reg={i}, "
+            f"model_registry='VERTEX_AI', vertex_ai_model_id='churn'{aliases}) AS SELECT a, b, y FROM churn_rows"
         )
 
 
@@ -175,8 +199,6 @@ def test_delete_version_rules(api, registry, endpoints):
     dm = endpoints.deploy("churn-ep", "churn", "2", "", logging_sampling_rate=0)
     with pytest.raises(VersionDeployedError, match=rf"deployed to .*endpoints/churn-ep \(deployed model {dm}\).*Undeploy"):
         registry.delete_version("churn", "champion")
-    with pytest.raises(RegistryError, match="default"):
-        registry.delete_version("churn", "1")
     # the double itself refuses deleting a deployed version (as Vertex AI does)
     from google.cloud.aiplatform_v1 import ModelServiceClient
 
@@ -194,10 +216,13 @@ def test_delete_version_rules(api, registry, endpoints):
     assert len(api.operations_polled()) >= 2, "the long-running operation was not polled to completion"
     assert api.model_state(PROJECT, REGION, "churn")["versions"] == ["1", "2"]
 
+    # "When you delete a model version assigned the default alias, the alias is automatically
+    # assigned to the next most recent version" (model-alias page).
+    registry.delete_version("churn", "1")
+    assert api.model_state(PROJECT, REGION, "churn") == {"versions": ["2"], "aliases": {"champion": "2", "default": "2"}}
     endpoints.undeploy("churn-ep", dm)
-    registry.delete_version("churn", "2")
     with pytest.raises(RegistryError, match="only version.*delete_model"):
-        registry.delete_version("churn", "1")
+        registry.delete_version("churn", "2")
 
 
 def test_delete_model_refused_while_deployed(api, registry, endpoints):
@@ -290,7 +315,7 @@ def test_deploy_sends_resources_traffic_and_logging(api, endpoints):
     }
     assert bodies(api, "POST", rf"{EP}:deployModel") == [
         {
-            "deployedModel": {"model": f"{PARENT}/models/churn@1", "dedicatedResources": MACHINE},
+            "deployedModel": {"model": f"{PARENT}/models/churn@1", "dedicatedResources": MACHINE, "disableExplanations": True},
             "trafficSplit": {"0": 100},
         }
     ]
@@ -313,8 +338,9 @@ def test_deploy_sends_resources_traffic_and_logging(api, endpoints):
     )
 
 
-def test_canary_rollout_bodies_and_final_state(api, endpoints):
-    seed_churn(api, intercept=None)
+def test_canary_rollout_bodies_and_final_state(logging_api, bq, logged):
+    api, endpoints = logging_api, logged
+    train_churn(bq, api)
     endpoints.create_endpoint("churn", endpoint_id="churn-ep")
     old = endpoints.deploy("churn-ep", "churn", "1", "", logging_sampling_rate=1.0)
     api.clear_requests()
@@ -326,6 +352,7 @@ def test_canary_rollout_bodies_and_final_state(api, endpoints):
             "deployedModel": {
                 "model": f"{PARENT}/models/churn@champion",
                 "dedicatedResources": {**MACHINE, "machineSpec": {"machineType": "n1-highmem-4"}},
+                "disableExplanations": True,
             },
             "trafficSplit": {old: 90, "0": 10},
         }
@@ -334,7 +361,7 @@ def test_canary_rollout_bodies_and_final_state(api, endpoints):
     assert endpoints.get_endpoint("churn-ep")["traffic_split"] == {old: 90, new: 10}
 
     # the double routes by the split: exactly one request in ten reaches the canary
-    served = [endpoints.predict("churn-ep", [{"x": 1.0}])["deployedModelId"] for _ in range(10)]
+    served = [endpoints.predict("churn-ep", [{"a": 1.0, "b": 0.0}])["deployedModelId"] for _ in range(10)]
     assert served.count(new) == 1 and served.count(old) == 9
 
     api.clear_requests()
@@ -376,21 +403,126 @@ def test_explicit_split_and_undeploy_of_the_model_with_all_traffic(api, endpoint
     assert endpoints.get_endpoint("churn-ep")["deployed_models"] == []
 
 
-def test_predict_returns_vertex_fields(api, endpoints):
-    seed_churn(api, intercept=0.5, weight=2.0)
+def test_predict_answers_the_real_model_in_the_export_shape(logging_api, bq, logged):
+    """The double predicts with the BigQuery ML model behind the version: the values of ML.PREDICT
+    (run here through the BigQuery double), in the export serving signature."""
+    from lakehouse_ml.backends.gcp_warehouse import build_gcp_warehouse
+
+    api, endpoints = logging_api, logged
+    train_churn(bq, api)
     endpoints.create_endpoint("churn", endpoint_id="churn-ep")
     dm = endpoints.deploy("churn-ep", "churn", "2", "", logging_sampling_rate=0)
-    answer = endpoints.predict("churn", [{"a": 1, "b": 2.5}, {"a": -1, "b": 0}], parameters={"confidence": 0.5})
-    assert answer["predictions"] == [{"value": 0.5 + 2.0 * 3.5}, {"value": 0.5 - 2.0}]
-    assert answer["deployedModelId"] == dm
-    assert answer["modelVersionId"] == "2"
+    answer = endpoints.predict("churn", [{"a": 1, "b": 2.5}, {"a": -1, "b": 0}])
+    assert answer["deployedModelId"] == dm and answer["modelVersionId"] == "2"
     assert answer["model"].endswith("/locations/us-central1/models/churn")
+    expected = build_gcp_warehouse(settings_for(api, bigquery=bq)).query(
+        "SELECT * FROM ML.PREDICT(MODEL churn_model_2, (SELECT 1.0 AS a, 2.5 AS b UNION ALL SELECT -1.0, 0.0))"
+    )
+    for prediction, (_, want) in zip(answer["predictions"], expected.iterrows(), strict=True):
+        assert set(prediction) == {"predicted_y", "y_values", "y_probs"}
+        assert prediction["predicted_y"] == ["true" if want["predicted_y"] else "false"]
+        probs = {("true" if p["label"] else "false"): p["prob"] for p in want["predicted_y_probs"]}
+        assert dict(zip(prediction["y_values"], prediction["y_probs"])) == pytest.approx(probs)
     (sent,) = bodies(api, "POST", rf"{EP}:predict")
-    assert sent == {"instances": [{"a": 1.0, "b": 2.5}, {"a": -1.0, "b": 0.0}], "parameters": {"confidence": 0.5}}
-    with pytest.raises(EndpointError, match=r"instances\[0\].*Check the instances"):
-        endpoints.predict("churn-ep", [{"a": "text"}])
+    assert sent == {"instances": [{"a": 1.0, "b": 2.5}, {"a": -1.0, "b": 0.0}]}
+    with pytest.raises(EndpointError, match=r"instances\[0\]\.a.*not a value of type FLOAT64.*Check the instances"):
+        endpoints.predict("churn-ep", [{"a": "text", "b": 1.0}])
+    with pytest.raises(EndpointError, match=r"missing \['b'\]"):
+        endpoints.predict("churn-ep", [{"a": 1.0}])
     with pytest.raises(EndpointError, match="not found.*create_endpoint"):
         endpoints.predict("missing-ep", [{"a": 1}])
+
+
+def test_one_client_per_process_and_a_smoke_test_makes_no_management_call(logging_api, bq, logged):
+    from lakehouse_ml.backends import vertex
+    from lakehouse_ml.deployment import smoke_test
+
+    api, endpoints = logging_api, logged
+    train_churn(bq, api)
+    before = {k: v for k, v in vertex.CREATED.items()}
+    endpoints.create_endpoint("churn", endpoint_id="churn-ep")
+    dm = endpoints.deploy("churn-ep", "churn", "1", "", logging_sampling_rate=0)
+    registry = build_vertex_registry(settings_for(api, bigquery=bq))
+    for _ in range(5):
+        registry.get_version("churn", "2")
+        endpoints.get_endpoint("churn-ep")
+        endpoints.predict("churn-ep", [{"a": 0.0, "b": 0.0}])
+    made = {k: vertex.CREATED[k] - before.get(k, 0) for k in vertex.CREATED}
+    # One client per service for this API endpoint (and no new credentials), however many calls.
+    assert {k: v for k, v in made.items() if v} == {"ModelServiceClient": 1, "EndpointServiceClient": 1, "PredictionServiceClient": 1}
+    assert sum(1 for key in vertex._CLIENTS if key[1] == api.url) == 3
+
+    api.clear_requests()
+    result = smoke_test(endpoints, _Spec(), [{"a": float(i), "b": 1.0} for i in range(30)], endpoint="churn-ep")
+    assert result.passed, result.describe()
+    predicts = api.find_requests("POST", rf".*:predict")
+    assert len(predicts) == result.requests == 21
+    assert [r for r in api.requests if r not in predicts] == [], "the smoke test made management calls"
+    assert dm
+
+
+class _Spec:
+    """What smoke_test reads of a spec: the served model's format and endpoint."""
+
+    name = "churn"
+    model_type = "LOGISTIC_REG"
+    options: dict = {}
+
+    def prediction_format(self, label_type=None):
+        from lakehouse_ml.bigquery.served import PredictionFormat
+
+        return PredictionFormat("LOGISTIC_REG", "y", label_type)
+
+    @property
+    def serving(self):
+        from lakehouse_ml.models import Serving
+
+        return Serving(endpoint="churn")
+
+
+def test_management_calls_retry_on_429_and_503(api):
+    seed_churn(api)
+    endpoints = VertexEndpoints(project=PROJECT, api_endpoint=api.url, anonymous_credentials=True, retry_initial_s=0.01)
+    endpoints.create_endpoint("churn", endpoint_id="churn-ep")
+    api.clear_requests()
+    api.fail_next(2, "RESOURCE_EXHAUSTED", path=r":deployModel$")
+    api.fail_next(1, "UNAVAILABLE", path=r"/endpoints/churn-ep$")
+    dm = endpoints.deploy("churn-ep", "churn", "1", "", logging_sampling_rate=0)
+    assert [r.status for r in api.find_requests("POST", r".*/endpoints/churn-ep:deployModel")] == [429, 429, 200]
+    assert [r.status for r in api.find_requests("GET", r".*/endpoints/churn-ep")][:2] == [503, 200]
+    assert endpoints.get_endpoint("churn-ep")["traffic_split"] == {dm: 100}
+    # A call that stays throttled fails after its retry deadline, saying what to do.
+    impatient = VertexEndpoints(
+        project=PROJECT, api_endpoint=api.url, anonymous_credentials=True, retry_initial_s=0.01, retry_timeout_s=0.2
+    )
+    api.fail_next(10**6, "RESOURCE_EXHAUSTED", path=r"/endpoints/churn-ep$")
+    with pytest.raises(EndpointError, match="did not answer in time|quota|Quota"):
+        impatient.get_endpoint("churn-ep")
+    api.fail_next(0)
+    api._failures.clear()
+
+
+def test_predict_target_and_served_counts(logging_api, bq, logged):
+    api, endpoints = logging_api, logged
+    train_churn(bq, api)
+    endpoints.create_endpoint("churn", endpoint_id="4567")
+    endpoints.deploy("4567", "churn", "1", "", logging_sampling_rate=0)
+    url, token = endpoints.predict_target("churn")
+    assert url == f"{api.url}/v1/projects/{DEFAULT_PROJECT_NUMBER}/locations/us-central1/endpoints/4567:predict" and token is None
+    assert endpoints.predict_target("4567")[0] == f"{api.url}/v1/{PARENT}/endpoints/4567:predict"
+    eu = VertexEndpoints(project=PROJECT, bigquery_location="EU")
+    assert eu.endpoint_url == "https://europe-west4-aiplatform.googleapis.com"
+    # Cloud Monitoring's prediction count: what tells a broken request log from no traffic.
+    for i in range(3):
+        api.clock = lambda i=i: T0 + i * dt.timedelta(minutes=1)
+        endpoints.predict("4567", [{"a": 0.0, "b": 0.0}] * (i + 1))
+    assert endpoints.served_predictions("4567", T0, T0 + HOUR) == 6
+    assert endpoints.served_predictions("4567", T0 + dt.timedelta(minutes=1), T0 + HOUR) == 5
+    assert endpoints.served_predictions("4567", T0 - HOUR, T0) == 0
+    (query,) = [r.query for r in api.find_requests("GET", rf"/v3/projects/{PROJECT}/timeSeries")][:1]
+    assert query["filter"] == 'metric.type="aiplatform.googleapis.com/prediction/online/prediction_count" AND resource.labels.endpoint_id="4567"'
+    unreachable = VertexEndpoints(project=PROJECT, api_endpoint=api.url, anonymous_credentials=True, monitoring_api_endpoint="http://127.0.0.1:9")
+    assert unreachable.served_predictions("4567", T0, T0 + HOUR) is None
 
 
 def test_deploy_errors_say_what_to_do(api, endpoints):
@@ -429,12 +561,13 @@ def test_operation_that_never_finishes_times_out_clearly(api):
     assert len(api.operations_polled()) >= 3
 
 
-def test_high_level_sdk_reads_the_double(api, endpoints):
+def test_high_level_sdk_reads_the_double(logging_api, bq, logged):
     """The double is faithful enough for aiplatform.Endpoint (the SDK users write against)."""
     from google.cloud import aiplatform
     from google.cloud.aiplatform import initializer
 
-    seed_churn(api)
+    api, endpoints = logging_api, logged
+    train_churn(bq, api)
     endpoints.create_endpoint("churn", endpoint_id="churn-ep")
     dm = endpoints.deploy("churn-ep", "churn", "2", "", logging_sampling_rate=0)
     aiplatform.init(
@@ -443,12 +576,13 @@ def test_high_level_sdk_reads_the_double(api, endpoints):
     try:
         sdk_endpoint = aiplatform.Endpoint("churn-ep")
         assert sdk_endpoint.traffic_split == {dm: 100}
-        prediction = sdk_endpoint.predict(instances=[{"x": 1.0}])
+        prediction = sdk_endpoint.predict(instances=[{"a": 1.0, "b": 0.0}])
         model = aiplatform.Model("churn", version="champion")
         assert model.version_id == "2" and "champion" in model.version_aliases
     finally:
         initializer.global_config.__init__()  # back to the SDK's defaults for the rest of the process
     assert prediction.deployed_model_id == dm and prediction.model_version_id == "2"
+    assert set(prediction.predictions[0]) == {"predicted_y", "y_values", "y_probs"}
 
 
 # -- request-response log ----------------------------------------------------------------------------
@@ -485,8 +619,7 @@ def predict_at(api: FakeVertexApi, endpoints: VertexEndpoints, when: dt.datetime
 
 
 def test_request_log_reads_one_window_one_row_per_instance(logging_api, bq, logged):
-    seed_churn(logging_api, intercept=0.5, weight=2.0)
-    bq.create_dataset(PROJECT, DATASET)
+    train_churn(bq, logging_api)
     logged.create_endpoint("churn", endpoint_id="churn-ep")
     dm = logged.deploy("churn-ep", "churn", "2", "", logging_sampling_rate=1.0)
     predict_at(logging_api, logged, T0 - dt.timedelta(seconds=1), [{"a": 9, "b": 9}])  # before the window
@@ -501,8 +634,9 @@ def test_request_log_reads_one_window_one_row_per_instance(logging_api, bq, logg
 
     assert list(log.columns) == [*LOG_COLUMNS[:-1], "a", "b", "prediction"]
     assert log[["a", "b"]].to_dict("list") == {"a": [1.0, -1.0, 3.0], "b": [2.5, 0.0, 1.0]}
-    assert log["prediction"].tolist() == ['{"value": 7.5}', '{"value": -1.5}', '{"value": 8.5}']
-    assert [json.loads(p)["value"] for p in log["prediction"]] == [0.5 + 2.0 * 3.5, 0.5 - 2.0, 0.5 + 2.0 * 4]
+    # each prediction as the JSON text Vertex AI logs (the export serving signature)
+    assert [set(json.loads(p)) for p in log["prediction"]] == [{"predicted_y", "y_values", "y_probs"}] * 3
+    assert [json.loads(p)["predicted_y"] for p in log["prediction"]] == [["true"], ["false"], ["true"]]
     assert log["instance_index"].tolist() == [0, 1, 0]
     assert log["request_id"].tolist() == ["7000000000000000002", "7000000000000000002", "7000000000000000003"]
     assert log["logging_time"].tolist() == [T0, T0, T0 + HOUR / 2]
@@ -515,7 +649,7 @@ def test_request_log_reads_one_window_one_row_per_instance(logging_api, bq, logg
         "request_id": "object",
     }
     # one parameterised query on the endpoint's log table, the window as TIMESTAMP parameters
-    (job,) = bq.job_inserts()
+    (job,) = [j for j in bq.job_inserts() if "request_response_logging" in j["configuration"]["query"]["query"]]
     query = job["configuration"]["query"]
     assert query["query"] == REQUEST_LOG_SQL.format(table=LOG_TABLE)
     assert query["defaultDataset"] == {"projectId": PROJECT, "datasetId": DATASET}
@@ -530,39 +664,36 @@ def test_request_log_reads_one_window_one_row_per_instance(logging_api, bq, logg
 
 
 def test_request_log_maps_deployed_models_to_versions_and_keeps_undeployed_ones(logging_api, bq, logged):
-    seed_churn(logging_api, intercept=None)  # version n predicts n + the sum of the instance
-    bq.create_dataset(PROJECT, DATASET)
+    train_churn(bq, logging_api)
     logged.create_endpoint("churn", endpoint_id="churn-ep")
     old = logged.deploy("churn-ep", "churn", "1", "", logging_sampling_rate=1.0)
     new = logged.deploy("churn-ep", "churn", "2", "", traffic_percentage=50, logging_sampling_rate=1.0)
     for i in range(4):
-        predict_at(logging_api, logged, T0 + i * dt.timedelta(minutes=1), [{"x": float(i)}])
+        predict_at(logging_api, logged, T0 + i * dt.timedelta(minutes=1), [{"a": float(i), "b": 0.0}])
     logged.undeploy("churn-ep", old)  # Vertex AI forgets it: its rows cannot be mapped any more
 
     log = logged.request_log("churn-ep", T0, T0 + HOUR)
 
-    served = log.assign(value=[json.loads(p)["value"] for p in log["prediction"]])
-    rows = served[["deployed_model_id", "model_id", "model_version_id", "x", "value"]].to_dict("records")
+    rows = log[["deployed_model_id", "model_id", "model_version_id", "a", "prediction"]].to_dict("records")
     assert sorted(r["deployed_model_id"] for r in rows) == sorted([old, old, new, new])
     for row in rows:
         if row["deployed_model_id"] == new:
-            assert (row["model_id"], row["model_version_id"], row["value"]) == ("churn", "2", 2.0 + row["x"])
+            assert (row["model_id"], row["model_version_id"]) == ("churn", "2")
         else:
             assert row["model_id"] is None and row["model_version_id"] is None
-            assert row["value"] == 1.0 + row["x"]  # its predictions are kept
+        assert json.loads(row["prediction"])["y_probs"]  # its predictions are kept
     # what monitoring keeps of the serving version
     assert log[log["model_version_id"].astype(str) == "2"]["deployed_model_id"].tolist() == [new, new]
 
 
 def test_request_log_holds_the_sampled_requests(logging_api, bq, logged):
-    seed_churn(logging_api)
-    bq.create_dataset(PROJECT, DATASET)
+    train_churn(bq, logging_api)
     logged.create_endpoint("churn", endpoint_id="churn-ep")
     logged.deploy("churn-ep", "churn", "1", "", logging_sampling_rate=0.5)
     for i in range(6):
-        predict_at(logging_api, logged, T0 + i * dt.timedelta(minutes=1), [{"x": float(i)}])
+        predict_at(logging_api, logged, T0 + i * dt.timedelta(minutes=1), [{"a": float(i), "b": 0.0}])
     log = logged.request_log("churn-ep", T0, T0 + HOUR)
-    assert log["x"].tolist() == [1.0, 3.0, 5.0]  # the double logs every second request at rate 0.5
+    assert log["a"].tolist() == [1.0, 3.0, 5.0]  # the double logs every second request at rate 0.5
     assert log["logging_time"].tolist() == [T0 + i * dt.timedelta(minutes=1) for i in (1, 3, 5)]
 
 
@@ -636,8 +767,9 @@ def test_request_log_without_a_log_says_why(logging_api, bq, logged):
         logged.request_log("missing-ep", T0, T0 + HOUR)
 
     # logging on, but its dataset is missing: Vertex AI cannot log there (the predict still answers)
-    logged.deploy("churn-ep", "churn", "2", "", logging_sampling_rate=1.0)
-    assert logged.predict("churn-ep", [{"x": 1.0}])["predictions"]
+    train_churn(bq, logging_api, dataset="training")  # in another dataset: the log's own is missing
+    logged.deploy("churn-ep", "churn", "3", "", traffic_percentage=100, logging_sampling_rate=1.0)
+    assert logged.predict("churn-ep", [{"a": 1.0, "b": 0.0}])["predictions"]
     (refused,) = logging_api.logging_errors
     assert f"Not found: Dataset {PROJECT}:{DATASET}" in refused
     with pytest.raises(EndpointError, match=rf"dataset {PROJECT}\.{DATASET}, which does not exist.*Create it"):

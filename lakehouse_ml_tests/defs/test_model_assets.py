@@ -75,8 +75,12 @@ def test_model_metadata(trained):
         assert metadata["training_iterations"].value >= 1
         assert np.isfinite(metadata["final_loss"].value)
         assert "|" in metadata["training_info"].value and "|" in metadata["feature_info"].value
+        # The run's own BigQuery ML model, under the spec's name and the run's time and id.
+        model = metadata["bqml_model"].value
+        assert model.startswith(spec.name + "_") and models.is_training_model(spec, model)
         location = Path(metadata["model_location"].value)
-        assert location == settings.home_dir / "models" / spec.name and location.is_dir()
+        assert location == settings.home_dir / "models" / model and location.is_dir()
+        assert _metadata(instance, f"{spec.name}_evaluation")["bqml_model"].value == model
     churn = _metadata(instance, "churn_model")
     assert churn["label"].value == "churned"
     assert churn["registry"].value == {"model_registry": "VERTEX_AI", "vertex_ai_model_id": "churn_model"}
@@ -123,7 +127,7 @@ def test_cluster_sizes_add_up_to_the_training_rows(trained):
 
     warehouse = LocalWarehouse.at(settings.duckdb_path)
     spec = models.CUSTOMER_SEGMENTS_MODEL
-    result = models.evaluate(warehouse, spec)
+    result = models.evaluate(warehouse, spec, models.newest_model(warehouse, spec))
     rows = warehouse.query(f"SELECT COUNT(*) AS n FROM ({spec.training_query})")["n"][0]
     assert result.cluster_sizes["row_count"].sum() == rows
 
@@ -160,9 +164,24 @@ def test_every_model_file_is_declared_once():
     files = sorted(p.stem for p in (sql_dir() / "models").glob("*.sql"))
     assert files == sorted(MODEL_NAMES)
     for spec in models.MODELS:
-        assert spec.statement.replace  # CREATE OR REPLACE: rematerializing retrains
+        assert spec.statement.replace  # CREATE OR REPLACE: the file runs again on its own
         # No query parameters: the statement runs unchanged on BigQuery.
         assert not [t for t in tokenize(spec.sql) if t.token_type == TokenType.PARAMETER]
+        # A training run sends the file with only the model's name changed.
+        run = models.training_model_name(spec, "0123456789abcdef")
+        assert models.training_sql(spec, run) == spec.sql.replace(f"MODEL {spec.name}\n", f"MODEL {run}\n", 1)
+
+
+def test_a_registered_model_file_must_name_its_vertex_model_id(tmp_path, monkeypatch):
+    """Each run's model has a name of its own: without VERTEX_AI_MODEL_ID each would register as a
+    model of its own instead of a new version."""
+    copy = tmp_path / "sql"
+    shutil.copytree(sql_dir(), copy)
+    path = copy / "models" / "churn_model.sql"
+    path.write_text(path.read_text().replace("  vertex_ai_model_id = 'churn_model'\n", "").replace("model_registry = 'VERTEX_AI',", "model_registry = 'VERTEX_AI'"))
+    monkeypatch.setenv("LAKEHOUSE_ML_SQL_DIR", str(copy))
+    with pytest.raises(Exception, match="registers the model without VERTEX_AI_MODEL_ID: add vertex_ai_model_id = 'churn_model'"):
+        build_definitions(load_settings({"LAKEHOUSE_ML_HOME": str(tmp_path)}))
 
 
 def test_a_spec_that_does_not_fit_its_sql_fails_at_load(tmp_path, monkeypatch):
@@ -213,10 +232,11 @@ def test_classifier_plots_fall_back_to_predict_where_the_functions_are_missing(t
     base = LocalWarehouse.at(settings.duckdb_path)
     warehouse = WithoutCurves(duckdb=base.duckdb)
     spec = models.CHURN_MODEL
-    result = models.evaluate(warehouse, spec)
+    model = models.newest_model(base, spec)
+    result = models.evaluate(warehouse, spec, model)
     assert "ML.PREDICT on all labelled training rows" in result.sources["roc_curve"]
     assert "ML.PREDICT" in result.sources["confusion_matrix"]
-    predictions = base.query(f"SELECT * FROM ML.PREDICT(MODEL churn_model, ({spec.training_query}))")
+    predictions = base.query(f"SELECT * FROM ML.PREDICT(MODEL {model}, ({spec.training_query}))")
     scores = [next(p["prob"] for p in probs if p["label"]) for probs in predictions["predicted_churned_probs"]]
     assert result.roc_auc == pytest.approx(roc_auc_score(predictions["churned"], scores), abs=1e-12)
     assert int(result.confusion.to_numpy().sum()) == len(predictions)

@@ -25,6 +25,18 @@ server.url}`` and ``AnonymousCredentials``). It answers in the documented REST s
 Every request is recorded (:attr:`FakeBigQueryApi.requests`) with its method, path, query string,
 JSON body and the answer, so tests can assert on exactly what the client sent.
 
+BigQuery ML runs on the project's local BigQuery ML engine (no other offline BigQuery ML exists),
+one model folder per dataset; ``models.get``, ``models.list`` and ``models.delete`` answer the REST
+``Model`` resource (``featureColumns``: "If the model is trained with TRANSFORM clause, these are
+the input of the TRANSFORM clause"; ``trainingRuns[].vertexAiModelId`` / ``vertexAiModelVersion``).
+With a Vertex AI double attached (``FakeVertexApi(bigquery=this)``), ``MODEL_REGISTRY='VERTEX_AI'``
+registers each new model as a version there, and CREATE OR REPLACE or DROP of a registered model
+deletes its version, refused with BigQuery's FAILED_PRECONDITION while it is deployed ("Manage
+BigQuery ML models in Vertex AI"; the text of GoogleCloudPlatform/vertex-ai-samples PR #788).
+Plain SQL goes through sqlglot with this double's own fixes for the meanings DuckDB gives
+otherwise (:func:`_bigquery_meaning`), not through the project's translator, so that a test can
+compare the project's local translation with what the double computes.
+
 Jobs run synchronously inside ``jobs.insert``: the returned job is already ``DONE``, which the
 REST contract allows. What it cannot run (BigQuery ML, scripting variables, legacy SQL, Cloud
 Storage URIs) fails with a 400 that says so, never with a silent success.
@@ -63,10 +75,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from lakehouse_ml.backends.translate import apply_bigquery_semantics
 from lakehouse_ml.backends.warehouse import WarehouseError
 from lakehouse_ml.bqml.engine import BqmlEngine
-from lakehouse_ml.bqml.sql import AlterModel, BqmlSession, CreateModel, DropModel, mentions_bigquery_ml, parse_model_statement
+from lakehouse_ml.bqml.sql import (
+    AlterModel,
+    BqmlSession,
+    CreateModel,
+    DropModel,
+    mentions_bigquery_ml,
+    parse_model_name,
+    parse_model_statement,
+)
 
 API_PREFIX = "/bigquery/v2"
 UPLOAD_PREFIX = "/upload/bigquery/v2"
@@ -569,6 +588,43 @@ def _duckdb_error_message(err: duckdb.Error) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def _bigquery_meaning(stmt: exp.Expression) -> exp.Expression:
+    """Where sqlglot's DuckDB text of a BigQuery function means something else in DuckDB, the
+    BigQuery meaning (written here from BigQuery's function reference, independently of the
+    project's translator):
+
+    * ``EXTRACT(DAYOFWEEK …)``: "Returns values in the range [1,7] with Sunday as the first day of
+      the week" — from DuckDB's ISO day of week (Monday 1 … Sunday 7) as ``ISODOW % 7 + 1``;
+    * ``COUNTIF``: a count, 0 over no rows (DuckDB's ``count_if`` is NULL there);
+    * ``DATE_ADD`` / ``DATE_SUB`` of a DATE: a DATE (DuckDB's date ± interval is a TIMESTAMP);
+    * ``TIMESTAMP_DIFF``: "the number of whole specified date_part intervals between two
+      timestamps" — DuckDB's ``date_sub`` counts whole units, its ``date_diff`` boundaries."""
+    kinds = (exp.Extract, exp.CountIf, exp.DateAdd, exp.DateSub, exp.TimestampDiff)
+    for node in reversed([n for n in stmt.walk(bfs=False) if isinstance(n, kinds)]):  # innermost first
+        new: exp.Expression | None = None
+        if isinstance(node, exp.Extract) and node.this.name.upper() == "DAYOFWEEK":
+            iso = exp.Extract(this=exp.var("ISODOW"), expression=node.expression.copy())
+            new = exp.paren(exp.Add(this=exp.Mod(this=iso, expression=exp.Literal.number(7)), expression=exp.Literal.number(1)))
+        elif isinstance(node, exp.CountIf):
+            new = exp.Coalesce(this=node.copy(), expressions=[exp.Literal.number(0)])
+        elif isinstance(node, (exp.DateAdd, exp.DateSub)) and not isinstance(node.parent, exp.Cast):
+            new = exp.Cast(this=node.copy(), to=exp.DataType.build("DATE"))
+        elif isinstance(node, exp.TimestampDiff):
+            unit = (node.unit.name if node.unit else "DAY").upper()
+            new = exp.Anonymous(this="DATE_SUB", expressions=[exp.Literal.string(unit), node.expression.copy(), node.this.copy()])
+        if new is not None:
+            if node is stmt:
+                return new
+            node.replace(new)
+    return stmt
+
+
+# Where BigQuery ML models of a multi-region register in Vertex AI ("A BigQuery ML US multi-region
+# model is synced to … us-central1 and a BigQuery ML multi-region EU model is synced to …
+# europe-west4. For single region models, there are no changes.").
+_VERTEX_REGION = {"US": "us-central1", "EU": "europe-west4"}
+
+
 class _Engine:
     """Datasets, tables and jobs, kept in DuckDB and dictionaries. Every method holds the lock."""
 
@@ -583,8 +639,9 @@ class _Engine:
         self.jobs: dict[tuple[str, str], _Job] = {}
         self.job_order: list[tuple[str, str]] = []
         # BigQuery ML: the project's local engine stands in for BigQuery's (models live in a
-        # temporary folder for the life of the double).
+        # temporary folder for the life of the double, one folder per dataset).
         self.models_dir = tempfile.mkdtemp(prefix="fake-bigquery-models-")
+        self.vertex: Any = None  # a FakeVertexApi that BigQuery ML registers models in
 
     def close(self) -> None:
         with self.lock:
@@ -903,6 +960,72 @@ class _Engine:
         job.result = result.table
         job.num_dml_affected_rows = result.dml_rows
 
+    def bqml_engine(self, project: str, dataset: str) -> BqmlEngine:
+        return BqmlEngine(Path(self.models_dir) / project / dataset, dataset=dataset)
+
+    def _session_query(self, project: str, dataset: str, sql: str, tables: dict[str, pa.Table] | None = None) -> pa.Table:
+        """A BigQuery ML query on the dataset (the other services' view of a model)."""
+        self._exec(f"USE {_q(project)}.{_q(dataset)}")
+        registered = []
+        try:
+            for name, table in (tables or {}).items():
+                self.con.register(name, table)
+                registered.append(name)
+
+            def run(statement, fetch_arrow: bool):
+                return self._arrow(statement.duckdb_sql) if fetch_arrow else self.con.execute(statement.duckdb_sql)
+
+            with BqmlSession(self.con, self.bqml_engine(project, dataset), run, {}) as session:
+                return session.run_script(sql)
+        except WarehouseError as err:
+            raise _invalid_query(str(err)) from None
+        finally:
+            for name in registered:
+                self.con.unregister(name)
+
+    def _vertex_location(self, project: str, dataset: str) -> str:
+        location = self.datasets[(project, dataset)]["location"]
+        return _VERTEX_REGION.get(location.upper(), location.lower())
+
+    def _registry_before(self, project: str, dataset: str, statement: Any) -> Any:
+        """Before a CREATE OR REPLACE / DROP of a registered model: BigQuery's refusal while its
+        version is deployed; the version that will be deleted."""
+        if self.vertex is None or not isinstance(statement, (CreateModel, DropModel)):
+            return None
+        name = statement.model.name
+        if not self.bqml_engine(project, dataset).store.exists(name):
+            return None
+        if isinstance(statement, CreateModel) and not statement.replace:
+            return None
+        refusal = self.vertex.bqml_refusal(project, dataset, name)
+        if refusal:
+            raise BigQueryApiError("invalid", refusal)
+        return self.vertex.bqml_version(project, dataset, name)
+
+    def _registry_after(self, project: str, dataset: str, statement: Any, replaced: Any, existed: bool) -> None:
+        """After the statement: the new model registered (MODEL_REGISTRY='VERTEX_AI', or ALTER MODEL
+        … SET OPTIONS(vertex_ai_model_id=…)), the replaced or dropped model's version deleted."""
+        if self.vertex is None or statement is None:
+            return
+        name = statement.model.name
+        options = {str(k).lower(): v for k, v in (getattr(statement, "options", None) or {}).items()}
+        register = None
+        if isinstance(statement, CreateModel) and not (statement.if_not_exists and existed):
+            if str(options.get("model_registry", "")).upper() == "VERTEX_AI":
+                register = options.get("vertex_ai_model_id") or name
+        if isinstance(statement, AlterModel) and options.get("vertex_ai_model_id"):
+            if self.vertex.bqml_version(project, dataset, name) is None:
+                register = options["vertex_ai_model_id"]
+        if register is not None:
+            meta = self.bqml_engine(project, dataset).store.load_meta(name)
+            aliases = options.get("vertex_ai_model_version_aliases") or []
+            self.vertex.register_bqml(
+                project, self._vertex_location(project, dataset), str(register), dataset=dataset, bq_model=name,
+                model_type=meta["model_type"], aliases=list(aliases) if isinstance(statement, CreateModel) else [],
+            )
+        if replaced is not None and isinstance(statement, (CreateModel, DropModel)):
+            self.vertex.delete_registered(*replaced)
+
     def _run_bigquery_ml(
         self, job: _Job, text: str, ctx: _QueryContext, destination: dict[str, Any] | None
     ) -> None:
@@ -915,6 +1038,13 @@ class _Engine:
             raise BigQueryApiError("notFound", f"Not found: Dataset {project}:{dataset}")
         self._exec(f"USE {_q(project)}.{_q(dataset)}")
         params = {name: value for name, (_type, value) in ctx.params.items()}
+        try:
+            statement = parse_model_statement(text, params)
+        except WarehouseError as err:
+            raise _invalid_query(str(err)) from None
+        engine = self.bqml_engine(project, dataset)
+        existed = statement is not None and engine.store.exists(statement.model.name)
+        replaced = self._registry_before(project, dataset, statement)
 
         def run(statement, fetch_arrow: bool):
             values = {p: params[p] for p in statement.parameters if p in params}
@@ -926,17 +1056,83 @@ class _Engine:
                 raise _invalid_query(_duckdb_error_message(err)) from None
 
         try:
-            with BqmlSession(self.con, BqmlEngine(Path(self.models_dir)), run, params) as session:
+            with BqmlSession(self.con, engine, run, params) as session:
                 result = session.run_script(text)
         except WarehouseError as err:
             raise _invalid_query(str(err)) from None
-        statement = parse_model_statement(text, params)
+        self._registry_after(project, dataset, statement, replaced, existed)
         job.statement_type = {CreateModel: "CREATE_MODEL", DropModel: "DROP_MODEL", AlterModel: "ALTER_MODEL"}.get(
             type(statement), "SELECT"
         )
         job.result = _normalize_table(result) if result is not None else None
         if destination and job.result is not None:
             self.write_arrow(destination, job.result, write_disposition="WRITE_TRUNCATE", create_disposition="CREATE_IF_NEEDED")
+
+    # -- models (what models.get answers, and what the Vertex AI double runs) ---------------------
+    def model_resource(self, project: str, dataset: str, name: str) -> dict[str, Any]:
+        """The REST ``Model`` resource of a BigQuery ML model (``notFound`` when missing)."""
+        engine = self.bqml_engine(project, dataset)
+        if (project, dataset) not in self.datasets or not engine.store.exists(name):
+            raise BigQueryApiError("notFound", f"Not found: Model {project}:{dataset}.{name}")
+        meta = engine.store.load_meta(name)
+        prep = meta["preprocessing"]
+        inputs = prep.get("info_features") or prep["features"]
+
+        def columns(features: list[dict]) -> list[dict[str, Any]]:
+            return [{"name": f["name"], "type": {"typeKind": f["bq_type"]}} for f in features]
+
+        created = dt.datetime.fromisoformat(meta["creation_time"])
+        created_ms = str(int(created.timestamp() * 1000))
+        run: dict[str, Any] = {"startTime": created.isoformat().replace("+00:00", "Z"), "trainingOptions": {}}
+        resource: dict[str, Any] = {
+            "modelReference": {"projectId": project, "datasetId": dataset, "modelId": name},
+            "modelType": meta["model_type"],
+            "creationTime": created_ms,
+            "lastModifiedTime": created_ms,
+            "location": self.datasets[(project, dataset)]["location"],
+            "featureColumns": columns(inputs),
+            "trainingRuns": [run],
+        }
+        label = meta.get("label")
+        if label:
+            resource["labelColumns"] = [{"name": label["name"], "type": {"typeKind": label["bq_type"]}}]
+        if meta.get("transform_sql"):
+            resource["transformColumns"] = columns(prep["features"])
+        found = self.vertex.bqml_version(project, dataset, name) if self.vertex is not None else None
+        if found is not None:
+            model, version = found
+            run["trainingOptions"]["modelRegistry"] = "VERTEX_AI"
+            run["vertexAiModelId"] = model.model_id
+            run["vertexAiModelVersion"] = version.version_id
+        return resource
+
+    def model_names(self, project: str, dataset: str) -> list[str]:
+        self.dataset_resource(project, dataset)
+        return self.bqml_engine(project, dataset).store.names()
+
+    def drop_model(self, project: str, dataset: str, name: str) -> None:
+        """``models.delete``: as DROP MODEL (refused while its registry version is deployed)."""
+        statement = DropModel(model=parse_model_name(name), if_exists=False)
+        replaced = self._registry_before(project, dataset, statement)
+        if not self.bqml_engine(project, dataset).store.drop(name):
+            raise BigQueryApiError("notFound", f"Not found: Model {project}:{dataset}.{name}")
+        self._registry_after(project, dataset, statement, replaced, True)
+
+    def ml_predict(self, project: str, dataset: str, name: str, instances: pa.Table) -> pa.Table:
+        with self.lock:
+            table = f"__vertex_instances_{uuid.uuid4().hex}"
+            return self._session_query(project, dataset, f"SELECT * FROM ML.PREDICT(MODEL {name}, TABLE {table})", {table: instances})
+
+    def kmeans_distances(self, project: str, dataset: str, name: str, instances: pa.Table) -> list[list[float]]:
+        """Every centroid's distance from each row, in centroid-id order (ML.PREDICT keeps only the
+        nearest five): the model's own distances, after its TRANSFORM."""
+        with self.lock:
+            engine = self.bqml_engine(project, dataset)
+            rows = instances
+            if engine.store.load_meta(name).get("transform_sql"):
+                table = f"__vertex_instances_{uuid.uuid4().hex}"
+                rows = self._session_query(project, dataset, f"SELECT * FROM ML.TRANSFORM(MODEL {name}, TABLE {table})", {table: instances})
+            return engine.centroid_distances(name, rows.to_pandas()).tolist()
 
     def _run_script(
         self, job: _Job, statements: list[exp.Expression], ctx: _QueryContext
@@ -1067,7 +1263,7 @@ class _Engine:
             prop = stmt.find(exp.PartitionedByProperty)
             if prop is not None:
                 prop.pop()
-        stmt = apply_bigquery_semantics(stmt)
+        stmt = _bigquery_meaning(stmt)
         try:
             sql = stmt.sql("duckdb", unsupported_level=sqlglot.ErrorLevel.RAISE)
         except sqlglot.errors.UnsupportedError as err:
@@ -1420,6 +1616,25 @@ class FakeBigQueryApi:
         with self._engine.lock:
             return self._job_resource(self._engine.get_job(project, job_id))
 
+    # -- what the Vertex AI double uses ------------------------------------------------------
+    @property
+    def vertex(self) -> Any:
+        return self._engine.vertex
+
+    @vertex.setter
+    def vertex(self, api: Any) -> None:
+        self._engine.vertex = api
+
+    def model_resource(self, project: str, dataset: str, model: str) -> dict[str, Any]:
+        with self._engine.lock:
+            return self._engine.model_resource(project, dataset, model)
+
+    def ml_predict(self, project: str, dataset: str, model: str, instances: pa.Table) -> pa.Table:
+        return self._engine.ml_predict(project, dataset, model, instances)
+
+    def kmeans_distances(self, project: str, dataset: str, model: str, instances: pa.Table) -> list[list[float]]:
+        return self._engine.kmeans_distances(project, dataset, model, instances)
+
     # -- plumbing ------------------------------------------------------------------------------
     def _routes(self) -> list[Route]:
         p = API_PREFIX + "/projects/{project}"
@@ -1434,6 +1649,9 @@ class FakeBigQueryApi:
             Route(p + "/datasets/{dataset}/tables/{table}", self._tables_patch, methods=["PATCH", "PUT"]),
             Route(p + "/datasets/{dataset}/tables/{table}", self._tables_delete, methods=["DELETE"]),
             Route(p + "/datasets/{dataset}/tables/{table}/data", self._tabledata_list, methods=["GET"]),
+            Route(p + "/datasets/{dataset}/models", self._models_list, methods=["GET"]),
+            Route(p + "/datasets/{dataset}/models/{model}", self._models_get, methods=["GET"]),
+            Route(p + "/datasets/{dataset}/models/{model}", self._models_delete, methods=["DELETE"]),
             Route(p + "/jobs", self._jobs_insert, methods=["POST"]),
             Route(p + "/jobs", self._jobs_list, methods=["GET"]),
             Route(p + "/jobs/{job_id}", self._jobs_get, methods=["GET"]),
@@ -1509,6 +1727,8 @@ class FakeBigQueryApi:
     def _handler(fn):  # type: ignore[no-untyped-def]  # decorator used inside the class body
         async def wrapper(self: "FakeBigQueryApi", request: Request) -> Response:
             recorded, body = await self._record(request)
+            if self._engine.vertex is not None:  # log rows whose delay has passed land first
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._engine.vertex.deliver_logs)
             try:
                 # Blocking work (DuckDB, under the engine lock) runs on the double's own pool, which
                 # stop() shuts down, so no worker thread outlives the server.
@@ -1737,6 +1957,29 @@ class FakeBigQueryApi:
         return self._answer(recorded, {"kind": "bigquery#tableDataList", "etag": uuid.uuid4().hex, **page})
 
     # -- jobs ----------------------------------------------------------------------------------
+    @_handler
+    def _models_list(self, request: Request, recorded: RecordedRequest, body: bytes) -> Response:
+        pp = request.path_params
+        with self._engine.lock:
+            names = self._engine.model_names(pp["project"], pp["dataset"])
+            models = [self._engine.model_resource(pp["project"], pp["dataset"], n) for n in names]
+        # models.list answers each model's reference, type, times and labels (not its columns).
+        keep = ("modelReference", "modelType", "creationTime", "lastModifiedTime", "location")
+        return self._answer(recorded, {"models": [{k: m[k] for k in keep if k in m} for m in models]} if models else {})
+
+    @_handler
+    def _models_get(self, request: Request, recorded: RecordedRequest, body: bytes) -> Response:
+        pp = request.path_params
+        with self._engine.lock:
+            return self._answer(recorded, self._engine.model_resource(pp["project"], pp["dataset"], pp["model"]))
+
+    @_handler
+    def _models_delete(self, request: Request, recorded: RecordedRequest, body: bytes) -> Response:
+        pp = request.path_params
+        with self._engine.lock:
+            self._engine.drop_model(pp["project"], pp["dataset"], pp["model"])
+        return self._answer(recorded, None, 204)
+
     @_handler
     def _jobs_insert(self, request: Request, recorded: RecordedRequest, body: bytes) -> Response:
         project = request.path_params["project"]

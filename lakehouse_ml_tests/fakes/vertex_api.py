@@ -38,10 +38,35 @@ Vertex AI rules it enforces (each answers Google's JSON error shape ``{"error": 
   ``polls_before_done`` ``operations.get`` answers; their change is applied when they complete,
   as on Vertex AI, where the endpoint changes only when the operation finishes.
 
-Predictions are deterministic: each model version has a linear function (``intercept`` +
-``weight`` × the sum of the instance's numeric values) and each endpoint picks the deployed model
-by smooth weighted round robin over its traffic split, so a 90/10 split sends exactly one request
-in ten to the canary. Every request is recorded (:attr:`FakeVertexApi.requests`).
+Predictions are computed from the real model. A version that BigQuery ML registered (through the
+BigQuery double, :meth:`FakeVertexApi.register_bqml`) keeps the BigQuery ML model it came from;
+``:predict`` checks the instances against that model's input columns (BigQuery's
+``Model.featureColumns``: for a model with TRANSFORM, "the input of the TRANSFORM clause"), has the
+BigQuery double run ``ML.PREDICT`` on them, and answers in the export serving signature of the
+model type, built here from the "Export models" page (*Prediction output format*) and the real
+responses cited in ``lakehouse_ml_tests/golden/`` (not with the project's own code):
+``predicted_<label>`` a one-element list, classes as STRINGs, every k-means centroid in id order.
+Each endpoint picks the deployed model by smooth weighted round robin over its traffic split, so a
+90/10 split sends exactly one request in ten to the canary. Every request is recorded
+(:attr:`FakeVertexApi.requests`). A version seeded with :meth:`FakeVertexApi.seed_bqml_model` has no
+model behind it, for the registry's tests; predicting with it answers INTERNAL.
+
+Other behaviour it reproduces, each with its source:
+
+* CREATE OR REPLACE / DROP of a registered BigQuery ML model deletes its version, refused while the
+  version is deployed ("Manage BigQuery ML models in Vertex AI"; the FAILED_PRECONDITION text of
+  GoogleCloudPlatform/vertex-ai-samples PR #788), see :meth:`FakeVertexApi.bqml_refusal`;
+* deleting the version that holds ``default`` moves ``default`` to the next most recent version
+  (model-alias page: "When you delete a model version assigned the default alias, the alias is
+  automatically assigned to the next most recent version");
+* ``refuse_deletes_after_undeploy``: a delete right after an undeploy is refused that many times
+  (googleapis/python-aiplatform#2807: "Cannot clean up model registry, after undeploy");
+* ``log_delay_s``: request-response log rows land in BigQuery that long after the predict, as
+  Vertex AI writes them asynchronously; :meth:`FakeVertexApi.deliver_logs` moves the due ones;
+* :meth:`FakeVertexApi.fail_next`: answer the next calls 429 RESOURCE_EXHAUSTED or 503 UNAVAILABLE
+  (Vertex AI's quota errors, "Retry after a few seconds");
+* Cloud Monitoring's ``projects.timeSeries.list`` of
+  ``aiplatform.googleapis.com/prediction/online/prediction_count`` for the endpoints served here.
 
 Request-response logging: with a BigQuery double attached (``FakeVertexApi(bigquery=…)``, a
 :class:`lakehouse_ml_tests.fakes.bigquery_api.FakeBigQueryApi`), a predict on an endpoint whose
@@ -72,6 +97,7 @@ import itertools
 import json
 import re
 import threading
+import time
 import urllib.parse
 from typing import Any, Callable, Iterator
 
@@ -85,8 +111,10 @@ _STATUS_HTTP = {
     "NOT_FOUND": 404,
     "ALREADY_EXISTS": 409,
     "ABORTED": 409,
+    "RESOURCE_EXHAUSTED": 429,
     "INTERNAL": 500,
     "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
 }
 _STATUS_CODE = {  # google.rpc.Code numbers (for errors inside operations)
     "INVALID_ARGUMENT": 3,
@@ -164,8 +192,7 @@ class _Version:
     update_time: str
     source_type: str
     deployable: bool
-    intercept: float
-    weight: float
+    bq_model: tuple[str, str, str] | None = None  # (project, dataset, model) of its BigQuery ML model
 
 
 @dataclasses.dataclass
@@ -220,9 +247,19 @@ class FakeVertexApi:
         polls_before_done: int = 1,
         page_size: int = 50,
         bigquery: Any = None,
+        log_delay_s: float = 0.0,
+        refuse_deletes_after_undeploy: int = 0,
     ):
         self.project_number = project_number
-        self.bigquery = bigquery  # a FakeBigQueryApi that receives the request-response log
+        self.bigquery = bigquery  # a FakeBigQueryApi: runs the models, receives the request-response log
+        if bigquery is not None:
+            bigquery.vertex = self
+        self.log_delay_s = log_delay_s
+        self.refuse_deletes_after_undeploy = refuse_deletes_after_undeploy
+        self._pending_logs: list[tuple[float, tuple[str, str, str], dict[str, Any]]] = []
+        self._undeploying: dict[tuple[tuple[str, str, str], str], int] = {}
+        self._failures: list[tuple[str | None, str]] = []
+        self._served: list[tuple[dt.datetime, str, str, int]] = []  # time, endpoint id, deployed model, predictions
         self.clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
         self.logging_errors: list[str] = []
         self._request_ids = itertools.count(7_000_000_000_000_000_001)
@@ -233,6 +270,7 @@ class FakeVertexApi:
         self._endpoints: dict[tuple[str, str, str], _Endpoint] = {}
         self._operations: dict[str, _Operation] = {}
         self._bq_models: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._recently_undeployed: dict[tuple[tuple[str, str, str], str], list[str]] = {}
         self._requests: list[RecordedRequest] = []
         self._ids = itertools.count(1)
         self._server: http.server.ThreadingHTTPServer | None = None
@@ -296,6 +334,41 @@ class FakeVertexApi:
             if (method is None or r.method == method.upper()) and (path is None or re.fullmatch(path, r.path))
         ]
 
+    def _register(
+        self, project: str, location: str, model_id: str, *, model_type: str, aliases, display_name: str | None,
+        labels: dict[str, str] | None, bq_model: tuple[str, str, str] | None,
+    ) -> str:
+        """A new version as BigQuery ML's CREATE MODEL with ``MODEL_REGISTRY='VERTEX_AI'`` makes it
+        (version 1 of a new id also gets ``default``; the given aliases move to it)."""
+        for alias in aliases:
+            if not ALIAS_PATTERN.match(alias):
+                raise VertexApiError("INVALID_ARGUMENT", f"invalid alias {alias!r}")
+        key = (project, location, model_id)
+        now = _now()
+        model = self._models.get(key)
+        if model is None:
+            model = _Model(project, location, model_id, display_name or model_id, now)
+            self._models[key] = model
+        version_id = str(model.next_version)
+        model.next_version += 1
+        model.versions[version_id] = _Version(
+            version_id=version_id,
+            display_name=display_name or model.display_name,
+            model_type=model_type.upper(),
+            labels=dict(labels or {}),
+            description="",
+            create_time=now,
+            update_time=now,
+            source_type="BQML",
+            deployable=model_type.upper() not in NON_DEPLOYABLE_BQML_TYPES,
+            bq_model=bq_model,
+        )
+        if "default" not in model.aliases:
+            model.aliases["default"] = version_id
+        for alias in aliases:
+            model.aliases[alias] = version_id
+        return version_id
+
     def seed_bqml_model(
         self,
         project: str,
@@ -308,41 +381,16 @@ class FakeVertexApi:
         aliases: list[str] | tuple[str, ...] = (),
         display_name: str | None = None,
         labels: dict[str, str] | None = None,
-        intercept: float | None = None,
-        weight: float = 1.0,
     ) -> str:
-        """Register a new version of ``model_id`` as BigQuery ML's CREATE MODEL with
-        ``MODEL_REGISTRY='VERTEX_AI'`` does (version 1 of a new id also gets ``default``; the
-        aliases move to it); returns the version id. The BigQuery model ``dataset.bq_model``
-        (default: the model id) then reports this version in its last training run."""
+        """Register a version with no model behind it (for the registry's tests; predicting with
+        it answers INTERNAL); returns the version id. The BigQuery model ``dataset.bq_model``
+        (default: the model id) then reports this version in its last training run, served on
+        BigQuery's ``models.get`` route by this double."""
         with self.lock:
-            key = (project, location, model_id)
-            now = _now()
-            model = self._models.get(key)
-            if model is None:
-                model = _Model(project, location, model_id, display_name or model_id, now)
-                self._models[key] = model
-            version_id = str(model.next_version)
-            model.next_version += 1
-            model.versions[version_id] = _Version(
-                version_id=version_id,
-                display_name=display_name or model.display_name,
-                model_type=model_type.upper(),
-                labels=dict(labels or {}),
-                description="",
-                create_time=now,
-                update_time=now,
-                source_type="BQML",
-                deployable=model_type.upper() not in NON_DEPLOYABLE_BQML_TYPES,
-                intercept=float(version_id) if intercept is None else float(intercept),
-                weight=float(weight),
+            version_id = self._register(
+                project, location, model_id, model_type=model_type, aliases=aliases, display_name=display_name,
+                labels=labels, bq_model=None,
             )
-            if "default" not in model.aliases:
-                model.aliases["default"] = version_id
-            for alias in aliases:
-                if not ALIAS_PATTERN.match(alias):
-                    raise ValueError(f"invalid alias {alias!r}")
-                model.aliases[alias] = version_id
             bq_key = (project, dataset, bq_model or model_id)
             self._bq_models[bq_key] = {
                 "modelReference": {"projectId": project, "datasetId": dataset, "modelId": bq_model or model_id},
@@ -350,7 +398,7 @@ class FakeVertexApi:
                 "location": location,
                 "trainingRuns": [
                     {
-                        "startTime": now,
+                        "startTime": _now(),
                         "vertexAiModelId": model_id,
                         "vertexAiModelVersion": version_id,
                         "trainingOptions": {"modelRegistry": "VERTEX_AI"},
@@ -358,6 +406,86 @@ class FakeVertexApi:
                 ],
             }
             return version_id
+
+    # -- what the BigQuery double calls when BigQuery ML registers, replaces or drops a model --------
+    def register_bqml(
+        self, project: str, location: str, model_id: str, *, dataset: str, bq_model: str, model_type: str,
+        aliases=(), labels: dict[str, str] | None = None,
+    ) -> str:
+        with self.lock:
+            return self._register(
+                project, location, model_id, model_type=model_type, aliases=aliases, display_name=model_id,
+                labels=labels, bq_model=(project, dataset, bq_model),
+            )
+
+    def bqml_version(self, project: str, dataset: str, bq_model: str) -> tuple[_Model, _Version] | None:
+        """The version registered from the BigQuery ML model, if any."""
+        with self.lock:
+            for model in self._models.values():
+                for version in model.versions.values():
+                    if version.bq_model == (project, dataset, bq_model):
+                        return model, version
+            return None
+
+    def bqml_refusal(self, project: str, dataset: str, bq_model: str) -> str | None:
+        """Why the version of a BigQuery ML model cannot be deleted now (None when it can): it is
+        deployed, or was undeployed a moment ago (``refuse_deletes_after_undeploy``)."""
+        with self.lock:
+            found = self.bqml_version(project, dataset, bq_model)
+            if found is None:
+                return None
+            model, version = found
+            endpoints = [d["endpoint"] for d in self._deployments_of(model, version.version_id)]
+            key = ((model.project, model.location, model.model_id), version.version_id)
+            if not endpoints and self._undeploying.get(key, 0) > 0:
+                self._undeploying[key] -= 1
+                endpoints = [e for e in self._recently_undeployed.get(key, [])]
+            if not endpoints:
+                return None
+            # The answer BigQuery gave in GoogleCloudPlatform/vertex-ai-samples PR #788.
+            return (
+                "Model Registry failed: com.google.cloud.ai.platform.common.errors.AiPlatformException: "
+                "code=FAILED_PRECONDITION, message=The Model is deployed or being deployed at the following "
+                f"Endpoint(s): {', '.join(sorted(set(endpoints)))}. Please undeploy the model before retry., cause=null"
+            )
+
+    def delete_registered(self, model: _Model, version: _Version) -> None:
+        """The version of a replaced or dropped BigQuery ML model is deleted ("the existing Model
+        Registry model version is deleted and replaced with the new model"); the caller checked
+        :meth:`bqml_refusal` first."""
+        with self.lock:
+            if model.versions.get(version.version_id) is version:
+                self._delete_version_now(model, version)
+
+    def _delete_version_now(self, model: _Model, version: _Version) -> None:
+        vid = version.version_id
+        model.versions.pop(vid, None)
+        held_default = model.aliases.get("default") == vid
+        for alias in [a for a, v in model.aliases.items() if v == vid]:
+            del model.aliases[alias]
+        if not model.versions:
+            self._models.pop((model.project, model.location, model.model_id), None)
+        elif held_default:
+            model.aliases["default"] = max(model.versions, key=int)
+
+    def fail_next(self, count: int, status: str = "RESOURCE_EXHAUSTED", path: str | None = None) -> None:
+        """Answer the next ``count`` requests (whose path matches the regular expression ``path``)
+        with 429 RESOURCE_EXHAUSTED or 503 UNAVAILABLE."""
+        with self.lock:
+            self._failures.extend([(path, status)] * count)
+
+    def deliver_logs(self) -> int:
+        """Write the request-response log rows whose delay has passed; returns how many."""
+        with self.lock:
+            now = time.monotonic()
+            due = [item for item in self._pending_logs if item[0] <= now]
+            self._pending_logs = [item for item in self._pending_logs if item[0] > now]
+        for _, (project, dataset, table), row in due:
+            try:
+                self.bigquery.append_rows(project, dataset, table, [row], REQUEST_LOG_SCHEMA)
+            except Exception as err:  # the BigQuery double's refusal: the predict still succeeded
+                self.logging_errors.append(str(err))
+        return len(due)
 
     def model_state(self, project: str, location: str, model_id: str) -> dict[str, Any]:
         """``{"versions": [...], "aliases": {alias: version}}`` read directly (not through the API)."""
@@ -522,7 +650,14 @@ class FakeVertexApi:
 
     # -- dispatch --------------------------------------------------------------------------------
     def handle(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        if self.bigquery is not None:
+            self.deliver_logs()
         with self.lock:
+            failure = next((f for f in self._failures if f[0] is None or re.search(f[0], path)), None)
+            if failure is not None:
+                self._failures.remove(failure)
+                err = VertexApiError(failure[1], "Quota exceeded: retry after a few seconds." if failure[1] == "RESOURCE_EXHAUSTED" else "The service is currently unavailable.")
+                return err.http_code, err.body()
             try:
                 return 200, self._dispatch(method, path, query, body)
             except VertexApiError as err:
@@ -536,6 +671,9 @@ class FakeVertexApi:
             if found is None:
                 raise VertexApiError("NOT_FOUND", f"Not found: Model {m[1]}:{m[2]}.{m[3]}")
             return found
+        m = re.fullmatch(r"/v3/projects/([^/]+)/timeSeries", path)
+        if m and method == "GET":
+            return self._time_series(m[1], query)
         m = re.fullmatch(r"/(?:v1|ui)/(" + _LOC + r"(?:/(?:models|endpoints)/[^/]+)?/operations/[^/]+)", path)
         if m and method == "GET":
             return self._get_operation(m[1])
@@ -640,21 +778,25 @@ class FakeVertexApi:
                 + ", ".join(f"{d['endpoint']} ({d['deployedModelId']})" for d in deployed)
                 + ". Undeploy them first.",
             )
+        key = ((found.project, found.location, found.model_id), vid)
+        if self._undeploying.get(key, 0) > 0:  # googleapis/python-aiplatform#2807
+            self._undeploying[key] -= 1
+            raise VertexApiError(
+                "FAILED_PRECONDITION",
+                f"Model version {self._model_name(found)}@{vid} is being undeployed from "
+                f"{', '.join(self._recently_undeployed.get(key, []))}; retry later.",
+            )
         if len(found.versions) == 1:
             raise VertexApiError(
                 "FAILED_PRECONDITION",
                 "Deleting the only version in the Model is not allowed. Use models.delete for deleting the Model instead.",
             )
-        if found.aliases.get("default") == vid:
-            raise VertexApiError(
-                "FAILED_PRECONDITION",
-                f"Model version {vid} is the default version and cannot be deleted; move the default alias first.",
-            )
 
         def complete() -> dict[str, Any]:
-            found.versions.pop(vid, None)
-            for alias in [a for a, v in found.aliases.items() if v == vid]:
-                del found.aliases[alias]
+            # "When you delete a model version assigned the default alias, the alias is
+            # automatically assigned to the next most recent version" (model-alias page).
+            if vid in found.versions:
+                self._delete_version_now(found, found.versions[vid])
             return {}
 
         return self._start_operation(
@@ -888,6 +1030,11 @@ class FakeVertexApi:
                 )
 
         def complete() -> dict[str, Any]:
+            gone = next(d for d in ep.deployed if d["id"] == dm_id)
+            key = (gone["_model_key"], gone["modelVersionId"])
+            if self.refuse_deletes_after_undeploy:
+                self._undeploying[key] = self.refuse_deletes_after_undeploy
+                self._recently_undeployed[key] = [self._endpoint_name(ep)]
             ep.deployed = [d for d in ep.deployed if d["id"] != dm_id]
             ep.traffic_split = {k: v for k, v in new_split.items() if v}
             ep.rr_credit.pop(dm_id, None)
@@ -899,6 +1046,9 @@ class FakeVertexApi:
         )
 
     def _endpoints_predict(self, project, location, endpoint, query, body):
+        """Route by the traffic split under the lock, then compute outside it: the model runs in
+        the BigQuery double, which takes its own lock (and calls back into this double when
+        BigQuery ML registers a model)."""
         ep = self._find_endpoint(project, location, endpoint)
         instances = body.get("instances")
         if not isinstance(instances, list) or not instances:
@@ -918,26 +1068,70 @@ class FakeVertexApi:
         version = model.versions.get(dm["modelVersionId"]) if model else None
         if version is None:
             raise VertexApiError("INTERNAL", "The deployed model version no longer exists.")
-        predictions = []
-        for i, instance in enumerate(instances):
-            values = list(instance.values()) if isinstance(instance, dict) else instance if isinstance(instance, list) else None
-            if values is None or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values):
-                raise VertexApiError(
-                    "INVALID_ARGUMENT", f"instances[{i}] must be an object or a list of numbers; got {instance!r}."
-                )
-            predictions.append({"value": version.intercept + version.weight * float(sum(values))})
-        self._log_request(ep, chosen, instances, predictions)
-        return {
-            "predictions": predictions,
+        if version.bq_model is None or self.bigquery is None:
+            raise VertexApiError(
+                "INTERNAL", "This version was seeded without a BigQuery ML model: the test double cannot predict with it."
+            )
+        answer = {
             "deployedModelId": chosen,
             "model": dm["model"],
             "modelDisplayName": dm["displayName"],
             "modelVersionId": dm["modelVersionId"],
         }
+        return _Deferred(lambda: self._predict_with(ep, chosen, version.bq_model, instances, answer))
 
+    def _predict_with(self, ep: _Endpoint, chosen: str, bq_model: tuple[str, str, str], instances: list, answer: dict) -> dict:
+        resource = self.bigquery.model_resource(*bq_model)
+        features = [(f["name"], f["type"]["typeKind"]) for f in resource["featureColumns"]]
+        transform = bool(resource.get("transformColumns"))
+        rows = [_instance_row(i, instance, features, transform) for i, instance in enumerate(instances)]
+        predictions = _export_predictions(self.bigquery, bq_model, resource, features, rows)
+        with self.lock:
+            self._served.append((self.clock(), ep.endpoint_id, chosen, len(instances)))
+            self._log_request(ep, chosen, instances, predictions)
+        if self.log_delay_s <= 0:
+            self.deliver_logs()
+        return {"predictions": predictions, **answer}
+
+    def _time_series(self, project: str, query: dict[str, str]) -> dict[str, Any]:
+        """Cloud Monitoring ``projects.timeSeries.list`` of the prediction count
+        (``aiplatform.googleapis.com/prediction/online/prediction_count``, a DELTA INT64 metric of
+        resource type ``aiplatform.googleapis.com/Endpoint``), one point per predict served here."""
+        text = query.get("filter", "")
+        if "aiplatform.googleapis.com/prediction/online/prediction_count" not in text:
+            raise VertexApiError("INVALID_ARGUMENT", f"The test double serves the prediction count metric only; got {text!r}.")
+        wanted = re.search(r'resource\.labels\.endpoint_id\s*=\s*"([^"]+)"', text)
+        try:
+            lo = dt.datetime.fromisoformat(query["interval.startTime"].replace("Z", "+00:00"))
+            hi = dt.datetime.fromisoformat(query["interval.endTime"].replace("Z", "+00:00"))
+        except (KeyError, ValueError):
+            raise VertexApiError("INVALID_ARGUMENT", "interval.startTime and interval.endTime are required RFC 3339 times.") from None
+        series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for when, endpoint_id, deployed_model_id, count in self._served:
+            if (wanted is None or wanted[1] == endpoint_id) and lo <= when < hi:
+                stamp = when.isoformat().replace("+00:00", "Z")
+                series.setdefault((endpoint_id, deployed_model_id), []).append(
+                    {"interval": {"startTime": stamp, "endTime": stamp}, "value": {"int64Value": str(count)}}
+                )
+        return {
+            "timeSeries": [
+                {
+                    "metric": {
+                        "type": "aiplatform.googleapis.com/prediction/online/prediction_count",
+                        "labels": {"deployed_model_id": deployed_model_id},
+                    },
+                    "resource": {"type": "aiplatform.googleapis.com/Endpoint", "labels": {"endpoint_id": endpoint_id}},
+                    "metricKind": "DELTA",
+                    "valueType": "INT64",
+                    "points": points,
+                }
+                for (endpoint_id, deployed_model_id), points in sorted(series.items())
+            ]
+        }
 
     def _log_request(self, ep: _Endpoint, deployed_model_id: str, instances: list, predictions: list) -> None:
-        """Vertex AI's request-response logging of one predict (see the module docstring)."""
+        """Vertex AI's request-response logging of one predict (see the module docstring): the row
+        lands in BigQuery ``log_delay_s`` later."""
         config = ep.logging or {}
         if self.bigquery is None or not config.get("enabled"):
             return
@@ -959,10 +1153,98 @@ class FakeVertexApi:
             "request_payload": [json.dumps(instance) for instance in instances],
             "response_payload": [json.dumps(prediction) for prediction in predictions],
         }
-        try:
-            self.bigquery.append_rows(m[1], dataset, m[3] or "request_response_logging", [row], REQUEST_LOG_SCHEMA)
-        except Exception as err:  # the BigQuery double's refusal: the predict still succeeds
-            self.logging_errors.append(str(err))
+        self._pending_logs.append((time.monotonic() + self.log_delay_s, (m[1], dataset, m[3] or "request_response_logging"), row))
+
+
+@dataclasses.dataclass
+class _Deferred:
+    """An answer computed after the double's lock is released."""
+
+    compute: Callable[[], dict[str, Any]]
+
+
+# -- the model's answers, in the export serving signature ----------------------------------------------
+# "Export models", Prediction output format (https://cloud.google.com/bigquery/docs/exporting-models)
+# and the real responses in lakehouse_ml_tests/golden/: classifiers answer predicted_<label> as a
+# one-element list and the classes as STRINGs, aligned with <label>_probs; regressors
+# predicted_<label> as a one-element list; KMEANS nearest_centroid_id as a one-element list, and
+# every centroid's id (ascending) and distance. Input: "Input should generally match that used for
+# BigQuery ML ML.PREDICT. All numerical values in the exported model signatures are cast as data
+# type FLOAT64"; a model with TRANSFORM takes NULL as 123456789.0e10 / 1234567890000000000 (both
+# the same double over JSON) or ' __MISSING__ ' (the page's Supported data types, NULL row), and
+# has no BOOL sentinel.
+_NUMBER_KINDS = ("INT64", "FLOAT64", "NUMERIC", "BIGNUMERIC")
+_MISSING = {" __MISSING__ ", "__MISSING__"}
+
+
+def _instance_row(i: int, instance: Any, features: list[tuple[str, str]], transform: bool) -> dict[str, Any]:
+    if not isinstance(instance, dict):
+        raise VertexApiError("INVALID_ARGUMENT", f"instances[{i}] must be a JSON object keyed by feature name; got {instance!r}.")
+    given = {str(k).lower(): v for k, v in instance.items()}
+    names = {name.lower(): name for name, _ in features}
+    extra = sorted(set(given) - set(names))
+    missing = sorted(n for n in names if n not in given)
+    if extra or missing:
+        raise VertexApiError(
+            "INVALID_ARGUMENT",
+            f"instances[{i}] does not have the model's inputs: missing {missing or 'none'}, unexpected {extra or 'none'}.",
+        )
+    row: dict[str, Any] = {}
+    for name, kind in features:
+        value = given[name.lower()]
+        if value is None and transform:
+            raise VertexApiError("INVALID_ARGUMENT", f"instances[{i}].{name}: null is not a value of type {kind}.")
+        if transform and value is not None and kind != "BOOL":
+            if (kind in _NUMBER_KINDS and not isinstance(value, bool) and isinstance(value, (int, float)) and value == 123456789.0e10) or (
+                kind not in _NUMBER_KINDS and value in _MISSING
+            ):
+                value = None
+        if value is not None:
+            if kind in _NUMBER_KINDS:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            elif kind == "BOOL":
+                ok = isinstance(value, bool)
+            else:
+                ok = isinstance(value, str)
+            if not ok:
+                raise VertexApiError("INVALID_ARGUMENT", f"instances[{i}].{name}: {json.dumps(value)} is not a value of type {kind}.")
+        row[name] = value
+    return row
+
+
+def _as_text(value: Any) -> str:
+    """A class as STRING, as BigQuery casts it (BOOL -> 'true' / 'false')."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _export_predictions(bigquery: Any, bq_model: tuple[str, str, str], resource: dict, features: list, rows: list[dict]) -> list[dict]:
+    import pyarrow as pa
+
+    arrow = {"BOOL": pa.bool_(), "INT64": pa.float64(), "FLOAT64": pa.float64(), "NUMERIC": pa.float64(), "BIGNUMERIC": pa.float64()}
+    table = pa.table({name: pa.array([r[name] for r in rows], arrow.get(kind, pa.string())) for name, kind in features})
+    model_type = resource["modelType"]
+    if model_type == "KMEANS":
+        out = []
+        for distances in bigquery.kmeans_distances(*bq_model, table):
+            nearest = min(range(len(distances)), key=distances.__getitem__) + 1
+            out.append(
+                {"nearest_centroid_id": [nearest], "centroid_ids": list(range(1, len(distances) + 1)), "centroid_distances": list(distances)}
+            )
+        return out
+    label = resource["labelColumns"][0]["name"]
+    predicted = bigquery.ml_predict(*bq_model, table).to_pylist()
+    if model_type in ("LOGISTIC_REG", "BOOSTED_TREE_CLASSIFIER", "RANDOM_FOREST_CLASSIFIER"):
+        return [
+            {
+                f"predicted_{label}": [_as_text(r[f"predicted_{label}"])],
+                f"{label}_values": [_as_text(p["label"]) for p in r[f"predicted_{label}_probs"]],
+                f"{label}_probs": [float(p["prob"]) for p in r[f"predicted_{label}_probs"]],
+            }
+            for r in predicted
+        ]
+    return [{f"predicted_{label}": [float(r[f"predicted_{label}"])]} for r in predicted]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -990,6 +1272,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return
         recorded.json = payload
         status, answer = self.fake.handle(self.command, parsed.path, query, payload)
+        if isinstance(answer, _Deferred):
+            try:
+                status, answer = 200, answer.compute()
+            except VertexApiError as err:
+                status, answer = err.http_code, err.body()
+            except Exception as err:  # the BigQuery double refused to run the model
+                status, answer = 400, VertexApiError("INVALID_ARGUMENT", str(err)).body()
         self._answer(recorded, status, answer)
 
     def _answer(self, recorded: RecordedRequest, status: int, answer: Any) -> None:

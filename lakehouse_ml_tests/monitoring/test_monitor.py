@@ -96,7 +96,7 @@ def test_windows_drift_performance_and_report(served, monkeypatch):
     assert (evaluation["snapshot_ts"] >= cut).all() and len(evaluation) == (baseline["snapshot_ts"] >= cut).sum()
     assert 0 < len(evaluation) < len(baseline) and how.startswith("the evaluation split (SEQ on snapshot_ts")
     served_probs = [
-        next(p for v, p in zip(json.loads(t)["churned_values"], json.loads(t)["churned_probs"]) if v is True)
+        next(p for v, p in zip(json.loads(t)["churned_values"], json.loads(t)["churned_probs"]) if v == "true")
         for t in build_endpoints(settings).request_log("churn_model", second.window_start, second.window_end)["prediction"]
     ]
     eval_probs = [next(p["prob"] for p in row if p["label"] is True) for row in evaluation["predicted_churned_probs"]]
@@ -112,7 +112,7 @@ def test_windows_drift_performance_and_report(served, monkeypatch):
     key = lambda frame: [tuple(r) for r in frame[features].astype(object).where(frame[features].notna(), None).itertuples(index=False, name=None)]  # noqa: E731
     counts = Counter(key(truth))
     label_of = dict(zip(key(truth), truth["churned"]))
-    predicted = warehouse.query(f"SELECT * FROM ML.PREDICT(MODEL churn_model, ({LABELLED_SQL}))")
+    predicted = warehouse.query(f"SELECT * FROM ML.PREDICT(MODEL {models.newest_model(warehouse, SPEC)}, ({LABELLED_SQL}))")
     sent = set(key(pd.DataFrame(rows)))
     scores, labels = [], []
     for k, probs in zip(key(predicted), predicted["predicted_churned_probs"]):
@@ -184,7 +184,8 @@ def test_kmeans_report_watches_cluster_shares_and_distances(served):
     settings, _ = served
     spec = models.CUSTOMER_SEGMENTS_MODEL
     warehouse, endpoints = build_warehouse(settings), build_endpoints(settings)
-    rows = traffic.frame_instances(warehouse.query(read_sql("serving/customer_segments_model.sql")))
+    # A TRANSFORM model: NULLs go as the documented sentinels.
+    rows = traffic.serving_instances(warehouse, spec.name)
     assert len(rows) >= 100
     url, token = traffic.endpoint_predict_url(endpoints, spec.serving.endpoint)
     report = traffic.send_traffic(url, rows, count=len(rows), rate=None, batch_size=1, token=token)
@@ -207,8 +208,8 @@ def test_kmeans_report_watches_cluster_shares_and_distances(served):
         ),
         pd.DataFrame(
             {
-                "centroid_id": [str(a["nearest_centroid_id"]) for a in answers],
-                "nearest_centroid_distance": [a["centroid_distances"][0] for a in answers],
+                "centroid_id": [str(a["nearest_centroid_id"][0]) for a in answers],
+                "nearest_centroid_distance": [min(a["centroid_distances"]) for a in answers],
             }
         ),
         {"numerical_default_threshold": 0.3, "categorical_default_threshold": 0.3},

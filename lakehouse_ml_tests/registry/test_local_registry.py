@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import re
 import sqlite3
 from pathlib import Path
 
@@ -43,6 +44,11 @@ def deploy(reg: LocalModelRegistry, model_id: str, version_id: str, endpoint: st
             "INSERT INTO deployed_models VALUES (?, ?, ?, ?, 100, '2026-01-01T00:00:00+00:00')",
             (endpoint, f"dm-{model_id}-{version_id}", model_id, version_id),
         )
+
+
+def undeploy(reg: LocalModelRegistry, model_id: str, version_id: str) -> None:
+    with sqlite3.connect(reg.db_path) as conn:
+        conn.execute("DELETE FROM deployed_models WHERE model_id = ? AND version_id = ?", (model_id, version_id))
 
 
 def aliases(reg: LocalModelRegistry, model_id: str = "churn") -> dict[str, list[str]]:
@@ -125,17 +131,21 @@ def test_delete_version_rules(reg, tmp_path):
     with pytest.raises(RegistryError, match="only version.*delete_model"):
         reg.delete_version("churn", "1")
     register(reg, tmp_path)
-    with pytest.raises(RegistryError, match="holds the 'default' alias. Move 'default'"):
-        reg.delete_version("churn", "1")
     deploy(reg, "churn", "2")
-    with pytest.raises(VersionDeployedError, match="is deployed \\(endpoint/deployed model: e1/dm-churn-2\\). Undeploy"):
+    with pytest.raises(VersionDeployedError, match="is deployed \\(endpoint/deployed model: e1/dm-churn-2\\). Undeploy") as err:
         reg.delete_version("churn", "2")
+    assert err.value.endpoints == ["projects/local/locations/us-central1/endpoints/e1"]
     with pytest.raises(VersionDeployedError):
         reg.delete_model("churn")
     register(reg, tmp_path)
-    reg.delete_version("churn", "3")
-    assert [v.version_id for v in reg.list_versions("churn")] == ["1", "2"]
+    reg.merge_version_aliases("churn", "3", ["gold"])
+    reg.delete_version("churn", "3")  # its aliases go with it
+    assert aliases(reg) == {"1": ["default"], "2": []}
     assert not (reg.root_path / "churn" / "3").exists()
+    # "When you delete a model version assigned the default alias, the alias is automatically
+    # assigned to the next most recent version" (Vertex AI, model-alias page).
+    reg.delete_version("churn", "1")
+    assert aliases(reg) == {"2": ["default"]}
 
 
 def test_delete_model_removes_every_version(reg, tmp_path):
@@ -265,39 +275,50 @@ def test_create_or_replace_replaces_that_models_version(warehouse):
     v2_files = Path(reg.get_version("churn", "2").artifact_uri)
     assert aliases(reg) == {"1": [], "2": ["default", "candidate"]}
     _create(warehouse, "model_b", ", vertex_ai_model_id='churn'", replace=True)
-    assert aliases(reg) == {"1": [], "3": ["default", "candidate"]}  # v2 deleted, its aliases moved to v3
+    # v2 deleted ("the existing Model Registry model version is deleted and replaced with the new
+    # model"): default moves to the newest remaining version, v3; candidate went with v2.
+    assert aliases(reg) == {"1": [], "3": ["default"]}
     assert reg.get_version("churn", "3").source == "bqml://main.model_b"
     assert not v2_files.exists()
     # and v1 kept its artifacts although nothing changed for model_a
     assert (Path(reg.get_version("churn", "1").artifact_uri) / "model.json").is_file()
 
 
-def test_replacing_a_deployed_version_keeps_it_until_undeployed(warehouse):
+def test_replacing_a_deployed_version_is_refused_as_bigquery_does(warehouse):
+    """BigQuery answers CREATE OR REPLACE of a model whose registry version is deployed with
+    FAILED_PRECONDITION (vertex-ai-samples PR #788); nothing is trained, nothing changes."""
     _create(warehouse, "model_a", ", vertex_ai_model_id='churn'")
     reg = warehouse.model_registry()
     deploy(reg, "churn", "1")
-    _create(warehouse, "model_a", ", vertex_ai_model_id='churn'", replace=True)
-    # v1 cannot be deleted while deployed, and it keeps its aliases until a promotion moves them
+    before = warehouse.bqml_engine().model_metadata("model_a")["creation_time"]
+    with pytest.raises(BqmlError, match=re.escape(
+        "code=FAILED_PRECONDITION, message=The Model is deployed or being deployed at the following Endpoint(s): "
+        "projects/local/locations/us-central1/endpoints/e1. Please undeploy the model before retry."
+    )):
+        _create(warehouse, "model_a", ", vertex_ai_model_id='churn'", replace=True)
+    assert warehouse.bqml_engine().model_metadata("model_a")["creation_time"] == before
+    assert aliases(reg) == {"1": ["default"]}
+    # A model of another name under the same model id is a new version: nothing is replaced.
+    _create(warehouse, "model_b", ", vertex_ai_model_id='churn'")
     assert aliases(reg) == {"1": ["default"], "2": []}
-    assert reg.find_bqml_version("bqml://main.model_a").version_id == "2"
-    # v1 is immutable: its artifacts outlive the BigQuery ML model they came from
-    v1, v2 = (Path(reg.get_version("churn", v).artifact_uri) for v in ("1", "2"))
-    assert (v1 / "model.json").read_text() != (v2 / "model.json").read_text()
-    engine, name, _ = reg.bqml_engine("churn", "1")
-    assert engine.predict(name, warehouse.query("SELECT x1, x2 FROM t LIMIT 3")).num_rows == 3
-    # CREATE OR REPLACE without MODEL_REGISTRY: the new model is not registered, the old version goes
+    assert reg.find_bqml_version("bqml://main.model_a").version_id == "1"
+    # Once undeployed, replacing works: v1 goes, default moves to the newest remaining version.
+    undeploy(reg, "churn", "1")
+    _create(warehouse, "model_a", ", vertex_ai_model_id='churn'", replace=True)
+    assert aliases(reg) == {"2": [], "3": ["default"]}
+    # CREATE OR REPLACE without MODEL_REGISTRY: the new model is not registered, its old version goes
     warehouse.execute(
         "CREATE OR REPLACE MODEL model_a OPTIONS(model_type='LOGISTIC_REG', input_label_cols=['y']) AS SELECT x1, x2, y FROM t"
     )
     assert reg.find_bqml_version("bqml://main.model_a") is None
-    assert aliases(reg) == {"1": ["default"]}  # only the deployed v1 is left, and it takes default
+    assert aliases(reg) == {"2": ["default"]}
 
 
 def test_drop_model_of_a_deployed_version_is_refused(warehouse):
     _create(warehouse, "churn")
     reg = warehouse.model_registry()
     deploy(reg, "churn", "1")
-    with pytest.raises(VersionDeployedError, match="Cannot drop BigQuery ML model main.churn: .*deployed.*Undeploy it first"):
+    with pytest.raises(BqmlError, match="code=FAILED_PRECONDITION, message=The Model is deployed or being deployed"):
         warehouse.execute("DROP MODEL churn")
     assert warehouse.bqml_engine().model_exists("churn")  # nothing dropped
     assert reg.get_version("churn").version_id == "1"

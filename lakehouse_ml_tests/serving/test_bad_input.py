@@ -107,7 +107,8 @@ def test_bad_parameters(client):
 
 def test_threshold_parameter(client):
     r = client.post(URL.format("churn"), json={"instances": client.good, "parameters": {"threshold": 1.0}})
-    assert [p["predicted_churned"] for p in r.json()["predictions"]] == [False, False]
+    # A BOOL class is served as BigQuery casts it to STRING, in a one-element list.
+    assert [p["predicted_churned"] for p in r.json()["predictions"]] == [["false"], ["false"]]
 
 
 def test_unknown_route_and_method(client):

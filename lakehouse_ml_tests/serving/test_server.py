@@ -35,18 +35,24 @@ def test_predictions_equal_ml_predict(trained, running):
     assert answer["model"] == "projects/my-project/locations/us-central1/models/churn"
     assert answer["modelVersionId"] == "1"
     expected = engine.predict("churn", rows).to_pylist()
+    # The export serving signature: the class as a STRING in a one-element list, the classes as
+    # STRINGs aligned with their probabilities (docs/serving-format.md).
     for got, want in zip(answer["predictions"], expected, strict=True):
-        assert got["predicted_churned"] == want["predicted_churned"]
-        assert got["churned_values"] == [s["label"] for s in want["predicted_churned_probs"]]
+        assert set(got) == {"predicted_churned", "churned_values", "churned_probs"}
+        assert got["predicted_churned"] == [str(want["predicted_churned"]).lower()]
+        assert got["churned_values"] == [str(s["label"]).lower() for s in want["predicted_churned_probs"]]
         np.testing.assert_allclose(got["churned_probs"], [s["prob"] for s in want["predicted_churned_probs"]], rtol=1e-12)
     answer = ep.predict("seg-ep", instances(rows))
     assert answer["deployedModelId"] == seg_dm and answer["modelVersionId"] == "3"
     expected = engine.predict("segments", rows).to_pylist()
+    # Every centroid in id order, the nearest as a one-element list.
     for got, want in zip(answer["predictions"], expected, strict=True):
-        assert got["nearest_centroid_id"] == want["CENTROID_ID"]
-        assert got["centroid_ids"] == [s["CENTROID_ID"] for s in want["NEAREST_CENTROIDS_DISTANCE"]]
+        assert set(got) == {"nearest_centroid_id", "centroid_ids", "centroid_distances"}
+        assert got["nearest_centroid_id"] == [want["CENTROID_ID"]]
+        assert got["centroid_ids"] == [1, 2, 3, 4]
+        by_id = {s["CENTROID_ID"]: s["DISTANCE"] for s in want["NEAREST_CENTROIDS_DISTANCE"]}
         np.testing.assert_allclose(
-            got["centroid_distances"], [s["DISTANCE"] for s in want["NEAREST_CENTROIDS_DISTANCE"]], rtol=1e-9, atol=1e-12
+            [got["centroid_distances"][i - 1] for i in by_id], list(by_id.values()), rtol=1e-9, atol=1e-12
         )
 
 
@@ -74,7 +80,7 @@ def test_aiplatform_client_works_unchanged(trained, running):
     assert prediction.model_version_id == "2"
     assert prediction.model_resource_name == "projects/my-project/locations/us-central1/models/churn"
     want = engine.predict("churn", frame.head(3)).column("predicted_churned").to_pylist()
-    assert [p["predicted_churned"] for p in prediction.predictions] == want
+    assert [p["predicted_churned"] for p in prediction.predictions] == [["true" if w else "false"] for w in want]
 
 
 def test_traffic_split_is_honoured(trained, running):
@@ -154,7 +160,7 @@ def test_request_response_log_rows(trained, running, home):
     assert {r["endpoint_id"] for r in data} == {"logged"}
     assert len({r["request_id"] for r in data}) == 2
     assert [r["x1"] for r in data[:3]] == [r["x1"] for r in rows]
-    assert json.loads(data[0]["prediction"])["predicted_churned"] in (True, False)
+    assert json.loads(data[0]["prediction"])["predicted_churned"] in (["true"], ["false"])
     assert table.schema.field("logging_time").type.tz == "UTC"
 
 

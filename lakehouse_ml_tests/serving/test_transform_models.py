@@ -1,6 +1,6 @@
 """Models created with a TRANSFORM clause: the endpoint's predictor takes the TRANSFORM's input
-columns, applies the TRANSFORM (its training statistics frozen in) and answers what ML.PREDICT
-answers; the instances are checked against the input columns."""
+columns, NULL as the documented sentinels, applies the TRANSFORM (its training statistics frozen
+in) and answers what ML.PREDICT answers; the instances are checked against the input columns."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from lakehouse_ml.backends.local_warehouse import LocalWarehouse
+from lakehouse_ml.bigquery import served
 from lakehouse_ml.serving.models import BadInstance, TransformPredictor, load_predictor
 
 
@@ -57,17 +58,24 @@ def warehouse(tmp_path_factory):
 
 
 def _instances(frame: pd.DataFrame) -> list[dict]:
+    """The rows as a client sends them to a TRANSFORM model: NULL as the sentinel of its type
+    (123456789.0e10 for FLOAT64, ' __MISSING__ ' for STRING)."""
     rows = []
     for record in frame[["spend", "visits", "channel", "member"]].to_dict("records"):
         rows.append(
             {
-                "spend": None if pd.isna(record["spend"]) else float(record["spend"]),
+                "spend": served.NULL_FLOAT64 if pd.isna(record["spend"]) else float(record["spend"]),
                 "visits": int(record["visits"]),
-                "channel": None if record["channel"] is None or pd.isna(record["channel"]) else str(record["channel"]),
+                "channel": served.NULL_STRING if record["channel"] is None or pd.isna(record["channel"]) else str(record["channel"]),
                 "member": bool(record["member"]),
             }
         )
     return rows
+
+
+def _distances(near) -> list[float]:
+    """ML.PREDICT's NEAREST_CENTROIDS_DISTANCE in centroid-id order (a served prediction's order)."""
+    return [d["DISTANCE"] for d in sorted(near, key=lambda d: d["CENTROID_ID"])]
 
 
 def test_kmeans_with_transform_answers_ml_predict_on_the_raw_columns(warehouse):
@@ -76,10 +84,12 @@ def test_kmeans_with_transform_answers_ml_predict_on_the_raw_columns(warehouse):
     assert isinstance(predictor, TransformPredictor)
     assert predictor.feature_names == ["spend", "visits", "channel", "member"]
     expected = warehouse.query("SELECT * FROM ML.PREDICT(MODEL segments, (SELECT spend, visits, channel, member FROM customers))")
-    _, served = predictor.predict(_instances(frame))
-    assert [p["nearest_centroid_id"] for p in served] == expected["CENTROID_ID"].tolist()
-    for prediction, near in zip(served, expected["NEAREST_CENTROIDS_DISTANCE"]):
-        np.testing.assert_allclose(prediction["centroid_distances"], [d["DISTANCE"] for d in near], rtol=1e-9, atol=1e-12)
+    assert frame["spend"].isna().any() and frame["channel"].isna().any()  # NULLs went as sentinels
+    _, answers = predictor.predict(_instances(frame))
+    assert [p["nearest_centroid_id"] for p in answers] == [[c] for c in expected["CENTROID_ID"].tolist()]
+    for prediction, near in zip(answers, expected["NEAREST_CENTROIDS_DISTANCE"]):
+        assert prediction["centroid_ids"] == [1, 2, 3, 4]
+        np.testing.assert_allclose(prediction["centroid_distances"], _distances(near), rtol=1e-9, atol=1e-12)
 
 
 def test_classifier_with_transform_answers_ml_predict_without_the_label(warehouse):
@@ -87,10 +97,10 @@ def test_classifier_with_transform_answers_ml_predict_without_the_label(warehous
     predictor = load_predictor(warehouse.bqml_engine().store.version_dir("churn"))
     assert predictor.feature_names == ["spend", "visits", "channel", "member"]  # the label is not an input
     expected = warehouse.query("SELECT * FROM ML.PREDICT(MODEL churn, (SELECT spend, visits, channel, member FROM customers))")
-    _, served = predictor.predict(_instances(frame))
-    assert [p["predicted_churned"] for p in served] == expected["predicted_churned"].tolist()
-    for prediction, probs in zip(served, expected["predicted_churned_probs"]):
-        by_label = {p["label"]: p["prob"] for p in probs}
+    _, answers = predictor.predict(_instances(frame))
+    assert [p["predicted_churned"] for p in answers] == [[str(v).lower()] for v in expected["predicted_churned"]]
+    for prediction, probs in zip(answers, expected["predicted_churned_probs"]):
+        by_label = {str(p["label"]).lower(): p["prob"] for p in probs}
         np.testing.assert_allclose(
             prediction["churned_probs"], [by_label[v] for v in prediction["churned_values"]], rtol=1e-9, atol=1e-12
         )
@@ -122,4 +132,25 @@ def test_a_fractional_value_for_an_integer_input_is_used_as_given(warehouse):
         "SELECT * FROM ML.PREDICT(MODEL segments, (SELECT 10.0 AS spend, 3.5 AS visits, 'web' AS channel, TRUE AS member))"
     )
     _, (half,) = predictor.predict([whole | {"visits": 3.5}])
-    assert half["centroid_distances"] == pytest.approx([d["DISTANCE"] for d in expected["NEAREST_CENTROIDS_DISTANCE"][0]])
+    assert half["centroid_distances"] == pytest.approx(_distances(expected["NEAREST_CENTROIDS_DISTANCE"][0]))
+
+
+def test_null_goes_as_the_documented_sentinel_and_json_null_is_refused(warehouse):
+    """"Export models", Supported data types: a TRANSFORM model's NULL inputs are 123456789.0e10
+    (FLOAT64), 1234567890000000000 (INT64) and ' __MISSING__ ' (STRING); no BOOL sentinel."""
+    warehouse, _ = warehouse
+    predictor = load_predictor(warehouse.bqml_engine().store.version_dir("segments"))
+    expected = warehouse.query(
+        "SELECT * FROM ML.PREDICT(MODEL segments, "
+        "(SELECT CAST(NULL AS FLOAT64) AS spend, CAST(NULL AS INT64) AS visits, CAST(NULL AS STRING) AS channel, TRUE AS member))"
+    )
+    sentinels = {"spend": served.NULL_FLOAT64, "visits": served.NULL_INT64, "channel": served.NULL_STRING, "member": True}
+    rows, (answer,) = predictor.predict([sentinels])
+    assert rows == [{"spend": None, "visits": None, "channel": None, "member": True}]
+    assert answer["centroid_distances"] == pytest.approx(_distances(expected["NEAREST_CENTROIDS_DISTANCE"][0]))
+    for name, sentinel in (("spend", "1.23456789e+18"), ("visits", "1.23456789e+18"), ("channel", "' __MISSING__ '")):
+        with pytest.raises(BadInstance, match=re.escape(f"instances[0].{name} is null")) as err:
+            predictor.predict([sentinels | {name: None}])
+        assert f"sentinel {sentinel}" in str(err.value)
+    with pytest.raises(BadInstance, match="BOOL input of such a model has no NULL sentinel"):
+        predictor.predict([sentinels | {"member": None}])

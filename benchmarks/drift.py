@@ -152,7 +152,7 @@ def demo_benchmark(args: argparse.Namespace) -> None:
             f"`python benchmarks/drift.py --part demo --record` on {dt.date.today()}, {os.cpu_count()} cores, "
             f"Python {platform.python_version()}: `run_demo` with the default settings in a fresh local home. "
             "Drift onset is the first drifted request; from there the time covers the monitoring run, the "
-            "sensor tick, the retraining run (features, CREATE OR REPLACE MODEL, evaluation, gate, canary, "
+            "sensor tick, the retraining run (features, CREATE MODEL of the run's own model, evaluation, gate, canary, "
             "smoke test, promotion). In production the hourly monitoring schedule and the sensor's interval "
             "add their wait to it."
         )

@@ -7,6 +7,7 @@
     lakehouse-ml serve          run (or --stop) the local endpoint server
     lakehouse-ml query          run BigQuery SQL against the local warehouse
     lakehouse-ml ui             open the Dagster UI on the local home's instance
+    lakehouse-ml gcp-check      check the project's assumptions in your Google Cloud project (costs a little)
 """
 
 from __future__ import annotations
@@ -135,6 +136,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.keep_serving:
         print("The endpoint server keeps running; stop it with: lakehouse-ml serve --stop")
     return 0
+
+
+def cmd_gcp_check(args: argparse.Namespace) -> int:
+    from lakehouse_ml.gcp_check import run_gcp_check
+
+    settings = _settings(args)
+    if settings.backend != "gcp":
+        raise CliError("gcp-check runs on the gcp backend: set LAKEHOUSE_ML_BACKEND=gcp and LAKEHOUSE_ML_GCP_PROJECT.")
+    out = Path(args.out) if args.out else settings.home_dir / "gcp-check"
+    _say(
+        "gcp-check deploys two tiny models to two Vertex AI endpoints (each deploy takes minutes; the nodes are "
+        "billed while deployed) and deletes everything it made at the end."
+    )
+    report = run_gcp_check(settings, out, progress=_say, poll_s=args.poll_seconds, log_timeout_s=args.log_timeout)
+    print(report.table())
+    if report.fixtures:
+        print(f"Copy the fixtures into lakehouse_ml_tests/golden/ to test against them: cp {out}/*.json lakehouse_ml_tests/golden/")
+    return 0 if report.passed else 1
 
 
 def cmd_traffic(args: argparse.Namespace) -> int:
@@ -306,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="the whole loop on the local backend: generate, materialize, serve, traffic, drift, retrain, redeploy",
+        help="the whole loop on the configured backend: generate, materialize, serve, traffic, drift, retrain, redeploy",
     )
     demo.add_argument("--scenario", default="channel_shift", help="drift scenario (price_shock, channel_shift, new_region)")
     demo.add_argument("--intensity", type=float, default=1.5, help="drift intensity (default 1.5)")
@@ -319,6 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     traffic = add_traffic_arguments(sub.add_parser("traffic", help="send realistic prediction requests to an endpoint"))
     traffic.set_defaults(func=cmd_traffic)
+
+    check = sub.add_parser(
+        "gcp-check",
+        help="train, register, deploy, serve, retrain and clean up two tiny models in your project (gcp backend)",
+    )
+    check.add_argument("--out", help="where to save the real responses (default: $LAKEHOUSE_ML_HOME/gcp-check)")
+    check.add_argument("--poll-seconds", type=float, default=10.0, help="how often to look at the request log (default 10)")
+    check.add_argument("--log-timeout", type=float, default=1800.0, help="how long to wait for the request log (default 1800 s)")
+    check.set_defaults(func=cmd_gcp_check)
 
     ui = sub.add_parser("ui", help="run `dagster dev` on the local home's Dagster instance")
     ui.add_argument("--host", default="127.0.0.1")

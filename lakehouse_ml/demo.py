@@ -1,4 +1,5 @@
-"""`lakehouse-ml demo`: the whole loop on the local backend, headless, through real Dagster.
+"""`lakehouse-ml demo`: the whole loop, headless, through real Dagster, on the configured backend
+(the local default; on gcp it runs in BigQuery and Vertex AI, and costs what they cost).
 
 1. generate a simulated history whose last ``drift_days`` days follow a drift scenario;
 2. materialize everything on the days before the drift (data, models, registry, deployment);
@@ -13,7 +14,9 @@
 11. traffic continues, and monitoring passes again.
 
 Every run goes to the Dagster instance under ``$LAKEHOUSE_ML_HOME/dagster``, so ``lakehouse-ml ui``
-shows the runs, the failed check and the sensor's run with its tags afterwards.
+shows the runs, the failed check and the sensor's run with its tags afterwards. Before each report
+the demo waits until the traffic it sent has reached the request-response log (on Vertex AI the
+log is written asynchronously), at most the backend's grace period.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from lakehouse_ml.datagen import DriftScenario, SimulationConfig, write_landing
 from lakehouse_ml.definitions import build_definitions, daily_partitions
 from lakehouse_ml.models import model_spec
 from lakehouse_ml.runner import DATA_JOBS, MODEL_JOBS, SERVING_JOBS, materialize_all, persistent_instance
-from lakehouse_ml.serving.server import stop_server
 from lakehouse_ml.settings import Settings
 
 SENSOR = "drift_retraining_sensor"
@@ -108,8 +110,6 @@ def run_demo(
             f"The demo retrains a served, labelled model and scores it on post-drift labels; {model} is not one. "
             "Use churn_model."
         )
-    if settings.backend != "local":
-        raise ValueError("The demo runs on the local backend (LAKEHOUSE_ML_BACKEND=local).")
     keys = daily_partitions(settings).get_partition_keys()
     if not 30 <= drift_days <= len(keys) - 120:
         raise ValueError(
@@ -149,10 +149,18 @@ def run_demo(
 
             def send(label: str) -> None:
                 instances = traffic.serving_instances(warehouse, model, seed=settings.seed)
-                report = traffic.send_traffic(url, instances, count=requests // batch_size, rate=None, batch_size=batch_size, token=token)
+                since = dt.datetime.now(dt.timezone.utc)
+                report = traffic.send_traffic(
+                    url, instances, count=requests // batch_size, rate=None, batch_size=batch_size, token=token,
+                    prediction_format=spec.prediction_format(),
+                )
                 progress(f"      {label}: {report.summary()}")
                 if report.failed:
                     raise RuntimeError(f"Traffic failed: {report.summary()}")
+                expected = int(report.instances * spec.serving.logging_sampling_rate)
+                waited = _await_log(endpoints, spec.serving.endpoint, since, expected)
+                if waited is not None:
+                    progress(f"      the request-response log holds the {expected} instances ({waited:.1f} s)")
 
             def monitor(step_name: str) -> bool:
                 materialize_all(settings, instance, say, jobs=("monitoring_job",))
@@ -186,7 +194,7 @@ def run_demo(
             for request in requests_made:
                 tags = {**request.tags, "dagster/sensor_name": SENSOR, "dagster/run_key": request.run_key}
                 progress(f"      run requested: {request.job_name}, run_key {request.run_key}")
-                progress("[9/11] retraining: features -> CREATE OR REPLACE MODEL -> evaluate -> gate -> deploy")
+                progress("[9/11] retraining: features -> a new BigQuery ML model (a new version) -> evaluate -> gate -> deploy")
                 job = definitions.resolve_job_def(request.job_name)
                 run = job.execute_in_process(
                     instance=instance,
@@ -214,10 +222,25 @@ def run_demo(
             monitor("after retraining")
     finally:
         if not keep_serving:
-            stop_server(settings.home_dir)
+            endpoints.stop_serving()
     summary.seconds["total"] = clock() - t0
     summary.ui_command = f"LAKEHOUSE_ML_HOME={settings.home} lakehouse-ml ui"
     return summary
+
+
+def _await_log(endpoints, endpoint: str, since: dt.datetime, expected: int, poll_s: float = 0.5) -> float | None:
+    """Wait until the request log holds ``expected`` rows logged since ``since`` (at most the
+    backend's grace period); the seconds waited, or None when no waiting was needed."""
+    grace = endpoints.request_log_grace_seconds()
+    started = time.monotonic()
+    while True:
+        now = dt.datetime.now(dt.timezone.utc)
+        if len(endpoints.request_log(endpoint, since, now + dt.timedelta(seconds=1))) >= expected:
+            waited = time.monotonic() - started
+            return waited if waited > poll_s else None
+        if time.monotonic() - started >= grace:
+            return time.monotonic() - started
+        time.sleep(poll_s)
 
 
 def _drift_values(instance: dg.DagsterInstance, model: str) -> list[tuple[str, float, float, bool]]:

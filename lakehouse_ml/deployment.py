@@ -648,7 +648,7 @@ def collect_garbage(
         if version is not None and version.aliases:
             result.kept[model] = f"version {version.version_id} holds {', '.join(version.aliases)}"
             continue
-        error = _drop_model(warehouse, model, attempts, first_delay_s, sleep, say)
+        error = drop_model(warehouse, model, attempts, first_delay_s, sleep, say)
         if error is not None:
             result.failed[model] = error
             continue
@@ -659,7 +659,7 @@ def collect_garbage(
     return result
 
 
-def _drop_model(
+def drop_model(
     warehouse: Warehouse, model: str, attempts: int, delay: float, sleep: Callable[[float], None], say: Progress
 ) -> str | None:
     """``DROP MODEL`` with retries and exponential backoff; None once dropped, else the last error."""

@@ -1,9 +1,12 @@
-"""The main job end to end: ``lakehouse-ml demo``'s loop at small scale on the local default.
+"""The main job end to end: ``lakehouse-ml demo``'s loop at small scale, on the local default and
+on the gcp backend against the BigQuery and Vertex AI test doubles, with the same assertions.
 
 Data → models → registry → endpoint → normal traffic (the drift check passes) → the drift scenario
 (the check fails) → the sensor starts one retraining run → the gate passes → the canary is
 promoted → monitoring passes again. Everything goes through a persistent Dagster instance under the
-local home, so the assertions read the same history the UI shows.
+local home, so the assertions read the same history the UI shows. On gcp the request-response log
+lands a second after each predict (as Vertex AI writes it asynchronously) and a delete right after
+an undeploy is refused once (googleapis/python-aiplatform#2807).
 """
 
 from __future__ import annotations
@@ -11,23 +14,41 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from lakehouse_ml import demo
-from lakehouse_ml.backends import build_endpoints, build_registry
+from lakehouse_ml import demo, deployment, models
+from lakehouse_ml.backends import build_endpoints, build_registry, build_warehouse
+from lakehouse_ml.backends.warehouse import WarehouseError
 from lakehouse_ml.runner import persistent_instance
 from lakehouse_ml.serving import server
+from lakehouse_ml_tests.fakes import fake_bigquery_api
+from lakehouse_ml_tests.fakes.vertex_api import fake_vertex_api
 from lakehouse_ml_tests.local_chain import local_settings
 
+pytestmark = pytest.mark.timeout(900)
+DOUBLES: dict[str, object] = {}  # the gcp loop's Vertex AI double, for the tests that break it
 
-@pytest.fixture(scope="module")
-def loop(tmp_path_factory):
-    home = tmp_path_factory.mktemp("demo_home")
-    settings = local_settings(home, customers="1500")
+
+@pytest.fixture(scope="module", params=["local", "gcp"])
+def loop(request, tmp_path_factory):
+    home = tmp_path_factory.mktemp(f"demo_home_{request.param}")
     lines: list[str] = []
-    try:
+    if request.param == "local":
+        settings = local_settings(home, customers="1500")
+        try:
+            summary = demo.run_demo(settings, progress=lines.append)
+        finally:
+            server.stop_server(settings.home_dir)
+        yield settings, summary, lines
+        return
+    with fake_bigquery_api() as bq, fake_vertex_api(bigquery=bq, log_delay_s=1.0, refuse_deletes_after_undeploy=1) as vertex:
+        settings = local_settings(
+            home, customers="1500", backend="gcp", gcp_project="lakehouse-test", gcp_anonymous_credentials="true",
+            bigquery_api_endpoint=bq.url, vertex_api_endpoint=vertex.url, monitoring_api_endpoint=vertex.url,
+            request_log_grace_seconds="5",
+        )
         summary = demo.run_demo(settings, progress=lines.append)
-    finally:
-        server.stop_server(settings.home_dir)
-    return settings, summary, lines
+        DOUBLES["vertex"] = vertex
+        yield settings, summary, lines
+        DOUBLES.clear()
 
 
 def _check_history(instance: dg.DagsterInstance, asset: str, check: str):
@@ -103,3 +124,55 @@ def test_progress_summary_and_no_process_left(loop):
     assert summary.sensor_run_id in table
     assert server.health(settings.serving_host, settings.serving_port) is None
     assert not server.pidfile(settings.home_dir).exists()
+
+
+def test_the_deployed_model_is_never_replaced_and_old_models_are_collected(loop):
+    """After the loop: forcing a CREATE OR REPLACE of the serving version's model fails with
+    BigQuery's FAILED_PRECONDITION; garbage collection with keep=1 drops version 1's model (undeployed
+    at the promotion, no alias left), through the refusal right after the undeploy, and keeps the
+    deployed version 2's."""
+    settings, _, _ = loop
+    spec = models.CHURN_MODEL
+    warehouse, registry, endpoints = build_warehouse(settings), build_registry(settings), build_endpoints(settings)
+    champion = registry.get_version("churn_model", "champion")
+    model = deployment.bqml_model_of(warehouse, registry, spec, champion)
+    with pytest.raises(WarehouseError, match="code=FAILED_PRECONDITION, message=The Model is deployed or being deployed"):
+        warehouse.execute(models.training_sql(spec, model))
+    assert [v.version_id for v in registry.list_versions("churn_model")] == ["1", "2"]
+    sleeps: list[float] = []
+    garbage = deployment.collect_garbage(warehouse, registry, endpoints, spec, keep=1, first_delay_s=0.25, sleep=sleeps.append)
+    assert len(garbage.dropped) == 1 and not garbage.failed, garbage.describe()
+    assert [v.version_id for v in registry.list_versions("churn_model")] == ["2"]
+    assert [m for m, _ in models.training_models(warehouse, spec)] == [model]
+    assert not warehouse.table_exists("churn_model_baseline_v1")
+    if settings.backend == "gcp":
+        assert sleeps == [0.25]  # refused once right after the undeploy, then dropped
+
+
+def test_a_request_log_that_stays_empty_is_named_and_the_check_warns(loop):
+    """gcp: the endpoint serves, but its request-response log never gets the rows (the service
+    agent may not write to the dataset). After the grace period the report is not judged, says why,
+    and its check warns (Cloud Monitoring's prediction count tells a dead log from no traffic)."""
+    import time
+
+    from lakehouse_ml import traffic
+    from lakehouse_ml.runner import materialize_all
+
+    settings, _, _ = loop
+    if settings.backend != "gcp":
+        pytest.skip("the local server writes its own log; Cloud Monitoring's count is Vertex AI's")
+    vertex = DOUBLES["vertex"]
+    vertex.log_writes_fail = True
+    try:
+        endpoints = build_endpoints(settings)
+        url, token = endpoints.predict_target("churn_model")
+        rows = traffic.serving_instances(build_warehouse(settings), "churn_model", limit=50)
+        assert traffic.send_traffic(url, rows, count=10, rate=None, batch_size=5, token=token).ok == 10
+        time.sleep(settings.request_log_grace_seconds + 1)
+        with persistent_instance(settings) as instance:
+            materialize_all(settings, instance, jobs=("monitoring_job",))
+            check = demo._latest_check(instance, "churn_model_monitoring", "feature_drift")
+    finally:
+        vertex.log_writes_fail = False
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert "Not judged" in check.description and "served" in check.description and "request-response log holds 0 row(s)" in check.description

@@ -56,6 +56,10 @@ class Endpoints(dg.ConfigurableResource):
     def undeploy(self, endpoint: str, deployed_model_id: str) -> None:
         raise NotImplementedError
 
+    def delete_endpoint(self, endpoint: str) -> None:
+        """Delete an endpoint that has nothing deployed (refused otherwise)."""
+        raise NotImplementedError
+
     def set_traffic_split(self, endpoint: str, traffic_split: Mapping[str, int]) -> None:
         raise NotImplementedError
 
@@ -78,6 +82,11 @@ class Endpoints(dg.ConfigurableResource):
 
     def console_url(self, endpoint_id: str) -> str | None:
         """A link to the endpoint for the Dagster UI (None when there is none)."""
+        return None
+
+    def stop_serving(self) -> None:
+        """Stop what :meth:`ensure_serving` started on this machine (the local endpoint server);
+        nothing on a cloud, whose deployments keep serving until undeployed."""
         return None
 
     def request_log_grace_seconds(self) -> float:

@@ -760,6 +760,15 @@ class GcpWarehouse(Warehouse):
             except google_exceptions.GoogleAPICallError as err:
                 raise self._translate(err, f"drop {self._full_name(client, table)}", table) from None
 
+    def delete_dataset(self) -> None:
+        """Delete the whole dataset with its tables and models (datasets.delete with
+        deleteContents); a missing dataset is no error."""
+        with self._client() as client:
+            try:
+                client.delete_dataset(f"{client.project}.{self.dataset}", delete_contents=True, not_found_ok=True)
+            except google_exceptions.GoogleAPICallError as err:
+                raise self._translate(err, f"delete dataset {client.project}.{self.dataset}", None) from None
+
     def describe(self) -> str:
         project = self.bigquery.project or "<default project>"
         where = f"BigQuery dataset {project}.{self.dataset} (location {self._location()})"

@@ -231,6 +231,13 @@ class LocalEndpoints(Endpoints):
             )
             self._write_split(conn, endpoint_id, current)
 
+    def delete_endpoint(self, endpoint: str) -> None:
+        with self._tx() as conn:
+            endpoint_id = self._endpoint_id(conn, endpoint)
+            if self._split(conn, endpoint_id):
+                raise EndpointError(f"Endpoint {endpoint_id} has deployed models; undeploy them before deleting it.")
+            conn.execute("DELETE FROM serving_endpoints WHERE endpoint_id = ?", (endpoint_id,))
+
     def set_traffic_split(self, endpoint: str, traffic_split: Mapping[str, int]) -> None:
         with self._tx() as conn:
             endpoint_id = self._endpoint_id(conn, endpoint)
@@ -252,6 +259,11 @@ class LocalEndpoints(Endpoints):
 
     def ensure_serving(self) -> str:
         return self.ensure_server()
+
+    def stop_serving(self) -> None:
+        from lakehouse_ml.serving.server import stop_server
+
+        stop_server(Path(self.home).expanduser().resolve())
 
     def request_log(self, endpoint: str, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
         """Read the Parquet request-response log (after asking a running server to flush it)."""

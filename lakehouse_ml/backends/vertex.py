@@ -1104,6 +1104,18 @@ class VertexEndpoints(_VertexConfig, Endpoints):
                 ) from None
             self._wait(operation, f"undeploying {deployed_model_id} from endpoint {endpoint_id}")
 
+    def delete_endpoint(self, endpoint: str) -> None:
+        """endpoints.delete (long-running); refused while models are deployed."""
+        with self._clients(f"delete endpoint {endpoint!r}") as clients:
+            resource = self._require(clients, endpoint)
+            if resource.deployed_models:
+                raise EndpointError(
+                    f"Endpoint {self._endpoint_id(resource)} has deployed models; undeploy them before deleting it."
+                )
+            operation = clients.endpoints.delete_endpoint(name=resource.name)
+            self._wait(operation, f"deleting endpoint {self._endpoint_id(resource)}")
+            self._endpoint_names = {k: v for k, v in self._endpoint_names.items() if v != resource.name}
+
     def set_traffic_split(self, endpoint: str, traffic_split: Mapping[str, int]) -> None:
         """endpoints.patch with ``updateMask=trafficSplit``; deployed models left out get 0."""
         from google.cloud.aiplatform_v1 import Endpoint

@@ -57,7 +57,7 @@ def _version_metadata(registry: ModelRegistry, version: Any, metrics: dict[str, 
 
 def registered_version_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
     """The registry version asset of a model that is registered but not served: it records the
-    version its last ``CREATE OR REPLACE MODEL`` registered (no gate: no alias moves)."""
+    version that the model asset's last run registered (no gate: no alias moves)."""
     model_id = deployment.registry_model_id(spec)
 
     @dg.asset(

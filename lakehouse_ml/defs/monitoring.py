@@ -10,7 +10,7 @@
   when a feature crosses its threshold and names the features; fails with severity WARN when a
   feature reaches ``warn_fraction`` of its threshold; passes otherwise, or when the window holds
   too few served instances to judge (it says so).
-* ``<model>_retraining_job``: refresh the model's unpartitioned feature tables → ``CREATE OR REPLACE MODEL``
+* ``<model>_retraining_job``: refresh the model's unpartitioned feature tables → the run's own BigQuery ML model
   → evaluate → register + champion/challenger gate (blocking) → deploy (canary, smoke test,
   promotion). ``drift_retraining_sensor`` starts it when ``feature_drift`` fails.
 """
@@ -161,7 +161,7 @@ def retraining_job(spec: models.ModelSpec):
         retraining_job_name(spec.name),
         selection=selection,
         description=(
-            f"Retrain {spec.name}: {first}CREATE OR REPLACE MODEL (a new registry "
+            f"Retrain {spec.name}: {first}a BigQuery ML model of the run's own (a new registry "
             "version) → evaluate → champion/challenger gate (blocking) → promote → deploy as a canary, then 100%."
         ),
         tags={"lakehouse_ml/model": spec.name},

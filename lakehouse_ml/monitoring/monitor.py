@@ -185,24 +185,46 @@ def deduplicated(log: pd.DataFrame) -> pd.DataFrame:
     return log.drop_duplicates(subset=["request_id", "instance_index"], keep="first").reset_index(drop=True)
 
 
-def _log_problem(endpoints: Endpoints, endpoint: str, history: pd.DataFrame, lo: dt.datetime, hi: dt.datetime) -> str:
+def window_rows(
+    history: pd.DataFrame, start: dt.datetime, end: dt.datetime, grace: dt.timedelta, counted_before: set[str]
+) -> tuple[pd.DataFrame, int, list[str]]:
+    """The rows a report over ``[start, end)`` counts: those logged since ``start - grace`` that the
+    previous report did not count (``counted_before``: the request ids it counted in its last
+    ``grace``); how many of them were logged before ``start`` (they landed late); and the request
+    ids counted in this window's last ``grace``, for the next report."""
+    times = pd.to_datetime(history["logging_time"], utc=True)
+    ids = history["request_id"].astype(str)
+    fresh = history[(times >= pd.Timestamp(start - grace)) & ~ids.isin(counted_before)]
+    late = int((pd.to_datetime(fresh["logging_time"], utc=True) < pd.Timestamp(start)).sum())
+    counted = counted_before | set(fresh["request_id"].astype(str))
+    tail = sorted(set(ids[(times >= pd.Timestamp(end - grace)) & ids.isin(counted)]))
+    return fresh, late, tail
+
+
+def _log_problem(
+    endpoints: Endpoints, endpoint: str, history: pd.DataFrame, lo: dt.datetime, hi: dt.datetime, sampling_rate: float = 1.0
+) -> str:
     """Why the request log cannot be trusted for [lo, hi) (empty when it can): the endpoint
     answered predictions then (its served count, where the backend has one), yet the log holds
-    no row of that time, although the grace period for late rows has passed."""
-    if hi <= lo:
+    less than half of what its sampling rate should have logged, although the grace period for
+    late rows has passed. (Whether the count is of requests or of instances, a healthy log holds
+    at least ``rate`` × count rows: one per logged instance.)"""
+    if hi <= lo or sampling_rate <= 0:
         return ""
     count = endpoints.served_predictions(endpoint, lo, hi)
     if not count:
         return ""
     times = pd.to_datetime(history["logging_time"], utc=True)
     logged = int(((times >= pd.Timestamp(lo)) & (times < pd.Timestamp(hi))).sum())
-    if logged:
+    expected = sampling_rate * count
+    if logged >= 0.5 * expected:
         return ""
     return (
-        f"Endpoint {endpoint!r} served {count} prediction(s) between {lo:%Y-%m-%d %H:%M} and {hi:%Y-%m-%d %H:%M} UTC, "
-        "but its request-response log holds none of them although the grace period for late rows has passed: the log "
-        "is missing or not written. Check the endpoint's request-response logging (its BigQuery table exists, and the "
-        "Vertex AI service agent may write to the dataset: see README, Running on Google Cloud), then run again."
+        f"Endpoint {endpoint!r} served {count} prediction(s) between {lo:%Y-%m-%d %H:%M:%S} and {hi:%Y-%m-%d %H:%M:%S} "
+        f"UTC, but its request-response log holds {logged} row(s) of them (about {expected:.0f} expected at sampling "
+        f"rate {sampling_rate:g}) although the grace period for late rows has passed: the log is missing or not "
+        "written. Check the endpoint's request-response logging (its BigQuery table exists, and the Vertex AI service "
+        "agent may write to the dataset: see README, Running on Google Cloud), then run again."
     )
 
 
@@ -257,7 +279,7 @@ def _performance(
         scores, _ = _positive_from_served(parsed, positive)
         actual = (part["_label"] == positive).to_numpy().astype(np.int64)
         value = bqml_metrics.classification(actual, np.column_stack([1 - scores, scores]))[spec.gate.metric]
-        rows.append({"window_end": hi, "metric": spec.gate.metric, "value": float(value), "version": ",".join(sorted(set(part["_version"]))), "rows": len(part)})
+        rows.append({"window_end": hi, "metric": spec.gate.metric, "value": float(value), "version": ",".join(sorted({str(v) for v in part["_version"] if v is not None})) or "unknown", "rows": len(part)})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -289,12 +311,8 @@ def monitor(
     first = min(dt.datetime.fromisoformat(trend[0]["start"]), read_from) if trend else read_from
     history = deduplicated(endpoints.request_log(serving.endpoint, first, end))
     counted_before = set(windows[-1].get("tail_request_ids") or []) if windows else set()
-    times = pd.to_datetime(history["logging_time"], utc=True)
-    ids = history["request_id"].astype(str)
-    fresh = history[(times >= pd.Timestamp(read_from)) & ~ids.isin(counted_before)]
-    late = int((pd.to_datetime(fresh["logging_time"], utc=True) < pd.Timestamp(start)).sum())
+    fresh, late, tail = window_rows(history, start, end, grace, counted_before)
     log = fresh[fresh["model_version_id"].astype(str) == version.version_id]
-    tail = sorted(set(ids[(times >= pd.Timestamp(end - grace)) & ids.isin(counted_before | set(fresh["request_id"].astype(str)))]))
     features = [c for c in log.columns if c not in LOG_COLUMNS]
     if spec.statement.transform:  # a TRANSFORM model's NULLs arrive as the documented sentinels
         log = served.decode_null_sentinels(log, features)
@@ -312,7 +330,9 @@ def monitor(
         performance=pd.DataFrame(columns=["window_end", "metric", "value"]), histograms={}, drifted=[], warned=[],
         max_ratio=0.0, max_drift=0.0, late_rows=late,
     )
-    result.log_problem = _log_problem(endpoints, serving.endpoint, history, read_from, end - grace)
+    result.log_problem = _log_problem(
+        endpoints, serving.endpoint, history, start, end - grace, serving.logging_sampling_rate
+    )
     if result.log_problem:
         result.note = result.log_problem
     elif len(log) < serving.min_window_rows:

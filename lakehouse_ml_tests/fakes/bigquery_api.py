@@ -1066,7 +1066,11 @@ class _Engine:
         )
         job.result = _normalize_table(result) if result is not None else None
         if destination and job.result is not None:
-            self.write_arrow(destination, job.result, write_disposition="WRITE_TRUNCATE", create_disposition="CREATE_IF_NEEDED")
+            cfg = job.configuration["query"]
+            self.write_arrow(
+                destination, job.result, write_disposition=cfg.get("writeDisposition") or "WRITE_EMPTY",
+                create_disposition=cfg.get("createDisposition") or "CREATE_IF_NEEDED", partitioning=cfg.get("timePartitioning"),
+            )
 
     # -- models (what models.get answers, and what the Vertex AI double runs) ---------------------
     def model_resource(self, project: str, dataset: str, name: str) -> dict[str, Any]:

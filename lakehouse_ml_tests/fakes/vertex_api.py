@@ -255,6 +255,9 @@ class FakeVertexApi:
         if bigquery is not None:
             bigquery.vertex = self
         self.log_delay_s = log_delay_s
+        # The request-response log cannot be written (the Vertex AI service agent may not write to
+        # the dataset): rows are dropped, the predictions still succeed.
+        self.log_writes_fail = False
         self.refuse_deletes_after_undeploy = refuse_deletes_after_undeploy
         self._pending_logs: list[tuple[float, tuple[str, str, str], dict[str, Any]]] = []
         self._undeploying: dict[tuple[tuple[str, str, str], str], int] = {}
@@ -481,6 +484,9 @@ class FakeVertexApi:
             due = [item for item in self._pending_logs if item[0] <= now]
             self._pending_logs = [item for item in self._pending_logs if item[0] > now]
         for _, (project, dataset, table), row in due:
+            if self.log_writes_fail:
+                self.logging_errors.append(f"Permission denied while writing to {project}.{dataset}.{table}")
+                continue
             try:
                 self.bigquery.append_rows(project, dataset, table, [row], REQUEST_LOG_SCHEMA)
             except Exception as err:  # the BigQuery double's refusal: the predict still succeeded
@@ -826,7 +832,7 @@ class FakeVertexApi:
 
     # -- endpoints -------------------------------------------------------------------------------
     def _endpoints_create(self, project, location, query, body):
-        endpoint_id = query.get("endpointId") or str(1000000000 + next(self._ids))[:9]
+        endpoint_id = query.get("endpointId") or str(100000000 + next(self._ids))  # up to 9 digits
         if not ENDPOINT_ID_PATTERN.match(endpoint_id):
             raise VertexApiError(
                 "INVALID_ARGUMENT",

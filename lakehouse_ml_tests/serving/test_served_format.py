@@ -87,6 +87,17 @@ def test_real_kmeans_response_parses_with_every_centroid_in_id_order():
     assert fmt.parse(as_doubles) == parsed
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in GOLDEN.glob("*.json") if "response" in json.loads(p.read_text())))
+def test_every_real_response_fixture_has_the_documented_shape(name):
+    """Every captured response (these, and what `lakehouse-ml gcp-check` saves and a user copies
+    here) parses, names its source, and has no problem."""
+    fixture = golden(name)
+    assert fixture["source"]
+    fmt = served.PredictionFormat(fixture["model_type"], fixture["label"], fixture["label_type"])
+    for prediction in fixture["response"]["predictions"]:
+        assert fmt.problems(prediction) == [], prediction
+
+
 @pytest.mark.parametrize("model_type", sorted(golden("export_page_samples.json")["samples"]))
 def test_the_export_page_samples_parse(model_type):
     for sample in golden("export_page_samples.json")["samples"][model_type]:

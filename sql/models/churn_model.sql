@@ -8,7 +8,7 @@
 -- ranks customers about as well as boosted trees do on this data, gives calibrated probabilities
 -- for thresholds and traffic-light dashboards, has weights an operator can read (ML.WEIGHTS,
 -- ML.GLOBAL_EXPLAIN), trains in seconds on BigQuery and locally, and retrains cheaply when drift
--- is detected. Switching to boosted trees is a one-word change of MODEL_TYPE.
+-- is detected.
 --
 -- Training window: the six newest labelled weekly snapshots (see the WHERE clause).
 --
@@ -22,6 +22,8 @@
 -- column, hence TIMESTAMP(snapshot_date).
 --
 -- Registered in the Vertex AI Model Registry as churn_model (model_registry, vertex_ai_model_id).
+-- Each training run creates this model under a name of its own (churn_model_<UTC time>_<run>)
+-- with the same vertex_ai_model_id, so each run is a new version and none replaces a deployed one.
 -- No query parameters: the same statement runs unchanged on BigQuery and locally.
 CREATE OR REPLACE MODEL churn_model
 OPTIONS (

@@ -252,3 +252,47 @@ def test_instances_encode_nulls_for_the_model():
     ]
     with pytest.raises(served.ServedFormatError, match="BOOL input of a model with a TRANSFORM clause has no NULL sentinel"):
         served.instances(pa.table({"b": pa.array([None, True])}), transform=True)
+
+
+# -- the Vertex AI double answers the same, for every type ------------------------------------------
+
+
+def test_the_vertex_double_answers_every_type_like_the_local_server(every_type, tmp_path):
+    """The same models trained on BigQuery (the double) and registered by BigQuery ML, deployed on
+    the Vertex AI double: each answer has the documented shape and equals the local server's,
+    field by field. The double builds its answers from ML.PREDICT with its own code."""
+    from lakehouse_ml.backends.gcp_warehouse import build_gcp_warehouse
+    from lakehouse_ml.backends.vertex import build_vertex_endpoints
+    from lakehouse_ml_tests.fakes import fake_bigquery_api
+    from lakehouse_ml_tests.fakes.vertex_api import fake_vertex_api
+    from lakehouse_ml_tests.local_chain import local_settings
+
+    _, client, rows = every_type
+    with fake_bigquery_api() as bq, fake_vertex_api(bigquery=bq) as vertex:
+        settings = local_settings(
+            tmp_path, backend="gcp", gcp_project="lakehouse-test", gcp_anonymous_credentials="true",
+            bigquery_api_endpoint=bq.url, vertex_api_endpoint=vertex.url,
+        )
+        warehouse, endpoints = build_gcp_warehouse(settings), build_vertex_endpoints(settings)
+        warehouse.load_dataframe(_training(), "training")
+        for model_type, (label, options) in MODELS.items():
+            name = model_type.lower()
+            columns = ", ".join(FEATURES + ([label] if label else []))
+            written = ", ".join(f"{k} = {json.dumps(v).replace(chr(34), chr(39))}" for k, v in options.items())
+            warehouse.execute(
+                f"CREATE MODEL {name} OPTIONS(model_type = '{model_type}', {written}, model_registry = 'VERTEX_AI', "
+                f"vertex_ai_model_id = '{name}') AS SELECT {columns} FROM training"
+            )
+            endpoints.create_endpoint(name, endpoint_id=name.replace("_", "-"))
+            endpoints.deploy(name.replace("_", "-"), name, "1", "", logging_sampling_rate=0)
+            answer = endpoints.predict(name.replace("_", "-"), rows)["predictions"]
+            local = client.post(URL.format(name.replace("_", "-")), json={"instances": rows}).json()["predictions"]
+            page = [renamed(s, label) if label else s for s in golden("export_page_samples.json")["samples"][model_type]]
+            for remote, here in zip(answer, local, strict=True):
+                assert skeleton(remote) == skeleton(page[0]), (model_type, remote)
+                assert set(remote) == set(here)
+                for key, value in here.items():
+                    if all(isinstance(v, str) for v in value):
+                        assert remote[key] == value, (model_type, key)
+                    else:
+                        assert remote[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (model_type, key)

@@ -18,12 +18,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import record_section  # noqa: E402
 from lakehouse_ml.backends.local_endpoints import LocalEndpoints  # noqa: E402
 from lakehouse_ml.backends.local_warehouse import LocalWarehouse  # noqa: E402
+from lakehouse_ml.bigquery import served  # noqa: E402
 from lakehouse_ml.bqml.engine import BqmlEngine  # noqa: E402
 from lakehouse_ml.serving import server  # noqa: E402
 from lakehouse_ml_tests.serving.conftest import free_port, instances, training_frame  # noqa: E402
@@ -105,7 +107,11 @@ def main() -> None:
         path = "/v1/projects/local/locations/us-central1/endpoints/churn:predict"
         one = _request(path, json.dumps({"instances": instances(frame.head(1))}).encode())
         batch = _request(path, json.dumps({"instances": instances(frame.head(100))}).encode())
-        transformed = _request(path.replace("/churn:", "/segments:"), json.dumps({"instances": instances(frame.head(1))}).encode())
+        # A model with a TRANSFORM clause takes NULL as the documented sentinels (docs/serving-format.md).
+        one_row = pa.Table.from_pandas(frame.head(1).drop(columns=["churned"]), preserve_index=False)
+        transformed = _request(
+            path.replace("/churn:", "/segments:"), json.dumps({"instances": served.instances(one_row, transform=True)}).encode()
+        )
         load(ep.port, one, 4, 500)  # warm up
         lat1, rps = load(ep.port, one, 4, 5000)
         lat100, rps100 = load(ep.port, batch, 1, 1000)

@@ -279,6 +279,26 @@ class _VertexConfig:
             anonymous_credentials=self.anonymous_credentials,
         )
 
+    def _bigquery_client(self, project: str | None = None) -> Any:
+        """The process's BigQuery client for a project (with the process's credentials), for the
+        few BigQuery calls the registry and endpoints make themselves (models.get, datasets.get)."""
+        from google.cloud import bigquery
+
+        project = project or self.project
+        key = ("bigquery.Client", f"{self.bigquery_api_endpoint or ''}|{project}", bool(self.anonymous_credentials))
+        with _PROCESS_LOCK:
+            client = _CLIENTS.get(key)
+        if client is None:
+            credentials = process_credentials(bool(self.anonymous_credentials))
+            options = {"api_endpoint": self.bigquery_api_endpoint} if self.bigquery_api_endpoint else None
+            with _PROCESS_LOCK:
+                client = _CLIENTS.get(key)
+                if client is None:
+                    client = bigquery.Client(project=project, credentials=credentials, client_options=options)
+                    _CLIENTS[key] = client
+                    CREATED["bigquery.Client"] += 1
+        return client
+
     @property
     def region(self) -> str:
         try:
@@ -492,8 +512,7 @@ class VertexModelRegistry(_VertexConfig, ModelRegistry):
     def _bigquery_training_runs(self, project: str, dataset: str, model: str) -> list[dict[str, Any]]:
         name = f"{project}.{dataset}.{model}"
         try:
-            with self._bigquery().get_client() as client:
-                found = client.get_model(name)
+            found = self._bigquery_client(project).get_model(name)
         except google_exceptions.NotFound:
             return []
         except google_exceptions.GoogleAPICallError as err:
@@ -927,8 +946,7 @@ class VertexEndpoints(_VertexConfig, Endpoints):
 
     def _require_dataset(self, endpoint_id: str, project: str, dataset: str) -> None:
         try:
-            with self._bigquery(project).get_client() as client:
-                client.get_dataset(f"{project}.{dataset}")
+            self._bigquery_client(project).get_dataset(f"{project}.{dataset}")
         except google_exceptions.NotFound:
             raise EndpointError(
                 f"Endpoint {endpoint_id} logs requests to BigQuery dataset {project}.{dataset}, which does not exist, "

@@ -158,8 +158,10 @@ def run_demo(
                 if report.failed:
                     raise RuntimeError(f"Traffic failed: {report.summary()}")
                 expected = int(report.instances * spec.serving.logging_sampling_rate)
-                waited = _await_log(endpoints, spec.serving.endpoint, since, expected)
-                if waited is not None:
+                found, waited = _await_log(endpoints, spec.serving.endpoint, since, expected)
+                if found < expected:
+                    progress(f"      the request-response log holds {found} of the {expected} instances after {waited:.0f} s")
+                elif waited > 1.0:
                     progress(f"      the request-response log holds the {expected} instances ({waited:.1f} s)")
 
             def monitor(step_name: str) -> bool:
@@ -228,18 +230,17 @@ def run_demo(
     return summary
 
 
-def _await_log(endpoints, endpoint: str, since: dt.datetime, expected: int, poll_s: float = 0.5) -> float | None:
+def _await_log(endpoints, endpoint: str, since: dt.datetime, expected: int, poll_s: float = 0.5) -> tuple[int, float]:
     """Wait until the request log holds ``expected`` rows logged since ``since`` (at most the
-    backend's grace period); the seconds waited, or None when no waiting was needed."""
+    backend's grace period); (rows found, seconds waited)."""
     grace = endpoints.request_log_grace_seconds()
     started = time.monotonic()
     while True:
         now = dt.datetime.now(dt.timezone.utc)
-        if len(endpoints.request_log(endpoint, since, now + dt.timedelta(seconds=1))) >= expected:
-            waited = time.monotonic() - started
-            return waited if waited > poll_s else None
-        if time.monotonic() - started >= grace:
-            return time.monotonic() - started
+        found = len(endpoints.request_log(endpoint, since, now + dt.timedelta(seconds=1)))
+        waited = time.monotonic() - started
+        if found >= expected or waited >= grace:
+            return found, waited
         time.sleep(poll_s)
 
 

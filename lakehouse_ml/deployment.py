@@ -143,7 +143,9 @@ def bqml_model_of(warehouse: Warehouse, registry: ModelRegistry, spec: ModelSpec
     source = version.source or ""
     prefix = warehouse.model_source("x")[: -len("x")]
     if source.startswith(prefix) and is_training_model(spec, source[len(prefix):]):
-        return source[len(prefix):]
+        found = registry.find_bqml_version(source)  # the model of that name is still this version
+        if found is not None and (found.model_id, found.version_id) == (version.model_id, version.version_id):
+            return source[len(prefix):]
     for model, _ in training_models(warehouse, spec):
         found = registry.find_bqml_version(warehouse.model_source(model))
         if found is not None and found.model_id == version.model_id and found.version_id == version.version_id:
@@ -634,6 +636,8 @@ def collect_garbage(
     is reported, not raised (the next run tries again)."""
     serving = serving_spec(spec)
     keep = serving.keep_models if keep is None else int(keep)
+    if keep < 1 or attempts < 1:
+        raise ValueError(f"keep and attempts are at least 1 (the newest model always stays); got {keep} and {attempts}.")
     say = progress or (lambda message: None)
     result = GarbageResult()
     info = endpoints.get_endpoint(serving.endpoint)
@@ -642,8 +646,9 @@ def collect_garbage(
         if position < keep:
             continue
         version = registry.find_bqml_version(warehouse.model_source(model))
-        if version is not None and (version.model_id, version.version_id) in deployed:
-            result.kept[model] = f"version {version.version_id} is deployed"
+        if version is not None and ((version.model_id, version.version_id) in deployed or version.deployments):
+            where = ", ".join(version.deployments) or serving.endpoint
+            result.kept[model] = f"version {version.version_id} is deployed ({where})"
             continue
         if version is not None and version.aliases:
             result.kept[model] = f"version {version.version_id} holds {', '.join(version.aliases)}"
@@ -655,20 +660,31 @@ def collect_garbage(
         result.dropped.append(model)
         say(f"dropped {model}" + (f" (version {version.version_id})" if version is not None else ""))
         if version is not None:
-            warehouse.drop_table(baseline_table(spec, version.version_id))
+            try:
+                warehouse.drop_table(baseline_table(spec, version.version_id))
+            except WarehouseError as err:
+                result.failed[baseline_table(spec, version.version_id)] = str(err)
     return result
+
+
+def still_deployed(err: Exception) -> bool:
+    """Whether a refused drop says the version is (still) deployed, which passes with time
+    (BigQuery's FAILED_PRECONDITION, or Vertex AI still undeploying); other errors do not."""
+    text = str(err)
+    return "FAILED_PRECONDITION" in text or "deployed or being deployed" in text or "being undeployed" in text
 
 
 def drop_model(
     warehouse: Warehouse, model: str, attempts: int, delay: float, sleep: Callable[[float], None], say: Progress
 ) -> str | None:
-    """``DROP MODEL`` with retries and exponential backoff; None once dropped, else the last error."""
+    """``DROP MODEL``, retried with exponential backoff while it is refused because the version is
+    (still) deployed; None once dropped, else the error."""
     for attempt in range(1, attempts + 1):
         try:
             warehouse.execute(bind_template(read_sql("gc/drop_model.sql"), model))
             return None
         except WarehouseError as err:
-            if attempt == attempts:
+            if attempt == attempts or not still_deployed(err):
                 say(f"could not drop {model} after {attempts} attempts: {err}")
                 return str(err)
             say(f"dropping {model} was refused ({err}); retrying in {delay:g} s")

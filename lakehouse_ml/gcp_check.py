@@ -5,20 +5,23 @@ In a scratch dataset (``lakehouse_ml_check_<UTC time>``) it:
 
 1. trains two tiny BigQuery ML models registered in the Vertex AI Model Registry: a LOGISTIC_REG
    without TRANSFORM (features FLOAT64, INT64, STRING, BOOL) and a KMEANS with a TRANSFORM clause;
-2. deploys each to an endpoint of its own, request-response logging on, into the scratch dataset;
+2. deploys each to an endpoint of its own, request-response logging on, into
+   ``LAKEHOUSE_ML_GCP_DATASET`` (where the pipeline's endpoints log, so the Vertex AI service
+   agent's access to it is what is checked; the check's log tables are dropped at the end);
 3. sends ordinary instances, BOOL values and NULLs (JSON ``null`` to the model without TRANSFORM,
    the documented sentinels and JSON ``null`` to the model with one), and checks every answer
    against the documented shape (:class:`~lakehouse_ml.bigquery.served.PredictionFormat`);
-4. retrains while deployed: a model of a new name under the same model id must register a new
-   version; ``CREATE OR REPLACE`` of the deployed model must be refused with FAILED_PRECONDITION;
-5. measures how long the request-response log takes to show the requests (the value for
+4. measures how long the request-response log takes to show the requests (the value for
    ``LAKEHOUSE_ML_REQUEST_LOG_GRACE_SECONDS``);
+5. retrains while deployed: a model of a new name under the same model id must register a new
+   version; ``CREATE OR REPLACE`` of the deployed model must be refused with FAILED_PRECONDITION;
 6. saves one real response per model type in the golden-fixture format of
    ``lakehouse_ml_tests/golden/`` (copy them there: the tests parse every fixture);
 7. undeploys, deletes the endpoints, drops the models (which deletes their versions, retried
    after the undeploy) and deletes the dataset — also when a step fails.
 
-A refused request is a finding, not a failure: the report says what Vertex AI answered.
+A refused NULL is a finding, not a failure (the page documents sentinels, not JSON ``null``): the
+report says what Vertex AI answered. A refused ordinary request fails the check.
 """
 
 from __future__ import annotations
@@ -132,12 +135,16 @@ def run_gcp_check(
     stamp = stamp or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
     dataset = f"lakehouse_ml_check_{stamp}"
     scratch = settings.model_copy(update={"gcp_dataset": dataset})
-    warehouse, registry, endpoints = build_gcp_warehouse(scratch), build_vertex_registry(scratch), build_vertex_endpoints(scratch)
+    warehouse, registry = build_gcp_warehouse(scratch), build_vertex_registry(scratch)
+    endpoints = build_vertex_endpoints(settings)  # logs into LAKEHOUSE_ML_GCP_DATASET
+    log_dataset = build_gcp_warehouse(settings)
     report = CheckReport()
     made_endpoints: list[str] = []
+    created_log_dataset = False
     source = f"lakehouse-ml gcp-check in project {settings.gcp_project}, location {settings.bigquery_location}, {stamp} UTC"
     try:
         progress(f"Scratch dataset {settings.gcp_project}.{dataset}; models from sql/gcp_check/")
+        created_log_dataset = log_dataset.ensure_dataset()
         warehouse.load_dataframe(_rows(), "rows")
         for key in MODEL_FILES:
             _create(warehouse, key, f"{key}_1")
@@ -147,6 +154,8 @@ def run_gcp_check(
             ", ".join(f"{k}_1 -> {v.model_id}@{v.version_id}" if v else f"{k}_1 not registered" for k, v in versions.items()),
             progress,
         )
+        if not all(versions.values()):
+            return report
         for key, version in versions.items():
             started = time.monotonic()
             info = endpoints.create_endpoint(f"lakehouse-ml-check-{key}-{stamp}")
@@ -160,20 +169,31 @@ def run_gcp_check(
             report.fixtures.append(
                 _fixture(out_dir / f"{model_type.lower()}_gcp_check_{stamp}.json", f"{source}, {key}", model_type, label, label_type, request, answer)
             )
-        _retrain_while_deployed(report, warehouse, registry, versions["clf"], progress)
         report.log_delay_s = _log_delay(report, endpoints, clf_endpoint, sent_at, poll_s, log_timeout_s, progress)
+        _retrain_while_deployed(report, warehouse, registry, versions["clf"], progress)
     except (WarehouseError, RegistryError, EndpointError) as err:
         report.add("error", False, str(err), progress)
     finally:
         _clean_up(report, warehouse, endpoints, made_endpoints, progress)
+        for endpoint_id in made_endpoints:  # the check's request logs in LAKEHOUSE_ML_GCP_DATASET
+            try:
+                log_dataset.drop_table(endpoints.log_destination(endpoint_id).rsplit(".", 1)[-1])
+            except WarehouseError as err:
+                report.leftovers.append(f"log table of endpoint {endpoint_id}: {err}")
+        if created_log_dataset and not report.leftovers:
+            log_dataset.delete_dataset()
     return report
 
 
-def _predict(report: CheckReport, endpoints: Any, endpoint: str, step: str, instances: list, progress: Progress) -> dict | None:
+def _predict(
+    report: CheckReport, endpoints: Any, endpoint: str, step: str, instances: list, progress: Progress, *, finding: bool = False
+) -> dict | None:
+    """The answer, or None when refused: a refusal is a finding (``finding``: an undocumented
+    input, such as JSON null) or a failure (an ordinary instance)."""
     try:
         answer = endpoints.predict(endpoint, instances)
     except EndpointError as err:
-        report.add(step, True, f"refused (a finding, not a failure): {err}", progress)
+        report.add(step, finding, ("refused (a finding, not a failure): " if finding else "refused: ") + str(err), progress)
         return None
     return answer
 
@@ -190,7 +210,7 @@ def _send(report: CheckReport, endpoints: Any, clf: str, km: str, progress: Prog
         report.add("LOGISTIC_REG shape", not problems, "; ".join(problems) or "as documented (BOOL label as 'true'/'false')", progress)
         out["LOGISTIC_REG, BOOL feature"] = ({"instances": normal}, answer, "LOGISTIC_REG", "label", "BOOL")
     nulls = [{"x": None, "n": None, "s": None, "b": None}]
-    answer = _predict(report, endpoints, clf, "JSON null, model without TRANSFORM", nulls, progress)
+    answer = _predict(report, endpoints, clf, "JSON null, model without TRANSFORM", nulls, progress, finding=True)
     if answer is not None:
         problems = [p for prediction in answer["predictions"] for p in clf_fmt.problems(prediction)]
         report.add("JSON null, model without TRANSFORM", not problems, "; ".join(problems) or "accepted", progress)
@@ -203,7 +223,7 @@ def _send(report: CheckReport, endpoints: Any, clf: str, km: str, progress: Prog
         problems = [p for prediction in answer["predictions"] for p in km_fmt.problems(prediction, num_clusters=3)]
         report.add("KMEANS shape", not problems, "; ".join(problems) or "as documented (every centroid in id order)", progress)
         out["KMEANS with TRANSFORM, NULL sentinels"] = ({"instances": sentinels}, answer, "KMEANS", None, None)
-    _predict(report, endpoints, km, "JSON null, model with TRANSFORM", [{"x": None, "n": None, "s": None}], progress)
+    _predict(report, endpoints, km, "JSON null, model with TRANSFORM", [{"x": None, "n": None, "s": None}], progress, finding=True)
     return out
 
 

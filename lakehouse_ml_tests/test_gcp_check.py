@@ -45,6 +45,9 @@ def test_the_check_runs_every_step_saves_fixtures_and_cleans_up(tmp_path):
         assert vertex.find_requests("DELETE", r".*/endpoints/\d+") and not vertex._endpoints
         assert not vertex._models
         assert (PROJECT, "lakehouse_ml_check_20261202000000") not in bq._engine.datasets
+        # The endpoints logged into LAKEHOUSE_ML_GCP_DATASET (what the pipeline's do): the check
+        # created it, so it deleted it again with its log tables.
+        assert bq.find_requests("POST", rf"/bigquery/v2/projects/{PROJECT}/datasets") and (PROJECT, "lakehouse_ml") not in bq._engine.datasets
         assert any("retrying" in line for line in lines), "the drop right after the undeploy was retried"
     # The saved responses are golden fixtures: they parse and have the documented shape.
     assert sorted(p.name for p in report.fixtures) == ["kmeans_gcp_check_20261202000000.json", "logistic_reg_gcp_check_20261202000000.json"]

@@ -99,6 +99,11 @@ class Endpoints(dg.ConfigurableResource):
         its request log (None when the backend has none): what tells a broken log from no traffic."""
         return None
 
+    def request_log_exists(self, endpoint: str) -> bool | None:
+        """Whether the endpoint's request-response log exists (None when the backend cannot tell,
+        or writes it itself)."""
+        return None
+
     def predict_target(self, endpoint: str) -> tuple[str, str | None]:
         """The full ``…:predict`` URL of an endpoint (by id or display name) and the bearer token to
         send with it (None when none is needed): what a website or ``lakehouse-ml traffic`` calls."""

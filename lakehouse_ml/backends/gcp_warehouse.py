@@ -760,6 +760,17 @@ class GcpWarehouse(Warehouse):
             except google_exceptions.GoogleAPICallError as err:
                 raise self._translate(err, f"drop {self._full_name(client, table)}", table) from None
 
+    def ensure_dataset(self) -> bool:
+        """Create the dataset (in the configured location) when it is missing; whether it was."""
+        with self._client() as client:
+            try:
+                client.get_dataset(f"{client.project}.{self.dataset}")
+                missing = False
+            except google_exceptions.NotFound:
+                missing = True
+            self._ensure_dataset(client)
+        return missing
+
     def delete_dataset(self) -> None:
         """Delete the whole dataset with its tables and models (datasets.delete with
         deleteContents); a missing dataset is no error."""

@@ -188,6 +188,7 @@ class LocalModelRegistry(ModelRegistry):
             create_time=row["create_time"],
             update_time=row["update_time"],
             deployable=bool(row["deployable"]),
+            deployments=tuple(self._endpoint_names(self._deployments(conn, row["model_id"], row["version_id"]))),
         )
 
     def _row(self, conn: sqlite3.Connection, model_id: str, version_or_alias: str) -> sqlite3.Row:

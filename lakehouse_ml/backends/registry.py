@@ -95,6 +95,8 @@ class ModelVersion:
     create_time: str
     update_time: str
     deployable: bool
+    # Where the version is deployed: endpoint resource names (the Model resource's deployedModels).
+    deployments: tuple[str, ...] = ()
 
     @property
     def is_default(self) -> bool:

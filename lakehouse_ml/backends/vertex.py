@@ -212,9 +212,13 @@ def process_client(cls: Any, api_endpoint: str, anonymous: bool) -> Any:
     return client
 
 
+def _throttled(err: Exception) -> bool:
+    return isinstance(err, google_exceptions.TooManyRequests)
+
+
 class _Retrying:
-    """A GAPIC client whose calls retry, with exponential backoff, on 429 (quota) and 503
-    (unavailable): the GAPIC methods of ``aiplatform_v1`` have no default retry
+    """A GAPIC client whose calls retry, with exponential backoff, on 429 (quota) and, for reads,
+    503 (unavailable): the GAPIC methods of ``aiplatform_v1`` have no default retry
     (``default_retry=None`` in their transports), and Vertex AI's rate quotas (600 resource
     management requests a minute) answer 429 RESOURCE_EXHAUSTED, "Retry after a few seconds"."""
 
@@ -226,9 +230,15 @@ class _Retrying:
         attribute = getattr(self._client, name)
         if name.startswith("_") or not callable(attribute) or name in ("transport",):
             return attribute
+        # A 429 was not executed: every call may be sent again. A 503 may come after the service
+        # acted: only reads (and predictions, which change nothing) are sent again, never a call
+        # that starts an operation (a second deployModel would deploy twice).
+        retry = self._retry if name.startswith(("get_", "list_")) or name == "predict" else self._retry.with_predicate(
+            _throttled
+        )
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            kwargs.setdefault("retry", self._retry)
+            kwargs.setdefault("retry", retry)
             return attribute(*args, **kwargs)
 
         return call
@@ -432,6 +442,7 @@ class VertexModelRegistry(_VertexConfig, ModelRegistry):
             create_time=_iso(model.version_create_time) or _iso(model.create_time),
             update_time=_iso(model.version_update_time) or _iso(model.update_time),
             deployable=bool(types & {"DEDICATED_RESOURCES", "AUTOMATIC_RESOURCES", "SHARED_RESOURCES"}),
+            deployments=tuple(sorted({ref.endpoint for ref in model.deployed_models})),
         )
 
     def _not_registered(self, clients: _VertexClients, model_id: str, ref: str | None) -> ModelNotRegisteredError:
@@ -501,7 +512,14 @@ class VertexModelRegistry(_VertexConfig, ModelRegistry):
         if not registered:
             return None
         run = registered[-1]
-        model_id, version_id = run["vertexAiModelId"], str(run.get("vertexAiModelVersion") or DEFAULT_ALIAS)
+        model_id, version_id = run["vertexAiModelId"], run.get("vertexAiModelVersion")
+        if not version_id:
+            raise RegistryError(
+                f"BigQuery reports bqml://{match['dataset']}.{match['model']} registered as {model_id!r} but no version of "
+                "it yet (its training run has no vertexAiModelVersion): the registration may still be in progress. "
+                "Run again in a minute."
+            )
+        version_id = str(version_id)
         with self._clients(f"get model {model_id}@{version_id}") as clients:
             try:
                 model = clients.models.get_model(name=self.model_name(model_id, version_id))
@@ -791,6 +809,17 @@ class VertexEndpoints(_VertexConfig, Endpoints):
 
     def request_log_grace_seconds(self) -> float:
         return float(self.request_log_grace_s)
+
+    def request_log_exists(self, endpoint: str) -> bool | None:
+        """Whether the BigQuery table of the endpoint's request-response log exists (None when
+        logging is off)."""
+        from lakehouse_ml.backends.gcp_warehouse import GcpWarehouse
+
+        table = self.request_log_table(endpoint)
+        if table is None:
+            return None
+        project, dataset, name = table.split(".")
+        return GcpWarehouse(bigquery=self._bigquery(project), dataset=dataset).table_exists(name)
 
     def served_predictions(self, endpoint: str, start: dt.datetime, end: dt.datetime) -> int | None:
         """Cloud Monitoring's ``aiplatform.googleapis.com/prediction/online/prediction_count`` of

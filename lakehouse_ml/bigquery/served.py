@@ -76,8 +76,8 @@ def label_text(value: Any) -> str:
         value = value.item()
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
+    if isinstance(value, float):  # CAST(2.0 AS STRING) is '2', CAST(2.5 AS STRING) '2.5'
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
     return str(value)
 
 
@@ -264,6 +264,9 @@ class PredictionFormat:
         except ServedFormatError as err:
             return [str(err)]
         out = []
+        single = "nearest_centroid_id" if self.model_type in CLUSTERING_TYPES else f"predicted_{self.label}"
+        if not isinstance(prediction[single], list):
+            out.append(f"{single} is {prediction[single]!r}, documented as a one-element list")
         if self.model_type in CLASSIFIER_TYPES:
             probs = list(parsed.probabilities.values())
             if any(not 0.0 <= p <= 1.0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
@@ -323,7 +326,7 @@ def null_sentinel(arrow_type: Any, column: str) -> Any:
     if pa.types.is_boolean(arrow_type):
         raise ServedFormatError(
             f"{column} is NULL, but a BOOL input of a model with a TRANSFORM clause has no NULL sentinel ({DOCS}, "
-            "Supported data types); fill it in the serving query (for example COALESCE({column}, FALSE))."
+            f"Supported data types); fill it in the serving query (for example COALESCE({column}, FALSE))."
         )
     if pa.types.is_integer(arrow_type):
         return NULL_INT64
@@ -350,11 +353,13 @@ def instances(table: Any, *, transform: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def is_null_sentinel(value: Any) -> bool:
-    """Whether a value sent to a TRANSFORM model means NULL."""
+def is_null_sentinel(value: Any, kind: str | None = None) -> bool:
+    """Whether a value sent to a TRANSFORM model means NULL: the sentinel of the input's type
+    (``kind``: ``"num"`` for numbers, ``"str"`` for strings and the types sent as strings; None:
+    either). A sentinel of the other type is an ordinary value (and then most often the wrong type)."""
     if isinstance(value, str):
-        return value in _NULL_STRINGS
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == NULL_FLOAT64
+        return kind in (None, "str") and value in _NULL_STRINGS
+    return kind in (None, "num") and isinstance(value, (int, float)) and not isinstance(value, bool) and value == NULL_FLOAT64
 
 
 def decode_null_sentinels(frame: Any, columns: Sequence[str]) -> Any:

@@ -182,6 +182,7 @@ class DeploymentConfig(dg.Config):
     promote: bool = Field(True, description="Promote a healthy canary to 100% and undeploy the rest.")
     keep_models: int | None = Field(
         None,
+        ge=1,
         description="Training runs whose BigQuery ML model is kept whatever it holds (default: the model's Serving "
         "keep_models); older ones whose version is neither deployed nor holds an alias are dropped after deploying.",
     )

@@ -30,15 +30,29 @@ GROUP = "models"
 BQML_MODEL = "bqml_model"
 
 
+def _recorded_model(materialization: Any, spec: models.ModelSpec) -> str | None:
+    value = materialization.metadata.get(BQML_MODEL) if materialization is not None else None
+    return str(value.value) if value is not None and models.is_training_model(spec, str(value.value)) else None
+
+
 def trained_model(context: dg.AssetExecutionContext, warehouse: Warehouse, spec: models.ModelSpec) -> str:
-    """The BigQuery ML model the spec's model asset last trained: its latest materialization's
-    ``bqml_model`` (the same run's, in a retraining run), else the spec's newest model in the
-    warehouse (materialized by another Dagster instance)."""
-    event = context.instance.get_latest_materialization_event(dg.AssetKey(spec.name))
-    value = event.asset_materialization.metadata.get(BQML_MODEL) if event and event.asset_materialization else None
-    if value is not None and models.is_training_model(spec, str(value.value)):
-        return str(value.value)
-    return models.newest_model(warehouse, spec)
+    """The BigQuery ML model the assets downstream of the spec's model asset use: the one this
+    run trained (its materialization in this run, so that an overlapping run's model is never
+    taken), else the model asset's latest materialization's ``bqml_model``, else the spec's newest
+    model in the warehouse (trained by another Dagster instance)."""
+    key = dg.AssetKey(spec.name)
+    records = context.instance.get_records_for_run(
+        context.run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    for record in reversed(records):
+        materialization = record.event_log_entry.asset_materialization
+        if materialization is not None and materialization.asset_key == key:
+            found = _recorded_model(materialization, spec)
+            if found:
+                return found
+    event = context.instance.get_latest_materialization_event(key)
+    found = _recorded_model(event.asset_materialization if event else None, spec)
+    return found or models.newest_model(warehouse, spec)
 
 
 def _markdown(frame: pd.DataFrame, rows: int = 30) -> str:

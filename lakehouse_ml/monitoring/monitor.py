@@ -217,7 +217,7 @@ def _log_problem(
     times = pd.to_datetime(history["logging_time"], utc=True)
     logged = int(((times >= pd.Timestamp(lo)) & (times < pd.Timestamp(hi))).sum())
     expected = sampling_rate * count
-    if logged >= 0.5 * expected:
+    if expected < 5 or logged >= 0.5 * expected:  # too few to tell sampling from loss, or healthy
         return ""
     return (
         f"Endpoint {endpoint!r} served {count} prediction(s) between {lo:%Y-%m-%d %H:%M:%S} and {hi:%Y-%m-%d %H:%M:%S} "
@@ -225,6 +225,25 @@ def _log_problem(
         f"rate {sampling_rate:g}) although the grace period for late rows has passed: the log is missing or not "
         "written. Check the endpoint's request-response logging (its BigQuery table exists, and the Vertex AI service "
         "agent may write to the dataset: see README, Running on Google Cloud), then run again."
+    )
+
+
+def _missing_log(endpoints: Endpoints, endpoint: str, settled: dt.datetime) -> str:
+    """Why the request log cannot be trusted though no served count says so: a model has been
+    deployed on the endpoint since before ``settled`` (its deployment's smoke test was served
+    then), yet the log's table does not exist. Empty when the log exists or the backend cannot
+    tell."""
+    if endpoints.request_log_exists(endpoint) is not False:
+        return ""
+    info = endpoints.get_endpoint(endpoint) or {}
+    times = [pd.Timestamp(d["create_time"]) for d in info.get("deployed_models", []) if d.get("create_time")]
+    if not times or min(times) >= pd.Timestamp(settled):
+        return ""
+    return (
+        f"Endpoint {endpoint!r} has served since {min(times):%Y-%m-%d %H:%M:%S} UTC (its deployment's smoke test at "
+        "least), but its request-response log table does not exist although the grace period for late rows has "
+        "passed: Vertex AI cannot write it. Check that the Vertex AI service agent may write to the dataset (see "
+        "README, Running on Google Cloud), then run again."
     )
 
 
@@ -275,8 +294,12 @@ def _performance(
         part = joined[(joined["_time"] >= lo) & (joined["_time"] < hi)]
         if len(part) < 20 or part["_label"].nunique() < 2:
             continue
-        parsed = [p for p in parse_served(spec, part["_prediction"], served.label_type_of([positive])) if p is not None]
-        scores, _ = _positive_from_served(parsed, positive)
+        parsed = parse_served(spec, part["_prediction"], served.label_type_of([positive]))
+        readable = np.array([p is not None for p in parsed], dtype=bool)  # a row without a response is left out
+        part = part[readable]
+        if len(part) < 20 or part["_label"].nunique() < 2:
+            continue
+        scores, _ = _positive_from_served([p for p in parsed if p is not None], positive)
         actual = (part["_label"] == positive).to_numpy().astype(np.int64)
         value = bqml_metrics.classification(actual, np.column_stack([1 - scores, scores]))[spec.gate.metric]
         rows.append({"window_end": hi, "metric": spec.gate.metric, "value": float(value), "version": ",".join(sorted({str(v) for v in part["_version"] if v is not None})) or "unknown", "rows": len(part)})
@@ -332,7 +355,7 @@ def monitor(
     )
     result.log_problem = _log_problem(
         endpoints, serving.endpoint, history, start, end - grace, serving.logging_sampling_rate
-    )
+    ) or _missing_log(endpoints, serving.endpoint, end - grace)
     if result.log_problem:
         result.note = result.log_problem
     elif len(log) < serving.min_window_rows:

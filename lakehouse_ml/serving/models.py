@@ -136,9 +136,7 @@ class Predictor:
                     if self.transform:
                         raise BadInstance(self._null_refused(i, name))
                     continue
-                if self.transform and served.is_null_sentinel(value):
-                    if expect[name] == "bool":
-                        raise BadInstance(self._null_refused(i, name))
+                if self.transform and expect[name] != "bool" and served.is_null_sentinel(value, expect[name]):
                     inst = dict(inst) if inst is instances[i] else inst
                     inst[name] = None
                     continue

@@ -4,7 +4,7 @@ The real google-cloud-bigquery client (inside dagster-gcp's BigQueryResource) ta
 BigQuery REST test double. The feature SQL files go over the wire unchanged, and the tables that
 come out equal the local backend's: the double computes them with sqlglot and its own BigQuery
 meanings, not with the project's translator. The model files go over the wire with only the
-run's model name changed. (The whole loop, serving included, is lakehouse_ml_tests/test_demo_gcp.py.)
+run's model name changed. (The whole loop, serving included, is the gcp run of lakehouse_ml_tests/test_demo.py.)
 """
 
 from __future__ import annotations

@@ -267,7 +267,7 @@ def test_old_models_are_garbage_collected_after_the_undeploy(chain):
     assert result.success
     meta = _latest(instance, "churn_model_deployment")
     assert meta["models_dropped"].value == [by_version["2"]]
-    assert f"kept {by_version['1']} (version 1 is deployed)" in meta["garbage_collection"].value
+    assert f"kept {by_version['1']} (version 1 is deployed (projects/local/locations/us-central1/endpoints/" in meta["garbage_collection"].value
     assert [v.version_id for v in registry.list_versions("churn_model")] == ["1", "3"]
     assert {m for m, _ in models.training_models(warehouse, SPEC)} == {by_version["1"], by_version["3"]}
     assert not warehouse.table_exists("churn_model_baseline_v2") and warehouse.table_exists("churn_model_baseline_v1")
@@ -278,7 +278,7 @@ def test_a_refused_drop_is_retried_with_backoff_then_reported(chain):
     retries with exponential backoff; a drop that keeps failing is reported, not raised."""
     settings, _ = chain
     registry, endpoints, real = build_registry(settings), build_endpoints(settings), build_warehouse(settings)
-    refusals = {"left": 2}
+    refusals = {"left": 2, "error": "The Model is deployed or being deployed (still undeploying)"}
     calls: list[str] = []
 
     class Refusing(type(real)):
@@ -287,7 +287,7 @@ def test_a_refused_drop_is_retried_with_backoff_then_reported(chain):
                 calls.append(sql.rstrip().rsplit(" ", 1)[-1])
                 if refusals["left"]:
                     refusals["left"] -= 1
-                    raise models.WarehouseError("The Model is deployed or being deployed (still undeploying)")
+                    raise models.WarehouseError(refusals["error"])
             return super().execute(sql, params)
 
     warehouse = Refusing(duckdb=real.duckdb)
@@ -297,11 +297,23 @@ def test_a_refused_drop_is_retried_with_backoff_then_reported(chain):
     result = deployment.collect_garbage(warehouse, registry, endpoints, SPEC, keep=1, first_delay_s=2.0, sleep=sleeps.append)
     assert sleeps == [2.0, 4.0] and len(calls) == 3 and result.dropped == calls[-1:]
     assert [v.version_id for v in registry.list_versions("churn_model")] == ["1", "4"]
-    # Always refused: reported after the attempts, nothing raised, nothing dropped.
-    refusals["left"] = 99
-    result = deployment.collect_garbage(warehouse, registry, endpoints, SPEC, keep=0, attempts=3, first_delay_s=0.5, sleep=sleeps.append)
+    # A version beyond keep that holds an alias stays.
+    models.train(real, SPEC)  # version 5, the newest now
+    registry.merge_version_aliases("churn_model", "4", ["audited"])
+    result = deployment.collect_garbage(warehouse, registry, endpoints, SPEC, keep=1, sleep=sleeps.append)
+    assert not result.dropped and any("version 4 holds audited" in why for why in result.kept.values())
+    registry.merge_version_aliases("churn_model", "4", ["-audited"])
+    # Always refused as deployed: reported after the attempts, nothing raised, nothing dropped.
+    refusals.update(left=99)
+    result = deployment.collect_garbage(warehouse, registry, endpoints, SPEC, keep=1, attempts=3, first_delay_s=0.5, sleep=sleeps.append)
     assert sleeps[2:] == [0.5, 1.0] and not result.dropped and "still undeploying" in next(iter(result.failed.values()))
-    assert result.kept and [v.version_id for v in registry.list_versions("churn_model")] == ["1", "4"]
+    # Refused for another reason: not retried.
+    refusals.update(left=99, error="Access Denied: Dataset lakehouse_ml: permission bigquery.models.delete")
+    result = deployment.collect_garbage(warehouse, registry, endpoints, SPEC, keep=1, first_delay_s=0.5, sleep=sleeps.append)
+    assert sleeps[4:] == [] and "Access Denied" in next(iter(result.failed.values()))
+    assert result.kept and [v.version_id for v in registry.list_versions("churn_model")] == ["1", "4", "5"]
+    with pytest.raises(ValueError, match="at least 1"):
+        deployment.collect_garbage(warehouse, registry, endpoints, SPEC, keep=0)
 
 
 def test_kmeans_gate_scores_both_versions_clusters_in_one_space_and_stops_a_worse_candidate(chain, monkeypatch, tmp_path):

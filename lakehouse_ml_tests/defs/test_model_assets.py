@@ -243,3 +243,20 @@ def test_classifier_plots_fall_back_to_predict_where_the_functions_are_missing(t
     np.testing.assert_array_equal(
         result.confusion.to_numpy(), confusion_matrix(predictions["churned"], predictions["predicted_churned"], labels=[False, True])
     )
+
+
+def test_the_model_file_still_runs_unchanged_on_its_own(trained):
+    """Run as it is, sql/models/churn_model.sql creates `churn_model` and registers it as a new
+    version of the same Vertex AI model; the spec treats it as one of its models."""
+    settings, instance, _ = trained
+    from lakehouse_ml.backends.local_warehouse import LocalWarehouse
+
+    warehouse = LocalWarehouse.at(settings.duckdb_path)
+    spec = models.CHURN_MODEL
+    registry = warehouse.model_registry()
+    before = [v.version_id for v in registry.list_versions("churn_model")]
+    warehouse.execute(spec.sql)
+    version = registry.find_bqml_version(warehouse.model_source("churn_model"))
+    assert version.model_id == "churn_model" and int(version.version_id) > int(before[-1])
+    assert models.newest_model(warehouse, spec) == "churn_model"
+    assert "churn_model" in {m for m, _ in models.training_models(warehouse, spec)}

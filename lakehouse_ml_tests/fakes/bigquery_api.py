@@ -1128,13 +1128,24 @@ class _Engine:
             return self._session_query(project, dataset, f"SELECT * FROM ML.PREDICT(MODEL {name}, TABLE {table})", {table: instances})
 
     def kmeans_distances(self, project: str, dataset: str, name: str, instances: pa.Table) -> list[list[float]]:
-        """Every centroid's distance from each row, in centroid-id order (ML.PREDICT keeps only the
-        nearest five): the model's own distances, after its TRANSFORM."""
+        """Every centroid's distance from each row, in centroid-id order. ML.PREDICT's
+        NEAREST_CENTROIDS_DISTANCE holds the nearest min(num_clusters, 5): for up to five clusters
+        that is every centroid, reordered here by id; beyond five the local engine's distances
+        (after the model's TRANSFORM) stand in, the one place the double's values are the
+        project's own."""
         with self.lock:
             engine = self.bqml_engine(project, dataset)
+            meta = engine.store.load_meta(name)
+            k = int(meta["options"]["num_clusters"])
+            table = f"__vertex_instances_{uuid.uuid4().hex}"
+            if k <= 5:
+                rows = self._session_query(project, dataset, f"SELECT * FROM ML.PREDICT(MODEL {name}, TABLE {table})", {table: instances})
+                return [
+                    [d["DISTANCE"] for d in sorted(near, key=lambda d: d["CENTROID_ID"])]
+                    for near in rows.column("NEAREST_CENTROIDS_DISTANCE").to_pylist()
+                ]
             rows = instances
-            if engine.store.load_meta(name).get("transform_sql"):
-                table = f"__vertex_instances_{uuid.uuid4().hex}"
+            if meta.get("transform_sql"):
                 rows = self._session_query(project, dataset, f"SELECT * FROM ML.TRANSFORM(MODEL {name}, TABLE {table})", {table: instances})
             return engine.centroid_distances(name, rows.to_pandas()).tolist()
 

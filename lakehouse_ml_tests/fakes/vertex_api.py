@@ -26,8 +26,11 @@ Vertex AI rules it enforces (each answers Google's JSON error shape ``{"error": 
   version holds ``default``, and it cannot be removed from its holder (add it elsewhere instead);
   the alias pattern ``[a-z][a-zA-Z0-9-]{0,126}[a-z-0-9]``; a version id looks like an integer, so
   an alias cannot;
-* ``deleteVersion`` refuses a version with DeployedModels, the only version and the ``default``
-  version (FAILED_PRECONDITION); ``models.delete`` refuses a model with deployed versions;
+* ``deleteVersion`` refuses a version with DeployedModels and the only version
+  (FAILED_PRECONDITION: "Model version can only be deleted if there are no DeployedModels created
+  from it. Deleting the only version in the Model is not allowed"); a deleted ``default`` version
+  hands ``default`` to the next most recent one; ``models.delete`` refuses a model with deployed
+  versions;
 * ``deployModel``: ``dedicatedResources`` with ``machineSpec.machineType`` and
   ``minReplicaCount`` ≥ 1 for models that support DEDICATED_RESOURCES (BigQuery ML ARIMA_PLUS models
   support no deployment: FAILED_PRECONDITION); ``trafficSplit`` refers to the new model as ``"0"``,
@@ -1101,8 +1104,11 @@ class FakeVertexApi:
 
     def _time_series(self, project: str, query: dict[str, str]) -> dict[str, Any]:
         """Cloud Monitoring ``projects.timeSeries.list`` of the prediction count
-        (``aiplatform.googleapis.com/prediction/online/prediction_count``, a DELTA INT64 metric of
-        resource type ``aiplatform.googleapis.com/Endpoint``), one point per predict served here."""
+        (``aiplatform.googleapis.com/prediction/online/prediction_count`` of resource type
+        ``aiplatform.googleapis.com/Endpoint`` with label ``endpoint_id``, as public code queries
+        it), one point per predict served here. Assumed, not documented in what was found: that it
+        is a DELTA INT64 metric and counts instances (monitoring only needs it to be non-zero when
+        the endpoint served, and uses it with a margin either way)."""
         text = query.get("filter", "")
         if "aiplatform.googleapis.com/prediction/online/prediction_count" not in text:
             raise VertexApiError("INVALID_ARGUMENT", f"The test double serves the prediction count metric only; got {text!r}.")
@@ -1184,6 +1190,11 @@ _MISSING = {" __MISSING__ ", "__MISSING__"}
 
 
 def _instance_row(i: int, instance: Any, features: list[tuple[str, str]], transform: bool) -> dict[str, Any]:
+    """One instance checked against the model's inputs. Assumed, not documented (the page lists
+    the sentinels, not what else is refused; ``lakehouse-ml gcp-check`` records the real answers):
+    JSON null to a TRANSFORM model is refused (a TensorFlow input tensor has no null), a value of
+    the wrong JSON type is refused, feature names match case-insensitively as BigQuery's columns
+    do. The error wording is this double's."""
     if not isinstance(instance, dict):
         raise VertexApiError("INVALID_ARGUMENT", f"instances[{i}] must be a JSON object keyed by feature name; got {instance!r}.")
     given = {str(k).lower(): v for k, v in instance.items()}

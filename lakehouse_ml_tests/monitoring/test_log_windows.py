@@ -69,3 +69,25 @@ def test_an_endpoint_that_served_but_logged_nothing_is_named():
     assert "holds 1 row(s)" in mon._log_problem(Served(count=12), "churn", six.head(1), lo, hi)  # most rows lost
     assert mon._log_problem(Served(count=12), "churn", six.head(1), lo, hi, sampling_rate=0.1) == ""  # sampled
     assert mon._log_problem(Served(count=12), "churn", history, hi, lo) == ""  # grace not passed yet
+
+
+class NoLogTable(Endpoints):
+    """A deployment since ``deployed``, whose request-log table does not exist (``exists``)."""
+
+    exists: bool | None = False
+    deployed: str = "2026-03-01T12:00:00+00:00"
+
+    def request_log_exists(self, endpoint):
+        return self.exists
+
+    def get_endpoint(self, endpoint):
+        return {"deployed_models": [{"create_time": self.deployed}]}
+
+
+def test_a_log_table_that_never_appears_is_named_without_a_served_count():
+    settled = T0 + 30 * MIN
+    problem = mon._missing_log(NoLogTable(), "churn", settled)
+    assert "served since 2026-03-01 12:00:00 UTC" in problem and "log table does not exist" in problem
+    assert mon._missing_log(NoLogTable(exists=True), "churn", settled) == ""
+    assert mon._missing_log(NoLogTable(exists=None), "churn", settled) == ""  # cannot tell: nothing said
+    assert mon._missing_log(NoLogTable(deployed=(T0 + 40 * MIN).isoformat()), "churn", settled) == ""  # too recent

@@ -222,16 +222,22 @@ def test_the_local_server_answers_in_the_export_shape(every_type, model_type):
             assert parsed.predicted == pytest.approx(want["predicted_spend"], rel=1e-9, abs=1e-12)
 
 
-def test_the_golden_responses_have_the_shape_the_local_server_answers(every_type):
-    """The real responses' skeletons equal the local server's for the same model type."""
+@pytest.mark.parametrize("name", sorted(p.name for p in GOLDEN.glob("*.json") if "response" in json.loads(p.read_text())))
+def test_every_real_response_has_the_shape_the_local_server_answers(every_type, name):
+    """Each captured response (these, and what a user copies here from `lakehouse-ml gcp-check`)
+    has, field by field, the JSON shape the local server answers for that model type: a capture
+    that differs fails here."""
     _, client, rows = every_type
-    local = client.post(URL.format("logistic-reg"), json={"instances": rows[:1]}).json()["predictions"][0]
-    real = golden("logistic_reg_registry_penguins.json")["response"]["predictions"][0]
-    assert skeleton({k.replace("churned", "L"): v for k, v in local.items()}) == skeleton(
-        {k.replace("species", "L"): v for k, v in real.items()}
-    )
-    local = client.post(URL.format("kmeans"), json={"instances": rows[:1]}).json()["predictions"][0]
-    assert skeleton(local) == skeleton(golden("kmeans_export.json")["response"]["predictions"][0])
+    fixture = golden(name)
+    model_type = fixture["model_type"]
+    local_label = MODELS[model_type][0]
+    local = client.post(URL.format(model_type.lower().replace("_", "-")), json={"instances": rows[:1]}).json()["predictions"][0]
+
+    def keyed(prediction: dict, label: str | None) -> dict:
+        return {k.replace(label, "L") if label else k: v for k, v in prediction.items()}
+
+    for prediction in fixture["response"]["predictions"]:
+        assert skeleton(keyed(prediction, fixture["label"])) == skeleton(keyed(local, local_label)), (name, prediction, local)
 
 
 def test_instances_encode_nulls_for_the_model():
@@ -275,6 +281,7 @@ def test_the_vertex_double_answers_every_type_like_the_local_server(every_type, 
         )
         warehouse, endpoints = build_gcp_warehouse(settings), build_vertex_endpoints(settings)
         warehouse.load_dataframe(_training(), "training")
+        _compare_transform_models(warehouse, endpoints, every_type[0], tmp_path)
         for model_type, (label, options) in MODELS.items():
             name = model_type.lower()
             columns = ", ".join(FEATURES + ([label] if label else []))
@@ -296,3 +303,52 @@ def test_the_vertex_double_answers_every_type_like_the_local_server(every_type, 
                         assert remote[key] == value, (model_type, key)
                     else:
                         assert remote[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (model_type, key)
+
+
+TRANSFORM_MODELS = {
+    "KMEANS": "CREATE MODEL {name} TRANSFORM(LN(1 + ABS(x)) AS log_x, visits, IFNULL(channel, 'none') AS channel, member) "
+    "OPTIONS(model_type = 'KMEANS', num_clusters = 3{registry}) AS SELECT x, visits, channel, member FROM training",
+    "LOGISTIC_REG": "CREATE MODEL {name} TRANSFORM(LN(1 + ABS(x)) AS log_x, visits, channel, member, churned) "
+    "OPTIONS(model_type = 'LOGISTIC_REG', input_label_cols = ['churned']{registry}) AS SELECT x, visits, channel, member, churned FROM training",
+}
+
+
+def _compare_transform_models(gcp_warehouse, gcp_endpoints, _engine, tmp_path) -> None:
+    """Models with a TRANSFORM clause, instances with NULLs as the documented sentinels: the double
+    and the local server answer alike, field by field."""
+    import pyarrow as pa
+
+    from lakehouse_ml.backends.local_warehouse import LocalWarehouse
+
+    local = LocalWarehouse.at(tmp_path / "local" / "warehouse.duckdb")
+    local.load_dataframe(_training(), "training")
+    home = tmp_path / "local"
+    endpoints = LocalEndpoints(home=str(home), port=1)
+    table = pa.Table.from_pandas(_training()[FEATURES].head(12), preserve_index=False)
+    rows = served.instances(table, transform=True)
+    assert any(v == served.NULL_FLOAT64 for r in rows for v in r.values())
+    assert any(v == served.NULL_STRING for r in rows for v in r.values())
+    for model_type, sql in TRANSFORM_MODELS.items():
+        name = f"{model_type.lower()}_transform"
+        local.execute(sql.format(name=name, registry=""))
+        gcp_warehouse.execute(sql.format(name=name, registry=f", model_registry = 'VERTEX_AI', vertex_ai_model_id = '{name}'"))
+        endpoint = name.replace("_", "-")
+        endpoints.create_endpoint(name, endpoint_id=endpoint)
+        endpoints.deploy(endpoint, name, "1", str(local.bqml_engine().store.version_dir(name)), logging_sampling_rate=0.0)
+        gcp_endpoints.create_endpoint(name, endpoint_id=endpoint)
+        gcp_endpoints.deploy(endpoint, name, "1", "", logging_sampling_rate=0)
+        remote = gcp_endpoints.predict(endpoint, rows)["predictions"]
+        with TestClient(ServingApp(home)) as client:
+            here = client.post(URL.format(endpoint), json={"instances": rows}).json()["predictions"]
+            # JSON null is refused by both: a TRANSFORM model's NULL is its sentinel
+            refused = client.post(URL.format(endpoint), json={"instances": [rows[0] | {"x": None}]})
+        assert refused.status_code == 400 and "sentinel" in refused.json()["error"]["message"]
+        with pytest.raises(Exception, match="null is not a value"):
+            gcp_endpoints.predict(endpoint, [rows[0] | {"x": None}])
+        for a, b in zip(remote, here, strict=True):
+            assert set(a) == set(b) and skeleton(a) == skeleton(b)
+            for key, value in b.items():
+                if all(isinstance(v, str) for v in value):
+                    assert a[key] == value, (model_type, key)
+                else:
+                    assert a[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (model_type, key)

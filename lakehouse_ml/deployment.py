@@ -405,12 +405,6 @@ class SmokeResult:
         return text + ("" if self.passed else " Problems: " + "; ".join(self.problems[:5]))
 
 
-def expected_fields(spec: ModelSpec) -> list[str]:
-    """The prediction fields a served BigQuery ML model answers with (the export serving
-    signature, :mod:`lakehouse_ml.bigquery.served`)."""
-    return spec.prediction_format().fields
-
-
 def _check_predictions(spec: ModelSpec, batch: list[dict], answer: dict, problems: list[str]) -> None:
     predictions = answer.get("predictions")
     if not isinstance(predictions, list) or len(predictions) != len(batch):

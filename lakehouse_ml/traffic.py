@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import decimal
 import math
 import sys
 import tempfile
@@ -33,24 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from lakehouse_ml.backends.warehouse import PartitionWindow, Warehouse, check_identifier
-from lakehouse_ml.bigquery.served import PredictionFormat, ServedFormatError, instances as encode_instances, json_safe
+from lakehouse_ml.bigquery.served import PredictionFormat, ServedFormatError, instances as encode_instances
 
 MAX_ERRORS_KEPT = 5
 PROGRESS_INTERVAL = 0.1  # seconds: progress callbacks at most ~10 times per second
 
 # -- instances ---------------------------------------------------------------------------------
-
-
-def frame_instances(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows of ``frame`` as JSON-safe dicts keyed by column (see :func:`json_safe`)."""
-    columns = [str(c) for c in frame.columns]
-    return [
-        {column: json_safe(value) for column, value in zip(columns, row)}
-        for row in frame.itertuples(index=False, name=None)
-    ]
 
 
 def shuffled(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:

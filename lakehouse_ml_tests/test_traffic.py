@@ -27,10 +27,10 @@ from lakehouse_ml.bqml.engine import BqmlEngine
 from lakehouse_ml.serving import server
 from lakehouse_ml.settings import Settings
 from lakehouse_ml.sqlfiles import read_sql
+from lakehouse_ml.bigquery.served import json_safe
 from lakehouse_ml.traffic import (
     add_traffic_arguments,
     endpoint_predict_url,
-    json_safe,
     run_traffic_command,
     scenario_instances,
     send_schedule,

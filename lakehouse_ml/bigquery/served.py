@@ -33,7 +33,7 @@ gcp-check`` sends one and saves what comes back).
 
 :class:`PredictionFormat` builds nothing: it parses a served prediction back into Python values
 (labels in the label's type) and checks it. The local endpoint server builds its answers with
-:func:`classification_object`, :func:`regression_object` and :func:`clustering_object`.
+:func:`classification_objects`, :func:`regression_objects` and :func:`clustering_objects`.
 """
 
 from __future__ import annotations
@@ -113,11 +113,6 @@ def label_from_text(text: Any, label_type: str | None) -> Any:
 
 
 # -- building (the local endpoint server) ------------------------------------------------------------
-
-
-def classification_object(label: str, predicted: Any, classes: Sequence[Any], probs: Sequence[float]) -> dict[str, Any]:
-    """One classifier prediction; ``probs`` aligned with ``classes``."""
-    return classification_objects(label, classes, [list(classes).index(predicted)], [probs])[0]
 
 
 def classification_objects(

@@ -559,11 +559,7 @@ class BqmlEngine:
         if model.model_type not in opt.KMEANS_MODEL_TYPES:
             raise BqmlError(f"Model {name!r} is a {model.model_type} model; centroid distances need a KMEANS model.")
         design = model.prep.design(model.check_features(_as_frame(frame), "ML.PREDICT"))
-        c = model.centroids()
-        idx, dist = kmeans.top_nearest(design, c, model.meta["options"]["distance_type"], c.k)
-        out = np.empty_like(dist)
-        np.put_along_axis(out, idx, dist, axis=1)
-        return out
+        return kmeans.distances(design, model.centroids(), model.meta["options"]["distance_type"])
 
     def _class_columns(self, model: _Model, probs: np.ndarray, threshold: float | None, n: int) -> list:
         label = model.label_name

@@ -355,7 +355,7 @@ def monitor(
     )
     result.log_problem = _log_problem(
         endpoints, serving.endpoint, history, start, end - grace, serving.logging_sampling_rate
-    ) or _missing_log(endpoints, serving.endpoint, end - grace)
+    ) or (_missing_log(endpoints, serving.endpoint, end - grace) if history.empty else "")
     if result.log_problem:
         result.note = result.log_problem
     elif len(log) < serving.min_window_rows:

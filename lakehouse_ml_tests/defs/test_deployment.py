@@ -18,7 +18,6 @@ from sklearn.metrics import davies_bouldin_score
 
 from lakehouse_ml import deployment, models
 from lakehouse_ml.backends import build_endpoints, build_registry, build_warehouse
-from lakehouse_ml.bigquery import served
 from lakehouse_ml.bqml.errors import BqmlError
 from lakehouse_ml.defs.deployment import serving_assets
 from lakehouse_ml.definitions import build_definitions

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lakehouse_ml import models, traffic
+from lakehouse_ml import deployment, models, traffic
 from lakehouse_ml.backends import build_endpoints, build_registry, build_warehouse
 from lakehouse_ml.definitions import build_definitions, reports_dir
 from lakehouse_ml.monitoring import monitor as mon
@@ -65,7 +65,7 @@ def test_windows_drift_performance_and_report(served, monkeypatch):
 
     # 2. Labelled rows through the endpoint: judged, no drift, performance scored.
     labelled = warehouse.query(LABELLED_SQL)
-    rows = traffic.frame_instances(labelled)
+    rows = deployment.to_instances(SPEC, warehouse.query_arrow(LABELLED_SQL))
     rows = rows[: len(rows) // 4 * 4]
     assert len(rows) >= 120
     _send(settings, rows)
@@ -155,7 +155,7 @@ def test_windows_drift_performance_and_report(served, monkeypatch):
 
 def test_the_asset_check_fails_naming_the_feature(served):
     settings, instance = served
-    rows = traffic.frame_instances(build_warehouse(settings).query(LABELLED_SQL))
+    rows = deployment.to_instances(SPEC, build_warehouse(settings).query_arrow(LABELLED_SQL))
     drifted = [{**r, "share_store": 1.0, "share_web": 0.0, "share_app": 0.0, "share_mobile": 0.0} for r in rows]
     _send(settings, drifted[: len(drifted) // 4 * 4])
     definitions = build_definitions(settings)

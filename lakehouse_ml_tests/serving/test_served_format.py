@@ -281,7 +281,7 @@ def test_the_vertex_double_answers_every_type_like_the_local_server(every_type, 
         )
         warehouse, endpoints = build_gcp_warehouse(settings), build_vertex_endpoints(settings)
         warehouse.load_dataframe(_training(), "training")
-        _compare_transform_models(warehouse, endpoints, every_type[0], tmp_path)
+        _compare_transform_models(warehouse, endpoints, tmp_path)
         for model_type, (label, options) in MODELS.items():
             name = model_type.lower()
             columns = ", ".join(FEATURES + ([label] if label else []))
@@ -313,7 +313,7 @@ TRANSFORM_MODELS = {
 }
 
 
-def _compare_transform_models(gcp_warehouse, gcp_endpoints, _engine, tmp_path) -> None:
+def _compare_transform_models(gcp_warehouse, gcp_endpoints, tmp_path) -> None:
     """Models with a TRANSFORM clause, instances with NULLs as the documented sentinels: the double
     and the local server answer alike, field by field."""
     import pyarrow as pa

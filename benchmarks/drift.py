@@ -3,7 +3,7 @@
 A base and a study data set of ``--rows`` rows each (the study shifted in some features). In the
 same process, on the same data:
 
-* the pure function ``lakehouse_ml.monitoring.drift.validate_data_drift`` on Arrow tables (what
+* the pure function ``lakehouse_ml.bigquery.drift.validate_data_drift`` on Arrow tables (what
   the SQL layer hands it) and on the pandas frames Evidently gets (pandas → Arrow included);
 * the full SQL statement ``SELECT * FROM ML.VALIDATE_DATA_DRIFT(TABLE base, TABLE study)`` on the
   local warehouse (DuckDB reads both tables, then the computation);
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PeakRSS, print_figures, record_figures  # noqa: E402
 
 from lakehouse_ml.backends.local_warehouse import LocalWarehouse  # noqa: E402
-from lakehouse_ml.monitoring.drift import validate_data_drift  # noqa: E402
+from lakehouse_ml.bigquery.drift import validate_data_drift  # noqa: E402
 
 NUMERIC = [f"x{i}" for i in range(15)]
 CATEGORICAL = [f"c{i}" for i in range(5)]
@@ -118,7 +118,7 @@ def demo_benchmark(args: argparse.Namespace) -> None:
 
     from lakehouse_ml.demo import run_demo
     from lakehouse_ml.serving.server import stop_server
-    from lakehouse_ml.settings import load_settings
+    from lakehouse_ml.core.settings import load_settings
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lakehouse_ml import features  # noqa: E402
-from lakehouse_ml.backends.translate import translate  # noqa: E402
+from lakehouse_ml.lifecycle import features  # noqa: E402
+from lakehouse_ml.engine.translate import translate  # noqa: E402
 from lakehouse_ml.datagen import SimulationConfig, landing_files, write_landing  # noqa: E402
-from lakehouse_ml.settings import load_settings  # noqa: E402
+from lakehouse_ml.core.settings import load_settings  # noqa: E402
 
 from _common import PeakRSS, print_figures, record_figures  # noqa: E402
 

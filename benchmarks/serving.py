@@ -26,7 +26,7 @@ from benchmarks._common import record_section  # noqa: E402
 from lakehouse_ml.backends.local_endpoints import LocalEndpoints  # noqa: E402
 from lakehouse_ml.backends.local_warehouse import LocalWarehouse  # noqa: E402
 from lakehouse_ml.bigquery import served  # noqa: E402
-from lakehouse_ml.bqml.engine import BqmlEngine  # noqa: E402
+from lakehouse_ml.engine.engine import BqmlEngine  # noqa: E402
 from lakehouse_ml.serving import server  # noqa: E402
 from lakehouse_ml_tests.serving.conftest import free_port, instances, training_frame  # noqa: E402
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from lakehouse_ml.settings import Settings, SettingsError, load_settings
+from lakehouse_ml.core.settings import Settings, SettingsError, load_settings
 
 
 class CliError(Exception):
@@ -157,7 +157,7 @@ def cmd_gcp_check(args: argparse.Namespace) -> int:
 
 
 def cmd_traffic(args: argparse.Namespace) -> int:
-    from lakehouse_ml.traffic import run_traffic_command
+    from lakehouse_ml.lifecycle.traffic import run_traffic_command
 
     return run_traffic_command(args, _settings(args))
 
@@ -248,7 +248,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     params = dict(parse_param(p) for p in args.param)
     settings = _settings(args)
     warehouse = LocalWarehouse.at(settings.duckdb_path)
-    from lakehouse_ml.bqml.sql import split_statements
+    from lakehouse_ml.engine.sql import split_statements
 
     statements = split_statements(sql)
     if not statements:
@@ -267,7 +267,7 @@ def _bqml_progress():
     """Show the local BigQuery ML engine's progress (training, models created) on stderr."""
     import logging
 
-    logger = logging.getLogger("lakehouse_ml.bqml")
+    logger = logging.getLogger("lakehouse_ml.engine")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("  %(message)s"))
     previous = logger.level
@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep-serving", action="store_true", help="leave the local endpoint server running afterwards")
     demo.set_defaults(func=cmd_demo)
 
-    from lakehouse_ml.traffic import add_traffic_arguments
+    from lakehouse_ml.lifecycle.traffic import add_traffic_arguments
 
     traffic = add_traffic_arguments(sub.add_parser("traffic", help="send realistic prediction requests to an endpoint"))
     traffic.set_defaults(func=cmd_traffic)

@@ -20,9 +20,9 @@ from lakehouse_ml.defs.monitoring import GROUP as MONITORING_GROUP
 from lakehouse_ml.defs.monitoring import monitoring_assets, retraining_job
 from lakehouse_ml.defs.sensors import drift_retraining_sensor
 from lakehouse_ml.defs.raw import RAW_TABLES, landing_specs, raw_asset
-from lakehouse_ml.features import FEATURE_TABLES
-from lakehouse_ml.models import MODELS
-from lakehouse_ml.settings import Settings, load_settings
+from lakehouse_ml.lifecycle.features import FEATURE_TABLES
+from lakehouse_ml.lifecycle.models import MODELS
+from lakehouse_ml.core.settings import Settings, load_settings
 
 
 def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:

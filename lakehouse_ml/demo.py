@@ -28,13 +28,13 @@ from typing import Callable
 
 import dagster as dg
 
-from lakehouse_ml import traffic
+from lakehouse_ml.lifecycle import traffic
 from lakehouse_ml.backends import build_endpoints, build_registry, build_warehouse
 from lakehouse_ml.datagen import DriftScenario, SimulationConfig, write_landing
 from lakehouse_ml.definitions import build_definitions, daily_partitions
-from lakehouse_ml.models import model_spec
+from lakehouse_ml.lifecycle.models import model_spec
 from lakehouse_ml.runner import DATA_JOBS, MODEL_JOBS, SERVING_JOBS, materialize_all, persistent_instance
-from lakehouse_ml.settings import Settings
+from lakehouse_ml.core.settings import Settings
 
 SENSOR = "drift_retraining_sensor"
 

@@ -43,10 +43,10 @@ from lakehouse_ml.backends.registry import RegistryError
 from lakehouse_ml.backends.vertex import build_vertex_endpoints, build_vertex_registry
 from lakehouse_ml.backends.warehouse import WarehouseError
 from lakehouse_ml.bigquery import served
-from lakehouse_ml.bqml.sql import rename_created_model
-from lakehouse_ml.deployment import drop_model
-from lakehouse_ml.settings import Settings
-from lakehouse_ml.sqlfiles import read_sql
+from lakehouse_ml.engine.sql import rename_created_model
+from lakehouse_ml.lifecycle.deployment import drop_model
+from lakehouse_ml.core.settings import Settings
+from lakehouse_ml.bigquery.sqlfiles import read_sql
 
 Progress = Callable[[str], None]
 

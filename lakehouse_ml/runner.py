@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import dagster as dg
 
 from lakehouse_ml.definitions import build_definitions, daily_partitions
-from lakehouse_ml.settings import Settings
+from lakehouse_ml.core.settings import Settings
 
 # The jobs that build the data (raw tables, features), in dependency order.
 DATA_JOBS = ("dimensions_job", "daily_job", "customer_features_job")

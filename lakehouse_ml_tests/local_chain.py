@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from lakehouse_ml.settings import Settings, load_settings
+from lakehouse_ml.core.settings import Settings, load_settings
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import davies_bouldin_score
 
-from lakehouse_ml import deployment, models
+from lakehouse_ml.lifecycle import deployment, models
 
 
 def _blobs(seed: int = 5) -> tuple[pd.DataFrame, np.ndarray]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from lakehouse_ml import demo, deployment, models
+from lakehouse_ml import demo
+from lakehouse_ml.lifecycle import deployment, models
 from lakehouse_ml.backends import build_endpoints, build_registry, build_warehouse
 from lakehouse_ml.backends.warehouse import WarehouseError
 from lakehouse_ml.runner import persistent_instance
@@ -155,7 +156,7 @@ def test_a_request_log_that_stays_empty_is_named_and_the_check_warns(loop):
     and its check warns (Cloud Monitoring's prediction count tells a dead log from no traffic)."""
     import time
 
-    from lakehouse_ml import traffic
+    from lakehouse_ml.lifecycle import traffic
     from lakehouse_ml.runner import materialize_all
 
     settings, _, _ = loop

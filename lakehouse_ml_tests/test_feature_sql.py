@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lakehouse_ml import features
-from lakehouse_ml.backends.translate import translate
+from lakehouse_ml.lifecycle import features
+from lakehouse_ml.engine.translate import translate
 from lakehouse_ml.backends.warehouse import PartitionWindow
-from lakehouse_ml.sqlfiles import sql_files
+from lakehouse_ml.bigquery.sqlfiles import sql_files
 
 from .conftest import DAY0
 

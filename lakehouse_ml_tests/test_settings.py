@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lakehouse_ml.settings import SettingsError, load_settings
+from lakehouse_ml.core.settings import SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

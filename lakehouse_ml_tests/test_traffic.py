@@ -1,4 +1,4 @@
-"""The website (lakehouse_ml.traffic): instances from the serving query, simulated drifted traffic,
+"""The website (lakehouse_ml.lifecycle.traffic): instances from the serving query, simulated drifted traffic,
 requests to a real local endpoint server, errors counted not raised, the send schedule under an
 injected clock, and the command."""
 
@@ -23,12 +23,12 @@ from lakehouse_ml.backends.endpoints import EndpointError
 from lakehouse_ml.backends.local_endpoints import LocalEndpoints
 from lakehouse_ml.backends.local_warehouse import LocalWarehouse
 from lakehouse_ml.backends.warehouse import WarehouseError
-from lakehouse_ml.bqml.engine import BqmlEngine
+from lakehouse_ml.engine.engine import BqmlEngine
 from lakehouse_ml.serving import server
-from lakehouse_ml.settings import Settings
-from lakehouse_ml.sqlfiles import read_sql
+from lakehouse_ml.core.settings import Settings
+from lakehouse_ml.bigquery.sqlfiles import read_sql
 from lakehouse_ml.bigquery.served import json_safe
-from lakehouse_ml.traffic import (
+from lakehouse_ml.lifecycle.traffic import (
     add_traffic_arguments,
     endpoint_predict_url,
     run_traffic_command,

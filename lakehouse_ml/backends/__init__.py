@@ -11,7 +11,7 @@ from lakehouse_ml.backends.warehouse import (
     Warehouse,
     WarehouseError,
 )
-from lakehouse_ml.settings import Settings
+from lakehouse_ml.core.settings import Settings
 
 
 def build_warehouse(settings: Settings) -> Warehouse:

@@ -22,9 +22,7 @@ from typing import Any, Mapping, Sequence
 import dagster as dg
 import pandas as pd
 
-
-class EndpointError(RuntimeError):
-    """Any endpoint failure; the message says what went wrong and what to do next."""
+from lakehouse_ml.core.errors import EndpointError
 
 
 class Endpoints(dg.ConfigurableResource):

@@ -80,7 +80,7 @@ from lakehouse_ml.backends.warehouse import (
 )
 
 if TYPE_CHECKING:
-    from lakehouse_ml.settings import Settings
+    from lakehouse_ml.core.settings import Settings
 
 DATASET_PATTERN = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
 STAGING_PREFIX = "_lakehouse_ml_staging_"

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import pandas as pd
 
 from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
-from lakehouse_ml.serving.log import LOG_COLUMNS
+from lakehouse_ml.bigquery.request_log import LOG_COLUMNS
 from lakehouse_ml.serving.state import connect, ensure_schema, load_state, registry_db
 
 LOG_GRACE_SECONDS = 5.0

@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import PrivateAttr
 
-from lakehouse_ml.atomic import fsync_dir
+from lakehouse_ml.core.atomic import fsync_dir
 from lakehouse_ml.backends.registry import (
     DEFAULT_ALIAS,
     NON_DEPLOYABLE_MODEL_TYPES,
@@ -557,7 +557,7 @@ class LocalModelRegistry(ModelRegistry):
     def bqml_engine(self, model_id: str, version_or_alias: str = DEFAULT_ALIAS) -> tuple[Any, str, ModelVersion]:
         """A BigQuery ML engine that reads this version's artifacts, the model name to pass to it,
         and the version: ``engine.predict(name, frame)`` gives the version's predictions."""
-        from lakehouse_ml.bqml.engine import BqmlEngine
+        from lakehouse_ml.engine.engine import BqmlEngine
 
         version = self.get_version(model_id, version_or_alias)
         name = json.loads((Path(version.artifact_uri) / "model.json").read_text())["name"]

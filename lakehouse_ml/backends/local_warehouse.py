@@ -1,10 +1,10 @@
 """The local warehouse: DuckDB (through dagster-duckdb's ``DuckDBResource``) running BigQuery SQL.
 
-Every statement is translated by :mod:`lakehouse_ml.backends.translate`. Writes go through a
+Every statement is translated by :mod:`lakehouse_ml.engine.translate`. Writes go through a
 staging table inside one DuckDB transaction, so a failure leaves the table as it was.
 
 BigQuery ML (``CREATE/DROP/ALTER MODEL`` and ``ML.*`` functions, anywhere in a statement) goes
-through :mod:`lakehouse_ml.bqml.sql` to the local BigQuery ML engine, whose models live in
+through :mod:`lakehouse_ml.engine.sql` to the local BigQuery ML engine, whose models live in
 ``models_dir`` (by default a ``models/`` folder beside the DuckDB file).
 """
 
@@ -23,7 +23,7 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 from sqlglot import exp
 
-from lakehouse_ml.backends.translate import TranslatedStatement, arrow_table, translate, translate_query
+from lakehouse_ml.engine.translate import TranslatedStatement, arrow_table, translate, translate_query
 from lakehouse_ml.backends.warehouse import (
     Params,
     PartitionWindow,
@@ -36,8 +36,8 @@ from lakehouse_ml.backends.warehouse import (
 )
 
 if TYPE_CHECKING:
-    from lakehouse_ml.bqml.engine import BqmlEngine
-    from lakehouse_ml.bqml.sql import BqmlSession
+    from lakehouse_ml.engine.engine import BqmlEngine
+    from lakehouse_ml.engine.sql import BqmlSession
 
 # DuckDB type → BigQuery type, for schemas shown to users.
 _DUCKDB_TO_BIGQUERY = {
@@ -107,7 +107,7 @@ class LocalWarehouse(Warehouse):
         return Path(self.duckdb.database).parent / "models"
 
     def bqml_engine(self) -> BqmlEngine:
-        from lakehouse_ml.bqml.engine import BqmlEngine
+        from lakehouse_ml.engine.engine import BqmlEngine
 
         return BqmlEngine(self.models_path(), registry=self.model_registry())
 
@@ -147,7 +147,7 @@ class LocalWarehouse(Warehouse):
         return bqml_source(self.bqml_engine().dataset, check_identifier(model, "model"))
 
     def _session(self, conn: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> BqmlSession:
-        from lakehouse_ml.bqml.sql import BqmlSession
+        from lakehouse_ml.engine.sql import BqmlSession
 
         return BqmlSession(
             conn,
@@ -158,7 +158,7 @@ class LocalWarehouse(Warehouse):
 
     @staticmethod
     def _uses_bqml(sql: str) -> bool:
-        from lakehouse_ml.bqml.sql import mentions_bigquery_ml
+        from lakehouse_ml.engine.sql import mentions_bigquery_ml
 
         return mentions_bigquery_ml(sql)
 
@@ -220,7 +220,7 @@ class LocalWarehouse(Warehouse):
     # -- reading ---------------------------------------------------------------------------------
     def query_arrow(self, sql: str, params: Params | None = None) -> pa.Table:
         if self._uses_bqml(sql):
-            from lakehouse_ml.bqml.sql import split_statements, statement_returns_rows
+            from lakehouse_ml.engine.sql import split_statements, statement_returns_rows
 
             checked = check_params(params)
             statements = split_statements(sql)

@@ -44,40 +44,16 @@ from typing import Any
 
 import dagster as dg
 
-from lakehouse_ml.backends.warehouse import WarehouseError
-from lakehouse_ml.bqml.options import (
+from lakehouse_ml.core.errors import ModelNotRegisteredError, RegistryError, VersionDeployedError, WarehouseError
+from lakehouse_ml.bigquery.registry import (
+    DEFAULT_ALIAS,
+    MULTI_REGION_TO_VERTEX,
+    NON_DEPLOYABLE_MODEL_TYPES,
     VERTEX_ALIAS_DOC,
     VERTEX_ALIAS_PATTERN,
     VERTEX_MODEL_ID_PATTERN,
+    vertex_region,
 )
-
-DEFAULT_ALIAS = "default"
-
-# Registered but not deployable (model-registry-bqml page, "Limitations"; the local engine trains
-# none of them, the registry still records them as BigQuery does).
-NON_DEPLOYABLE_MODEL_TYPES = ("ARIMA_PLUS", "ARIMA_PLUS_XREG")
-
-# BigQuery multi-regions → the Vertex AI region their models register in (DESIGN.md, "Registry and
-# endpoints"); a region passes through.
-MULTI_REGION_TO_VERTEX = {"US": "us-central1", "EU": "europe-west4"}
-
-
-class RegistryError(WarehouseError):
-    """A registry operation that cannot run. The message says what to do next."""
-
-
-class ModelNotRegisteredError(RegistryError):
-    """The model id, version or alias does not exist."""
-
-
-class VersionDeployedError(RegistryError):
-    """A version (or the BigQuery ML model behind it) is deployed to an endpoint. ``endpoints``:
-    the resource names of the endpoints it is deployed to."""
-
-    def __init__(self, message: str, endpoints: Sequence[str] = ()):
-        super().__init__(message)
-        self.endpoints = list(endpoints)
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelVersion:
@@ -104,24 +80,6 @@ class ModelVersion:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def vertex_region(bigquery_location: str) -> str:
-    """The Vertex AI region of models registered from a BigQuery location (US → us-central1,
-    EU → europe-west4; a region such as ``europe-west2`` passes through)."""
-    if not isinstance(bigquery_location, str) or not bigquery_location:
-        raise RegistryError(f"Invalid BigQuery location {bigquery_location!r}: use US, EU or a region such as us-central1.")
-    mapped = MULTI_REGION_TO_VERTEX.get(bigquery_location.upper())
-    if mapped:
-        return mapped
-    region = bigquery_location.lower()
-    from lakehouse_ml.settings import LOCATION_PATTERN
-
-    if not LOCATION_PATTERN.match(region):
-        raise RegistryError(
-            f"Invalid BigQuery location {bigquery_location!r}: use US, EU or a region such as us-central1."
-        )
-    return region
 
 
 def bqml_source(dataset: str, model: str) -> str:

@@ -107,7 +107,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from lakehouse_ml.backends.gcp_warehouse import LakehouseBigQueryResource
-    from lakehouse_ml.settings import Settings
+    from lakehouse_ml.core.settings import Settings
 
 DEFAULT_MACHINE_TYPE = "n1-standard-2"  # aiplatform.models._DEFAULT_MACHINE_TYPE
 DEPLOYING_MODEL_KEY = "0"  # aiplatform.models._DEPLOYING_MODEL_TRAFFIC_SPLIT_KEY
@@ -1257,7 +1257,7 @@ def _log_frame(endpoint_id: str, rows: pa.Table | None, versions: Mapping[str, t
     """One row per logged instance, in the columns and types of the local request log."""
     import pyarrow as pa
 
-    from lakehouse_ml.serving.log import LOG_COLUMNS, feature_array
+    from lakehouse_ml.bigquery.request_log import LOG_COLUMNS, feature_array
 
     meta: dict[str, list] = {name: [] for name in LOG_COLUMNS}
     instances: list[dict] = []

@@ -32,39 +32,15 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
-IDENTIFIER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+from lakehouse_ml.bigquery.dialect import parse_bigquery, single_select
+from lakehouse_ml.core.errors import SQLTranslationError, TableNotFoundError, WarehouseError
+from lakehouse_ml.core.identifiers import IDENTIFIER_PATTERN, check_identifier
 
 ParamValue = bool | int | float | str | dt.date | dt.datetime | Sequence[Any]
 Params = Mapping[str, ParamValue]
 
 # BigQuery type names used for schemas everywhere in the project.
 BIGQUERY_TYPES = ("STRING", "INT64", "FLOAT64", "NUMERIC", "BOOL", "DATE", "DATETIME", "TIMESTAMP", "BYTES")
-
-
-class WarehouseError(RuntimeError):
-    """Any warehouse failure. Messages say what went wrong and what to do next."""
-
-
-class SQLTranslationError(WarehouseError):
-    """BigQuery SQL that the local warehouse cannot run. The message names the construct."""
-
-
-class TableNotFoundError(WarehouseError):
-    """A referenced table does not exist."""
-
-    def __init__(self, table: str, message: str):
-        super().__init__(message)
-        self.table = table
-
-
-def check_identifier(name: str, kind: str = "identifier") -> str:
-    """Return ``name`` if it is a plain BigQuery identifier, else raise :class:`WarehouseError`."""
-    if not isinstance(name, str) or not IDENTIFIER_PATTERN.match(name):
-        raise WarehouseError(
-            f"Invalid {kind} name {name!r}: use letters, digits and underscores, starting with a "
-            "letter or underscore (at most 128 characters)."
-        )
-    return name
 
 
 def check_params(params: Params | None) -> dict[str, ParamValue]:
@@ -101,31 +77,6 @@ class PartitionWindow:
     def days(self) -> list[dt.date]:
         n = (self.end - self.start).days + 1
         return [self.start + dt.timedelta(days=i) for i in range(n)]
-
-
-def parse_bigquery(sql: str) -> list[exp.Expression]:
-    """Parse a BigQuery script into statements, with a clear error on bad SQL."""
-    try:
-        statements = [s for s in sqlglot.parse(sql, read="bigquery") if s is not None]
-    except sqlglot.errors.ParseError as err:
-        details = "; ".join(
-            f"line {e.get('line')}, column {e.get('col')}: {e.get('description')}"
-            + (f" near {e.get('highlight')!r}" if e.get("highlight") else "")
-            for e in err.errors
-        ) or str(err)
-        raise WarehouseError(f"Could not parse the BigQuery SQL: {details}") from None
-    if not statements:
-        raise WarehouseError("The SQL is empty: give at least one statement.")
-    return statements
-
-
-def single_select(sql: str) -> exp.Query:
-    """Parse ``sql`` as exactly one query (SELECT, WITH … SELECT, or set operation)."""
-    statements = parse_bigquery(sql)
-    if len(statements) != 1 or not isinstance(statements[0], exp.Query):
-        kinds = ", ".join(type(s).__name__.upper() for s in statements)
-        raise WarehouseError(f"Expected exactly one SELECT query, got: {kinds}.")
-    return statements[0]
 
 
 # Names of the query parameters that carry a partition window's bounds.

@@ -15,7 +15,33 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+from lakehouse_ml.core.errors import RegistryError
+from lakehouse_ml.core.identifiers import LOCATION_PATTERN
+
+DEFAULT_ALIAS = "default"
+
+# Registered but not deployable (model-registry-bqml page, "Limitations"; the local engine trains
+# none of them, the registry still records them as BigQuery does).
+NON_DEPLOYABLE_MODEL_TYPES = ("ARIMA_PLUS", "ARIMA_PLUS_XREG")
+
+# BigQuery multi-regions → the Vertex AI region their models register in (DESIGN.md, "Registry and
+# endpoints"); a region passes through.
+MULTI_REGION_TO_VERTEX = {"US": "us-central1", "EU": "europe-west4"}
+
+# Vertex AI alias pattern: models.mergeVersionAliases, field versionAliases[]: "The alias should be
+# at most 128 characters, and match `[a-z][a-zA-Z0-9-]{0,126}[a-z-0-9]`".
+VERTEX_ALIAS_DOC = (
+    "https://cloud.google.com/vertex-ai/docs/reference/rest/v1/projects.locations.models/mergeVersionAliases"
+)
+# The GLM and k-means CREATE MODEL pages (VERTEX_AI_MODEL_ID) and VERTEX_ALIAS_DOC.
+# "The VERTEX_AI_MODEL_ID value can have up to 63 characters, and valid characters are [a-z0-9_-].
+# The first character cannot be a number or hyphen." (GLM_DOC / KMEANS_DOC, VERTEX_AI_MODEL_ID)
+VERTEX_MODEL_ID_PATTERN = re.compile(r"^[a-z_][a-z0-9_-]{0,62}$")
+# VERTEX_ALIAS_DOC: at most 128 characters, `[a-z][a-zA-Z0-9-]{0,126}[a-z-0-9]`.
+VERTEX_ALIAS_PATTERN = re.compile(r"^[a-z][a-zA-Z0-9-]{0,126}[a-z0-9-]$")
 
 
 def deployed_model_message(endpoints: Sequence[str]) -> str:
@@ -26,3 +52,19 @@ def deployed_model_message(endpoints: Sequence[str]) -> str:
         "code=FAILED_PRECONDITION, message=The Model is deployed or being deployed at the following Endpoint(s): "
         f"{', '.join(endpoints)}. Please undeploy the model before retry., cause=null"
     )
+
+
+def vertex_region(bigquery_location: str) -> str:
+    """The Vertex AI region of models registered from a BigQuery location (US → us-central1,
+    EU → europe-west4; a region such as ``europe-west2`` passes through)."""
+    if not isinstance(bigquery_location, str) or not bigquery_location:
+        raise RegistryError(f"Invalid BigQuery location {bigquery_location!r}: use US, EU or a region such as us-central1.")
+    mapped = MULTI_REGION_TO_VERTEX.get(bigquery_location.upper())
+    if mapped:
+        return mapped
+    region = bigquery_location.lower()
+    if not LOCATION_PATTERN.match(region):
+        raise RegistryError(
+            f"Invalid BigQuery location {bigquery_location!r}: use US, EU or a region such as us-central1."
+        )
+    return region

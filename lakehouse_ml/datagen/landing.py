@@ -29,7 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lakehouse_ml.atomic import fsync_dir, replacing, write_bytes
+from lakehouse_ml.core.atomic import fsync_dir, replacing, write_bytes
 from lakehouse_ml.datagen.config import SimulationConfig
 from lakehouse_ml.datagen.scenarios import SCENARIOS
 from lakehouse_ml.datagen.schema import DAILY_TABLES, TABLES, pandas_metadata

@@ -1,5 +1,5 @@
 """Registry version and endpoint deployment assets of every served model (thin: the logic is in
-:mod:`lakehouse_ml.deployment`).
+:mod:`lakehouse_ml.lifecycle.deployment`).
 
 * ``<model>_registry_version``: the Vertex AI Model Registry version that the model asset's last
   run registered (its BigQuery ML model, metadata ``bqml_model``), with the **blocking**
@@ -21,13 +21,13 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from lakehouse_ml import deployment, models
+from lakehouse_ml.lifecycle import deployment, models
 from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
 from lakehouse_ml.backends.registry import ModelRegistry, RegistryError
 from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.defs.metadata import user_errors
 from lakehouse_ml.defs.models import BQML_MODEL, trained_model
-from lakehouse_ml.monitoring.baseline import baseline_table, save_baseline
+from lakehouse_ml.lifecycle.baseline import baseline_table, save_baseline
 
 GROUP = "serving"
 GATE_CHECK = "champion_challenger"

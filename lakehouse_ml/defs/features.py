@@ -1,4 +1,4 @@
-"""Feature assets: one per :class:`lakehouse_ml.features.FeatureTable`, with data-quality checks.
+"""Feature assets: one per :class:`lakehouse_ml.lifecycle.features.FeatureTable`, with data-quality checks.
 
 The checks run inside the materialization (``check_specs`` + ``check_results``) and are blocking:
 a failed check stops downstream assets from running on bad features.
@@ -8,7 +8,7 @@ a failed check stops downstream assets from running on bad features.
 import dagster as dg
 from pydantic import create_model
 
-from lakehouse_ml import features
+from lakehouse_ml.lifecycle import features
 from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.defs.metadata import table_metadata, user_errors, window_of
 

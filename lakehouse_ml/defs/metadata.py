@@ -8,7 +8,7 @@ from typing import Iterator, Mapping
 
 import dagster as dg
 
-from lakehouse_ml import features
+from lakehouse_ml.lifecycle import features
 from lakehouse_ml.backends.warehouse import PartitionWindow, Warehouse, WarehouseError
 
 

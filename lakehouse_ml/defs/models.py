@@ -1,7 +1,7 @@
-"""Model assets: for each :class:`lakehouse_ml.models.ModelSpec`, the model and its evaluation.
+"""Model assets: for each :class:`lakehouse_ml.lifecycle.models.ModelSpec`, the model and its evaluation.
 
 * ``<model>``: runs ``sql/models/<model>.sql`` on the warehouse as a BigQuery ML model of the
-  run's own (``<model>_<UTC time>_<run id>``, :func:`lakehouse_ml.models.training_model_name`),
+  run's own (``<model>_<UTC time>_<run id>``, :func:`lakehouse_ml.lifecycle.models.training_model_name`),
   registered as a new version of the file's ``VERTEX_AI_MODEL_ID``; its upstream assets are the
   tables the SQL reads. Metadata: the run's model (``bqml_model``), model type, options, registry
   options, feature columns (ML.FEATURE_INFO), training iterations and loss (ML.TRAINING_INFO) and
@@ -21,7 +21,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from lakehouse_ml import models, reports
+from lakehouse_ml.lifecycle import models, reports
 from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.defs.metadata import user_errors
 

@@ -1,7 +1,7 @@
 """Monitoring report assets and their drift checks, the retraining jobs, the schedules.
 
 * ``<model>_monitoring``: the monitoring report of the serving version over the window since the
-  previous report (see :mod:`lakehouse_ml.monitoring.monitor`). Metadata: the drift table in
+  previous report (see :mod:`lakehouse_ml.lifecycle.monitoring.monitor`). Metadata: the drift table in
   Markdown, the window, the row counts, prediction drift, performance, and a link to the HTML
   report with its plots. Not partitioned: a window is "the request-response log since the last
   report", so an hourly schedule, a manual run and the demo all cover every served request once,
@@ -19,14 +19,14 @@ from typing import Any
 
 import dagster as dg
 
-from lakehouse_ml import models
+from lakehouse_ml.lifecycle import models
 from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
 from lakehouse_ml.backends.registry import ModelRegistry, RegistryError
 from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.defs.metadata import user_errors
 from lakehouse_ml.defs.sensors import retraining_job_name
-from lakehouse_ml.features import FEATURE_TABLES
-from lakehouse_ml.monitoring import monitor, report
+from lakehouse_ml.lifecycle.features import FEATURE_TABLES
+from lakehouse_ml.lifecycle.monitoring import monitor, report
 
 GROUP = "monitoring"
 DRIFT_CHECK = "feature_drift"

@@ -6,7 +6,6 @@ many days runs as one run (``BackfillPolicy.single_run``) and one atomic load.
 """
 
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -14,33 +13,8 @@ import pyarrow.parquet as pq
 
 from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.datagen import landing_files
+from lakehouse_ml.lifecycle.raw import RAW_TABLES, RawTable
 from lakehouse_ml.defs.metadata import table_metadata, user_errors, window_of
-
-
-@dataclass(frozen=True)
-class RawTable:
-    name: str
-    landing: str
-    description: str
-    partition_column: str | None = None
-
-
-RAW_TABLES = (
-    RawTable("raw_customers", "customers", "Cymbal customers: signup date, region, acquisition channel, profile."),
-    RawTable("raw_products", "products", "Cymbal product catalogue: category, brand, list price."),
-    RawTable(
-        "raw_orders",
-        "orders",
-        "Order lines: price paid, quantity, discount, channel, device and region, one row per line.",
-        partition_column="order_date",
-    ),
-    RawTable(
-        "raw_web_sessions",
-        "web_sessions",
-        "Web and app sessions: device, traffic source, pages, duration, conversion.",
-        partition_column="session_date",
-    ),
-)
 
 
 def landing_key(raw: RawTable) -> dg.AssetKey:

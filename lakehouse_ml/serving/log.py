@@ -5,19 +5,12 @@ Sampled per request (each deployed model's ``logging_sampling_rate``, as Vertex 
 batches under ``$LAKEHOUSE_ML_HOME/serving/logs/<endpoint_id>/<deployed_model_id>-<utc time>-<pid>-<seq>.parquet``.
 
 Each file is written to a hidden temporary name beside the target, fsynced and renamed
-(:mod:`lakehouse_ml.atomic`), so a crash (even ``kill -9``) never leaves a torn ``.parquet`` file:
+(:mod:`lakehouse_ml.core.atomic`), so a crash (even ``kill -9``) never leaves a torn ``.parquet`` file:
 at worst a hidden ``.….tmp-…`` file, which the next server start removes. A batch is written when
 ``max_rows`` rows are buffered, every ``flush_seconds`` by a background thread, and on a clean
 shutdown.
 
-One row per logged instance:
-
-* ``endpoint_id``, ``deployed_model_id``, ``model_id``, ``model_version_id`` (STRING);
-* ``logging_time`` (TIMESTAMP, UTC) and ``request_id`` (STRING, one per HTTP request; the
-  instance's position in the request is ``instance_index``);
-* the instance's features, one column each under the feature's name (numbers as DOUBLE, others
-  as their JSON type);
-* ``prediction``: the prediction object as a JSON string.
+One row per logged instance, in the schema of :mod:`lakehouse_ml.bigquery.request_log`.
 """
 
 from __future__ import annotations
@@ -34,9 +27,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lakehouse_ml.atomic import replacing
+from lakehouse_ml.bigquery.request_log import LOG_COLUMNS, feature_array
+from lakehouse_ml.core.atomic import replacing
 
-LOG_COLUMNS = ("endpoint_id", "deployed_model_id", "model_id", "model_version_id", "logging_time", "request_id", "instance_index", "prediction")
 
 
 class RequestLog:
@@ -161,17 +154,6 @@ class RequestLog:
         with replacing(path) as tmp:
             pq.write_table(table, tmp)
         return path
-
-
-def feature_array(values: list) -> pa.Array:
-    kinds = {type(v) for v in values if v is not None}
-    if kinds and kinds <= {int, float}:
-        return pa.array([None if v is None else float(v) for v in values], pa.float64())
-    if kinds == {bool}:
-        return pa.array(values, pa.bool_())
-    if kinds == {str} or not kinds:
-        return pa.array(values, pa.string())
-    return pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
 
 
 def read_log(root: Path, endpoint_id: str | None = None) -> pa.Table | None:

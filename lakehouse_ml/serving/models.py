@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from lakehouse_ml.bigquery import served
-from lakehouse_ml.bqml.artifacts import ARRAYS_NPZ, MODEL_JSON
+from lakehouse_ml.engine.artifacts import ARRAYS_NPZ, MODEL_JSON
 
 # Model types the local server can serve; ARIMA_PLUS-like types register but cannot be deployed.
 SERVABLE_MODEL_TYPES = (
@@ -349,7 +349,7 @@ class EnginePredictor(Predictor):
 
     def __init__(self, directory: Path, meta: dict, arrays: dict[str, np.ndarray]):
         super().__init__(directory, meta, arrays)
-        from lakehouse_ml.bqml.engine import BqmlEngine
+        from lakehouse_ml.engine.engine import BqmlEngine
 
         # The engine reads models by name from a folder: give it a private folder whose one entry
         # links to the artifact.
@@ -398,8 +398,8 @@ class TransformPredictor(Predictor):
         super().__init__(directory, meta, arrays, features=info)
         import duckdb
 
-        from lakehouse_ml.backends.translate import translate_query
-        from lakehouse_ml.bqml.sql import model_transform_query
+        from lakehouse_ml.engine.translate import translate_query
+        from lakehouse_ml.engine.sql import model_transform_query
 
         self.inner = inner
         metadata = {
@@ -431,7 +431,7 @@ class TransformPredictor(Predictor):
     def _predict(self, rows: list[dict], threshold: float | None) -> list[dict]:
         import pyarrow as pa
 
-        from lakehouse_ml.backends.translate import arrow_table
+        from lakehouse_ml.engine.translate import arrow_table
 
         table = pa.table({f["name"]: self._column(f, [row[f["name"]] for row in rows]) for f in self.features})
         with self._lock:

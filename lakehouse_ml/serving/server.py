@@ -63,7 +63,7 @@ def run(home: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, to
     app = ServingApp(home, token=token, **app_options)
     path = pidfile(home)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from lakehouse_ml.atomic import write_bytes
+    from lakehouse_ml.core.atomic import write_bytes
 
     write_bytes(path, json.dumps({"pid": os.getpid(), "host": host, "port": port}).encode())
     try:

@@ -26,7 +26,7 @@ from lakehouse_ml.backends.warehouse import (
     Warehouse,
     WarehouseError,
 )
-from lakehouse_ml.settings import load_settings
+from lakehouse_ml.core.settings import load_settings
 from lakehouse_ml_tests.fakes import FakeBigQueryApi, fake_bigquery_api
 
 pytestmark = pytest.mark.timeout(60)
@@ -573,7 +573,7 @@ def test_the_projects_feature_sql_runs_through_the_client_like_on_the_local_back
 ):
     """Contract: each ``sql/features`` file goes over the wire byte for byte and builds the same
     rows and schema as the local backend."""
-    from lakehouse_ml import features
+    from lakehouse_ml.lifecycle import features
     from lakehouse_ml.backends.local_warehouse import LocalWarehouse
     from lakehouse_ml_tests.conftest import DAY0, small_raw_tables
 
@@ -750,9 +750,9 @@ def test_the_kmeans_gate_scores_clusterings_through_the_client_like_on_the_local
     """customer_segments_model's gate on BigQuery: its model file (as a run's model) and gate file
     go over the wire, the numbered rows are uploaded once, both versions' ML.PREDICT and the
     candidate's ML.TRANSFORM read that table, and the scores equal the local backend's."""
-    from lakehouse_ml import deployment, models
+    from lakehouse_ml.lifecycle import deployment, models
     from lakehouse_ml.backends.local_warehouse import LocalWarehouse
-    from lakehouse_ml.sqlfiles import read_sql
+    from lakehouse_ml.bigquery.sqlfiles import read_sql
 
     spec = models.CUSTOMER_SEGMENTS_MODEL
     rng = np.random.default_rng(2)

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from lakehouse_ml.backends.translate import to_duckdb, translate
+from lakehouse_ml.engine.translate import to_duckdb, translate
 from lakehouse_ml.backends.warehouse import SQLTranslationError, WarehouseError
 
 

@@ -28,8 +28,8 @@ from lakehouse_ml.backends.vertex import (
     build_vertex_endpoints,
     build_vertex_registry,
 )
-from lakehouse_ml.serving.log import LOG_COLUMNS
-from lakehouse_ml.settings import load_settings
+from lakehouse_ml.bigquery.request_log import LOG_COLUMNS
+from lakehouse_ml.core.settings import load_settings
 from lakehouse_ml_tests.fakes.bigquery_api import FakeBigQueryApi, fake_bigquery_api
 from lakehouse_ml_tests.fakes.vertex_api import (
     DEFAULT_PROJECT_NUMBER,
@@ -435,7 +435,7 @@ def test_predict_answers_the_real_model_in_the_export_shape(logging_api, bq, log
 
 def test_one_client_per_process_and_a_smoke_test_makes_no_management_call(logging_api, bq, logged):
     from lakehouse_ml.backends import vertex
-    from lakehouse_ml.deployment import smoke_test
+    from lakehouse_ml.lifecycle.deployment import smoke_test
 
     api, endpoints = logging_api, logged
     train_churn(bq, api)
@@ -475,7 +475,7 @@ class _Spec:
 
     @property
     def serving(self):
-        from lakehouse_ml.models import Serving
+        from lakehouse_ml.lifecycle.models import Serving
 
         return Serving(endpoint="churn")
 

@@ -7,11 +7,11 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from lakehouse_ml import features
+from lakehouse_ml.lifecycle import features
 from lakehouse_ml.datagen import ARROW_SCHEMAS, SimulationConfig, read_manifest, write_landing
 from lakehouse_ml.definitions import build_definitions, daily_partitions
 from lakehouse_ml.runner import DATA_JOBS, materialize_all
-from lakehouse_ml.settings import load_settings
+from lakehouse_ml.core.settings import load_settings
 
 ASSETS = ["raw_customers", "raw_products", "raw_orders", "raw_web_sessions", "customer_features", "transaction_features"]
 

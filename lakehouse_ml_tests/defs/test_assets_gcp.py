@@ -15,11 +15,11 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from lakehouse_ml import features
+from lakehouse_ml.lifecycle import features
 from lakehouse_ml.backends.local_warehouse import LocalWarehouse
 from lakehouse_ml.datagen import SimulationConfig, write_landing
 from lakehouse_ml.runner import DATA_JOBS, MODEL_JOBS, materialize_all
-from lakehouse_ml.settings import load_settings
+from lakehouse_ml.core.settings import load_settings
 from lakehouse_ml_tests.fakes import fake_bigquery_api
 
 pytestmark = pytest.mark.timeout(300)

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import davies_bouldin_score
 
-from lakehouse_ml import deployment, models
+from lakehouse_ml.lifecycle import deployment, models
 from lakehouse_ml.backends import build_endpoints, build_registry, build_warehouse
-from lakehouse_ml.bqml.errors import BqmlError
+from lakehouse_ml.core.errors import BqmlError
 from lakehouse_ml.defs.deployment import serving_assets
 from lakehouse_ml.definitions import build_definitions
 from lakehouse_ml.runner import materialize_all
 from lakehouse_ml.serving import server
-from lakehouse_ml.sqlfiles import read_sql
+from lakehouse_ml.bigquery.sqlfiles import read_sql
 from lakehouse_ml_tests.local_chain import materialized_chain
 
 SPEC = models.CHURN_MODEL
@@ -50,7 +50,7 @@ def _variant(monkeypatch, tmp_path, model: str, old: str, new: str) -> None:
     """Point the definitions at a copy of sql/ whose sql/models/<model>.sql has ``old`` replaced."""
     import shutil
 
-    from lakehouse_ml.sqlfiles import sql_dir
+    from lakehouse_ml.bigquery.sqlfiles import sql_dir
 
     copy = tmp_path / "sql"
     if not copy.exists():

@@ -76,8 +76,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from lakehouse_ml.backends.warehouse import WarehouseError
-from lakehouse_ml.bqml.engine import BqmlEngine
-from lakehouse_ml.bqml.sql import (
+from lakehouse_ml.engine.engine import BqmlEngine
+from lakehouse_ml.engine.sql import (
     AlterModel,
     BqmlSession,
     CreateModel,

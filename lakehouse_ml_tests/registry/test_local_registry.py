@@ -19,7 +19,7 @@ from lakehouse_ml.backends.registry import (
     VersionDeployedError,
     vertex_region,
 )
-from lakehouse_ml.bqml.errors import BqmlError
+from lakehouse_ml.core.errors import BqmlError
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from lakehouse_ml.backends.local_endpoints import LocalEndpoints
-from lakehouse_ml.bqml.engine import BqmlEngine
+from lakehouse_ml.engine.engine import BqmlEngine
 from lakehouse_ml.serving import server
 from lakehouse_ml_tests.local_chain import free_port
 

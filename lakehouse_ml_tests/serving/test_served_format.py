@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from lakehouse_ml.backends.local_endpoints import LocalEndpoints
 from lakehouse_ml.bigquery import served
-from lakehouse_ml.bqml.engine import BqmlEngine
+from lakehouse_ml.engine.engine import BqmlEngine
 from lakehouse_ml.serving.app import ServingApp
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"

@@ -1,0 +1,1571 @@
+"""The local BigQuery ML engine: the facade the SQL layer calls.
+
+It knows nothing about SQL text: the SQL layer (``lakehouse_ml/engine/sql.py``) parses statements
+and ``ML.*`` table functions, evaluates input queries and ``TRANSFORM`` expressions on DuckDB, and
+hands this engine DataFrames. The engine trains, stores and applies models with BigQuery ML's
+semantics and answers with Arrow tables whose column names and types are BigQuery ML's.
+
+Conventions:
+
+* ``name``: a model name as the user wrote it, reduced by the SQL layer to a plain identifier
+  (``churn_model``); models live in ``models_dir/<name>/``.
+* ``options``: the ``OPTIONS(...)`` / ``STRUCT(...)`` values with lower-case keys and Python
+  values (``str``, ``int``, ``float``, ``bool``, ``list``).
+* Every failure is a :class:`BqmlError` that names the problem and what is supported; a failed
+  ``create_model`` leaves no artifact behind.
+
+Column names are matched case-insensitively, as in BigQuery. The reference page of each function
+is linked next to its implementation; ``docs/bqml-coverage.md`` lists what runs locally.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from scipy.special import expit
+
+from lakehouse_ml.engine import options as opt
+from lakehouse_ml.engine import xgb
+from lakehouse_ml.engine.artifacts import ModelStore, check_name
+from lakehouse_ml.bigquery.registry import deployed_model_message
+from lakehouse_ml.core.errors import BqmlError, ModelExistsError, ModelNotFoundError, VersionDeployedError, WarehouseError
+from lakehouse_ml.bigquery.metrics import CLASSIFICATION_COLUMNS, KMEANS_COLUMNS, REGRESSION_COLUMNS
+from lakehouse_ml.bigquery.metrics import classification as classification_metrics
+from lakehouse_ml.bigquery.metrics import regression as regression_metrics
+from lakehouse_ml.engine.models import glm, kmeans, tree
+from lakehouse_ml.bigquery.types import bigquery_type, string_key, to_float
+from lakehouse_ml.bigquery.preprocess import Columns, Design, Preprocessor
+from lakehouse_ml.bigquery.split import Split, row_hashes, split
+
+__all__ = ["BqmlEngine", "BqmlError", "ModelExistsError", "ModelNotFoundError", "Progress"]
+
+Progress = Callable[[str], None]
+
+_REF = "https://cloud.google.com/bigquery/docs/reference/standard-sql/"
+DOCS = {
+    "predict": "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-predict",
+    "evaluate": "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-evaluate",
+    "detect_anomalies": _REF + "bigqueryml-syntax-detect-anomalies",
+    "explain_predict": _REF + "bigqueryml-syntax-explain-predict",
+    "global_explain": _REF + "bigqueryml-syntax-global-explain",
+    "feature_info": "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-feature",
+    "training_info": "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-train",
+    "weights": "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-weights",
+    "xai": "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-xai-overview",
+    "e2e": "https://cloud.google.com/bigquery/docs/e2e-journey",
+}
+
+# Which model types each function accepts (the "End-to-end user journeys for ML models" page,
+# DOCS["e2e"], restricted to the model types trained locally).
+FUNCTION_MODEL_TYPES = {
+    "ML.PREDICT": opt.SUPPORTED_MODEL_TYPES,
+    "ML.EVALUATE": opt.SUPPORTED_MODEL_TYPES,
+    "ML.FEATURE_INFO": opt.SUPPORTED_MODEL_TYPES,
+    "ML.TRAINING_INFO": opt.SUPPORTED_MODEL_TYPES,
+    # ML.DETECT_ANOMALIES: k-means (also ARIMA_PLUS, ARIMA_PLUS_XREG, PCA, AUTOENCODER in BigQuery).
+    "ML.DETECT_ANOMALIES": opt.KMEANS_MODEL_TYPES,
+    "ML.EXPLAIN_PREDICT": opt.LINEAR_MODEL_TYPES + opt.TREE_MODEL_TYPES,
+    "ML.GLOBAL_EXPLAIN": opt.LINEAR_MODEL_TYPES + opt.TREE_MODEL_TYPES,
+    # ML.WEIGHTS: linear and logistic regression (and matrix factorization in BigQuery).
+    "ML.WEIGHTS": opt.LINEAR_MODEL_TYPES,
+}
+_FUNCTION_NOTES = {
+    "ML.DETECT_ANOMALIES": " (BigQuery also accepts ARIMA_PLUS, ARIMA_PLUS_XREG, PCA and AUTOENCODER models)",
+    "ML.WEIGHTS": " (BigQuery also accepts MATRIX_FACTORIZATION; k-means centroids are ML.CENTROIDS, tree "
+    "models have no weights function)",
+    "ML.EXPLAIN_PREDICT": " (BigQuery also accepts DNN, wide-and-deep and AutoML models; k-means has no "
+    "explanations)",
+    "ML.GLOBAL_EXPLAIN": " (BigQuery also accepts DNN, wide-and-deep and AutoML models; k-means has no "
+    "explanations)",
+}
+
+_LABEL_TYPES = {
+    "INT64": pa.int64(),
+    "STRING": pa.string(),
+    "BOOL": pa.bool_(),
+    "FLOAT64": pa.float64(),
+    "NUMERIC": pa.float64(),
+    "BIGNUMERIC": pa.float64(),
+}
+MAX_LOGISTIC_CLASSES = 50  # GLM page, Limitations: "the label column can contain up to 50 unique values"
+
+
+def _doc_error(function: str, model_type: str) -> BqmlError:
+    allowed = FUNCTION_MODEL_TYPES[function]
+    return BqmlError(
+        f"{function} does not support MODEL_TYPE {model_type}; it supports {', '.join(allowed)}"
+        f"{_FUNCTION_NOTES.get(function, '')}."
+    )
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def _find(frame: pd.DataFrame, name: str) -> str | None:
+    lower = name.lower()
+    matches = [c for c in frame.columns if str(c).lower() == lower]
+    if len(matches) > 1:
+        raise BqmlError(
+            f"Column name {name!r} is ambiguous: the input has {matches} (column names are case-insensitive)."
+        )
+    return matches[0] if matches else None
+
+
+def _as_frame(data: Any) -> pd.DataFrame:
+    if isinstance(data, pa.Table):
+        return data.to_pandas()
+    if not isinstance(data, pd.DataFrame):
+        raise BqmlError(f"Expected a DataFrame of input rows, got {type(data).__name__}.")
+    return data
+
+
+def _native(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _fn_options(
+    function: str, options: Mapping[str, Any] | None, allowed: Mapping[str, Any]
+) -> dict[str, Any]:
+    given = {str(k).lower(): v for k, v in (options or {}).items()}
+    unknown = sorted(k for k in given if k not in allowed)
+    if unknown:
+        raise BqmlError(
+            f"{function} has no argument {', '.join(u.upper() for u in unknown)}; supported here: "
+            f"{', '.join(a.upper() for a in allowed) or 'none'}."
+        )
+    return {k: given.get(k, default) for k, default in allowed.items()}
+
+
+class _Model:
+    """A model loaded from its artifacts."""
+
+    def __init__(self, meta: dict, arrays: dict[str, np.ndarray], directory: Path, store: ModelStore):
+        self.meta = meta
+        self.arrays = arrays
+        self.directory = directory
+        self.model_type: str = meta["model_type"]
+        self.prep = Preprocessor.from_json(meta["preprocessing"])
+        self.label: dict | None = meta.get("label")
+        self._store = store
+        self._booster = None
+
+    @property
+    def booster(self):
+        if self._booster is None:
+            self._booster = tree.load(self._store.read_file(self.directory, tree.BOOSTER_FILE))
+        return self._booster
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.model_type in opt.CLASSIFIER_MODEL_TYPES
+
+    @property
+    def classes(self) -> list[Any]:
+        return list(self.label["classes"]) if self.label and self.label.get("classes") is not None else []
+
+    @property
+    def label_name(self) -> str:
+        return self.label["name"]
+
+    @property
+    def label_arrow_type(self) -> pa.DataType:
+        return _LABEL_TYPES.get(self.label["bq_type"], pa.string())
+
+    def check_function(self, function: str) -> None:
+        if self.model_type not in FUNCTION_MODEL_TYPES[function]:
+            raise _doc_error(function, self.model_type)
+
+    def check_features(self, frame: pd.DataFrame, function: str) -> Columns:
+        """The model's feature columns of ``frame`` (matched case-insensitively), under their
+        training names."""
+        mapping = {}
+        missing = []
+        for name in self.prep.feature_names:
+            found = _find(frame, name)
+            if found is None:
+                missing.append(name)
+            else:
+                mapping[found] = name
+        if missing:
+            raise BqmlError(
+                f"{function}: the input has no column {', '.join(repr(m) for m in missing)}; the model "
+                f"{self.meta['name']!r} was trained on {', '.join(self.prep.feature_names)}."
+            )
+        return Columns({name: frame[found] for found, name in mapping.items()}, len(frame))
+
+    # -- scores ------------------------------------------------------------------------------------
+    def glm_params(self) -> glm.GlmParams:
+        return glm.GlmParams.from_arrays(self.arrays)
+
+    def centroids(self) -> kmeans.Centroids:
+        return kmeans.Centroids(self.arrays["centroids_num"], self.arrays["centroids_cat"])
+
+    def scores(self, features: pd.DataFrame) -> np.ndarray:
+        """Regression values (n,), or class probabilities (n, C) in class order."""
+        if self.model_type in opt.LINEAR_MODEL_TYPES:
+            z = glm.linear_predictor(self.glm_params(), self.prep.design(features))
+            return _glm_output(self.model_type, z)
+        if self.model_type in opt.TREE_MODEL_TYPES:
+            return tree.probabilities(self.booster, self.prep.tree_matrix(features), self.model_type)
+        raise AssertionError(self.model_type)
+
+
+def _glm_output(model_type: str, z: np.ndarray) -> np.ndarray:
+    if model_type == "LINEAR_REG":
+        return z
+    if z.ndim == 1:
+        p = expit(z)
+        return np.column_stack([1.0 - p, p])
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _predicted_index(probs: np.ndarray, threshold: float | None) -> np.ndarray:
+    if probs.shape[1] == 2:
+        return (probs[:, 1] > (0.5 if threshold is None else threshold)).astype(np.int64)
+    return np.argmax(probs, axis=1)
+
+
+def _list_of_structs(
+    n: int, k: int, fields: dict[str, pa.Array], offsets: np.ndarray | None = None
+) -> pa.Array:
+    struct = pa.StructArray.from_arrays(list(fields.values()), names=list(fields))
+    if offsets is None:
+        offsets = np.arange(0, n * k + 1, k, dtype=np.int32) if n * k < 2**31 else np.arange(0, n * k + 1, k)
+    array_type = pa.list_ if offsets.dtype == np.int32 else pa.large_list
+    return (pa.ListArray if array_type is pa.list_ else pa.LargeListArray).from_arrays(
+        pa.array(offsets), struct
+    )
+
+
+def _with_inputs(columns: list[tuple[str, pa.Array]], frame: pd.DataFrame) -> pa.Table:
+    if not all(isinstance(c, str) for c in frame.columns):
+        frame = frame.rename(columns=str)
+    inputs = pa.Table.from_pandas(frame, preserve_index=False)
+    arrays = [a for _, a in columns] + list(inputs.columns)
+    names = [n for n, _ in columns] + list(inputs.column_names)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+class BqmlEngine:
+    """Trains, stores and applies BigQuery ML models under ``models_dir``."""
+
+    def __init__(self, models_dir: Path, registry: Any = None, dataset: str = "main"):
+        """``registry``: a :class:`lakehouse_ml.backends.registry.ModelRegistry` (or None). With one,
+        ``MODEL_REGISTRY='VERTEX_AI'`` models register at CREATE MODEL, ``ALTER MODEL … SET
+        OPTIONS(vertex_ai_model_id=…)`` registers an existing model, CREATE OR REPLACE replaces the
+        registered version and DROP MODEL removes it (refused while deployed). Without one the
+        registry options are only kept in the model's metadata. ``dataset`` names the models'
+        dataset in the registered source (``bqml://<dataset>.<model>``)."""
+        self.models_dir = Path(models_dir)
+        self.store = ModelStore(self.models_dir)
+        self._cache: dict[str, _Model] = {}
+        self.registry = registry
+        self.dataset = dataset
+
+    # -- registry hook ---------------------------------------------------------------------------
+    def _source(self, name: str) -> str:
+        return f"bqml://{self.dataset}.{name}"
+
+    @staticmethod
+    def _registered(meta: Mapping[str, Any]) -> bool:
+        registry = meta.get("registry") or {}
+        return registry.get("model_registry") == "VERTEX_AI" or registry.get("vertex_ai_model_id") is not None
+
+    def _refuse_deployed(self, name: str) -> None:
+        """BigQuery's FAILED_PRECONDITION when the registered version of ``name`` is deployed:
+        replacing or dropping the model would delete that version."""
+        try:
+            self.registry.drop_bqml_model(self._source(name), check_only=True)
+        except VersionDeployedError as err:
+            raise BqmlError(
+                deployed_model_message(err.endpoints)
+                + f" (Model {name!r} is registered and that version is deployed: undeploy it, or create a model of "
+                "another name with the same VERTEX_AI_MODEL_ID, which registers a new version.)"
+            ) from None
+
+    def _sync_registry(self, name: str, replaced_registered: bool) -> None:
+        """After CREATE [OR REPLACE] MODEL: register the new model, replacing the old one's version."""
+        if self.registry is None:
+            return
+        meta = self.model_metadata(name)
+        registry = meta["registry"]
+        model_id = None
+        if registry.get("model_registry") == "VERTEX_AI":
+            # VERTEX_AI_MODEL_ID: "If you don't specify a Vertex AI model ID, the BigQuery ML model
+            # name is used" (opt.GLM_DOC, VERTEX_AI_MODEL_ID)
+            model_id = registry.get("vertex_ai_model_id") or name
+        if model_id is None and not replaced_registered:
+            return
+        try:
+            self.registry.replace_bqml_version(
+                self._source(name),
+                model_id,
+                model_type=meta["model_type"],
+                artifact_dir=self.store.version_dir(name),
+                aliases=registry.get("vertex_ai_model_version_aliases") or (),
+                display_name=name,
+                labels=(meta.get("descriptive") or {}).get("labels") or {},
+                metrics=meta.get("evaluation") or {},
+            )
+        except WarehouseError as err:
+            raise BqmlError(
+                f"Model {name!r} was created, but registering it in the model registry failed: {err} "
+                f"Fix that, then register it with ALTER MODEL {name} SET OPTIONS(vertex_ai_model_id='{model_id or name}')."
+            ) from None
+
+    # -- loading -----------------------------------------------------------------------------------
+    def _load(self, name: str) -> _Model:
+        check_name(name)
+        directory = self.store.version_dir(name)
+        cached = self._cache.get(name)
+        if cached is not None and cached.directory == directory:
+            return cached
+        meta, arrays, directory = self.store.load(name)
+        model = _Model(meta, arrays, directory, self.store)
+        self._cache[name] = model
+        return model
+
+    # -- statements ------------------------------------------------------------------------------
+    def create_model(
+        self,
+        name: str,
+        options: Mapping[str, Any],
+        training: pd.DataFrame,
+        *,
+        replace: bool = False,
+        if_not_exists: bool = False,
+        transform_sql: str | None = None,
+        progress: Progress | None = None,
+        input_frame: pd.DataFrame | None = None,
+    ) -> dict[str, Any]:
+        """``CREATE [OR REPLACE] MODEL [IF NOT EXISTS]``: train on ``training`` (the rows of the
+        AS query after any TRANSFORM) and store the model atomically. ``transform_sql`` (the
+        TRANSFORM clause as BigQuery SQL) is kept with the model for the SQL layer. Returns the
+        model's metadata (as :meth:`model_metadata`).
+
+        ``input_frame``: with a TRANSFORM clause, the AS query's rows before the TRANSFORM;
+        ML.FEATURE_INFO describes those columns ("If you used the TRANSFORM clause …,
+        ML.FEATURE_INFO outputs the information of the pre-transform columns")."""
+        check_name(name)
+        if replace and if_not_exists:
+            raise BqmlError("CREATE OR REPLACE MODEL cannot be combined with IF NOT EXISTS; use one of them.")
+        if self.store.exists(name):
+            if if_not_exists:
+                return self.model_metadata(name)
+            if not replace:
+                raise ModelExistsError(
+                    f"Model {name!r} already exists; use CREATE OR REPLACE MODEL to replace it, or "
+                    "CREATE MODEL IF "
+                    "NOT EXISTS to keep it."
+                )
+        say = progress or (lambda message: None)
+        started = time.perf_counter()
+        replaced_registered = (
+            self.registry is not None and replace and self.store.exists(name)
+            and self._registered(self.store.load_meta(name))
+        )
+        if replaced_registered:  # refused before any work: nothing is trained or written
+            self._refuse_deployed(name)
+        resolved = opt.resolve(options)
+        opt.check_model_name_for_vertex(name, resolved)
+        given = {str(k).lower() for k, v in (options or {}).items() if v is not None}
+        meta, arrays, files = _Trainer(
+            name, resolved, given, _as_frame(training), transform_sql, input_frame, say
+        ).run()
+        meta["training_seconds"] = round(time.perf_counter() - started, 3)
+        say(f"saving model {name}")
+        try:
+            self.store.save(name, meta, arrays, files, replace=replace)
+        except ModelExistsError:
+            if if_not_exists:
+                return self.model_metadata(name)
+            raise
+        self._cache.pop(name, None)
+        self._sync_registry(name, replaced_registered)
+        say(f"model {name} created in {time.perf_counter() - started:.1f} s")
+        return self.model_metadata(name)
+
+    def drop_model(self, name: str, *, if_exists: bool = False) -> None:
+        """``DROP MODEL [IF EXISTS]``."""
+        check_name(name)
+        self._cache.pop(name, None)
+        registered = (
+            self.registry is not None and self.store.exists(name) and self._registered(self.store.load_meta(name))
+        )
+        if registered:  # refused while its registered version is deployed
+            self._refuse_deployed(name)
+        dropped = self.store.drop(name)
+        if dropped and registered:
+            self.registry.drop_bqml_model(self._source(name))
+        if not dropped and not if_exists:
+            raise ModelNotFoundError(
+                f"Model {name!r} not found; use DROP MODEL IF EXISTS to ignore a missing model."
+            )
+
+    def alter_model(self, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``ALTER MODEL … SET OPTIONS``: only the options BigQuery ML allows to change
+        (https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-alter-model):
+        VERTEX_AI_MODEL_ID (registers the model with Vertex AI under that ID), EXPIRATION_TIMESTAMP,
+        KMS_KEY_NAME, DESCRIPTION, LABELS."""
+        check_name(name)
+        changes = opt.resolve_alter(options)
+        register_as = changes.get("vertex_ai_model_id") if self.registry is not None else None
+        if register_as is not None:
+            self.store.version_dir(name)  # the model exists
+            current = self.registry.find_bqml_version(self._source(name))
+            if current is not None and current.model_id != register_as:
+                raise BqmlError(
+                    f"Model {name!r} is already registered as version {current.version_id} of {current.model_id!r}; "
+                    "a BigQuery ML model can only be registered to one model ID. To register it elsewhere, "
+                    f"CREATE OR REPLACE MODEL {name} with VERTEX_AI_MODEL_ID='{register_as}'."
+                )
+            if current is not None:
+                register_as = None  # already registered there: nothing to do
+
+        def change(meta: dict) -> dict:
+            meta = dict(meta)
+            registry = dict(meta.get("registry") or {})
+            descriptive = dict(meta.get("descriptive") or {})
+            for key, value in changes.items():
+                if key == "vertex_ai_model_id":
+                    registry["vertex_ai_model_id"] = value
+                    if value is not None:
+                        registry["model_registry"] = "VERTEX_AI"
+                elif key == "kms_key_name":
+                    meta["options"] = {**meta["options"], "kms_key_name": value}
+                    descriptive[key] = value
+                else:
+                    descriptive[key] = value
+            meta["registry"] = registry
+            meta["descriptive"] = descriptive
+            meta["last_modified_time"] = _now()
+            return meta
+
+        self.store.update_meta(name, change)
+        self._cache.pop(name, None)
+        meta = self.model_metadata(name)
+        if register_as is not None:
+            # "If you set it to a new ID …, the BigQuery ML model displays as model version 1 …; add the
+            # existing model's ID - it automatically registers as the latest version." (update_vertex)
+            self.registry.register_version(
+                register_as,
+                source=self._source(name),
+                model_type=meta["model_type"],
+                artifact_dir=self.store.version_dir(name),
+                display_name=name,
+                labels=meta["descriptive"].get("labels") or {},
+                metrics=meta.get("evaluation") or {},
+            )
+        return meta
+
+    def model_exists(self, name: str) -> bool:
+        check_name(name)
+        return self.store.exists(name)
+
+    def model_metadata(self, name: str) -> dict[str, Any]:
+        """model_type, options (with defaults), label column(s), feature columns and their types,
+        transform_sql, registry options, creation time, training and evaluation summaries."""
+        meta = self.store.load_meta(name)
+        prep = meta["preprocessing"]
+        label = meta.get("label")
+        return {
+            "name": meta["name"],
+            "model_type": meta["model_type"],
+            "options": meta["options"],
+            "label_columns": [label["name"]] if label else [],
+            "label_type": label["bq_type"] if label else None,
+            "classes": label.get("classes") if label else None,
+            "feature_columns": [{"name": f["name"], "type": f["bq_type"]} for f in prep["features"]],
+            "transform_sql": meta.get("transform_sql"),
+            "registry": meta.get("registry", {}),
+            "descriptive": meta.get("descriptive", {}),
+            "creation_time": meta["creation_time"],
+            "last_modified_time": meta.get("last_modified_time", meta["creation_time"]),
+            "data_split": meta["data_split"],
+            "training": {
+                "iterations": len(meta["training_info"]),
+                "final_loss": meta["training_info"][-1]["loss"] if meta["training_info"] else None,
+                "strategy": meta.get("strategy"),
+                "seconds": meta.get("training_seconds"),
+            },
+            "evaluation": meta["evaluation"],
+            "evaluation_rows": meta.get("evaluation_rows"),
+            "path": str(self.store.link(name)),
+            # changes with every CREATE OR REPLACE / ALTER (the published version directory)
+            "version": self.store.version_dir(name).name,
+        }
+
+    # -- table functions -------------------------------------------------------------------------
+    def predict(self, name: str, frame: pd.DataFrame, options: Mapping[str, Any] | None = None) -> pa.Table:
+        """``ML.PREDICT``: prediction columns, then the input columns, as BigQuery ML outputs them.
+
+        DOCS["predict"]: regression -> ``predicted_<label>`` (FLOAT64); classification ->
+        ``predicted_<label>`` (the label's type) and ``predicted_<label>_probs``
+        ``ARRAY<STRUCT<label, prob FLOAT64>>`` (labels in descending order, so a binary model's
+        positive class comes first); k-means -> ``CENTROID_ID`` (INT64) and
+        ``NEAREST_CENTROIDS_DISTANCE`` ``ARRAY<STRUCT<CENTROID_ID INT64, DISTANCE FLOAT64>>`` for
+        the ``min(num_clusters, 5)`` nearest centroids. ``THRESHOLD`` (binary classifiers,
+        default 0.5): "Predictions above the threshold are positive predictions"."""
+        model = self._load(name)
+        frame = _as_frame(frame)
+        args = _fn_options("ML.PREDICT", options, {"threshold": None})
+        threshold = self._threshold(model, args["threshold"], "ML.PREDICT")
+        features = model.check_features(frame, "ML.PREDICT")
+        n = len(frame)
+        if model.model_type in opt.KMEANS_MODEL_TYPES:
+            design = model.prep.design(features)
+            c = model.centroids()
+            top = min(c.k, 5)
+            idx, dist = kmeans.top_nearest(design, c, model.meta["options"]["distance_type"], top)
+            columns = [
+                ("CENTROID_ID", pa.array(idx[:, 0] + 1, type=pa.int64())),
+                (
+                    "NEAREST_CENTROIDS_DISTANCE",
+                    _list_of_structs(
+                        n,
+                        top,
+                        {
+                            "CENTROID_ID": pa.array((idx + 1).ravel(), type=pa.int64()),
+                            "DISTANCE": pa.array(dist.ravel(), type=pa.float64()),
+                        },
+                    ),
+                ),
+            ]
+            return _with_inputs(columns, frame)
+        scores = model.scores(features)
+        label = model.label_name
+        if not model.is_classifier:
+            return _with_inputs([(f"predicted_{label}", pa.array(scores, type=pa.float64()))], frame)
+        return _with_inputs(self._class_columns(model, scores, threshold, n), frame)
+
+    def centroid_distances(self, name: str, frame: pd.DataFrame) -> np.ndarray:
+        """A k-means model's distance from each row of ``frame`` to every centroid, (rows,
+        centroids) in centroid-id order: what the model's served predictions carry
+        (``centroid_distances``), in the space ``ML.PREDICT``'s distances are measured in."""
+        model = self._load(name)
+        if model.model_type not in opt.KMEANS_MODEL_TYPES:
+            raise BqmlError(f"Model {name!r} is a {model.model_type} model; centroid distances need a KMEANS model.")
+        design = model.prep.design(model.check_features(_as_frame(frame), "ML.PREDICT"))
+        return kmeans.distances(design, model.centroids(), model.meta["options"]["distance_type"])
+
+    def _class_columns(self, model: _Model, probs: np.ndarray, threshold: float | None, n: int) -> list:
+        label = model.label_name
+        classes = pa.array(model.classes, type=model.label_arrow_type)
+        predicted = classes.take(pa.array(_predicted_index(probs, threshold)))
+        order = np.arange(len(model.classes))[::-1]  # descending label order
+        k = len(order)
+        probs_column = _list_of_structs(
+            n,
+            k,
+            {
+                "label": classes.take(pa.array(np.tile(order, n))),
+                "prob": pa.array(probs[:, order].ravel(), type=pa.float64()),
+            },
+        )
+        return [(f"predicted_{label}", predicted), (f"predicted_{label}_probs", probs_column)]
+
+    @staticmethod
+    def _threshold(model: _Model, value: Any, function: str) -> float | None:
+        if value is None:
+            return None
+        if not model.is_classifier or len(model.classes) != 2:
+            raise BqmlError(
+                f"{function}: THRESHOLD applies to binary classification models only; "
+                f"{model.meta['name']!r} is {model.model_type}"
+                + (f" with {len(model.classes)} classes." if model.is_classifier else ".")
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise BqmlError(f"{function}: THRESHOLD must be a FLOAT64 between 0 and 1; got {value!r}.")
+        return float(value)
+
+    def evaluate(
+        self, name: str, frame: pd.DataFrame | None, options: Mapping[str, Any] | None = None
+    ) -> pa.Table:
+        """``ML.EVALUATE``: on ``frame``, or on the evaluation split of training when None.
+
+        DOCS["evaluate"]: "If you don't specify a table or query to provide input data, the
+        evaluation metrics that are generated for the model during training are returned" (the
+        evaluation split, or the training rows when there is none). THRESHOLD needs input data
+        ("You must specify a value for either the TABLE or QUERY_STATEMENT argument in order to
+        specify a threshold") and a binary classifier."""
+        model = self._load(name)
+        args = _fn_options("ML.EVALUATE", options, {"threshold": None})
+        if frame is None:
+            if args["threshold"] is not None:
+                raise BqmlError(
+                    "ML.EVALUATE: THRESHOLD needs input data (a TABLE or a query); without input data the "
+                    "metrics computed at training are returned."
+                )
+            return _metrics_table(model.model_type, model.meta["evaluation"])
+        threshold = self._threshold(model, args["threshold"], "ML.EVALUATE")
+        frame = _as_frame(frame)
+        features = model.check_features(frame, "ML.EVALUATE")
+        if model.model_type in opt.KMEANS_MODEL_TYPES:
+            metrics = kmeans.evaluate(
+                model.prep.design(features), model.centroids(), model.meta["options"]["distance_type"]
+            )
+            return _metrics_table(model.model_type, metrics)
+        label_col = _find(frame, model.label_name)
+        if label_col is None:
+            raise BqmlError(
+                f"ML.EVALUATE: the input has no label column {model.label_name!r}; the evaluation data "
+                "must contain the label column the model was trained with."
+            )
+        labels = frame[label_col]
+        keep = ~labels.isna().to_numpy()
+        if not keep.all():
+            features = Columns({c: features[c][keep] for c in features.columns}, int(keep.sum()))
+            labels = labels[keep]
+        if len(labels) == 0:
+            raise BqmlError("ML.EVALUATE: the input has no row with a non-NULL label.")
+        scores = model.scores(features)
+        if model.is_classifier:
+            y = _class_indices(labels, model.classes, model.label["bq_type"])
+            metrics = classification_metrics(y, scores, 0.5 if threshold is None else threshold)
+        else:
+            metrics = regression_metrics(to_float(labels, model.label_name), scores)
+        return _metrics_table(model.model_type, metrics)
+
+    def _classification_inputs(
+        self, model: _Model, frame: pd.DataFrame | None, function: str, threshold: float | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, pd.Series | None]:
+        """(label index, predicted index, positive-class probability or None, labels as given)."""
+        if not model.is_classifier:
+            raise BqmlError(
+                f"{function} applies to classification models (LOGISTIC_REG, BOOSTED_TREE_CLASSIFIER, "
+                f"RANDOM_FOREST_CLASSIFIER); {model.meta['name']!r} is {model.model_type}."
+            )
+        if frame is None:
+            if threshold is not None:
+                raise BqmlError(f"{function}: THRESHOLD needs input data (a TABLE or a query).")
+            a = model.arrays
+            return a["eval_label_index"], a["eval_predicted_index"], a.get("eval_positive_prob"), None
+        frame = _as_frame(frame)
+        features = model.check_features(frame, function)
+        label_col = _find(frame, model.label_name)
+        if label_col is None:
+            raise BqmlError(f"{function}: the input has no label column {model.label_name!r}.")
+        labels = frame[label_col]
+        keep = ~labels.isna().to_numpy()
+        if not keep.all():
+            features = Columns({c: features[c][keep] for c in features.columns}, int(keep.sum()))
+            labels = labels[keep]
+        probs = model.scores(features)
+        y = _class_indices(labels, model.classes, model.label["bq_type"])
+        positive = probs[:, 1] if probs.shape[1] == 2 else None
+        return y, _predicted_index(probs, threshold), positive, labels
+
+    def roc_curve(
+        self, name: str, frame: pd.DataFrame | None, options: Mapping[str, Any] | None = None
+    ) -> pa.Table:
+        """``ML.ROC_CURVE`` for binary classifiers
+        (https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-roc):
+        threshold, recall, false_positive_rate (FLOAT64), true_positives, false_positives,
+        true_negatives, false_negatives (INT64), one row per threshold, thresholds ascending.
+        Without ``thresholds`` (``GENERATE_ARRAY(...)``) the thresholds are the percentiles
+        0, 1, …, 100 of the positive-class probabilities. Without input data: the evaluation split
+        (or the training rows when there was no split). A row is positive when its probability is
+        above the threshold."""
+        model = self._load(name)
+        args = _fn_options("ML.ROC_CURVE", options, {"thresholds": None})
+        y, _, positive, _ = self._classification_inputs(model, frame, "ML.ROC_CURVE", None)
+        if positive is None:
+            raise BqmlError(
+                "ML.ROC_CURVE applies to binary classification models; "
+                f"{model.meta['name']!r} has {len(model.classes)} classes."
+            )
+        if args["thresholds"] is not None:
+            values = args["thresholds"]
+            if not isinstance(values, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+            ):
+                raise BqmlError(
+                    "ML.ROC_CURVE: THRESHOLDS must be an ARRAY<FLOAT64> (GENERATE_ARRAY(start, end, step))."
+                )
+            thresholds = np.unique(np.asarray(values, dtype=np.float64))
+        else:
+            thresholds = (
+                np.unique(np.quantile(positive, np.linspace(0.0, 1.0, 101))) if len(positive) else np.zeros(0)
+            )
+        actual = y == 1
+        # rows above each threshold, among positives and negatives
+        pos_scores = np.sort(positive[actual])
+        neg_scores = np.sort(positive[~actual])
+        tp = len(pos_scores) - np.searchsorted(pos_scores, thresholds, side="right")
+        fp = len(neg_scores) - np.searchsorted(neg_scores, thresholds, side="right")
+        fn = len(pos_scores) - tp
+        tn = len(neg_scores) - fp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), np.nan)
+            fpr = np.where(fp + tn > 0, fp / np.maximum(fp + tn, 1), np.nan)
+        return pa.table(
+            {
+                "threshold": pa.array(thresholds, type=pa.float64()),
+                "recall": pa.array(recall, type=pa.float64()),
+                "false_positive_rate": pa.array(fpr, type=pa.float64()),
+                "true_positives": pa.array(tp, type=pa.int64()),
+                "false_positives": pa.array(fp, type=pa.int64()),
+                "true_negatives": pa.array(tn, type=pa.int64()),
+                "false_negatives": pa.array(fn, type=pa.int64()),
+            }
+        )
+
+    def confusion_matrix(
+        self, name: str, frame: pd.DataFrame | None, options: Mapping[str, Any] | None = None
+    ) -> pa.Table:
+        """``ML.CONFUSION_MATRIX``
+        (https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-confusion):
+        ``expected_label`` (one row per label value of the evaluation data, ascending, as passed
+        in), then one INT64 column per class of the model in ascending label order, named after
+        the label (made a valid column name: 0 and 1 become _0 and _1)."""
+        model = self._load(name)
+        args = _fn_options("ML.CONFUSION_MATRIX", options, {"threshold": None})
+        threshold = self._threshold(model, args["threshold"], "ML.CONFUSION_MATRIX")
+        y, predicted, _, labels = self._classification_inputs(model, frame, "ML.CONFUSION_MATRIX", threshold)
+        classes = model.classes
+        if labels is None:
+            present, row_of = np.unique(y, return_inverse=True)
+            expected_values = [classes[i] for i in present]
+            expected_type = model.label_arrow_type
+        else:
+            row_of, uniques = pd.factorize(labels, sort=True)
+            expected_values = [
+                _native(u) for u in (uniques.tolist() if hasattr(uniques, "tolist") else list(uniques))
+            ]
+            expected_type = pa.array(labels.iloc[:1]).type if len(labels) else model.label_arrow_type
+        k = len(classes)
+        counts = np.bincount(
+            np.asarray(row_of, dtype=np.int64) * k + predicted, minlength=len(expected_values) * k
+        ).reshape(len(expected_values), k)
+        columns: dict[str, pa.Array] = {"expected_label": pa.array(expected_values, type=expected_type)}
+        used: set[str] = {"expected_label"}
+        for j, cls in enumerate(classes):
+            column = _column_name(cls)
+            while column in used:
+                column += "_"
+            used.add(column)
+            columns[column] = pa.array(counts[:, j], type=pa.int64())
+        return pa.table(columns)
+
+    def detect_anomalies(
+        self, name: str, frame: pd.DataFrame | None, options: Mapping[str, Any] | None = None
+    ) -> pa.Table:
+        """``ML.DETECT_ANOMALIES`` for k-means: ``is_anomaly`` (BOOL), ``normalized_distance``
+        (FLOAT64), ``CENTROID_ID`` (INT64), then the input columns (DOCS["detect_anomalies"]).
+        ``CONTAMINATION`` (required, in [0, 0.5]) is the proportion of anomalies assumed in the
+        training data: the cutoff is the ``1 - contamination`` quantile of the training rows'
+        normalized distances; rows above it are anomalies."""
+        model = self._load(name)
+        model.check_function("ML.DETECT_ANOMALIES")
+        args = _fn_options("ML.DETECT_ANOMALIES", options, {"contamination": None})
+        contamination = args["contamination"]
+        if contamination is None:
+            raise BqmlError(
+                "ML.DETECT_ANOMALIES on a k-means model needs STRUCT(<contamination> AS contamination), "
+                "the proportion of anomalies in the training data, between 0 and 0.5."
+            )
+        if (
+            isinstance(contamination, bool)
+            or not isinstance(contamination, (int, float))
+            or not 0 <= contamination <= 0.5
+        ):
+            raise BqmlError(
+                f"ML.DETECT_ANOMALIES: CONTAMINATION must be a FLOAT64 in [0, 0.5]; got {contamination!r}."
+            )
+        if frame is None:
+            raise BqmlError(
+                "ML.DETECT_ANOMALIES on a k-means model needs input data (a TABLE or a query); only "
+                "time series models detect anomalies in their training data."
+            )
+        frame = _as_frame(frame)
+        features = model.check_features(frame, "ML.DETECT_ANOMALIES")
+        design = model.prep.design(features)
+        nd, where = kmeans.normalized_distances(
+            design, model.centroids(), model.arrays["cluster_radius"], model.meta["options"]["distance_type"]
+        )
+        cutoff = kmeans.anomaly_cutoff(model.arrays["train_normalized_distance"], float(contamination))
+        columns = [
+            ("is_anomaly", pa.array(nd > cutoff, type=pa.bool_())),
+            ("normalized_distance", pa.array(nd, type=pa.float64())),
+            ("CENTROID_ID", pa.array(where + 1, type=pa.int64())),
+        ]
+        return _with_inputs(columns, frame)
+
+    def explain_predict(
+        self, name: str, frame: pd.DataFrame, options: Mapping[str, Any] | None = None
+    ) -> pa.Table:
+        """``ML.EXPLAIN_PREDICT`` (DOCS["explain_predict"]): ``predicted_<label>``,
+        ``probability`` (classifiers), ``top_feature_attributions``
+        ``ARRAY<STRUCT<feature STRING, attribution FLOAT64>>`` (the ``TOP_K_FEATURES``, default 5,
+        largest by absolute value), ``baseline_prediction_value``, ``prediction_value``,
+        ``approximation_error``, then the input columns. Linear models: Shapley values
+        ``weight × standardized value`` per processed input, baseline = intercept; trees: Tree
+        SHAP, baseline = bias. Classifiers explain the predicted class in logit space."""
+        model = self._load(name)
+        model.check_function("ML.EXPLAIN_PREDICT")
+        args = _fn_options(
+            "ML.EXPLAIN_PREDICT",
+            options,
+            {"top_k_features": 5, "threshold": None, "approx_feature_contrib": False},
+        )
+        top_k = args["top_k_features"]
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise BqmlError(f"ML.EXPLAIN_PREDICT: TOP_K_FEATURES must be a positive INT64; got {top_k!r}.")
+        if not isinstance(args["approx_feature_contrib"], bool):
+            raise BqmlError("ML.EXPLAIN_PREDICT: APPROX_FEATURE_CONTRIB must be TRUE or FALSE.")
+        if args["approx_feature_contrib"] and model.model_type not in opt.TREE_MODEL_TYPES:
+            raise BqmlError(
+                "ML.EXPLAIN_PREDICT: APPROX_FEATURE_CONTRIB applies to boosted tree and random forest models."
+            )
+        threshold = self._threshold(model, args["threshold"], "ML.EXPLAIN_PREDICT")
+        frame = _as_frame(frame)
+        features = model.check_features(frame, "ML.EXPLAIN_PREDICT")
+        n = len(frame)
+        ex = _explain(model, features, threshold, args["approx_feature_contrib"])
+        names = pa.array(ex.names, type=pa.string())
+        k = min(top_k, len(ex.names))
+        order = np.argsort(-np.abs(ex.attributions), axis=1, kind="stable")[:, :k]
+        top_attr = np.take_along_axis(ex.attributions, order, axis=1)
+        columns: list[tuple[str, pa.Array]] = []
+        label = model.label_name
+        if model.is_classifier:
+            classes = pa.array(model.classes, type=model.label_arrow_type)
+            columns.append((f"predicted_{label}", classes.take(pa.array(ex.predicted))))
+            columns.append(("probability", pa.array(ex.probability, type=pa.float64())))
+        else:
+            columns.append((f"predicted_{label}", pa.array(ex.prediction, type=pa.float64())))
+        columns.append(
+            (
+                "top_feature_attributions",
+                _list_of_structs(
+                    n,
+                    k,
+                    {
+                        "feature": names.take(pa.array(order.ravel())),
+                        "attribution": pa.array(top_attr.ravel(), type=pa.float64()),
+                    },
+                ),
+            )
+        )
+        diff = ex.prediction - ex.baseline
+        with np.errstate(invalid="ignore", divide="ignore"):
+            error = np.abs(diff - ex.attributions.sum(axis=1)) / np.abs(diff)
+        error = np.where(np.abs(diff) > 0, error, 0.0)
+        # Exact methods (linear Shapley values, Tree SHAP) have no approximation error (page: "this
+        # column value is 0"); floating-point round-off is reported as 0.
+        error = np.where(error < 1e-9, 0.0, error)
+        columns += [
+            ("baseline_prediction_value", pa.array(ex.baseline, type=pa.float64())),
+            ("prediction_value", pa.array(ex.prediction, type=pa.float64())),
+            ("approximation_error", pa.array(error, type=pa.float64())),
+        ]
+        return _with_inputs(columns, frame)
+
+    def global_explain(self, name: str, options: Mapping[str, Any] | None = None) -> pa.Table:
+        """``ML.GLOBAL_EXPLAIN`` (DOCS["global_explain"]): the mean absolute attribution of each
+        feature over the evaluation rows, computed at training when ENABLE_GLOBAL_EXPLAIN=TRUE.
+        ``feature``, ``attribution`` (descending); with ``CLASS_LEVEL_EXPLAIN`` on a classifier,
+        ``class_label``, ``feature``, ``attribution`` with the top 10 features of each class."""
+        model = self._load(name)
+        model.check_function("ML.GLOBAL_EXPLAIN")
+        args = _fn_options("ML.GLOBAL_EXPLAIN", options, {"class_level_explain": False})
+        if not isinstance(args["class_level_explain"], bool):
+            raise BqmlError("ML.GLOBAL_EXPLAIN: CLASS_LEVEL_EXPLAIN must be TRUE or FALSE.")
+        explained = model.meta.get("global_explain")
+        if not model.meta["options"].get("enable_global_explain") or explained is None:
+            raise BqmlError(
+                "ML.GLOBAL_EXPLAIN needs a model trained with ENABLE_GLOBAL_EXPLAIN=TRUE; "
+                f"{model.meta['name']!r} was "
+                "not. Retrain it with CREATE OR REPLACE MODEL … OPTIONS(…, ENABLE_GLOBAL_EXPLAIN=TRUE)."
+            )
+        if args["class_level_explain"] and model.is_classifier:
+            rows = [(cls, f, a) for cls, items in explained["by_class"] for f, a in items]
+            return pa.table(
+                {
+                    "class_label": pa.array([r[0] for r in rows], type=pa.string()),
+                    "feature": pa.array([r[1] for r in rows], type=pa.string()),
+                    "attribution": pa.array([r[2] for r in rows], type=pa.float64()),
+                }
+            )
+        return pa.table(
+            {
+                "feature": pa.array([f for f, _ in explained["overall"]], type=pa.string()),
+                "attribution": pa.array([a for _, a in explained["overall"]], type=pa.float64()),
+            }
+        )
+
+    def feature_info(self, name: str) -> pa.Table:
+        """``ML.FEATURE_INFO`` (DOCS["feature_info"]): input, min, max, mean, median, stddev
+        (FLOAT64, NULL for non-numeric inputs), category_count (INT64, NULL for non-categorical),
+        null_count (INT64), dimension (INT64, NULL: ARRAY<STRUCT> inputs are not supported)."""
+        model = self._load(name)
+        infos = model.prep.feature_info()
+        stats = [f.stats for f in infos]
+        return pa.table(
+            {
+                "input": pa.array([f.name for f in infos], type=pa.string()),
+                **{
+                    key: pa.array([s.get(key) for s in stats], type=pa.float64())
+                    for key in ("min", "max", "mean", "median", "stddev")
+                },
+                **{
+                    key: pa.array([s.get(key) for s in stats], type=pa.int64())
+                    for key in ("category_count", "null_count", "dimension")
+                },
+            }
+        )
+
+    def training_info(self, name: str) -> pa.Table:
+        """``ML.TRAINING_INFO`` (DOCS["training_info"]): training_run, iteration, loss, eval_loss,
+        learning_rate, duration_ms; k-means: no eval_loss, plus cluster_info
+        ``ARRAY<STRUCT<centroid_id INT64, cluster_radius FLOAT64, cluster_size INT64>>``. Latest
+        iteration first, as in the page's example."""
+        model = self._load(name)
+        rows = list(reversed(model.meta["training_info"]))
+        columns: dict[str, pa.Array] = {
+            "training_run": pa.array([0] * len(rows), type=pa.int64()),
+            "iteration": pa.array([r["iteration"] for r in rows], type=pa.int64()),
+            "loss": pa.array([r["loss"] for r in rows], type=pa.float64()),
+        }
+        if model.model_type not in opt.KMEANS_MODEL_TYPES:
+            columns["eval_loss"] = pa.array([r.get("eval_loss") for r in rows], type=pa.float64())
+        columns["learning_rate"] = pa.array([r.get("learning_rate") for r in rows], type=pa.float64())
+        columns["duration_ms"] = pa.array([r.get("duration_ms") for r in rows], type=pa.int64())
+        if model.model_type in opt.KMEANS_MODEL_TYPES:
+            columns["cluster_info"] = pa.array(
+                [r["cluster_info"] for r in rows],
+                type=pa.list_(
+                    pa.struct(
+                        [
+                            ("centroid_id", pa.int64()),
+                            ("cluster_radius", pa.float64()),
+                            ("cluster_size", pa.int64()),
+                        ]
+                    )
+                ),
+            )
+        return pa.table(columns)
+
+    def weights(self, name: str, options: Mapping[str, Any] | None = None) -> pa.Table:
+        """``ML.WEIGHTS`` (DOCS["weights"]) for linear and logistic regression: processed_input,
+        weight (numeric inputs and the ``__INTERCEPT__`` row; NULL for one-hot inputs),
+        category_weights ``ARRAY<STRUCT<category STRING, weight FLOAT64>>`` (one-hot inputs; the
+        NULL category has a NULL name), and class_label for multiclass models (one row per
+        class and input). ``STANDARDIZE`` (default FALSE): FALSE gives the weights on the original
+        feature scale, TRUE the weights of the standardized features."""
+        model = self._load(name)
+        model.check_function("ML.WEIGHTS")
+        args = _fn_options("ML.WEIGHTS", options, {"standardize": False})
+        if not isinstance(args["standardize"], bool):
+            raise BqmlError("ML.WEIGHTS: STANDARDIZE must be TRUE or FALSE.")
+        return _weights_table(model, args["standardize"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+class _Trainer:
+    def __init__(
+        self,
+        name: str,
+        options: dict,
+        given: set[str],
+        frame: pd.DataFrame,
+        transform_sql: str | None,
+        input_frame: pd.DataFrame | None,
+        say: Progress,
+    ):
+        self.name = name
+        self.o = options
+        self.given = given
+        self.frame = frame
+        self.transform_sql = transform_sql
+        self.input_frame = input_frame
+        self.say = say
+        self.model_type = options["model_type"]
+
+    def _column(self, option: str, value: str | None, what: str) -> str | None:
+        if value is None:
+            return None
+        found = _find(self.frame, value)
+        if found is None:
+            raise BqmlError(
+                f"{option.upper()} names column {value!r} ({what}), but the training query has no such "
+                "column; its "
+                f"columns are {', '.join(map(str, self.frame.columns))}."
+            )
+        return found
+
+    def run(self) -> tuple[dict, dict[str, np.ndarray], dict[str, bytes]]:
+        o, frame, model_type = self.o, self.frame, self.model_type
+        if len(frame) == 0:
+            raise BqmlError(
+                f"CREATE MODEL {self.name}: the training query returned no rows (empty training set)."
+            )
+        supervised = model_type in opt.SUPERVISED_MODEL_TYPES
+        label_col = (
+            self._column("input_label_cols", o["input_label_cols"][0], "the label") if supervised else None
+        )
+        split_col = self._column("data_split_col", o.get("data_split_col"), "the data split column")
+        init_col = self._column("kmeans_init_col", o.get("kmeans_init_col"), "the initial centroids")
+        weight_col = self._column("instance_weight_col", o.get("instance_weight_col"), "the instance weights")
+        special = {c for c in (label_col, split_col, init_col, weight_col) if c is not None}
+        features = [c for c in frame.columns if c not in special]
+        if not features:
+            raise BqmlError(
+                f"CREATE MODEL {self.name}: the training query has no feature column besides "
+                f"{', '.join(map(str, special))}."
+            )
+        if len({str(c).lower() for c in frame.columns}) != frame.shape[1]:
+            raise BqmlError(
+                "The training query has two columns whose names differ only in case; BigQuery column "
+                "names are case-insensitive."
+            )
+
+        # Label.
+        label_meta: dict | None = None
+        y_all = None
+        if supervised:
+            label_meta, y_all = self._label(frame[label_col], str(label_col))
+
+        # Preprocessing statistics over the original input data (all rows).
+        mode = (
+            "linear"
+            if model_type in opt.LINEAR_MODEL_TYPES
+            else ("kmeans" if model_type == "KMEANS" else "tree")
+        )
+        stats_columns = None
+        if self.input_frame is not None:
+            skip = {str(c).lower() for c in special}
+            stats_columns = [c for c in self.input_frame.columns if str(c).lower() not in skip]
+        prep = Preprocessor.fit(
+            frame,
+            features,
+            mode,
+            standardize=o.get("standardize_features", True),
+            dummy_encoding=o.get("category_encoding_method") == "DUMMY_ENCODING",
+            stats_frame=self.input_frame,
+            stats_columns=stats_columns,
+        )
+        # Split (k-means has none: "K-means is an unsupervised learning technique, so model
+        # training does not require labels or split data").
+        if model_type in opt.KMEANS_MODEL_TYPES:
+            data_split = Split("NO_SPLIT", np.zeros(len(frame), dtype=bool))
+        else:
+            fraction = o["data_split_eval_fraction"] if "data_split_eval_fraction" in self.given else None
+            data_split = split(frame, o["data_split_method"], fraction, split_col, prep._fitted_codes)
+        train_mask = ~data_split.eval_mask
+        if not train_mask.any():
+            raise BqmlError(
+                f"CREATE MODEL {self.name}: DATA_SPLIT_METHOD='{data_split.method}' left no training rows "
+                "(empty training set); every row went to evaluation."
+            )
+        self.say(
+            f"{len(frame):,} input rows: {data_split.train_rows:,} for training, "
+            f"{data_split.eval_rows:,} for "
+            f"evaluation ({data_split.method})"
+        )
+
+        meta: dict[str, Any] = {
+            "name": self.name,
+            "model_type": model_type,
+            "options": {k: v for k, v in o.items() if k not in opt.REGISTRY_OPTIONS},
+            "registry": {k: o.get(k) for k in opt.REGISTRY_OPTIONS},
+            "descriptive": {"kms_key_name": o.get("kms_key_name")},
+            "label": label_meta,
+            "special_columns": {
+                "data_split_col": split_col,
+                "kmeans_init_col": init_col,
+                "instance_weight_col": weight_col,
+            },
+            "transform_sql": self.transform_sql,
+            "creation_time": _now(),
+            "data_split": data_split.summary(),
+            "preprocessing": prep.to_json(),
+        }
+        self.say(f"training {model_type}")
+        if model_type in opt.LINEAR_MODEL_TYPES:
+            arrays = self._train_glm(meta, prep, y_all, data_split)
+            files: dict[str, bytes] = {}
+        elif model_type in opt.KMEANS_MODEL_TYPES:
+            arrays = self._train_kmeans(meta, prep, frame[init_col] if init_col is not None else None)
+            files = {}
+        else:
+            arrays, files = self._train_tree(
+                meta, prep, y_all, data_split, frame[weight_col] if weight_col else None
+            )
+        return meta, arrays, files
+
+    # -- labels ------------------------------------------------------------------------------------
+    def _label(self, series: pd.Series, name: str) -> tuple[dict, np.ndarray]:
+        bq_type = bigquery_type(series)
+        nulls = int(series.isna().sum())
+        if nulls:
+            raise BqmlError(
+                f"The label column {name!r} has {nulls:,} NULL value(s); BigQuery ML needs a label on every "
+                f"training row. Filter them out (WHERE {name} IS NOT NULL)."
+            )
+        if self.model_type in opt.REGRESSOR_MODEL_TYPES:
+            if bq_type not in ("INT64", "FLOAT64", "NUMERIC", "BIGNUMERIC"):
+                raise BqmlError(f"{self.model_type} needs a numeric label; column {name!r} is {bq_type}.")
+            y = to_float(series, name)
+            if not np.isfinite(y).all():
+                raise BqmlError(
+                    f"The label column {name!r} has +/- infinity or NaN values; {self.model_type} labels "
+                    "must be real-valued."
+                )
+            return {"name": name, "bq_type": "FLOAT64" if bq_type != "INT64" else bq_type, "classes": None}, y
+        if bq_type not in ("STRING", "INT64", "BOOL", "FLOAT64", "NUMERIC"):
+            raise BqmlError(
+                f"{self.model_type} needs a STRING, INT64, BOOL or FLOAT64 label; column {name!r} is "
+                f"{bq_type}."
+            )
+        codes, uniques = pd.factorize(series)
+        values = [_native(u) for u in (uniques.tolist() if hasattr(uniques, "tolist") else list(uniques))]
+        if bq_type in ("FLOAT64", "NUMERIC"):
+            values = [float(v) for v in values]
+            bq_type = "FLOAT64"
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        classes = [values[i] for i in order]
+        if len(classes) < 2:
+            raise BqmlError(
+                f"{self.model_type} needs at least two distinct label values; the label column {name!r} "
+                f"has only {classes[0]!r} (one-class label). Check the training query's filter, or use a "
+                "regression model."
+            )
+        if self.model_type == "LOGISTIC_REG" and len(classes) > MAX_LOGISTIC_CLASSES:
+            raise BqmlError(
+                f"LOGISTIC_REG supports up to 50 label values; column {name!r} has {len(classes)}."
+            )
+        rank = np.empty(len(values), dtype=np.int64)
+        rank[order] = np.arange(len(values))
+        y = rank[codes]
+        names = [string_key(c, bq_type) for c in classes]
+        return {"name": name, "bq_type": bq_type, "classes": classes, "class_names": names}, y
+
+    def _class_weights(self, label: dict, y_train: np.ndarray) -> np.ndarray | None:
+        return glm.class_weight_table(
+            y_train,
+            len(label["classes"]),
+            bool(self.o.get("auto_class_weights")),
+            self.o.get("class_weights"),
+            label["class_names"],
+        )
+
+    # -- GLM -----------------------------------------------------------------------------------------
+    def _train_glm(self, meta: dict, prep: Preprocessor, y_all: np.ndarray, data_split: Split) -> dict:
+        design = prep.design(self.frame)
+        train_mask = ~data_split.eval_mask
+        has_eval = data_split.eval_rows > 0
+        train_design = design.rows(train_mask) if has_eval else design
+        eval_design = design.rows(data_split.eval_mask) if has_eval else None
+        y_train, y_eval = y_all[train_mask], (y_all[data_split.eval_mask] if has_eval else None)
+        label = meta["label"]
+        n_classes = len(label["classes"]) if label["classes"] is not None else 0
+        weights = eval_weights = None
+        if self.model_type == "LOGISTIC_REG":
+            table = self._class_weights(label, y_train)
+            if table is not None:
+                meta["class_weights"] = table.tolist()
+                weights = table[y_train]
+                eval_weights = table[y_eval] if has_eval else None
+        result = glm.train(
+            self.model_type,
+            self.o,
+            train_design,
+            y_train,
+            weights,
+            eval_design,
+            y_eval,
+            eval_weights,
+            n_classes,
+            self.say,
+        )
+        meta["strategy"] = result.strategy
+        meta["training_info"] = result.iterations
+        model_view = _TrainedView(meta, result.params.arrays(), prep)
+        eval_rows = eval_design if has_eval else train_design
+        y_eval_rows = y_eval if has_eval else y_train
+        z = glm.linear_predictor(result.params, eval_rows)
+        scores = _glm_output(self.model_type, z)
+        arrays = result.params.arrays()
+        if self.model_type == "LINEAR_REG":
+            meta["evaluation"] = regression_metrics(y_eval_rows, scores)
+        else:
+            meta["evaluation"] = classification_metrics(y_eval_rows, scores, 0.5)
+            arrays.update(_evaluation_arrays(y_eval_rows, scores))
+        meta["evaluation_rows"] = "evaluation" if has_eval else "training"
+        if self.o.get("enable_global_explain"):
+            self.say("computing global explanations")
+            meta["global_explain"] = _global_explain(model_view, eval_rows, None)
+        return arrays
+
+    # -- k-means -------------------------------------------------------------------------------------
+    def _train_kmeans(self, meta: dict, prep: Preprocessor, init_series: pd.Series | None) -> dict:
+        hashes = row_hashes(self.frame, prep._fitted_codes)
+        design = prep.design(self.frame)
+        init_rows = None
+        if init_series is not None:
+            if bigquery_type(init_series) not in ("BOOL", "NULL"):
+                raise BqmlError(
+                    f"KMEANS_INIT_COL {init_series.name!r} must be a BOOL column; it is "
+                    f"{bigquery_type(init_series)}."
+                )
+            init_rows = init_series.astype("boolean").fillna(False).to_numpy(dtype=bool)
+        seed = int(np.add.reduce(hashes, dtype=np.uint64)) if len(hashes) else 0
+        # Train on the rows in the order of their hashes, so that the random initial centroids,
+        # like the seed, do not depend on the order in which the query returned the rows.
+        order = np.argsort(hashes, kind="stable")
+        canonical = Design(design.num[order], [codes[order] for codes in design.codes], list(design.sizes))
+        result = kmeans.train(canonical, self.o, init_rows[order] if init_rows is not None else None, seed, self.say)
+        meta["options"] = {**meta["options"], "num_clusters": result.num_clusters}
+        meta["training_info"] = result.iterations
+        meta["evaluation"] = kmeans.evaluate(design, result.centroids, self.o["distance_type"])
+        meta["evaluation_rows"] = "training"
+        return {
+            "centroids_num": result.centroids.num,
+            "centroids_cat": result.centroids.cat,
+            "cluster_radius": result.radius,
+            "cluster_size": result.sizes.astype(np.int64),
+            "train_normalized_distance": result.train_normalized,
+        }
+
+    # -- trees ---------------------------------------------------------------------------------------
+    def _train_tree(
+        self,
+        meta: dict,
+        prep: Preprocessor,
+        y_all: np.ndarray,
+        data_split: Split,
+        weight_series: pd.Series | None,
+    ) -> tuple[dict, dict[str, bytes]]:
+        X = prep.tree_matrix(self.frame)
+        train_mask = ~data_split.eval_mask
+        has_eval = data_split.eval_rows > 0
+        label = meta["label"]
+        classifier = self.model_type in opt.CLASSIFIER_MODEL_TYPES
+        n_classes = len(label["classes"]) if classifier else None
+        sample_weight = None
+        if weight_series is not None:
+            w = to_float(weight_series, str(weight_series.name))
+            if np.isnan(w).any() or (w < 0).any():
+                raise BqmlError(
+                    f"INSTANCE_WEIGHT_COL {weight_series.name!r} must hold non-negative, non-NULL weights."
+                )
+            sample_weight = w[train_mask]
+        options = dict(self.o)
+        if options.get("class_weights") is not None:
+            options["class_weights"] = [[_class_key(k), w] for k, w in options["class_weights"]]
+        result = tree.train(
+            self.model_type,
+            options,
+            X[train_mask],
+            y_all[train_mask],
+            X[data_split.eval_mask] if has_eval else None,
+            y_all[data_split.eval_mask] if has_eval else None,
+            sample_weight,
+            n_classes,
+            prep.feature_names,
+            label.get("class_names") if classifier else None,
+            self.say,
+        )
+        meta["training_info"] = result.iterations
+        meta["strategy"] = (
+            f"xgboost {result.params.get('booster', 'gbtree')}, {result.num_boost_round} round(s) max"
+        )
+        booster = result.booster if result.booster is not None else tree.load(result.booster_json)
+        rows = data_split.eval_mask if has_eval else train_mask
+        scores = tree.probabilities(booster, X[rows], self.model_type)
+        arrays: dict[str, np.ndarray] = {}
+        if classifier:
+            meta["evaluation"] = classification_metrics(y_all[rows], scores, 0.5)
+            arrays.update(_evaluation_arrays(y_all[rows], scores))
+        else:
+            meta["evaluation"] = regression_metrics(y_all[rows], scores)
+        meta["evaluation_rows"] = "evaluation" if has_eval else "training"
+        if self.o.get("enable_global_explain"):
+            self.say("computing global explanations")
+            approx = xgb.resolve_approx_global_feature_contrib(
+                self.model_type,
+                {k: v for k, v in self.o.items() if k not in xgb.GENERAL_OPTIONS and k != "kms_key_name"},
+            )
+            view = _TrainedView(meta, {}, prep, booster)
+            meta["global_explain"] = _global_explain(view, None, X[rows], approx)
+        return arrays, {tree.BOOSTER_FILE: result.booster_json}
+
+
+def _evaluation_arrays(y: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+    """What ML.ROC_CURVE and ML.CONFUSION_MATRIX need without input data: the evaluation rows'
+    class index and the model's output (positive-class probability, predicted class)."""
+    out = {
+        "eval_label_index": y.astype(np.int64),
+        "eval_predicted_index": np.argmax(probs, axis=1).astype(np.int64),
+    }
+    if probs.shape[1] == 2:
+        out["eval_positive_prob"] = probs[:, 1].astype(np.float64)
+        out["eval_predicted_index"] = (probs[:, 1] > 0.5).astype(np.int64)
+    return out
+
+
+def _column_name(label: Any) -> str:
+    """A class label as a column name (CONFUSION_MATRIX page: labels that don't conform to the
+    column naming rules are altered to conform, e.g. 0 and 1 become _0 and _1)."""
+    text = re.sub(r"[^A-Za-z0-9_]", "_", _class_key(label))
+    return text if text and (text[0].isalpha() or text[0] == "_") else "_" + text
+
+
+def _class_key(label: Any) -> str:
+    return ("true" if label else "false") if isinstance(label, bool) else str(label)
+
+
+class _TrainedView(_Model):
+    """A model still in memory (during CREATE MODEL), with the interface of :class:`_Model`."""
+
+    def __init__(self, meta: dict, arrays: dict[str, np.ndarray], prep: Preprocessor, booster: Any = None):
+        self.meta = meta
+        self.arrays = arrays
+        self.model_type = meta["model_type"]
+        self.prep = prep
+        self.label = meta.get("label")
+        self._booster = booster
+
+
+def _class_indices(labels: pd.Series, classes: list[Any], bq_type: str) -> np.ndarray:
+    codes, uniques = pd.factorize(labels)
+    index = {string_key(c, bq_type): i for i, c in enumerate(classes)}
+    values = [_native(u) for u in (uniques.tolist() if hasattr(uniques, "tolist") else list(uniques))]
+    lookup = np.array(
+        [
+            index.get(string_key(float(v) if bq_type == "FLOAT64" and not isinstance(v, str) else v, bq_type), -1)
+            for v in values
+        ]
+        + [-1],
+        dtype=np.int64,
+    )
+    return lookup[codes]
+
+
+def _metrics_table(model_type: str, metrics: Mapping[str, Any]) -> pa.Table:
+    if model_type in opt.KMEANS_MODEL_TYPES:
+        columns = KMEANS_COLUMNS
+    elif model_type in opt.CLASSIFIER_MODEL_TYPES:
+        columns = CLASSIFICATION_COLUMNS
+    else:
+        columns = REGRESSION_COLUMNS
+    return pa.table({c: pa.array([metrics.get(c)], type=pa.float64()) for c in columns})
+
+
+# --------------------------------------------------------------------------------------------------
+# Explanations
+# --------------------------------------------------------------------------------------------------
+class _Explanation:
+    def __init__(
+        self,
+        names: list[str],
+        attributions: np.ndarray,
+        baseline: np.ndarray,
+        prediction: np.ndarray,
+        predicted: np.ndarray | None = None,
+        probability: np.ndarray | None = None,
+        per_class: list[np.ndarray] | None = None,
+    ):
+        self.names = names
+        self.attributions = attributions
+        self.baseline = baseline
+        self.prediction = prediction
+        self.predicted = predicted
+        self.probability = probability
+        self.per_class = per_class
+
+
+def _explain(
+    model: _Model,
+    features: pd.DataFrame | None,
+    threshold: float | None,
+    approximate: bool = False,
+    *,
+    design: Design | None = None,
+    matrix: np.ndarray | None = None,
+    class_level: bool = False,
+) -> _Explanation:
+    if model.model_type in opt.LINEAR_MODEL_TYPES:
+        return _explain_glm(
+            model, design if design is not None else model.prep.design(features), threshold, class_level
+        )
+    X = matrix if matrix is not None else model.prep.tree_matrix(features)
+    return _explain_tree(model, X, threshold, approximate, class_level)
+
+
+def _glm_contributions(
+    model: _Model, design: Design, w_num: np.ndarray, w_cat: np.ndarray
+) -> tuple[list[str], np.ndarray]:
+    """Per processed input: weight × standardized value (numeric), weight of the row's category
+    (one-hot blocks; 0 for NULL-unseen / unseen). ``w_*`` are vectors, or (rows, ·) matrices."""
+    inputs = model.prep.processed_inputs()
+    out = np.empty((design.n, len(inputs)))
+    offsets = np.cumsum([0] + design.sizes[:-1]) if design.sizes else []
+    for j, entry in enumerate(inputs):
+        if entry["kind"] == "numeric":
+            col = design.num[:, entry["index"]]
+            out[:, j] = col * (w_num[entry["index"]] if w_num.ndim == 1 else w_num[:, entry["index"]])
+        else:
+            b = entry["index"]
+            codes = design.codes[b]
+            block = np.arange(design.sizes[b]) + offsets[b]
+            if w_cat.ndim == 1:
+                ext = np.append(w_cat[block], 0.0)
+                out[:, j] = ext[codes]
+            else:
+                ext = np.hstack([w_cat[:, block], np.zeros((w_cat.shape[0], 1))])
+                out[:, j] = ext[np.arange(design.n), codes]
+    return [e["processed_input"] for e in inputs], out
+
+
+def _explain_glm(model: _Model, design: Design, threshold: float | None, class_level: bool) -> _Explanation:
+    params = model.glm_params()
+    z = glm.linear_predictor(params, design)
+    if model.model_type == "LINEAR_REG":
+        names, attr = _glm_contributions(model, design, params.w_num, params.w_cat)
+        base = np.full(design.n, float(params.intercept))
+        return _Explanation(names, attr, base, z)
+    probs = _glm_output(model.model_type, z)
+    predicted = _predicted_index(probs, threshold)
+    probability = probs[np.arange(design.n), predicted]
+    if probs.shape[1] == 2:
+        names, attr = _glm_contributions(model, design, params.w_num, params.w_cat)
+        sign = np.where(predicted == 1, 1.0, -1.0)
+        per_class = [-attr, attr] if class_level else None
+        return _Explanation(
+            names,
+            attr * sign[:, None],
+            sign * float(params.intercept),
+            sign * z,
+            predicted,
+            probability,
+            per_class,
+        )
+    w_num = params.w_num.T[predicted]  # (n, p): the predicted class's weights
+    w_cat = params.w_cat.T[predicted]
+    names, attr = _glm_contributions(model, design, w_num, w_cat)
+    per_class = None
+    if class_level:
+        per_class = [
+            _glm_contributions(model, design, params.w_num[:, c], params.w_cat[:, c])[1]
+            for c in range(probs.shape[1])
+        ]
+    rows = np.arange(design.n)
+    return _Explanation(
+        names, attr, params.intercept[predicted], z[rows, predicted], predicted, probability, per_class
+    )
+
+
+def _explain_tree(
+    model: _Model, X: np.ndarray, threshold: float | None, approximate: bool, class_level: bool
+) -> _Explanation:
+    names = model.prep.feature_names
+    contrib = tree.contributions(model.booster, X, approximate)
+    n = X.shape[0]
+    if not model.is_classifier:
+        attr = contrib[:, :-1]
+        base = contrib[:, -1]
+        return _Explanation(names, attr, base, attr.sum(axis=1) + base)
+    probs = tree.probabilities(model.booster, X, model.model_type)
+    predicted = _predicted_index(probs, threshold)
+    probability = probs[np.arange(n), predicted]
+    if contrib.ndim == 2:  # binary: margin of the positive class
+        sign = np.where(predicted == 1, 1.0, -1.0)
+        attr = contrib[:, :-1] * sign[:, None]
+        base = contrib[:, -1] * sign
+        per_class = [-contrib[:, :-1], contrib[:, :-1]] if class_level else None
+        return _Explanation(names, attr, base, attr.sum(axis=1) + base, predicted, probability, per_class)
+    rows = np.arange(n)
+    chosen = contrib[rows, predicted]
+    per_class = [contrib[:, c, :-1] for c in range(contrib.shape[1])] if class_level else None
+    return _Explanation(
+        names, chosen[:, :-1], chosen[:, -1], chosen.sum(axis=1), predicted, probability, per_class
+    )
+
+
+def _global_explain(
+    model: _Model, design: Design | None, matrix: np.ndarray | None, approximate: bool = False
+) -> dict:
+    """Mean absolute attribution per feature over the evaluation rows (XAI overview page:
+    "ML.GLOBAL_EXPLAIN returns the global explainability obtained by taking the mean absolute
+    attribution that each feature receives for all the rows in the evaluation dataset")."""
+    ex = _explain(
+        model, None, None, approximate, design=design, matrix=matrix, class_level=model.is_classifier
+    )
+    mean_abs = np.abs(ex.attributions).mean(axis=0) if ex.attributions.shape[0] else np.zeros(len(ex.names))
+    order = np.argsort(-mean_abs, kind="stable")
+    result: dict[str, Any] = {"overall": [[ex.names[i], float(mean_abs[i])] for i in order], "by_class": []}
+    if ex.per_class is not None:
+        for c, attr in enumerate(ex.per_class):
+            values = np.abs(attr).mean(axis=0)
+            top = np.argsort(-values, kind="stable")[:10]  # "only the top 10 most important features"
+            result["by_class"].append(
+                [model.label["class_names"][c], [[ex.names[i], float(values[i])] for i in top]]
+            )
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# ML.WEIGHTS
+# --------------------------------------------------------------------------------------------------
+_CATEGORY_WEIGHTS = pa.list_(pa.struct([("category", pa.string()), ("weight", pa.float64())]))
+
+
+def _weights_table(model: _Model, standardize: bool) -> pa.Table:
+    params = model.glm_params()
+    multi = np.ndim(params.intercept) == 1
+    classes = model.label.get("class_names") if multi else [None]
+    inputs = model.prep.processed_inputs()
+    sizes = [s.size for s in model.prep.categorical]
+    offsets = np.cumsum([0] + sizes[:-1]) if sizes else []
+    rows_input, rows_weight, rows_categories, rows_class = [], [], [], []
+    for c, class_name in enumerate(classes):
+        w_num = params.w_num[:, c] if multi else params.w_num
+        w_cat = params.w_cat[:, c] if multi else params.w_cat
+        intercept = float(params.intercept[c] if multi else params.intercept)
+        for entry in inputs:
+            rows_input.append(entry["processed_input"])
+            rows_class.append(class_name)
+            if entry["kind"] == "numeric":
+                spec = entry["spec"]
+                w = float(w_num[entry["index"]])
+                if not standardize:
+                    # Undo the standardization: w·(x - center)/scale = (w/scale)·x - w·center/scale.
+                    intercept -= w * spec.center / spec.scale
+                    w = w / spec.scale
+                rows_weight.append(w)
+                rows_categories.append([])
+            else:
+                spec = entry["spec"]
+                block = w_cat[offsets[entry["index"]]:offsets[entry["index"]] + spec.size]
+                rows_weight.append(None)
+                rows_categories.append(
+                    [{"category": cat, "weight": float(v)} for cat, v in zip(spec.categories, block)]
+                )
+        rows_input.append("__INTERCEPT__")
+        rows_weight.append(intercept)
+        rows_categories.append([])
+        rows_class.append(class_name)
+    columns = {
+        "processed_input": pa.array(rows_input, type=pa.string()),
+        "weight": pa.array(rows_weight, type=pa.float64()),
+        "category_weights": pa.array(rows_categories, type=_CATEGORY_WEIGHTS),
+    }
+    if multi:
+        columns["class_label"] = pa.array(rows_class, type=pa.string())
+    return pa.table(columns)

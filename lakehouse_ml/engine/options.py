@@ -1,0 +1,560 @@
+"""BigQuery ML ``OPTIONS(...)``: names, defaults and validation per model type.
+
+Every default below is read off the BigQuery ML reference pages (the "Arguments" paragraph of
+each option); the URL is next to each table. Option names are case-insensitive (the SQL layer
+hands them over lower-cased); string enumerations are compared case-insensitively and stored
+upper-case.
+
+What this module decides:
+
+* which options a model type has (an unknown option fails, naming it and listing the supported
+  ones);
+* their defaults and the values they accept;
+* the options BigQuery ML documents but the local engine cannot honour (hyperparameter tuning,
+  ``WARM_START``): they fail with an error that says so, instead of being ignored;
+* the registry options (``MODEL_REGISTRY``, ``VERTEX_AI_MODEL_ID``,
+  ``VERTEX_AI_MODEL_VERSION_ALIASES``), validated against Vertex AI's patterns;
+* which options ``ALTER MODEL … SET OPTIONS`` may change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from typing import Any, Callable, Mapping
+
+from lakehouse_ml.engine import xgb
+from lakehouse_ml.bigquery.registry import VERTEX_ALIAS_DOC, VERTEX_ALIAS_PATTERN, VERTEX_MODEL_ID_PATTERN
+from lakehouse_ml.core.errors import BqmlError
+
+GLM_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-glm"
+KMEANS_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-kmeans"
+CREATE_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create"
+ALTER_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-alter-model"
+
+LINEAR_MODEL_TYPES = ("LINEAR_REG", "LOGISTIC_REG")
+KMEANS_MODEL_TYPES = ("KMEANS",)
+TREE_MODEL_TYPES = tuple(xgb.TREE_MODEL_TYPES)
+SUPPORTED_MODEL_TYPES = LINEAR_MODEL_TYPES + KMEANS_MODEL_TYPES + TREE_MODEL_TYPES
+CLASSIFIER_MODEL_TYPES = ("LOGISTIC_REG",) + tuple(xgb.CLASSIFIER_TYPES)
+REGRESSOR_MODEL_TYPES = ("LINEAR_REG",) + tuple(xgb.REGRESSOR_TYPES)
+SUPERVISED_MODEL_TYPES = CLASSIFIER_MODEL_TYPES + REGRESSOR_MODEL_TYPES
+
+# Model types BigQuery ML has and the local engine does not train (for the error message).
+# Source: CREATE_DOC, MODEL_TYPE.
+OTHER_BIGQUERY_MODEL_TYPES = (
+    "MATRIX_FACTORIZATION",
+    "PCA",
+    "AUTOENCODER",
+    "AUTOML_CLASSIFIER",
+    "AUTOML_REGRESSOR",
+    "DNN_CLASSIFIER",
+    "DNN_REGRESSOR",
+    "DNN_LINEAR_COMBINED_CLASSIFIER",
+    "DNN_LINEAR_COMBINED_REGRESSOR",
+    "ARIMA_PLUS",
+    "ARIMA_PLUS_XREG",
+    "TENSORFLOW",
+    "TENSORFLOW_LITE",
+    "ONNX",
+    "XGBOOST",
+    "CONTRIBUTION_ANALYSIS",
+    "TRANSFORM_ONLY",
+)
+
+# --------------------------------------------------------------------------------------------------
+# Value checkers
+# --------------------------------------------------------------------------------------------------
+Checker = Callable[[str, Any], Any]
+
+
+def _bad(option: str, value: Any, allowed: str) -> BqmlError:
+    return BqmlError(f"Invalid value {value!r} for option {option.upper()}: expected {allowed}.")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def boolean(option: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(option, value, "TRUE or FALSE")
+    return value
+
+
+def integer(low: int | None = None, high: int | None = None) -> Checker:
+    def check(option: str, value: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _bad(option, value, "an INT64")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise _bad(
+                option,
+                value,
+                f"an INT64 in [{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]",
+            )
+        return value
+
+    return check
+
+
+def number(
+    low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False
+) -> Checker:
+    def check(option: str, value: Any) -> float:
+        if not _is_number(value) or not math.isfinite(float(value)):
+            raise _bad(option, value, "a FLOAT64")
+        v = float(value)
+        if (low is not None and (v < low or (low_open and v == low))) or (
+            high is not None and (v > high or (high_open and v == high))
+        ):
+            raise _bad(
+                option,
+                value,
+                f"a FLOAT64 in {'(' if low_open else '['}{low if low is not None else '-inf'}, "
+                f"{high if high is not None else 'inf'}{')' if high_open else ']'}",
+            )
+        return v
+
+    return check
+
+
+def enum(*allowed: str) -> Checker:
+    def check(option: str, value: Any) -> str:
+        if not isinstance(value, str) or value.upper() not in allowed:
+            raise _bad(option, value, "one of " + ", ".join(f"'{a}'" for a in allowed))
+        return value.upper()
+
+    return check
+
+
+def string(option: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _bad(option, value, "a non-empty STRING")
+    return value
+
+
+def string_array(option: str, value: Any) -> list[str]:
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _bad(option, value, "an ARRAY<STRING>, for example ['a', 'b']")
+    return value
+
+
+def label_cols(option: str, value: Any) -> list[str]:
+    value = string_array(option, value)
+    if len(value) != 1:
+        raise _bad(
+            option, value, "a one-element ARRAY<STRING> naming the label column, for example ['label']"
+        )
+    return value
+
+
+def class_weights(option: str, value: Any) -> list[list[Any]]:
+    """``[STRUCT('label', weight), …]`` as ``[[label, weight], …]`` (from pairs, dicts or a mapping)."""
+    items: list[tuple[Any, Any]] = []
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        for entry in value:
+            if isinstance(entry, Mapping) and len(entry) == 2:
+                items.append(tuple(entry.values()))
+            elif isinstance(entry, (list, tuple)) and len(entry) == 2:
+                items.append(tuple(entry))
+            else:
+                raise _bad(
+                    option,
+                    value,
+                    "an ARRAY of STRUCT(label STRING, weight FLOAT64), e.g. [('a', 0.5), ('b', 2.0)]",
+                )
+    else:
+        raise _bad(
+            option, value, "an ARRAY of STRUCT(label STRING, weight FLOAT64), e.g. [('a', 0.5), ('b', 2.0)]"
+        )
+    out = []
+    for label, weight in items:
+        if not _is_number(weight) or not math.isfinite(float(weight)) or float(weight) < 0:
+            raise _bad(option, value, "non-negative FLOAT64 class weights")
+        out.append([label, float(weight)])
+    if not out:
+        raise _bad(option, value, "at least one STRUCT(label, weight)")
+    return out
+
+
+def anything(option: str, value: Any) -> Any:
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry options (CREATE_DOC: MODEL_REGISTRY, VERTEX_AI_MODEL_ID, VERTEX_AI_MODEL_VERSION_ALIASES)
+# --------------------------------------------------------------------------------------------------
+
+
+def vertex_model_id(option: str, value: Any) -> str:
+    if not isinstance(value, str) or not VERTEX_MODEL_ID_PATTERN.match(value):
+        raise BqmlError(
+            f"Invalid {option.upper()} {value!r}: a Vertex AI model ID has up to 63 characters from "
+            "[a-z0-9_-] and does not start with a digit or a hyphen (for example 'churn_model')."
+        )
+    return value
+
+
+def vertex_aliases(option: str, value: Any) -> list[str]:
+    value = string_array(option, value)
+    for alias in value:
+        if not VERTEX_ALIAS_PATTERN.match(alias):
+            raise BqmlError(
+                f"Invalid Vertex AI model version alias {alias!r} in {option.upper()}: an alias has 2 to "
+                "128 characters, starts with a lower-case letter, then letters, digits or hyphens, and "
+                "ends with a lower-case letter, a digit or a hyphen (pattern "
+                f"[a-z][a-zA-Z0-9-]{{0,126}}[a-z-0-9], {VERTEX_ALIAS_DOC})."
+            )
+    if len(set(value)) != len(value):
+        raise BqmlError(
+            f"{option.upper()} lists an alias more than once: {value}; aliases are unique within a model."
+        )
+    return value
+
+
+def timestamp(option: str, value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        stamp = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        return stamp.astimezone(dt.timezone.utc).isoformat()
+    if isinstance(value, str):
+        try:
+            stamp = dt.datetime.fromisoformat(value.replace(" UTC", "+00:00").replace("Z", "+00:00"))
+        except ValueError:
+            raise _bad(option, value, "a TIMESTAMP, for example '2030-01-01 00:00:00 UTC'") from None
+        return (
+            (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc))
+            .astimezone(dt.timezone.utc)
+            .isoformat()
+        )
+    raise _bad(option, value, "a TIMESTAMP, for example '2030-01-01 00:00:00 UTC'")
+
+
+def labels(option: str, value: Any) -> dict[str, str]:
+    """``[('key', 'value'), …]`` or a mapping, as a dict of strings."""
+    pairs = value.items() if isinstance(value, Mapping) else value
+    try:
+        out = {str(k): str(v) for k, v in (tuple(p.values()) if isinstance(p, Mapping) else p for p in pairs)}
+    except (TypeError, ValueError):
+        raise _bad(option, value, "an ARRAY<STRUCT<STRING, STRING>>, for example [('team', 'ml')]") from None
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Option tables: option -> (default, checker). ``None`` default = unset.
+# --------------------------------------------------------------------------------------------------
+# Every model type: https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create
+# (MODEL_REGISTRY, VERTEX_AI_MODEL_ID, VERTEX_AI_MODEL_VERSION_ALIASES, KMS_KEY_NAME; each model's
+# page repeats them).
+_COMMON: dict[str, tuple[Any, Checker]] = {
+    "model_type": (None, anything),
+    "model_registry": (None, enum("VERTEX_AI")),
+    "vertex_ai_model_id": (None, vertex_model_id),
+    "vertex_ai_model_version_aliases": (None, vertex_aliases),
+    "kms_key_name": (None, string),
+}
+
+_SPLIT_METHODS = ("AUTO_SPLIT", "RANDOM", "CUSTOM", "SEQ", "NO_SPLIT")
+
+# Hyperparameter tuning options: documented, refused locally (see _REFUSED).
+_TUNING: dict[str, tuple[Any, Checker]] = {
+    "num_trials": (None, integer(1, 100)),
+    "max_parallel_trials": (1, integer(1, 5)),
+    "hparam_tuning_algorithm": ("VIZIER_DEFAULT", enum("VIZIER_DEFAULT", "RANDOM_SEARCH", "GRID_SEARCH")),
+    "hparam_tuning_objectives": (None, anything),
+}
+
+# "The CREATE MODEL statement for generalized linear models", option by option ("Arguments"):
+# https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-glm
+_GLM: dict[str, tuple[Any, Checker]] = {
+    "optimize_strategy": (
+        "AUTO_STRATEGY",
+        enum("AUTO_STRATEGY", "BATCH_GRADIENT_DESCENT", "NORMAL_EQUATION"),
+    ),
+    "learn_rate_strategy": ("LINE_SEARCH", enum("LINE_SEARCH", "CONSTANT")),
+    "learn_rate": (0.1, number(0.0, low_open=True)),
+    "ls_init_learn_rate": (0.1, number(0.0, low_open=True)),
+    "calculate_p_values": (False, boolean),
+    "fit_intercept": (True, boolean),
+    "category_encoding_method": ("ONE_HOT_ENCODING", enum("ONE_HOT_ENCODING", "DUMMY_ENCODING")),
+    "auto_class_weights": (False, boolean),
+    "class_weights": (None, class_weights),
+    "enable_global_explain": (False, boolean),
+    "input_label_cols": (["label"], label_cols),
+    "l1_reg": (0.0, number(0.0)),
+    "l2_reg": (0.0, number(0.0)),
+    "max_iterations": (20, integer(1)),
+    "warm_start": (False, boolean),
+    "early_stop": (True, boolean),
+    "min_rel_progress": (0.01, number(0.0)),
+    "data_split_method": ("AUTO_SPLIT", enum(*_SPLIT_METHODS)),
+    "data_split_eval_fraction": (0.2, number(0.0, 1.0, low_open=True, high_open=True)),
+    "data_split_test_fraction": (0.0, number(0.0, 1.0, high_open=True)),
+    "data_split_col": (None, string),
+    **_TUNING,
+}
+
+# "The CREATE MODEL statement for K-means models", option by option ("Arguments"):
+# https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-kmeans
+# NUM_CLUSTERS' default is "log10(n), where n is the number of training examples" (resolved at
+# training time). Tree model options: the tables in lakehouse_ml/engine/xgb.py.
+_KMEANS: dict[str, tuple[Any, Checker]] = {
+    "num_clusters": (None, integer(2, 100)),
+    "kmeans_init_method": ("RANDOM", enum("RANDOM", "KMEANS++", "CUSTOM")),
+    "kmeans_init_col": (None, string),
+    "distance_type": ("EUCLIDEAN", enum("EUCLIDEAN", "COSINE")),
+    "standardize_features": (True, boolean),
+    "max_iterations": (20, integer(1)),
+    "early_stop": (True, boolean),
+    "min_rel_progress": (0.01, number(0.0)),
+    "warm_start": (False, boolean),
+    **_TUNING,
+}
+
+# Options BigQuery ML documents that the local engine refuses (value given and not the default).
+_REFUSED = {
+    "num_trials": "hyperparameter tuning (NUM_TRIALS and the HPARAM_* options) is not available in the "
+    "local engine; train with fixed option values, or run this statement on BigQuery",
+    "hparam_tuning_objectives": "hyperparameter tuning is not available in the local engine",
+    "hparam_tuning_algorithm": "hyperparameter tuning is not available in the local engine",
+    "max_parallel_trials": "hyperparameter tuning is not available in the local engine",
+    "warm_start": "WARM_START=TRUE (retraining an existing model) is not available in the local engine; "
+    "use CREATE OR REPLACE MODEL to train from scratch",
+    "data_split_test_fraction": "DATA_SPLIT_TEST_FRACTION is only used with hyperparameter tuning, which "
+    "is not available in the local engine",
+}
+
+# "ALTER MODEL … SET OPTIONS", the options BigQuery lets you change on a model:
+# https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-alter-model
+# DEPLOY_MODEL and ENDPOINT_IDLE_TTL apply to open models deployed by BigQuery (not the model
+# types trained here), so they are refused with that reason.
+ALTER_OPTIONS: dict[str, Checker] = {
+    "vertex_ai_model_id": vertex_model_id,
+    "expiration_timestamp": timestamp,
+    "kms_key_name": string,
+    "description": lambda option, value: (
+        value if value is None or isinstance(value, str) else string(option, value)
+    ),
+    "labels": labels,
+}
+ALTER_REFUSED = {
+    "deploy_model": "DEPLOY_MODEL applies to open models that BigQuery deploys to Vertex AI, not to "
+    "models trained by BigQuery ML",
+    "endpoint_idle_ttl": "ENDPOINT_IDLE_TTL applies to open models that BigQuery deploys to Vertex AI, not "
+    "to models trained by BigQuery ML",
+}
+# Descriptive model metadata BigQuery keeps on a model but does not accept in CREATE MODEL's
+# option list (CREATE_DOC): set them with ALTER MODEL … SET OPTIONS.
+DESCRIPTIVE_OPTIONS = ("description", "labels", "expiration_timestamp")
+
+REGISTRY_OPTIONS = ("model_registry", "vertex_ai_model_id", "vertex_ai_model_version_aliases")
+
+
+def _table(model_type: str) -> dict[str, tuple[Any, Checker]]:
+    if model_type in LINEAR_MODEL_TYPES:
+        table = dict(_GLM)
+        if model_type == "LINEAR_REG":
+            # AUTO_CLASS_WEIGHTS: "Only use this option with logistic regression models."
+            table.pop("auto_class_weights")
+            table.pop("class_weights")
+        return {**_COMMON, **table}
+    if model_type in KMEANS_MODEL_TYPES:
+        return {**_COMMON, **_KMEANS}
+    raise AssertionError(model_type)
+
+
+def check_model_type(value: Any) -> str:
+    if value is None:
+        raise BqmlError(
+            "CREATE MODEL needs OPTIONS(MODEL_TYPE=...); supported model types: "
+            + ", ".join(SUPPORTED_MODEL_TYPES)
+            + "."
+        )
+    if not isinstance(value, str) or value.upper() not in SUPPORTED_MODEL_TYPES:
+        other = isinstance(value, str) and value.upper() in OTHER_BIGQUERY_MODEL_TYPES
+        reason = (
+            "is a BigQuery ML model type the local engine does not train" if other else "is not a model type"
+        )
+        raise BqmlError(
+            f"MODEL_TYPE {value!r} {reason}; supported locally: {', '.join(SUPPORTED_MODEL_TYPES)}. "
+            "See docs/bqml-coverage.md."
+        )
+    return value.upper()
+
+
+def _unknown(model_type: str, names: list[str], supported: list[str]) -> BqmlError:
+    hint = ""
+    descriptive = [n for n in names if n in DESCRIPTIVE_OPTIONS]
+    if descriptive:
+        hint = (
+            f" {', '.join(n.upper() for n in descriptive)} is not a CREATE MODEL option in BigQuery ML; "
+            "set it afterwards with ALTER MODEL … SET OPTIONS."
+        )
+    return BqmlError(
+        f"Unknown option(s) {', '.join(n.upper() for n in names)} for MODEL_TYPE {model_type}; "
+        "supported options: "
+        f"{', '.join(sorted(s.upper() for s in supported))}.{hint}"
+    )
+
+
+def resolve(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Validated options with every default filled in (lower-case keys; ``model_type`` upper-case)."""
+    given = {str(k).lower(): v for k, v in (options or {}).items()}
+    model_type = check_model_type(given.get("model_type"))
+    given["model_type"] = model_type
+    if model_type in TREE_MODEL_TYPES:
+        resolved = _resolve_tree(model_type, given)
+    else:
+        table = _table(model_type)
+        unknown = sorted(k for k in given if k not in table)
+        if unknown:
+            raise _unknown(model_type, unknown, list(table))
+        resolved = {}
+        for name, (default, checker) in table.items():
+            if name in given and given[name] is not None:
+                resolved[name] = checker(name, given[name]) if name != "model_type" else model_type
+            else:
+                resolved[name] = default
+        _refuse(given, resolved, table)
+        _check_glm_kmeans(model_type, given, resolved)
+    _check_registry(resolved)
+    _check_split(model_type, resolved)
+    return resolved
+
+
+def _refuse(given: dict[str, Any], resolved: dict[str, Any], table: dict[str, tuple[Any, Checker]]) -> None:
+    for name, reason in _REFUSED.items():
+        if name in given and name in table and given[name] is not None and resolved[name] != table[name][0]:
+            raise BqmlError(f"Option {name.upper()} is not supported locally: {reason}.")
+
+
+def _resolve_tree(model_type: str, given: dict[str, Any]) -> dict[str, Any]:
+    registry = {k: given[k] for k in (*_COMMON,) if k in given}
+    rest = {k: v for k, v in given.items() if k not in _COMMON}
+    try:
+        resolved = xgb.resolved_options(model_type, rest)
+    except ValueError as exc:
+        raise BqmlError(f"{exc}.") from None
+    for name, (default, checker) in _COMMON.items():
+        if name == "model_type":
+            continue
+        value = registry.get(name)
+        resolved[name] = checker(name, value) if value is not None else default
+    resolved["model_type"] = model_type
+    # Refused: tuning (NUM_TRIALS) and the test fraction.
+    if resolved.get("num_trials") is not None:
+        raise BqmlError(f"Option NUM_TRIALS is not supported locally: {_REFUSED['num_trials']}.")
+    if resolved.get("data_split_test_fraction"):
+        raise BqmlError(
+            "Option DATA_SPLIT_TEST_FRACTION is not supported locally: "
+            f"{_REFUSED['data_split_test_fraction']}."
+        )
+    resolved["input_label_cols"] = label_cols("input_label_cols", resolved["input_label_cols"])
+    if resolved.get("data_split_col") is not None:
+        resolved["data_split_col"] = string("data_split_col", resolved["data_split_col"])
+    if resolved.get("instance_weight_col") is not None:
+        resolved["instance_weight_col"] = string("instance_weight_col", resolved["instance_weight_col"])
+    if resolved.get("class_weights") is not None:
+        resolved["class_weights"] = class_weights("class_weights", resolved["class_weights"])
+    frac = resolved.get("data_split_eval_fraction")
+    if frac is not None and not 0.0 < float(frac) < 1.0:
+        raise _bad("data_split_eval_fraction", frac, "a FLOAT64 in (0, 1)")
+    encoding = resolved.get("category_encoding_method")
+    if encoding not in (None, "LABEL_ENCODING"):
+        raise BqmlError(
+            f"CATEGORY_ENCODING_METHOD={encoding!r} is not available locally for {model_type}; "
+            "the local engine "
+            "label-encodes categorical features (LABEL_ENCODING, the default)."
+        )
+    return resolved
+
+
+def _check_glm_kmeans(model_type: str, given: dict[str, Any], o: dict[str, Any]) -> None:
+    if model_type in LINEAR_MODEL_TYPES:
+        # GLM_DOC, LEARN_RATE: "If LEARN_RATE_STRATEGY is set to LINE_SEARCH, an error is returned."
+        if "learn_rate" in given and o["learn_rate_strategy"] == "LINE_SEARCH":
+            raise BqmlError(
+                "LEARN_RATE can only be set with LEARN_RATE_STRATEGY='CONSTANT'; with LINE_SEARCH "
+                "(the default) set LS_INIT_LEARN_RATE instead."
+            )
+        if "ls_init_learn_rate" in given and o["learn_rate_strategy"] == "CONSTANT":
+            raise BqmlError(
+                "LS_INIT_LEARN_RATE applies to LEARN_RATE_STRATEGY='LINE_SEARCH'; with CONSTANT set "
+                "LEARN_RATE."
+            )
+        # GLM_DOC, NORMAL_EQUATION: "You can't use NORMAL_EQUATION [if] you specified a value for L1_REG".
+        if o["optimize_strategy"] == "NORMAL_EQUATION" and o["l1_reg"] > 0:
+            raise BqmlError(
+                "OPTIMIZE_STRATEGY='NORMAL_EQUATION' cannot be used with L1_REG; use "
+                "BATCH_GRADIENT_DESCENT or AUTO_STRATEGY."
+            )
+        if o["optimize_strategy"] == "NORMAL_EQUATION" and model_type == "LOGISTIC_REG":
+            raise BqmlError(
+                "OPTIMIZE_STRATEGY='NORMAL_EQUATION' computes the least-squares solution of a linear "
+                "regression; LOGISTIC_REG trains with BATCH_GRADIENT_DESCENT (or AUTO_STRATEGY)."
+            )
+        # GLM_DOC, CLASS_WEIGHTS: "You can't specify this option if AUTO_CLASS_WEIGHTS is TRUE."
+        if o.get("auto_class_weights") and o.get("class_weights") is not None:
+            raise BqmlError("CLASS_WEIGHTS cannot be specified when AUTO_CLASS_WEIGHTS is TRUE.")
+    if model_type in KMEANS_MODEL_TYPES:
+        if o["kmeans_init_method"] == "CUSTOM" and not o["kmeans_init_col"]:
+            raise BqmlError(
+                "KMEANS_INIT_METHOD='CUSTOM' needs KMEANS_INIT_COL naming a BOOL column whose TRUE rows "
+                "are the initial centroids."
+            )
+        if o["kmeans_init_col"] and o["kmeans_init_method"] != "CUSTOM":
+            raise BqmlError("KMEANS_INIT_COL can only be used with KMEANS_INIT_METHOD='CUSTOM'.")
+
+
+def _check_registry(o: dict[str, Any]) -> None:
+    # "You can only set the VERTEX_AI_MODEL_ID option when the MODEL_REGISTRY option is set to
+    # VERTEX_AI." (and the same for VERTEX_AI_MODEL_VERSION_ALIASES)
+    for name in ("vertex_ai_model_id", "vertex_ai_model_version_aliases"):
+        if o.get(name) is not None and o.get("model_registry") != "VERTEX_AI":
+            raise BqmlError(f"{name.upper()} can only be set when MODEL_REGISTRY='VERTEX_AI'.")
+
+
+def _check_split(model_type: str, o: dict[str, Any]) -> None:
+    if "data_split_method" not in o:
+        return
+    method, col = o["data_split_method"], o.get("data_split_col")
+    if method in ("CUSTOM", "SEQ") and not col:
+        raise BqmlError(f"DATA_SPLIT_METHOD='{method}' needs DATA_SPLIT_COL naming the column to split on.")
+    if col and method not in ("CUSTOM", "SEQ"):
+        raise BqmlError(f"DATA_SPLIT_COL is used with DATA_SPLIT_METHOD 'CUSTOM' or 'SEQ', not '{method}'.")
+
+
+def check_model_name_for_vertex(name: str, o: Mapping[str, Any]) -> None:
+    """'If you don't specify a Vertex AI model ID, the BigQuery ML model name must meet these
+    requirements.' (GLM_DOC, VERTEX_AI_MODEL_ID)"""
+    if o.get("model_registry") == "VERTEX_AI" and o.get("vertex_ai_model_id") is None:
+        if not VERTEX_MODEL_ID_PATTERN.match(name):
+            raise BqmlError(
+                "MODEL_REGISTRY='VERTEX_AI' without VERTEX_AI_MODEL_ID registers the model under its "
+                f"name, but {name!r} is not a valid Vertex AI model ID (up to 63 characters from "
+                "[a-z0-9_-], not starting "
+                "with a digit or a hyphen); set VERTEX_AI_MODEL_ID."
+            )
+
+
+def resolve_alter(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``ALTER MODEL … SET OPTIONS``: validated changes; anything else fails naming what is allowed."""
+    out: dict[str, Any] = {}
+    for key, value in (options or {}).items():
+        name = str(key).lower()
+        if name in ALTER_REFUSED:
+            raise BqmlError(f"ALTER MODEL option {name.upper()} is not supported: {ALTER_REFUSED[name]}.")
+        if name not in ALTER_OPTIONS:
+            raise BqmlError(
+                f"ALTER MODEL … SET OPTIONS cannot change {name.upper()}; options BigQuery ML lets you "
+                "change: "
+                f"{', '.join(o.upper() for o in ALTER_OPTIONS)}. Other options need CREATE OR REPLACE MODEL."
+            )
+        out[name] = None if value is None else ALTER_OPTIONS[name](name, value)
+    return out

@@ -37,10 +37,14 @@ class PeakRSS:
 def record_section(path: Path, name: str, body: str) -> None:
     """Replace the section between this benchmark's markers in docs/benchmarks.md (or append it)."""
     begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures recorded by the scripts in `benchmarks/`.\n\n"
+    text = (
+        path.read_text()
+        if path.exists()
+        else "# Benchmarks\n\nFigures recorded by the scripts in `benchmarks/`.\n\n"
+    )
     block = f"{begin}\n{body}\n{end}"
     if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     tmp = path.with_suffix(".tmp")

@@ -41,7 +41,9 @@ CATEGORICAL = [f"c{i}" for i in range(5)]
 
 def make_data(rows: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    frame = pd.DataFrame(rng.normal(size=(rows, len(NUMERIC))) * rng.uniform(0.5, 20, len(NUMERIC)), columns=NUMERIC)
+    frame = pd.DataFrame(
+        rng.normal(size=(rows, len(NUMERIC))) * rng.uniform(0.5, 20, len(NUMERIC)), columns=NUMERIC
+    )
     logit = frame.to_numpy() @ (rng.normal(size=len(NUMERIC)) / frame.std().to_numpy())
     for i, name in enumerate(CATEGORICAL):
         levels = 4 + 4 * i

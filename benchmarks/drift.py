@@ -116,9 +116,9 @@ def demo_benchmark(args: argparse.Namespace) -> None:
     """``lakehouse-ml demo`` at the default scale, in a fresh local home."""
     import socket
 
+    from lakehouse_ml.core.settings import load_settings
     from lakehouse_ml.demo import run_demo
     from lakehouse_ml.serving.server import stop_server
-    from lakehouse_ml.core.settings import load_settings
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -132,7 +132,9 @@ def demo_benchmark(args: argparse.Namespace) -> None:
     print(summary.table())
     seconds = summary.seconds
     checks = ", ".join(f"{step}: {'passed' if passed else 'FAILED'}" for step, passed, _ in summary.checks)
-    drifted = ", ".join(f"{name} {value:.3f} > {threshold:g}" for name, value, threshold, over in summary.drift_values if over)
+    drifted = ", ".join(
+        f"{name} {value:.3f} > {threshold:g}" for name, value, threshold, over in summary.drift_values if over
+    )
     figures = {
         "scale": f"{settings.customers:,} customers, {settings.days} days, {summary.scenario}",
         "generate the landing data": f"{seconds['generate']:.1f} s",
@@ -156,7 +158,9 @@ def demo_benchmark(args: argparse.Namespace) -> None:
             "smoke test, promotion). In production the hourly monitoring schedule and the sensor's interval "
             "add their wait to it."
         )
-        record_figures("drift-demo", "drift demo: `lakehouse-ml demo` at the default scale", provenance, figures)
+        record_figures(
+            "drift-demo", "drift demo: `lakehouse-ml demo` at the default scale", provenance, figures
+        )
 
 
 def drift_benchmark(args: argparse.Namespace) -> None:

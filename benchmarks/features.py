@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lakehouse_ml.lifecycle import features  # noqa: E402
-from lakehouse_ml.engine.translate import translate  # noqa: E402
-from lakehouse_ml.datagen import SimulationConfig, landing_files, write_landing  # noqa: E402
-from lakehouse_ml.core.settings import load_settings  # noqa: E402
-
 from _common import PeakRSS, print_figures, record_figures  # noqa: E402
+
+from lakehouse_ml.core.settings import load_settings  # noqa: E402
+from lakehouse_ml.datagen import SimulationConfig, landing_files, write_landing  # noqa: E402
+from lakehouse_ml.engine.translate import translate  # noqa: E402
+from lakehouse_ml.lifecycle import features  # noqa: E402
 
 
 def baseline(landing: Path, config: SimulationConfig, database: Path) -> float:
@@ -48,12 +48,20 @@ def baseline(landing: Path, config: SimulationConfig, database: Path) -> float:
         ("raw_web_sessions", "web_sessions"),
     ]:
         if landing_name in ("orders", "web_sessions"):
-            files = [str(f) for d in range(config.days) for f in landing_files(landing, landing_name, config.start_date + dt.timedelta(days=d))]
+            files = [
+                str(f)
+                for d in range(config.days)
+                for f in landing_files(landing, landing_name, config.start_date + dt.timedelta(days=d))
+            ]
         else:
             files = [str(f) for f in landing_files(landing, landing_name)]
-        conn.execute(f"CREATE TABLE {table} AS SELECT * FROM read_parquet($f, hive_partitioning = false)", {"f": files})
+        conn.execute(
+            f"CREATE TABLE {table} AS SELECT * FROM read_parquet($f, hive_partitioning = false)", {"f": files}
+        )
     (customer,) = translate(features.CUSTOMER_FEATURES.sql)
-    conn.execute("CREATE TABLE customer_features AS " + customer.duckdb_sql, dict(features.CUSTOMER_FEATURES.params))
+    conn.execute(
+        "CREATE TABLE customer_features AS " + customer.duckdb_sql, dict(features.CUSTOMER_FEATURES.params)
+    )
     (transaction,) = translate(features.TRANSACTION_FEATURES.sql)
     conn.execute(
         "CREATE TABLE transaction_features AS " + transaction.duckdb_sql,
@@ -85,7 +93,11 @@ def generation_scaling(sizes: list[int]) -> list[tuple[int, float, float]]:
     results = []
     for size in sizes:
         out = subprocess.run(
-            [sys.executable, "-c", GENERATION_PROBE, str(size)], capture_output=True, text=True, check=True, cwd=ROOT
+            [sys.executable, "-c", GENERATION_PROBE, str(size)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
         ).stdout.split()
         results.append((int(out[0]), float(out[1]), int(out[2]) / 1024))
     return results
@@ -104,8 +116,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         settings = load_settings({"LAKEHOUSE_ML_HOME": str(home)})
-        config = SimulationConfig.for_order_lines(args.order_lines, start_date=settings.start_date, days=settings.days)
-        settings = load_settings({"LAKEHOUSE_ML_HOME": str(home), "LAKEHOUSE_ML_CUSTOMERS": str(config.customers)})
+        config = SimulationConfig.for_order_lines(
+            args.order_lines, start_date=settings.start_date, days=settings.days
+        )
+        settings = load_settings(
+            {"LAKEHOUSE_ML_HOME": str(home), "LAKEHOUSE_ML_CUSTOMERS": str(config.customers)}
+        )
 
         with PeakRSS() as memory:
             t0 = time.perf_counter()
@@ -137,7 +153,9 @@ def main() -> None:
     print_figures(figures)
     scaling = generation_scaling([args.order_lines // 4, args.order_lines, args.order_lines * 4])
     for lines, seconds, rss in scaling:
-        print(f"{'generation alone, ' + format(lines, ',') + ' lines':>50}: {seconds:.1f} s, max RSS {rss:.0f} MiB")
+        print(
+            f"{'generation alone, ' + format(lines, ',') + ' lines':>50}: {seconds:.1f} s, max RSS {rss:.0f} MiB"
+        )
 
     if args.record:
         provenance = (

@@ -30,7 +30,6 @@ from lakehouse_ml.engine.engine import BqmlEngine  # noqa: E402
 from lakehouse_ml.serving import server  # noqa: E402
 from lakehouse_ml_tests.serving.conftest import free_port, instances, training_frame  # noqa: E402
 
-
 TRANSFORM_MODEL = """
 CREATE MODEL segments
 TRANSFORM (
@@ -77,7 +76,10 @@ def _client(port: int, request: bytes, n: int, out: list, start: threading.Barri
 def load(port: int, request: bytes, clients: int, per_client: int) -> tuple[np.ndarray, float]:
     out: list = []
     barrier = threading.Barrier(clients + 1)
-    threads = [threading.Thread(target=_client, args=(port, request, per_client, out, barrier)) for _ in range(clients)]
+    threads = [
+        threading.Thread(target=_client, args=(port, request, per_client, out, barrier))
+        for _ in range(clients)
+    ]
     for t in threads:
         t.start()
     barrier.wait()
@@ -101,7 +103,9 @@ def main() -> None:
     ep.create_endpoint("churn", endpoint_id="churn")
     ep.deploy("churn", "churn", "1", str(engine.store.version_dir("churn")), logging_sampling_rate=1.0)
     ep.create_endpoint("segments", endpoint_id="segments")
-    ep.deploy("segments", "segments", "1", str(engine.store.version_dir("segments")), logging_sampling_rate=1.0)
+    ep.deploy(
+        "segments", "segments", "1", str(engine.store.version_dir("segments")), logging_sampling_rate=1.0
+    )
     process = server.start_background(home, ep.host, ep.port)
     try:
         path = "/v1/projects/local/locations/us-central1/endpoints/churn:predict"
@@ -110,7 +114,8 @@ def main() -> None:
         # A model with a TRANSFORM clause takes NULL as the documented sentinels (docs/serving-format.md).
         one_row = pa.Table.from_pandas(frame.head(1).drop(columns=["churned"]), preserve_index=False)
         transformed = _request(
-            path.replace("/churn:", "/segments:"), json.dumps({"instances": served.instances(one_row, transform=True)}).encode()
+            path.replace("/churn:", "/segments:"),
+            json.dumps({"instances": served.instances(one_row, transform=True)}).encode(),
         )
         load(ep.port, one, 4, 500)  # warm up
         lat1, rps = load(ep.port, one, 4, 5000)
@@ -129,7 +134,9 @@ def main() -> None:
         for _ in range(reps):
             engine.predict("churn", rows)
         in_process.append((time.perf_counter() - t0) / reps * 1e3)
-    one_row = "SELECT * FROM ML.PREDICT(MODEL segments, (SELECT x1, x2, channel, member FROM customers LIMIT 1))"
+    one_row = (
+        "SELECT * FROM ML.PREDICT(MODEL segments, (SELECT x1, x2, channel, member FROM customers LIMIT 1))"
+    )
     warehouse.query(one_row)
     t0 = time.perf_counter()
     for _ in range(100):

@@ -1,13 +1,13 @@
 """``lakehouse-ml``: the command line of lakehouse_ml.
 
-    lakehouse-ml generate       write the Cymbal retail simulator's data to the landing zone
-    lakehouse-ml materialize    materialize every asset on the configured backend (headless)
-    lakehouse-ml demo           the whole loop: data, models, serving, traffic, drift, retraining
-    lakehouse-ml traffic        send realistic prediction requests to an endpoint (the website)
-    lakehouse-ml serve          run (or --stop) the local endpoint server
-    lakehouse-ml query          run BigQuery SQL against the local warehouse
-    lakehouse-ml ui             open the Dagster UI on the local home's instance
-    lakehouse-ml gcp-check      check the project's assumptions in your Google Cloud project (costs a little)
+lakehouse-ml generate       write the Cymbal retail simulator's data to the landing zone
+lakehouse-ml materialize    materialize every asset on the configured backend (headless)
+lakehouse-ml demo           the whole loop: data, models, serving, traffic, drift, retraining
+lakehouse-ml traffic        send realistic prediction requests to an endpoint (the website)
+lakehouse-ml serve          run (or --stop) the local endpoint server
+lakehouse-ml query          run BigQuery SQL against the local warehouse
+lakehouse-ml ui             open the Dagster UI on the local home's instance
+lakehouse-ml gcp-check      check the project's assumptions in your Google Cloud project (costs a little)
 """
 
 from __future__ import annotations
@@ -82,7 +82,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     manifest = write_landing(config, settings.landing_dir, progress=_progress_printer())
     counts = manifest.get("row_counts", {})
-    _say(f"Wrote {settings.landing_dir} in {time.perf_counter() - start:.1f} s: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
+    _say(
+        f"Wrote {settings.landing_dir} in {time.perf_counter() - start:.1f} s: "
+        + ", ".join(f"{t} {n:,}" for t, n in counts.items())
+    )
     if (config.start_date, config.days) != (settings.start_date, settings.days):
         _say(
             "Note: the Dagster partitions follow LAKEHOUSE_ML_START_DATE/LAKEHOUSE_ML_DAYS; set them to "
@@ -100,7 +103,9 @@ def _materialize(settings: Settings) -> None:
     start = time.perf_counter()
     with persistent_instance(settings) as instance:
         materialize_all(settings, instance, progress=_say)
-    _say(f"Materialized every asset in {time.perf_counter() - start:.1f} s on the {settings.backend} backend.")
+    _say(
+        f"Materialized every asset in {time.perf_counter() - start:.1f} s on the {settings.backend} backend."
+    )
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
@@ -143,16 +148,22 @@ def cmd_gcp_check(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if settings.backend != "gcp":
-        raise CliError("gcp-check runs on the gcp backend: set LAKEHOUSE_ML_BACKEND=gcp and LAKEHOUSE_ML_GCP_PROJECT.")
+        raise CliError(
+            "gcp-check runs on the gcp backend: set LAKEHOUSE_ML_BACKEND=gcp and LAKEHOUSE_ML_GCP_PROJECT."
+        )
     out = Path(args.out) if args.out else settings.home_dir / "gcp-check"
     _say(
         "gcp-check deploys two tiny models to two Vertex AI endpoints (each deploy takes minutes; the nodes are "
         "billed while deployed) and deletes everything it made at the end."
     )
-    report = run_gcp_check(settings, out, progress=_say, poll_s=args.poll_seconds, log_timeout_s=args.log_timeout)
+    report = run_gcp_check(
+        settings, out, progress=_say, poll_s=args.poll_seconds, log_timeout_s=args.log_timeout
+    )
     print(report.table())
     if report.fixtures:
-        print(f"Copy the fixtures into lakehouse_ml_tests/golden/ to test against them: cp {out}/*.json lakehouse_ml_tests/golden/")
+        print(
+            f"Copy the fixtures into lakehouse_ml_tests/golden/ to test against them: cp {out}/*.json lakehouse_ml_tests/golden/"
+        )
     return 0 if report.passed else 1
 
 
@@ -205,7 +216,9 @@ def parse_param(text: str) -> tuple[str, Any]:
             raise CliError(f"--param {text}: {value!r} is not a valid {kind}.") from None
     plain = _PARAM.match(text)
     if not plain:
-        raise CliError(f"--param {text!r}: write name=value or name:TYPE:value, e.g. snapshot_date=2026-03-01.")
+        raise CliError(
+            f"--param {text!r}: write name=value or name:TYPE:value, e.g. snapshot_date=2026-03-01."
+        )
     name, value = plain["name"], plain["value"]
     for convert in (int, float, dt.date.fromisoformat):
         try:
@@ -223,7 +236,11 @@ def _render(frame, fmt: str, max_rows: int) -> str:
     if fmt == "json":
         return frame.to_json(orient="records", date_format="iso", lines=False, indent=1) + "\n"
     shown = frame.head(max_rows)
-    text = shown.to_markdown(index=False, tablefmt="simple", floatfmt=".6g") if len(frame.columns) else "(no columns)"
+    text = (
+        shown.to_markdown(index=False, tablefmt="simple", floatfmt=".6g")
+        if len(frame.columns)
+        else "(no columns)"
+    )
     footer = f"({len(frame):,} row{'s' if len(frame) != 1 else ''}"
     footer += f", first {max_rows} shown; use --format csv for all)" if len(frame) > max_rows else ")"
     return text + "\n" + footer + "\n"
@@ -300,17 +317,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lakehouse-ml", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--home", type=Path, help="local home (default: $LAKEHOUSE_ML_HOME or ./.lakehouse_ml)")
+    parser = argparse.ArgumentParser(
+        prog="lakehouse-ml", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--home", type=Path, help="local home (default: $LAKEHOUSE_ML_HOME or ./.lakehouse_ml)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="write simulated Cymbal retail data to the landing zone")
     gen.add_argument("--seed", type=int, help="random seed (default: $LAKEHOUSE_ML_SEED or 42)")
-    gen.add_argument("--start-date", type=dt.date.fromisoformat, help="first day, YYYY-MM-DD (default: $LAKEHOUSE_ML_START_DATE)")
+    gen.add_argument(
+        "--start-date",
+        type=dt.date.fromisoformat,
+        help="first day, YYYY-MM-DD (default: $LAKEHOUSE_ML_START_DATE)",
+    )
     gen.add_argument("--days", type=int, help="number of days (default: $LAKEHOUSE_ML_DAYS or 180)")
     scale = gen.add_mutually_exclusive_group()
-    scale.add_argument("--customers", type=int, help="number of customers (default: $LAKEHOUSE_ML_CUSTOMERS or 5000)")
-    scale.add_argument("--order-lines", type=int, help="pick the number of customers to get about this many order lines")
+    scale.add_argument(
+        "--customers", type=int, help="number of customers (default: $LAKEHOUSE_ML_CUSTOMERS or 5000)"
+    )
+    scale.add_argument(
+        "--order-lines", type=int, help="pick the number of customers to get about this many order lines"
+    )
     gen.add_argument(
         "--scenario",
         action="append",
@@ -320,32 +349,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.set_defaults(func=cmd_generate)
 
-    mat = sub.add_parser("materialize", help="materialize every asset (headless, persistent Dagster instance)")
+    mat = sub.add_parser(
+        "materialize", help="materialize every asset (headless, persistent Dagster instance)"
+    )
     mat.set_defaults(func=cmd_materialize)
 
     demo = sub.add_parser(
         "demo",
         help="the whole loop on the configured backend: generate, materialize, serve, traffic, drift, retrain, redeploy",
     )
-    demo.add_argument("--scenario", default="channel_shift", help="drift scenario (price_shock, channel_shift, new_region)")
+    demo.add_argument(
+        "--scenario", default="channel_shift", help="drift scenario (price_shock, channel_shift, new_region)"
+    )
     demo.add_argument("--intensity", type=float, default=1.5, help="drift intensity (default 1.5)")
-    demo.add_argument("--drift-days", type=int, default=154, help="the last N simulated days drift (default 154)")
-    demo.add_argument("--requests", type=int, default=600, help="instances sent per traffic step (default 600)")
-    demo.add_argument("--keep-serving", action="store_true", help="leave the local endpoint server running afterwards")
+    demo.add_argument(
+        "--drift-days", type=int, default=154, help="the last N simulated days drift (default 154)"
+    )
+    demo.add_argument(
+        "--requests", type=int, default=600, help="instances sent per traffic step (default 600)"
+    )
+    demo.add_argument(
+        "--keep-serving", action="store_true", help="leave the local endpoint server running afterwards"
+    )
     demo.set_defaults(func=cmd_demo)
 
     from lakehouse_ml.lifecycle.traffic import add_traffic_arguments
 
-    traffic = add_traffic_arguments(sub.add_parser("traffic", help="send realistic prediction requests to an endpoint"))
+    traffic = add_traffic_arguments(
+        sub.add_parser("traffic", help="send realistic prediction requests to an endpoint")
+    )
     traffic.set_defaults(func=cmd_traffic)
 
     check = sub.add_parser(
         "gcp-check",
         help="train, register, deploy, serve, retrain and clean up two tiny models in your project (gcp backend)",
     )
-    check.add_argument("--out", help="where to save the real responses (default: $LAKEHOUSE_ML_HOME/gcp-check)")
-    check.add_argument("--poll-seconds", type=float, default=10.0, help="how often to look at the request log (default 10)")
-    check.add_argument("--log-timeout", type=float, default=1800.0, help="how long to wait for the request log (default 1800 s)")
+    check.add_argument(
+        "--out", help="where to save the real responses (default: $LAKEHOUSE_ML_HOME/gcp-check)"
+    )
+    check.add_argument(
+        "--poll-seconds", type=float, default=10.0, help="how often to look at the request log (default 10)"
+    )
+    check.add_argument(
+        "--log-timeout",
+        type=float,
+        default=1800.0,
+        help="how long to wait for the request log (default 1800 s)",
+    )
     check.set_defaults(func=cmd_gcp_check)
 
     ui = sub.add_parser("ui", help="run `dagster dev` on the local home's Dagster instance")
@@ -357,7 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("sql", nargs="?", help="the SQL (or use -f, or standard input)")
     query.add_argument("-f", "--file", help="read the SQL from this file")
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    query.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="query parameter @NAME (repeatable); NAME:TYPE:VALUE to give the type")
+    query.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="query parameter @NAME (repeatable); NAME:TYPE:VALUE to give the type",
+    )
     query.add_argument("--max-rows", type=int, default=50, help="rows shown by --format table (default 50)")
     query.set_defaults(func=cmd_query)
 
@@ -377,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Dagster flags beta parameters (single-run backfills) on every load; not news on a terminal.
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    from lakehouse_ml.backends.warehouse import WarehouseError
+    from lakehouse_ml.core.errors import WarehouseError
 
     try:
         return args.func(args)

@@ -11,6 +11,7 @@ import datetime as dt
 import dagster as dg
 
 from lakehouse_ml.backends import build_endpoints, build_executor, build_registry, build_warehouse
+from lakehouse_ml.core.settings import Settings, load_settings
 from lakehouse_ml.defs.deployment import GROUP as SERVING_GROUP
 from lakehouse_ml.defs.deployment import serving_assets
 from lakehouse_ml.defs.features import feature_asset
@@ -18,11 +19,10 @@ from lakehouse_ml.defs.models import GROUP as MODELS_GROUP
 from lakehouse_ml.defs.models import model_assets
 from lakehouse_ml.defs.monitoring import GROUP as MONITORING_GROUP
 from lakehouse_ml.defs.monitoring import monitoring_assets, retraining_job
-from lakehouse_ml.defs.sensors import drift_retraining_sensor
 from lakehouse_ml.defs.raw import RAW_TABLES, landing_specs, raw_asset
+from lakehouse_ml.defs.sensors import drift_retraining_sensor
 from lakehouse_ml.lifecycle.features import FEATURE_TABLES
 from lakehouse_ml.lifecycle.models import MODELS
-from lakehouse_ml.core.settings import Settings, load_settings
 
 
 def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:

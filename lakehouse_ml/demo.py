@@ -28,13 +28,13 @@ from typing import Callable
 
 import dagster as dg
 
-from lakehouse_ml.lifecycle import traffic
 from lakehouse_ml.backends import build_endpoints, build_registry, build_warehouse
+from lakehouse_ml.core.settings import Settings
 from lakehouse_ml.datagen import DriftScenario, SimulationConfig, write_landing
 from lakehouse_ml.definitions import build_definitions, daily_partitions
+from lakehouse_ml.lifecycle import traffic
 from lakehouse_ml.lifecycle.models import model_spec
 from lakehouse_ml.runner import DATA_JOBS, MODEL_JOBS, SERVING_JOBS, materialize_all, persistent_instance
-from lakehouse_ml.core.settings import Settings
 
 SENSOR = "drift_retraining_sensor"
 
@@ -49,7 +49,9 @@ class DemoSummary:
     retrained_quality: float | None = None
     metric: str = ""
     gate: str = ""
-    drift_values: list[tuple[str, float, float, bool]] = field(default_factory=list)  # input, value, threshold, anomaly
+    drift_values: list[tuple[str, float, float, bool]] = field(
+        default_factory=list
+    )  # input, value, threshold, anomaly
     checks: list[tuple[str, bool, str]] = field(default_factory=list)  # step, passed, description
     sensor_run_id: str | None = None
     sensor_tags: dict[str, str] = field(default_factory=dict)
@@ -68,10 +70,19 @@ class DemoSummary:
         ]
         for step, passed, description in self.checks:
             rows.append((f"drift check ({step})", ("passed" if passed else "FAILED") + f": {description}"))
-        drifted = [f"{name} {value:.3f} (threshold {threshold:g})" for name, value, threshold, anomaly in self.drift_values if anomaly]
+        drifted = [
+            f"{name} {value:.3f} (threshold {threshold:g})"
+            for name, value, threshold, anomaly in self.drift_values
+            if anomaly
+        ]
         rows.append(("drift values over threshold", ", ".join(drifted) or "none"))
         rows.append(("run started by the sensor", f"{self.sensor_run_id} ({self.sensor_runs} run(s) in all)"))
-        rows.append(("why", ", ".join(f"{k}={v}" for k, v in self.sensor_tags.items() if k.startswith("lakehouse_ml/"))))
+        rows.append(
+            (
+                "why",
+                ", ".join(f"{k}={v}" for k, v in self.sensor_tags.items() if k.startswith("lakehouse_ml/")),
+            )
+        )
         rows.append(("time", ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())))
         rows.append(("open the UI", self.ui_command))
         width = max(len(k) for k, _ in rows)
@@ -83,11 +94,15 @@ def _fmt(value: float | None) -> str:
 
 
 def _versions(registry, model_id: str) -> str:
-    return ", ".join(f"v{v.version_id}[{','.join(sorted(v.aliases))}]" for v in registry.list_versions(model_id))
+    return ", ".join(
+        f"v{v.version_id}[{','.join(sorted(v.aliases))}]" for v in registry.list_versions(model_id)
+    )
 
 
 def _latest_check(instance: dg.DagsterInstance, asset: str, check: str):
-    records = instance.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(dg.AssetKey(asset), check), limit=1)
+    records = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey(asset), check), limit=1
+    )
     return records[0].evaluation if records else None
 
 
@@ -128,11 +143,21 @@ def run_demo(
     progress(f"[1/11] generating {len(keys)} days for {settings.customers:,} customers, {drift} ...")
     started = clock()
     write_landing(
-        SimulationConfig(seed=settings.seed, start_date=settings.start_date, days=settings.days, customers=settings.customers, scenarios=(drift,)),
+        SimulationConfig(
+            seed=settings.seed,
+            start_date=settings.start_date,
+            days=settings.days,
+            customers=settings.customers,
+            scenarios=(drift,),
+        ),
         settings.landing_dir,
     )
     step("generate", started)
-    warehouse, registry, endpoints = build_warehouse(settings), build_registry(settings), build_endpoints(settings)
+    warehouse, registry, endpoints = (
+        build_warehouse(settings),
+        build_registry(settings),
+        build_endpoints(settings),
+    )
     model_id = spec.registry_options.get("vertex_ai_model_id", spec.name)
     before_drift = keys[keys.index(onset.isoformat()) - 1]
     try:
@@ -151,7 +176,12 @@ def run_demo(
                 instances = traffic.serving_instances(warehouse, model, seed=settings.seed)
                 since = dt.datetime.now(dt.timezone.utc)
                 report = traffic.send_traffic(
-                    url, instances, count=requests // batch_size, rate=None, batch_size=batch_size, token=token,
+                    url,
+                    instances,
+                    count=requests // batch_size,
+                    rate=None,
+                    batch_size=batch_size,
+                    token=token,
                     prediction_format=spec.prediction_format(),
                 )
                 progress(f"      {label}: {report.summary()}")
@@ -160,9 +190,13 @@ def run_demo(
                 expected = int(report.instances * spec.serving.logging_sampling_rate)
                 found, waited = _await_log(endpoints, spec.serving.endpoint, since, expected)
                 if found < expected:
-                    progress(f"      the request-response log holds {found} of the {expected} instances after {waited:.0f} s")
+                    progress(
+                        f"      the request-response log holds {found} of the {expected} instances after {waited:.0f} s"
+                    )
                 elif waited > 1.0:
-                    progress(f"      the request-response log holds the {expected} instances ({waited:.1f} s)")
+                    progress(
+                        f"      the request-response log holds the {expected} instances ({waited:.1f} s)"
+                    )
 
             def monitor(step_name: str) -> bool:
                 materialize_all(settings, instance, say, jobs=("monitoring_job",))
@@ -175,9 +209,13 @@ def run_demo(
             progress("[5/11] monitoring")
             if not monitor("normal traffic"):
                 progress("      (the drift check did not pass on normal traffic; see the report)")
-            progress(f"[6/11] the drift starts: loading {onset} .. {keys[-1]} ({drift.name}) and refreshing features")
+            progress(
+                f"[6/11] the drift starts: loading {onset} .. {keys[-1]} ({drift.name}) and refreshing features"
+            )
             started = clock()
-            materialize_all(settings, instance, say, jobs=DATA_JOBS, partition_range=(onset.isoformat(), keys[-1]))
+            materialize_all(
+                settings, instance, say, jobs=DATA_JOBS, partition_range=(onset.isoformat(), keys[-1])
+            )
             drift_onset = clock()  # the first drifted request
             send("drifted traffic")
             progress("[7/11] monitoring")
@@ -186,7 +224,9 @@ def run_demo(
             progress(f"[8/11] evaluating {SENSOR}")
             definitions = build_definitions(settings)
             sensor = definitions.resolve_sensor_def(SENSOR)
-            context = dg.build_sensor_context(instance=instance, definitions=definitions, cursor=_sensor_cursor(instance))
+            context = dg.build_sensor_context(
+                instance=instance, definitions=definitions, cursor=_sensor_cursor(instance)
+            )
             result = sensor.evaluate_tick(context)
             _save_sensor_cursor(instance, result.cursor)
             requests_made = list(result.run_requests or [])
@@ -196,7 +236,9 @@ def run_demo(
             for request in requests_made:
                 tags = {**request.tags, "dagster/sensor_name": SENSOR, "dagster/run_key": request.run_key}
                 progress(f"      run requested: {request.job_name}, run_key {request.run_key}")
-                progress("[9/11] retraining: features -> a new BigQuery ML model (a new version) -> evaluate -> gate -> deploy")
+                progress(
+                    "[9/11] retraining: features -> a new BigQuery ML model (a new version) -> evaluate -> gate -> deploy"
+                )
                 job = definitions.resolve_job_def(request.job_name)
                 run = job.execute_in_process(
                     instance=instance,
@@ -204,7 +246,11 @@ def run_demo(
                     raise_on_error=False,
                     run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
                 )
-                summary.sensor_run_id, summary.sensor_tags, summary.sensor_runs = run.run_id, tags, summary.sensor_runs + 1
+                summary.sensor_run_id, summary.sensor_tags, summary.sensor_runs = (
+                    run.run_id,
+                    tags,
+                    summary.sensor_runs + 1,
+                )
                 gate = _latest_check(instance, f"{model}_registry_version", "champion_challenger")
                 if gate is not None:
                     summary.gate = ("passed: " if gate.passed else "FAILED: ") + (gate.description or "")
@@ -230,7 +276,9 @@ def run_demo(
     return summary
 
 
-def _await_log(endpoints, endpoint: str, since: dt.datetime, expected: int, poll_s: float = 0.5) -> tuple[int, float]:
+def _await_log(
+    endpoints, endpoint: str, since: dt.datetime, expected: int, poll_s: float = 0.5
+) -> tuple[int, float]:
     """Wait until the request log holds ``expected`` rows logged since ``since`` (at most the
     backend's grace period); (rows found, seconds waited)."""
     grace = endpoints.request_log_grace_seconds()

@@ -37,16 +37,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lakehouse_ml.backends.endpoints import EndpointError
 from lakehouse_ml.backends.gcp_warehouse import build_gcp_warehouse
-from lakehouse_ml.backends.registry import RegistryError
 from lakehouse_ml.backends.vertex import build_vertex_endpoints, build_vertex_registry
-from lakehouse_ml.backends.warehouse import WarehouseError
 from lakehouse_ml.bigquery import served
+from lakehouse_ml.bigquery.sqlfiles import read_sql
+from lakehouse_ml.core.errors import EndpointError, RegistryError, WarehouseError
+from lakehouse_ml.core.settings import Settings
 from lakehouse_ml.engine.sql import rename_created_model
 from lakehouse_ml.lifecycle.deployment import drop_model
-from lakehouse_ml.core.settings import Settings
-from lakehouse_ml.bigquery.sqlfiles import read_sql
 
 Progress = Callable[[str], None]
 
@@ -79,7 +77,9 @@ class CheckReport:
 
     def table(self) -> str:
         width = max((len(s) for s, _, _ in self.steps), default=4)
-        lines = [f"{'ok  ' if ok else 'FAIL'} {step.ljust(width)}  {detail}" for step, ok, detail in self.steps]
+        lines = [
+            f"{'ok  ' if ok else 'FAIL'} {step.ljust(width)}  {detail}" for step, ok, detail in self.steps
+        ]
         if self.log_delay_s is not None:
             lines.append(
                 f"request-response log delay: {self.log_delay_s:.0f} s (set LAKEHOUSE_ML_REQUEST_LOG_GRACE_SECONDS "
@@ -104,7 +104,15 @@ def _rows(n: int = 200, seed: int = 7) -> pd.DataFrame:
     return frame
 
 
-def _fixture(path: Path, source: str, model_type: str, label: str | None, label_type: str | None, request: dict, response: dict) -> Path:
+def _fixture(
+    path: Path,
+    source: str,
+    model_type: str,
+    label: str | None,
+    label_type: str | None,
+    request: dict,
+    response: dict,
+) -> Path:
     body = {
         "source": source,
         "model_type": model_type,
@@ -131,7 +139,9 @@ def run_gcp_check(
 ) -> CheckReport:
     """Run the check (see the module docstring) on the gcp backend of ``settings``."""
     if settings.backend != "gcp" or not settings.gcp_project:
-        raise ValueError("gcp-check runs on the gcp backend: set LAKEHOUSE_ML_BACKEND=gcp and LAKEHOUSE_ML_GCP_PROJECT.")
+        raise ValueError(
+            "gcp-check runs on the gcp backend: set LAKEHOUSE_ML_BACKEND=gcp and LAKEHOUSE_ML_GCP_PROJECT."
+        )
     stamp = stamp or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
     dataset = f"lakehouse_ml_check_{stamp}"
     scratch = settings.model_copy(update={"gcp_dataset": dataset})
@@ -150,8 +160,12 @@ def run_gcp_check(
             _create(warehouse, key, f"{key}_1")
         versions = {k: registry.find_bqml_version(warehouse.model_source(f"{k}_1")) for k in MODEL_FILES}
         report.add(
-            "register", all(v is not None for v in versions.values()),
-            ", ".join(f"{k}_1 -> {v.model_id}@{v.version_id}" if v else f"{k}_1 not registered" for k, v in versions.items()),
+            "register",
+            all(v is not None for v in versions.values()),
+            ", ".join(
+                f"{k}_1 -> {v.model_id}@{v.version_id}" if v else f"{k}_1 not registered"
+                for k, v in versions.items()
+            ),
             progress,
         )
         if not all(versions.values()):
@@ -160,16 +174,33 @@ def run_gcp_check(
             started = time.monotonic()
             info = endpoints.create_endpoint(f"lakehouse-ml-check-{key}-{stamp}")
             made_endpoints.append(info["endpoint_id"])
-            endpoints.deploy(info["endpoint_id"], version.model_id, version.version_id, "", traffic_percentage=100)
-            report.add(f"deploy {key}", True, f"endpoint {info['endpoint_id']} in {time.monotonic() - started:.0f} s", progress)
+            endpoints.deploy(
+                info["endpoint_id"], version.model_id, version.version_id, "", traffic_percentage=100
+            )
+            report.add(
+                f"deploy {key}",
+                True,
+                f"endpoint {info['endpoint_id']} in {time.monotonic() - started:.0f} s",
+                progress,
+            )
         clf_endpoint, km_endpoint = made_endpoints
         sent_at = dt.datetime.now(dt.timezone.utc)
         answers = _send(report, endpoints, clf_endpoint, km_endpoint, progress)
         for key, (request, answer, model_type, label, label_type) in answers.items():
             report.fixtures.append(
-                _fixture(out_dir / f"{model_type.lower()}_gcp_check_{stamp}.json", f"{source}, {key}", model_type, label, label_type, request, answer)
+                _fixture(
+                    out_dir / f"{model_type.lower()}_gcp_check_{stamp}.json",
+                    f"{source}, {key}",
+                    model_type,
+                    label,
+                    label_type,
+                    request,
+                    answer,
+                )
             )
-        report.log_delay_s = _log_delay(report, endpoints, clf_endpoint, sent_at, poll_s, log_timeout_s, progress)
+        report.log_delay_s = _log_delay(
+            report, endpoints, clf_endpoint, sent_at, poll_s, log_timeout_s, progress
+        )
         _retrain_while_deployed(report, warehouse, registry, versions["clf"], progress)
     except (WarehouseError, RegistryError, EndpointError) as err:
         report.add("error", False, str(err), progress)
@@ -186,14 +217,26 @@ def run_gcp_check(
 
 
 def _predict(
-    report: CheckReport, endpoints: Any, endpoint: str, step: str, instances: list, progress: Progress, *, finding: bool = False
+    report: CheckReport,
+    endpoints: Any,
+    endpoint: str,
+    step: str,
+    instances: list,
+    progress: Progress,
+    *,
+    finding: bool = False,
 ) -> dict | None:
     """The answer, or None when refused: a refusal is a finding (``finding``: an undocumented
     input, such as JSON null) or a failure (an ordinary instance)."""
     try:
         answer = endpoints.predict(endpoint, instances)
     except EndpointError as err:
-        report.add(step, finding, ("refused (a finding, not a failure): " if finding else "refused: ") + str(err), progress)
+        report.add(
+            step,
+            finding,
+            ("refused (a finding, not a failure): " if finding else "refused: ") + str(err),
+            progress,
+        )
         return None
     return answer
 
@@ -207,57 +250,117 @@ def _send(report: CheckReport, endpoints: Any, clf: str, km: str, progress: Prog
     answer = _predict(report, endpoints, clf, "predict LOGISTIC_REG", normal, progress)
     if answer is not None:
         problems = [p for prediction in answer["predictions"] for p in clf_fmt.problems(prediction)]
-        report.add("LOGISTIC_REG shape", not problems, "; ".join(problems) or "as documented (BOOL label as 'true'/'false')", progress)
+        report.add(
+            "LOGISTIC_REG shape",
+            not problems,
+            "; ".join(problems) or "as documented (BOOL label as 'true'/'false')",
+            progress,
+        )
         out["LOGISTIC_REG, BOOL feature"] = ({"instances": normal}, answer, "LOGISTIC_REG", "label", "BOOL")
     nulls = [{"x": None, "n": None, "s": None, "b": None}]
-    answer = _predict(report, endpoints, clf, "JSON null, model without TRANSFORM", nulls, progress, finding=True)
+    answer = _predict(
+        report, endpoints, clf, "JSON null, model without TRANSFORM", nulls, progress, finding=True
+    )
     if answer is not None:
         problems = [p for prediction in answer["predictions"] for p in clf_fmt.problems(prediction)]
-        report.add("JSON null, model without TRANSFORM", not problems, "; ".join(problems) or "accepted", progress)
+        report.add(
+            "JSON null, model without TRANSFORM", not problems, "; ".join(problems) or "accepted", progress
+        )
     sentinels = [
         {"x": 0.5, "n": 3, "s": "web"},
         {"x": served.NULL_FLOAT64, "n": served.NULL_INT64, "s": served.NULL_STRING},
     ]
     answer = _predict(report, endpoints, km, "predict KMEANS with NULL sentinels", sentinels, progress)
     if answer is not None:
-        problems = [p for prediction in answer["predictions"] for p in km_fmt.problems(prediction, num_clusters=3)]
-        report.add("KMEANS shape", not problems, "; ".join(problems) or "as documented (every centroid in id order)", progress)
-        out["KMEANS with TRANSFORM, NULL sentinels"] = ({"instances": sentinels}, answer, "KMEANS", None, None)
-    _predict(report, endpoints, km, "JSON null, model with TRANSFORM", [{"x": None, "n": None, "s": None}], progress, finding=True)
+        problems = [
+            p for prediction in answer["predictions"] for p in km_fmt.problems(prediction, num_clusters=3)
+        ]
+        report.add(
+            "KMEANS shape",
+            not problems,
+            "; ".join(problems) or "as documented (every centroid in id order)",
+            progress,
+        )
+        out["KMEANS with TRANSFORM, NULL sentinels"] = (
+            {"instances": sentinels},
+            answer,
+            "KMEANS",
+            None,
+            None,
+        )
+    _predict(
+        report,
+        endpoints,
+        km,
+        "JSON null, model with TRANSFORM",
+        [{"x": None, "n": None, "s": None}],
+        progress,
+        finding=True,
+    )
     return out
 
 
-def _retrain_while_deployed(report: CheckReport, warehouse: Any, registry: Any, deployed: Any, progress: Progress) -> None:
+def _retrain_while_deployed(
+    report: CheckReport, warehouse: Any, registry: Any, deployed: Any, progress: Progress
+) -> None:
     _create(warehouse, "clf", "clf_2")
     version = registry.find_bqml_version(warehouse.model_source("clf_2"))
     kept = registry.get_version(deployed.model_id, deployed.version_id)
     report.add(
-        "retrain while deployed", version is not None and int(version.version_id) > int(deployed.version_id) and kept is not None,
+        "retrain while deployed",
+        version is not None and int(version.version_id) > int(deployed.version_id) and kept is not None,
         f"clf_2 -> version {version.version_id if version else 'none'}; the deployed version {kept.version_id} stays",
         progress,
     )
     try:
         _create(warehouse, "clf", "clf_1")  # again: it replaces the deployed version's model
     except WarehouseError as err:
-        report.add("CREATE OR REPLACE of the deployed model", "FAILED_PRECONDITION" in str(err), f"refused: {err}", progress)
+        report.add(
+            "CREATE OR REPLACE of the deployed model",
+            "FAILED_PRECONDITION" in str(err),
+            f"refused: {err}",
+            progress,
+        )
     else:
-        report.add("CREATE OR REPLACE of the deployed model", False, "was NOT refused: the project's assumption is wrong", progress)
+        report.add(
+            "CREATE OR REPLACE of the deployed model",
+            False,
+            "was NOT refused: the project's assumption is wrong",
+            progress,
+        )
 
 
-def _log_delay(report: CheckReport, endpoints: Any, endpoint: str, since: dt.datetime, poll_s: float, timeout_s: float, progress: Progress) -> float | None:
+def _log_delay(
+    report: CheckReport,
+    endpoints: Any,
+    endpoint: str,
+    since: dt.datetime,
+    poll_s: float,
+    timeout_s: float,
+    progress: Progress,
+) -> float | None:
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         now = dt.datetime.now(dt.timezone.utc)
-        if len(endpoints.request_log(endpoint, since - dt.timedelta(minutes=5), now + dt.timedelta(minutes=1))):
+        if len(
+            endpoints.request_log(endpoint, since - dt.timedelta(minutes=5), now + dt.timedelta(minutes=1))
+        ):
             delay = (dt.datetime.now(dt.timezone.utc) - since).total_seconds()
             report.add("request-response log", True, f"first rows after {delay:.0f} s", progress)
             return delay
         time.sleep(poll_s)
-    report.add("request-response log", False, f"no row after {timeout_s:.0f} s: check the Vertex AI service agent's access to the dataset", progress)
+    report.add(
+        "request-response log",
+        False,
+        f"no row after {timeout_s:.0f} s: check the Vertex AI service agent's access to the dataset",
+        progress,
+    )
     return None
 
 
-def _clean_up(report: CheckReport, warehouse: Any, endpoints: Any, made: list[str], progress: Progress) -> None:
+def _clean_up(
+    report: CheckReport, warehouse: Any, endpoints: Any, made: list[str], progress: Progress
+) -> None:
     """Undeploy and delete the endpoints, then delete the dataset with its models (each drop
     deletes a version; the dataset deletion drops them all), retried while Vertex AI still sees
     the versions as deployed (googleapis/python-aiplatform#2807)."""
@@ -282,4 +385,6 @@ def _clean_up(report: CheckReport, warehouse: Any, endpoints: Any, made: list[st
     except WarehouseError as err:
         report.leftovers.append(f"dataset {warehouse.dataset}: {err}")
         return
-    progress(f"Deleted the endpoints, the models and their registry versions, and dataset {warehouse.dataset}.")
+    progress(
+        f"Deleted the endpoints, the models and their registry versions, and dataset {warehouse.dataset}."
+    )

@@ -15,8 +15,8 @@ from typing import Callable, Iterator
 
 import dagster as dg
 
-from lakehouse_ml.definitions import build_definitions, daily_partitions
 from lakehouse_ml.core.settings import Settings
+from lakehouse_ml.definitions import build_definitions, daily_partitions
 
 # The jobs that build the data (raw tables, features), in dependency order.
 DATA_JOBS = ("dimensions_job", "daily_job", "customer_features_job")
@@ -70,10 +70,19 @@ def _report(job: str, result: dg.ExecuteInProcessResult, seconds: float) -> Step
             summaries[materialization.asset_key.to_user_string()] = str(getattr(summary, "value", summary))
     checks = {
         f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed
-        for e in (ev.event_specific_data for ev in result.all_events if ev.event_type_value == "ASSET_CHECK_EVALUATION")
+        for e in (
+            ev.event_specific_data
+            for ev in result.all_events
+            if ev.event_type_value == "ASSET_CHECK_EVALUATION"
+        )
     }
     return StepReport(
-        job=job, run_id=result.run_id, seconds=seconds, materializations=rows, checks=checks, summaries=summaries
+        job=job,
+        run_id=result.run_id,
+        seconds=seconds,
+        materializations=rows,
+        checks=checks,
+        summaries=summaries,
     )
 
 
@@ -106,7 +115,10 @@ def materialize_all(
                 "dagster/asset_partition_range_end": keys[-1],
             }
         partitioned = job_def.partitions_def is not None
-        progress(f"{job}: running" + (f" over {len(keys)} daily partitions ({keys[0]} .. {keys[-1]})" if partitioned else ""))
+        progress(
+            f"{job}: running"
+            + (f" over {len(keys)} daily partitions ({keys[0]} .. {keys[-1]})" if partitioned else "")
+        )
         start = time.perf_counter()
         result = job_def.execute_in_process(
             instance=instance,

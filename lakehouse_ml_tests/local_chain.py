@@ -26,7 +26,9 @@ def local_settings(home: Path, **env: str) -> Settings:
     return load_settings(values)
 
 
-def materialized_chain(home: Path, *, days: int, customers: int, seed: int) -> Iterator[tuple[Settings, dg.DagsterInstance]]:
+def materialized_chain(
+    home: Path, *, days: int, customers: int, seed: int
+) -> Iterator[tuple[Settings, dg.DagsterInstance]]:
     """A fixture body: generate, materialize every job on an ephemeral instance, yield, then stop
     the endpoint server the deployment started and check that nothing answers any more."""
     from lakehouse_ml.datagen import SimulationConfig, write_landing
@@ -35,7 +37,9 @@ def materialized_chain(home: Path, *, days: int, customers: int, seed: int) -> I
 
     settings = local_settings(home, days=str(days), customers=str(customers))
     write_landing(
-        SimulationConfig(seed=seed, start_date=settings.start_date, days=settings.days, customers=settings.customers),
+        SimulationConfig(
+            seed=seed, start_date=settings.start_date, days=settings.days, customers=settings.customers
+        ),
         settings.landing_dir,
     )
     instance = dg.DagsterInstance.ephemeral()

@@ -41,7 +41,10 @@ def test_query_table_format(home, capsys):
 def test_query_csv_and_json(home, capsys):
     assert run(home, "query", "--format", "csv", "SELECT x, d FROM t WHERE x > @m", "--param", "m=1") == 0
     assert capsys.readouterr().out.splitlines() == ["x,d", "2,2026-01-02"]
-    assert run(home, "query", "--format", "json", "SELECT x FROM t WHERE d = @d", "--param", "d:DATE:2026-01-01") == 0
+    assert (
+        run(home, "query", "--format", "json", "SELECT x FROM t WHERE d = @d", "--param", "d:DATE:2026-01-01")
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == [{"x": 1}]
 
 

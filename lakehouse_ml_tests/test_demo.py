@@ -15,16 +15,16 @@ import dagster as dg
 import pytest
 
 from lakehouse_ml import demo
-from lakehouse_ml.lifecycle import deployment, models
 from lakehouse_ml.backends import build_endpoints, build_registry, build_warehouse
-from lakehouse_ml.backends.warehouse import WarehouseError
+from lakehouse_ml.core.errors import WarehouseError
+from lakehouse_ml.lifecycle import deployment, models
 from lakehouse_ml.runner import persistent_instance
 from lakehouse_ml.serving import server
 from lakehouse_ml_tests.fakes import fake_bigquery_api
 from lakehouse_ml_tests.fakes.vertex_api import fake_vertex_api
 from lakehouse_ml_tests.local_chain import local_settings
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 DOUBLES: dict[str, object] = {}  # the gcp loop's Vertex AI double, for the tests that break it
 
 
@@ -40,10 +40,19 @@ def loop(request, tmp_path_factory):
             server.stop_server(settings.home_dir)
         yield settings, summary, lines
         return
-    with fake_bigquery_api() as bq, fake_vertex_api(bigquery=bq, log_delay_s=1.0, refuse_deletes_after_undeploy=1) as vertex:
+    with (
+        fake_bigquery_api() as bq,
+        fake_vertex_api(bigquery=bq, log_delay_s=1.0, refuse_deletes_after_undeploy=1) as vertex,
+    ):
         settings = local_settings(
-            home, customers="1500", backend="gcp", gcp_project="lakehouse-test", gcp_anonymous_credentials="true",
-            bigquery_api_endpoint=bq.url, vertex_api_endpoint=vertex.url, monitoring_api_endpoint=vertex.url,
+            home,
+            customers="1500",
+            backend="gcp",
+            gcp_project="lakehouse-test",
+            gcp_anonymous_credentials="true",
+            bigquery_api_endpoint=bq.url,
+            vertex_api_endpoint=vertex.url,
+            monitoring_api_endpoint=vertex.url,
             request_log_grace_seconds="5",
         )
         summary = demo.run_demo(settings, progress=lines.append)
@@ -118,9 +127,18 @@ def test_quality_on_post_drift_data_is_better_after_retraining(loop):
 
 def test_progress_summary_and_no_process_left(loop):
     settings, summary, lines = loop
-    assert [line.split("]")[0] + "]" for line in lines if line.startswith("[")] == [f"[{i}/11]" for i in range(1, 12)]
+    assert [line.split("]")[0] + "]" for line in lines if line.startswith("[")] == [
+        f"[{i}/11]" for i in range(1, 12)
+    ]
     table = summary.table()
-    for row in ("versions before", "versions after", "stale model", "retrained model", "run started by the sensor", "open the UI"):
+    for row in (
+        "versions before",
+        "versions after",
+        "stale model",
+        "retrained model",
+        "run started by the sensor",
+        "open the UI",
+    ):
         assert row in table
     assert summary.sensor_run_id in table
     assert server.health(settings.serving_host, settings.serving_port) is None
@@ -134,14 +152,22 @@ def test_the_deployed_model_is_never_replaced_and_old_models_are_collected(loop)
     deployed version 2's."""
     settings, _, _ = loop
     spec = models.CHURN_MODEL
-    warehouse, registry, endpoints = build_warehouse(settings), build_registry(settings), build_endpoints(settings)
+    warehouse, registry, endpoints = (
+        build_warehouse(settings),
+        build_registry(settings),
+        build_endpoints(settings),
+    )
     champion = registry.get_version("churn_model", "champion")
     model = deployment.bqml_model_of(warehouse, registry, spec, champion)
-    with pytest.raises(WarehouseError, match="code=FAILED_PRECONDITION, message=The Model is deployed or being deployed"):
+    with pytest.raises(
+        WarehouseError, match="code=FAILED_PRECONDITION, message=The Model is deployed or being deployed"
+    ):
         warehouse.execute(models.training_sql(spec, model))
     assert [v.version_id for v in registry.list_versions("churn_model")] == ["1", "2"]
     sleeps: list[float] = []
-    garbage = deployment.collect_garbage(warehouse, registry, endpoints, spec, keep=1, first_delay_s=0.25, sleep=sleeps.append)
+    garbage = deployment.collect_garbage(
+        warehouse, registry, endpoints, spec, keep=1, first_delay_s=0.25, sleep=sleeps.append
+    )
     assert len(garbage.dropped) == 1 and not garbage.failed, garbage.describe()
     assert [v.version_id for v in registry.list_versions("churn_model")] == ["2"]
     assert [m for m, _ in models.training_models(warehouse, spec)] == [model]
@@ -176,4 +202,8 @@ def test_a_request_log_that_stays_empty_is_named_and_the_check_warns(loop):
     finally:
         vertex.log_writes_fail = False
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
-    assert "Not judged" in check.description and "served" in check.description and "request-response log holds 0 row(s)" in check.description
+    assert (
+        "Not judged" in check.description
+        and "served" in check.description
+        and "request-response log holds 0 row(s)" in check.description
+    )

@@ -15,25 +15,42 @@ from lakehouse_ml_tests.fakes import fake_bigquery_api
 from lakehouse_ml_tests.fakes.vertex_api import fake_vertex_api
 from lakehouse_ml_tests.local_chain import local_settings
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 PROJECT = "lakehouse-test"
 
 
 def _env(bq, vertex) -> dict[str, str]:
     return dict(
-        backend="gcp", gcp_project=PROJECT, gcp_anonymous_credentials="true", bigquery_api_endpoint=bq.url,
-        vertex_api_endpoint=vertex.url, monitoring_api_endpoint=vertex.url,
+        backend="gcp",
+        gcp_project=PROJECT,
+        gcp_anonymous_credentials="true",
+        bigquery_api_endpoint=bq.url,
+        vertex_api_endpoint=vertex.url,
+        monitoring_api_endpoint=vertex.url,
     )
 
 
 def test_the_check_runs_every_step_saves_fixtures_and_cleans_up(tmp_path):
-    with fake_bigquery_api() as bq, fake_vertex_api(bigquery=bq, log_delay_s=0.5, refuse_deletes_after_undeploy=1) as vertex:
+    with (
+        fake_bigquery_api() as bq,
+        fake_vertex_api(bigquery=bq, log_delay_s=0.5, refuse_deletes_after_undeploy=1) as vertex,
+    ):
         settings = local_settings(tmp_path / "home", **_env(bq, vertex))
         lines: list[str] = []
-        report = run_gcp_check(settings, tmp_path / "captures", progress=lines.append, poll_s=0.1, log_timeout_s=30, stamp="20261202000000")
+        report = run_gcp_check(
+            settings,
+            tmp_path / "captures",
+            progress=lines.append,
+            poll_s=0.1,
+            log_timeout_s=30,
+            stamp="20261202000000",
+        )
         assert report.passed, report.table()
         steps = {step: (ok, detail) for step, ok, detail in report.steps}
-        assert steps["retrain while deployed"][0] and "the deployed version 1 stays" in steps["retrain while deployed"][1]
+        assert (
+            steps["retrain while deployed"][0]
+            and "the deployed version 1 stays" in steps["retrain while deployed"][1]
+        )
         assert "FAILED_PRECONDITION" in steps["CREATE OR REPLACE of the deployed model"][1]
         # NULL: JSON null is refused by a TRANSFORM model (its NULLs are sentinels) — a finding.
         assert steps["JSON null, model with TRANSFORM"][1].startswith("refused")
@@ -47,10 +64,16 @@ def test_the_check_runs_every_step_saves_fixtures_and_cleans_up(tmp_path):
         assert (PROJECT, "lakehouse_ml_check_20261202000000") not in bq._engine.datasets
         # The endpoints logged into LAKEHOUSE_ML_GCP_DATASET (what the pipeline's do): the check
         # created it, so it deleted it again with its log tables.
-        assert bq.find_requests("POST", rf"/bigquery/v2/projects/{PROJECT}/datasets") and (PROJECT, "lakehouse_ml") not in bq._engine.datasets
+        assert (
+            bq.find_requests("POST", rf"/bigquery/v2/projects/{PROJECT}/datasets")
+            and (PROJECT, "lakehouse_ml") not in bq._engine.datasets
+        )
         assert any("retrying" in line for line in lines), "the drop right after the undeploy was retried"
     # The saved responses are golden fixtures: they parse and have the documented shape.
-    assert sorted(p.name for p in report.fixtures) == ["kmeans_gcp_check_20261202000000.json", "logistic_reg_gcp_check_20261202000000.json"]
+    assert sorted(p.name for p in report.fixtures) == [
+        "kmeans_gcp_check_20261202000000.json",
+        "logistic_reg_gcp_check_20261202000000.json",
+    ]
     for path in report.fixtures:
         fixture = json.loads(path.read_text())
         assert fixture["source"].startswith(f"lakehouse-ml gcp-check in project {PROJECT}")

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from lakehouse_ml.backends.warehouse import (
-    PartitionWindow,
-    SQLTranslationError,
-    TableNotFoundError,
-    Warehouse,
-    WarehouseError,
-)
+from lakehouse_ml.backends.warehouse import PartitionWindow, Warehouse
+from lakehouse_ml.core.errors import SQLTranslationError, TableNotFoundError, WarehouseError
 from lakehouse_ml.core.settings import Settings
 
 

@@ -22,8 +22,6 @@ from typing import Any, Mapping, Sequence
 import dagster as dg
 import pandas as pd
 
-from lakehouse_ml.core.errors import EndpointError
-
 
 class Endpoints(dg.ConfigurableResource):
     """Create endpoints, deploy model versions with a traffic split, predict."""

@@ -67,17 +67,16 @@ from sqlglot import exp
 from lakehouse_ml.backends.warehouse import (
     Params,
     PartitionWindow,
-    TableNotFoundError,
     Warehouse,
-    WarehouseError,
-    check_identifier,
     check_params,
     combine_parquet,
     in_window,
     replace_window_statements,
-    single_select,
     window_params,
 )
+from lakehouse_ml.bigquery.dialect import single_select
+from lakehouse_ml.core.errors import TableNotFoundError, WarehouseError
+from lakehouse_ml.core.identifiers import check_identifier
 
 if TYPE_CHECKING:
     from lakehouse_ml.core.settings import Settings
@@ -547,7 +546,9 @@ class GcpWarehouse(Warehouse):
                         with open(combined, "rb") as handle:
                             client.load_table_from_file(handle, staging, job_config=config).result()
                     except google_exceptions.GoogleAPICallError as err:
-                        raise self._translate(err, f"load {len(files)} file(s) into {self._full_name(client, table)}") from None
+                        raise self._translate(
+                            err, f"load {len(files)} file(s) into {self._full_name(client, table)}"
+                        ) from None
                     return self._publish(client, staging, table, window)
 
     @contextmanager
@@ -560,7 +561,11 @@ class GcpWarehouse(Warehouse):
             self._drop_quietly(client, staging)
 
     def _publish(
-        self, client: bigquery.Client, staging: bigquery.TableReference, table: str, window: PartitionWindow | None
+        self,
+        client: bigquery.Client,
+        staging: bigquery.TableReference,
+        table: str,
+        window: PartitionWindow | None,
     ) -> int:
         """Move the rows of ``staging`` into ``table``: the whole table, or its window."""
         self._expire(client, staging)
@@ -776,7 +781,9 @@ class GcpWarehouse(Warehouse):
         deleteContents); a missing dataset is no error."""
         with self._client() as client:
             try:
-                client.delete_dataset(f"{client.project}.{self.dataset}", delete_contents=True, not_found_ok=True)
+                client.delete_dataset(
+                    f"{client.project}.{self.dataset}", delete_contents=True, not_found_ok=True
+                )
             except google_exceptions.GoogleAPICallError as err:
                 raise self._translate(err, f"delete dataset {client.project}.{self.dataset}", None) from None
 
@@ -805,7 +812,9 @@ class GcpWarehouse(Warehouse):
             except google_exceptions.NotFound:
                 return []
             except google_exceptions.GoogleAPICallError as err:
-                raise self._translate(err, f"list the models of {client.project}.{self.dataset}", None) from None
+                raise self._translate(
+                    err, f"list the models of {client.project}.{self.dataset}", None
+                ) from None
         return [(m.model_id, _utc(m.created)) for m in found]
 
     def model_source(self, model: str) -> str:

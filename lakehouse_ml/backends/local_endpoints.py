@@ -25,8 +25,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import pandas as pd
 
-from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
+from lakehouse_ml.backends.endpoints import Endpoints
 from lakehouse_ml.bigquery.request_log import LOG_COLUMNS
+from lakehouse_ml.core.errors import EndpointError
 from lakehouse_ml.serving.state import connect, ensure_schema, load_state, registry_db
 
 LOG_GRACE_SECONDS = 5.0
@@ -169,7 +170,9 @@ class LocalEndpoints(Endpoints):
         from lakehouse_ml.serving.models import NotServable, load_predictor
 
         if not 0.0 <= float(logging_sampling_rate) <= 1.0:
-            raise EndpointError(f"logging_sampling_rate must be between 0 and 1; got {logging_sampling_rate!r}.")
+            raise EndpointError(
+                f"logging_sampling_rate must be between 0 and 1; got {logging_sampling_rate!r}."
+            )
         if traffic_percentage is not None and traffic_split is not None:
             raise EndpointError("Give traffic_percentage or traffic_split, not both.")
         try:
@@ -194,18 +197,30 @@ class LocalEndpoints(Endpoints):
             )
             conn.execute(
                 "INSERT INTO serving_deployments VALUES (?, ?, ?, ?, ?)",
-                (endpoint_id, deployed_model_id, str(artifact_uri), machine_type, float(logging_sampling_rate)),
+                (
+                    endpoint_id,
+                    deployed_model_id,
+                    str(artifact_uri),
+                    machine_type,
+                    float(logging_sampling_rate),
+                ),
             )
-            self._write_split(conn, endpoint_id, {k: split.get(k, 0) for k in set(current) | {deployed_model_id}})
+            self._write_split(
+                conn, endpoint_id, {k: split.get(k, 0) for k in set(current) | {deployed_model_id}}
+            )
         return deployed_model_id
 
     @staticmethod
     def _check_split(split: Mapping[str, int], deployed: set[str]) -> None:
         unknown = set(split) - deployed
         if unknown:
-            raise EndpointError(f"traffic_split names models not deployed on the endpoint: {sorted(unknown)}.")
+            raise EndpointError(
+                f"traffic_split names models not deployed on the endpoint: {sorted(unknown)}."
+            )
         if any(not 0 <= v <= 100 for v in split.values()) or (deployed and sum(split.values()) != 100):
-            raise EndpointError(f"traffic_split percentages must be 0..100 and sum to 100; got {dict(split)}.")
+            raise EndpointError(
+                f"traffic_split percentages must be 0..100 and sum to 100; got {dict(split)}."
+            )
 
     def undeploy(self, endpoint: str, deployed_model_id: str) -> None:
         with self._tx() as conn:
@@ -218,12 +233,15 @@ class LocalEndpoints(Endpoints):
                 total = sum(current.values())
                 if total == 0:  # nobody else took traffic: share it equally
                     keys = list(current)
-                    current = {k: 100 // len(keys) + (1 if i < 100 % len(keys) else 0) for i, k in enumerate(keys)}
+                    current = {
+                        k: 100 // len(keys) + (1 if i < 100 % len(keys) else 0) for i, k in enumerate(keys)
+                    }
                 else:
                     current = allocate(current, "\0", 0)
                     current.pop("\0")
             conn.execute(
-                "DELETE FROM deployed_models WHERE endpoint_id = ? AND deployed_model_id = ?", (endpoint_id, deployed_model_id)
+                "DELETE FROM deployed_models WHERE endpoint_id = ? AND deployed_model_id = ?",
+                (endpoint_id, deployed_model_id),
             )
             conn.execute(
                 "DELETE FROM serving_deployments WHERE endpoint_id = ? AND deployed_model_id = ?",
@@ -235,7 +253,9 @@ class LocalEndpoints(Endpoints):
         with self._tx() as conn:
             endpoint_id = self._endpoint_id(conn, endpoint)
             if self._split(conn, endpoint_id):
-                raise EndpointError(f"Endpoint {endpoint_id} has deployed models; undeploy them before deleting it.")
+                raise EndpointError(
+                    f"Endpoint {endpoint_id} has deployed models; undeploy them before deleting it."
+                )
             conn.execute("DELETE FROM serving_endpoints WHERE endpoint_id = ?", (endpoint_id,))
 
     def set_traffic_split(self, endpoint: str, traffic_split: Mapping[str, int]) -> None:
@@ -324,5 +344,7 @@ class LocalEndpoints(Endpoints):
                 message = response.json()["error"]["message"]
             except Exception:
                 message = response.text
-            raise EndpointError(f"predict on endpoint {info['endpoint_id']} failed ({response.status_code}): {message}")
+            raise EndpointError(
+                f"predict on endpoint {info['endpoint_id']} failed ({response.status_code}): {message}"
+            )
         return response.json()

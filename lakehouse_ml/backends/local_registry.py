@@ -30,19 +30,16 @@ from typing import Any
 
 from pydantic import PrivateAttr
 
-from lakehouse_ml.core.atomic import fsync_dir
 from lakehouse_ml.backends.registry import (
-    DEFAULT_ALIAS,
-    NON_DEPLOYABLE_MODEL_TYPES,
-    ModelNotRegisteredError,
     ModelRegistry,
     ModelVersion,
-    RegistryError,
-    VersionDeployedError,
     check_alias,
     check_model_id,
     parse_merge,
 )
+from lakehouse_ml.bigquery.registry import DEFAULT_ALIAS, NON_DEPLOYABLE_MODEL_TYPES
+from lakehouse_ml.core.atomic import fsync_dir
+from lakehouse_ml.core.errors import ModelNotRegisteredError, RegistryError, VersionDeployedError
 
 DB_NAME = "registry.db"
 # Where local endpoints live, in the resource names of errors (LocalEndpoints' project and location).
@@ -188,7 +185,9 @@ class LocalModelRegistry(ModelRegistry):
             create_time=row["create_time"],
             update_time=row["update_time"],
             deployable=bool(row["deployable"]),
-            deployments=tuple(self._endpoint_names(self._deployments(conn, row["model_id"], row["version_id"]))),
+            deployments=tuple(
+                self._endpoint_names(self._deployments(conn, row["model_id"], row["version_id"]))
+            ),
         )
 
     def _row(self, conn: sqlite3.Connection, model_id: str, version_or_alias: str) -> sqlite3.Row:
@@ -205,7 +204,12 @@ class LocalModelRegistry(ModelRegistry):
                 "SELECT version_id FROM aliases WHERE model_id = ? AND alias = ?", (model_id, version_id)
             ).fetchone()
             if hit is None:
-                known = [r[0] for r in conn.execute("SELECT alias FROM aliases WHERE model_id = ? ORDER BY alias", (model_id,))]
+                known = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT alias FROM aliases WHERE model_id = ? ORDER BY alias", (model_id,)
+                    )
+                ]
                 raise ModelNotRegisteredError(
                     f"Model {model_id!r} has no version with alias {version_id!r}; its aliases: {known}. Add it "
                     "with merge_version_aliases."
@@ -215,7 +219,12 @@ class LocalModelRegistry(ModelRegistry):
             "SELECT * FROM versions WHERE model_id = ? AND version_id = ?", (model_id, version_id)
         ).fetchone()
         if row is None:
-            known = [r[0] for r in conn.execute("SELECT version_id FROM versions WHERE model_id = ? ORDER BY version_number", (model_id,))]
+            known = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT version_id FROM versions WHERE model_id = ? ORDER BY version_number", (model_id,)
+                )
+            ]
             raise ModelNotRegisteredError(
                 f"Model {model_id!r} has no version {version_id!r}; its versions: {known}."
             )
@@ -289,7 +298,8 @@ class LocalModelRegistry(ModelRegistry):
         else:
             number = int(model[0])
             conn.execute(
-                "UPDATE models SET next_version = ?, update_time = ? WHERE model_id = ?", (number + 1, now, model_id)
+                "UPDATE models SET next_version = ?, update_time = ? WHERE model_id = ?",
+                (number + 1, now, model_id),
             )
         version_id = str(number)
         final = self.root_path / model_id / version_id
@@ -316,9 +326,12 @@ class LocalModelRegistry(ModelRegistry):
                 now,
             ),
         )
-        if number == 1 or not conn.execute(
-            "SELECT 1 FROM aliases WHERE model_id = ? AND alias = ?", (model_id, DEFAULT_ALIAS)
-        ).fetchone():
+        if (
+            number == 1
+            or not conn.execute(
+                "SELECT 1 FROM aliases WHERE model_id = ? AND alias = ?", (model_id, DEFAULT_ALIAS)
+            ).fetchone()
+        ):
             self._set_alias(conn, model_id, version_id, DEFAULT_ALIAS, now)
         for alias in aliases:
             self._set_alias(conn, model_id, version_id, alias, now)
@@ -327,7 +340,9 @@ class LocalModelRegistry(ModelRegistry):
     @staticmethod
     def _set_alias(conn: sqlite3.Connection, model_id: str, version_id: str, alias: str, now: str) -> None:
         """Give ``alias`` to the version, taking it from whichever version held it (a move)."""
-        old = conn.execute("SELECT version_id FROM aliases WHERE model_id = ? AND alias = ?", (model_id, alias)).fetchone()
+        old = conn.execute(
+            "SELECT version_id FROM aliases WHERE model_id = ? AND alias = ?", (model_id, alias)
+        ).fetchone()
         if old is not None and old[0] == version_id:
             return
         conn.execute(
@@ -347,7 +362,9 @@ class LocalModelRegistry(ModelRegistry):
             raise RegistryError(f"Give the aliases as a list, for example [{aliases!r}], not a string.")
         out = [check_alias(a) for a in aliases]
         if len(set(out)) != len(out):
-            raise RegistryError(f"The aliases {out} list one alias more than once; aliases are unique within a model.")
+            raise RegistryError(
+                f"The aliases {out} list one alias more than once; aliases are unique within a model."
+            )
         return out
 
     def register_version(
@@ -369,8 +386,16 @@ class LocalModelRegistry(ModelRegistry):
         try:
             with self._write() as conn:
                 version_id = self._insert(
-                    conn, model_id, staging, source=source, model_type=model_type, aliases=aliases,
-                    display_name=display_name, labels=labels, metrics=metrics, published=published,
+                    conn,
+                    model_id,
+                    staging,
+                    source=source,
+                    model_type=model_type,
+                    aliases=aliases,
+                    display_name=display_name,
+                    labels=labels,
+                    metrics=metrics,
+                    published=published,
                 )
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -394,7 +419,12 @@ class LocalModelRegistry(ModelRegistry):
         but ``default``, which moves to the newest remaining version; the model goes with its last
         version. Returns the folders to delete after the commit."""
         model_id, version_id = row["model_id"], row["version_id"]
-        held = [r[0] for r in conn.execute("SELECT alias FROM aliases WHERE model_id = ? AND version_id = ?", (model_id, version_id))]
+        held = [
+            r[0]
+            for r in conn.execute(
+                "SELECT alias FROM aliases WHERE model_id = ? AND version_id = ?", (model_id, version_id)
+            )
+        ]
         conn.execute("DELETE FROM aliases WHERE model_id = ? AND version_id = ?", (model_id, version_id))
         conn.execute("DELETE FROM versions WHERE model_id = ? AND version_id = ?", (model_id, version_id))
         remaining = conn.execute(
@@ -407,7 +437,9 @@ class LocalModelRegistry(ModelRegistry):
             self._set_alias(conn, model_id, remaining[0][0], DEFAULT_ALIAS, now)
         return [self.root_path / model_id / version_id]
 
-    def _refuse_deployed_source(self, conn: sqlite3.Connection, source: str, rows: Sequence[sqlite3.Row]) -> None:
+    def _refuse_deployed_source(
+        self, conn: sqlite3.Connection, source: str, rows: Sequence[sqlite3.Row]
+    ) -> None:
         for row in rows:
             deployed = self._deployments(conn, row["model_id"], row["version_id"])
             if deployed:
@@ -448,8 +480,16 @@ class LocalModelRegistry(ModelRegistry):
                 version_id = None
                 if model_id is not None:
                     version_id = self._insert(
-                        conn, model_id, staging, source=source, model_type=model_type, aliases=aliases,
-                        display_name=display_name, labels=labels, metrics=metrics, published=published,
+                        conn,
+                        model_id,
+                        staging,
+                        source=source,
+                        model_type=model_type,
+                        aliases=aliases,
+                        display_name=display_name,
+                        labels=labels,
+                        metrics=metrics,
+                        published=published,
                     )
                 for row in old:
                     garbage += self._retire(conn, row, now)
@@ -468,7 +508,9 @@ class LocalModelRegistry(ModelRegistry):
         (``default`` moves to the newest remaining version; the last version takes the model with it)."""
         garbage: list[Path] = []
         with self._write() as conn:
-            rows = conn.execute("SELECT * FROM versions WHERE source = ? AND replaced_time IS NULL", (source,)).fetchall()
+            rows = conn.execute(
+                "SELECT * FROM versions WHERE source = ? AND replaced_time IS NULL", (source,)
+            ).fetchall()
             self._refuse_deployed_source(conn, source, rows)
             if check_only:
                 return
@@ -504,7 +546,8 @@ class LocalModelRegistry(ModelRegistry):
             now = _now()
             if DEFAULT_ALIAS in remove:
                 holder = conn.execute(
-                    "SELECT version_id FROM aliases WHERE model_id = ? AND alias = ?", (model_id, DEFAULT_ALIAS)
+                    "SELECT version_id FROM aliases WHERE model_id = ? AND alias = ?",
+                    (model_id, DEFAULT_ALIAS),
                 ).fetchone()
                 if holder is not None and holder[0] == version_id:
                     raise RegistryError(
@@ -513,12 +556,14 @@ class LocalModelRegistry(ModelRegistry):
                     )
             for alias in remove:
                 conn.execute(
-                    "DELETE FROM aliases WHERE model_id = ? AND version_id = ? AND alias = ?", (model_id, version_id, alias)
+                    "DELETE FROM aliases WHERE model_id = ? AND version_id = ? AND alias = ?",
+                    (model_id, version_id, alias),
                 )
             for alias in add:
                 self._set_alias(conn, model_id, version_id, alias, now)
             conn.execute(
-                "UPDATE versions SET update_time = ? WHERE model_id = ? AND version_id = ?", (now, model_id, version_id)
+                "UPDATE versions SET update_time = ? WHERE model_id = ? AND version_id = ?",
+                (now, model_id, version_id),
             )
         return self.get_version(model_id, version_id)
 
@@ -529,8 +574,12 @@ class LocalModelRegistry(ModelRegistry):
         with self._write() as conn:
             row = self._row(conn, model_id, str(version_id))
             version_id = row["version_id"]
-            self._refuse_deployed(conn, model_id, version_id, f"delete version {version_id} of model {model_id!r}")
-            count = conn.execute("SELECT COUNT(*) FROM versions WHERE model_id = ?", (model_id,)).fetchone()[0]
+            self._refuse_deployed(
+                conn, model_id, version_id, f"delete version {version_id} of model {model_id!r}"
+            )
+            count = conn.execute("SELECT COUNT(*) FROM versions WHERE model_id = ?", (model_id,)).fetchone()[
+                0
+            ]
             if count == 1:
                 raise RegistryError(
                     f"Cannot delete version {version_id} of model {model_id!r}: it is the only version, and a model "
@@ -544,7 +593,9 @@ class LocalModelRegistry(ModelRegistry):
         """models.delete: every version goes; refused while any version is deployed."""
         with self._write() as conn:
             self._row(conn, model_id, DEFAULT_ALIAS)
-            for (version_id,) in conn.execute("SELECT version_id FROM versions WHERE model_id = ?", (model_id,)).fetchall():
+            for (version_id,) in conn.execute(
+                "SELECT version_id FROM versions WHERE model_id = ?", (model_id,)
+            ).fetchall():
                 self._refuse_deployed(conn, model_id, version_id, f"delete model {model_id!r}")
             for table in ("aliases", "versions", "models"):
                 conn.execute(f"DELETE FROM {table} WHERE model_id = ?", (model_id,))
@@ -554,7 +605,9 @@ class LocalModelRegistry(ModelRegistry):
     def version_url(self, version: ModelVersion) -> str:
         return version.artifact_uri
 
-    def bqml_engine(self, model_id: str, version_or_alias: str = DEFAULT_ALIAS) -> tuple[Any, str, ModelVersion]:
+    def bqml_engine(
+        self, model_id: str, version_or_alias: str = DEFAULT_ALIAS
+    ) -> tuple[Any, str, ModelVersion]:
         """A BigQuery ML engine that reads this version's artifacts, the model name to pass to it,
         and the version: ``engine.predict(name, frame)`` gives the version's predictions."""
         from lakehouse_ml.engine.engine import BqmlEngine

@@ -11,7 +11,6 @@ through :mod:`lakehouse_ml.engine.sql` to the local BigQuery ML engine, whose mo
 from __future__ import annotations
 
 import datetime as dt
-
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,17 +22,11 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 from sqlglot import exp
 
+from lakehouse_ml.backends.warehouse import Params, PartitionWindow, Warehouse, check_params
+from lakehouse_ml.bigquery.dialect import single_select
+from lakehouse_ml.core.errors import TableNotFoundError, WarehouseError
+from lakehouse_ml.core.identifiers import check_identifier
 from lakehouse_ml.engine.translate import TranslatedStatement, arrow_table, translate, translate_query
-from lakehouse_ml.backends.warehouse import (
-    Params,
-    PartitionWindow,
-    TableNotFoundError,
-    Warehouse,
-    WarehouseError,
-    check_identifier,
-    check_params,
-    single_select,
-)
 
 if TYPE_CHECKING:
     from lakehouse_ml.engine.engine import BqmlEngine
@@ -92,7 +85,9 @@ class LocalWarehouse(Warehouse):
     def at(cls, path: str | Path, models_dir: str | Path | None = None) -> "LocalWarehouse":
         """A local warehouse on the DuckDB file ``path`` (created, with its folder, when missing)."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return cls(duckdb=DuckDBResource(database=str(path)), models_dir=str(models_dir) if models_dir else None)
+        return cls(
+            duckdb=DuckDBResource(database=str(path)), models_dir=str(models_dir) if models_dir else None
+        )
 
     # -- BigQuery ML -----------------------------------------------------------------------------
     def models_path(self) -> Path:
@@ -202,7 +197,9 @@ class LocalWarehouse(Warehouse):
         try:
             if fetch_arrow:
                 return arrow_table(conn.sql(statement.duckdb_sql, params=values or None))
-            return conn.execute(statement.duckdb_sql, values) if values else conn.execute(statement.duckdb_sql)
+            return (
+                conn.execute(statement.duckdb_sql, values) if values else conn.execute(statement.duckdb_sql)
+            )
         except duckdb.CatalogException as err:
             match = _MISSING_TABLE.search(str(err))
             if match:
@@ -309,8 +306,13 @@ class LocalWarehouse(Warehouse):
         with self._connection() as conn:
             conn.execute("BEGIN TRANSACTION")
             try:
-                conn.execute("CREATE OR REPLACE TEMP TABLE __staging AS SELECT * FROM read_parquet($files, hive_partitioning = false)", {"files": files})
-                if window is not None and window.column not in [c[0] for c in conn.execute("DESCRIBE __staging").fetchall()]:
+                conn.execute(
+                    "CREATE OR REPLACE TEMP TABLE __staging AS SELECT * FROM read_parquet($files, hive_partitioning = false)",
+                    {"files": files},
+                )
+                if window is not None and window.column not in [
+                    c[0] for c in conn.execute("DESCRIBE __staging").fetchall()
+                ]:
                     raise WarehouseError(f"The Parquet files have no partition column {window.column!r}.")
                 rows = self._publish(conn, table, window)
                 conn.execute("COMMIT")
@@ -322,7 +324,9 @@ class LocalWarehouse(Warehouse):
                 raise
         return rows
 
-    def _stage(self, conn: duckdb.DuckDBPyConnection, query: TranslatedStatement, params: dict[str, Any]) -> None:
+    def _stage(
+        self, conn: duckdb.DuckDBPyConnection, query: TranslatedStatement, params: dict[str, Any]
+    ) -> None:
         staging = TranslatedStatement(
             bigquery=query.bigquery,
             duckdb_sql=exp.Create(

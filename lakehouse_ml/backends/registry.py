@@ -44,16 +44,18 @@ from typing import Any
 
 import dagster as dg
 
-from lakehouse_ml.core.errors import ModelNotRegisteredError, RegistryError, VersionDeployedError, WarehouseError
 from lakehouse_ml.bigquery.registry import (
     DEFAULT_ALIAS,
-    MULTI_REGION_TO_VERTEX,
-    NON_DEPLOYABLE_MODEL_TYPES,
     VERTEX_ALIAS_DOC,
     VERTEX_ALIAS_PATTERN,
     VERTEX_MODEL_ID_PATTERN,
     vertex_region,
 )
+from lakehouse_ml.core.errors import (
+    ModelNotRegisteredError,
+    RegistryError,
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelVersion:

@@ -88,18 +88,20 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from google.api_core import exceptions as google_exceptions
 from pydantic import Field, PrivateAttr
 
-from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
+from lakehouse_ml.backends.endpoints import Endpoints
 from lakehouse_ml.backends.registry import (
-    DEFAULT_ALIAS,
-    ModelNotRegisteredError,
     ModelRegistry,
     ModelVersion,
-    RegistryError,
-    VersionDeployedError,
     check_alias,
     check_model_id,
     parse_merge,
-    vertex_region,
+)
+from lakehouse_ml.bigquery.registry import DEFAULT_ALIAS, vertex_region
+from lakehouse_ml.core.errors import (
+    EndpointError,
+    ModelNotRegisteredError,
+    RegistryError,
+    VersionDeployedError,
 )
 
 if TYPE_CHECKING:
@@ -130,8 +132,12 @@ NEW_ENDPOINT_ID_PATTERN = re.compile(r"^([a-z]([a-z0-9-]{0,61}[a-z0-9])?|[1-9][0
 # Ids Vertex AI generates are longer numbers (19 digits).
 ENDPOINT_ID_PATTERN = re.compile(r"^([a-z]([a-z0-9-]{0,61}[a-z0-9])?|[1-9][0-9]{0,19})$")
 _NUMERIC_ID = re.compile(r"^[0-9]+$")
-_RESOURCE = re.compile(r"^projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/(?P<kind>models|endpoints)/(?P<id>[^/@]+)(@(?P<version>.+))?$")
-_BQML_SOURCE = re.compile(r"^bqml://(?:(?P<project>[a-z][a-z0-9-]{4,28}[a-z0-9])\.)?(?P<dataset>[A-Za-z0-9_]+)\.(?P<model>[A-Za-z0-9_]+)$")
+_RESOURCE = re.compile(
+    r"^projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/(?P<kind>models|endpoints)/(?P<id>[^/@]+)(@(?P<version>.+))?$"
+)
+_BQML_SOURCE = re.compile(
+    r"^bqml://(?:(?P<project>[a-z][a-z0-9-]{4,28}[a-z0-9])\.)?(?P<dataset>[A-Za-z0-9_]+)\.(?P<model>[A-Za-z0-9_]+)$"
+)
 _OUTPUT_URI = re.compile(r"^bq://(?P<project>[^.]+)(\.(?P<dataset>[^.]+))?(\.(?P<table>[^.]+))?$")
 
 # -- shared plumbing ---------------------------------------------------------------------------------
@@ -206,7 +212,11 @@ def process_client(cls: Any, api_endpoint: str, anonymous: bool) -> Any:
     with _PROCESS_LOCK:
         client = _CLIENTS.get(key)
         if client is None:
-            client = cls(credentials=credentials, client_options=ClientOptions(api_endpoint=api_endpoint), transport="rest")
+            client = cls(
+                credentials=credentials,
+                client_options=ClientOptions(api_endpoint=api_endpoint),
+                transport="rest",
+            )
             _CLIENTS[key] = client
             CREATED[cls.__name__] += 1
     return client
@@ -233,8 +243,10 @@ class _Retrying:
         # A 429 was not executed: every call may be sent again. A 503 may come after the service
         # acted: only reads (and predictions, which change nothing) are sent again, never a call
         # that starts an operation (a second deployModel would deploy twice).
-        retry = self._retry if name.startswith(("get_", "list_")) or name == "predict" else self._retry.with_predicate(
-            _throttled
+        retry = (
+            self._retry
+            if name.startswith(("get_", "list_")) or name == "predict"
+            else self._retry.with_predicate(_throttled)
         )
 
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -255,7 +267,9 @@ class _VertexClients:
     def _get(self, name: str) -> Any:
         from google.cloud import aiplatform_v1
 
-        return _Retrying(process_client(getattr(aiplatform_v1, name), self.api_endpoint, self.anonymous), self.retry)
+        return _Retrying(
+            process_client(getattr(aiplatform_v1, name), self.api_endpoint, self.anonymous), self.retry
+        )
 
     @property
     def models(self) -> Any:
@@ -295,7 +309,11 @@ class _VertexConfig:
         from google.cloud import bigquery
 
         project = project or self.project
-        key = ("bigquery.Client", f"{self.bigquery_api_endpoint or ''}|{project}", bool(self.anonymous_credentials))
+        key = (
+            "bigquery.Client",
+            f"{self.bigquery_api_endpoint or ''}|{project}",
+            bool(self.anonymous_credentials),
+        )
         with _PROCESS_LOCK:
             client = _CLIENTS.get(key)
         if client is None:
@@ -329,7 +347,9 @@ class _VertexConfig:
         from google.api_core import retry as api_retry
 
         return api_retry.Retry(
-            predicate=api_retry.if_exception_type(google_exceptions.TooManyRequests, google_exceptions.ServiceUnavailable),
+            predicate=api_retry.if_exception_type(
+                google_exceptions.TooManyRequests, google_exceptions.ServiceUnavailable
+            ),
             initial=float(self.retry_initial_s),
             maximum=float(self.retry_maximum_s),
             multiplier=2.0,
@@ -397,15 +417,29 @@ class VertexModelRegistry(_VertexConfig, ModelRegistry):
     """Vertex AI Model Registry of one project; models live in the region of the BigQuery location."""
 
     project: str = Field(description="Google Cloud project id.")
-    bigquery_location: str = Field("US", description="BigQuery location; US → us-central1, EU → europe-west4.")
-    api_endpoint: str | None = Field(None, description="Vertex AI API endpoint (default https://{region}-aiplatform.googleapis.com).")
-    bigquery_api_endpoint: str | None = Field(None, description="BigQuery API endpoint (to follow a BigQuery ML model to its version).")
-    anonymous_credentials: bool = Field(False, description="Send no credentials (only for a local test double).")
+    bigquery_location: str = Field(
+        "US", description="BigQuery location; US → us-central1, EU → europe-west4."
+    )
+    api_endpoint: str | None = Field(
+        None, description="Vertex AI API endpoint (default https://{region}-aiplatform.googleapis.com)."
+    )
+    bigquery_api_endpoint: str | None = Field(
+        None, description="BigQuery API endpoint (to follow a BigQuery ML model to its version)."
+    )
+    anonymous_credentials: bool = Field(
+        False, description="Send no credentials (only for a local test double)."
+    )
     operation_timeout_s: float = Field(600.0, description="How long to wait for a long-running operation.")
-    poll_interval_s: float = Field(0.05, description="First wait between operations.get polls (grows ×1.5 to 10 s).")
-    retry_initial_s: float = Field(1.0, description="First wait before retrying a call answered 429 or 503 (doubles each time).")
+    poll_interval_s: float = Field(
+        0.05, description="First wait between operations.get polls (grows ×1.5 to 10 s)."
+    )
+    retry_initial_s: float = Field(
+        1.0, description="First wait before retrying a call answered 429 or 503 (doubles each time)."
+    )
     retry_maximum_s: float = Field(32.0, description="Longest wait between two retries of a call.")
-    retry_timeout_s: float = Field(300.0, description="How long one call is retried on 429 and 503 before it fails.")
+    retry_timeout_s: float = Field(
+        300.0, description="How long one call is retried on 429 and 503 before it fails."
+    )
 
     error_type: ClassVar[type[Exception]] = RegistryError
 
@@ -445,13 +479,17 @@ class VertexModelRegistry(_VertexConfig, ModelRegistry):
             deployments=tuple(sorted({ref.endpoint for ref in model.deployed_models})),
         )
 
-    def _not_registered(self, clients: _VertexClients, model_id: str, ref: str | None) -> ModelNotRegisteredError:
+    def _not_registered(
+        self, clients: _VertexClients, model_id: str, ref: str | None
+    ) -> ModelNotRegisteredError:
         """The most useful 'not found' message: is the model missing, or only that version/alias?"""
         try:
             versions = list(clients.models.list_model_versions(name=self.model_name(model_id)))
         except google_exceptions.NotFound:
             try:
-                known = sorted({m.name.rsplit("/", 1)[-1] for m in clients.models.list_models(parent=self.parent)})
+                known = sorted(
+                    {m.name.rsplit("/", 1)[-1] for m in clients.models.list_models(parent=self.parent)}
+                )
             except google_exceptions.GoogleAPICallError:
                 known = []
             return ModelNotRegisteredError(
@@ -553,7 +591,9 @@ class VertexModelRegistry(_VertexConfig, ModelRegistry):
         add, remove = parse_merge(aliases)  # validates every alias before anything is sent
         aliases = list(aliases)
         if not aliases:
-            raise RegistryError("Give at least one alias to merge (a leading '-' removes it), for example ['champion'].")
+            raise RegistryError(
+                "Give at least one alias to merge (a leading '-' removes it), for example ['champion']."
+            )
         name = self.model_name(model_id, version_id)
         with self._clients(f"merge aliases into model {model_id}@{version_id}") as clients:
             try:
@@ -660,23 +700,42 @@ class VertexEndpoints(_VertexConfig, Endpoints):
     """Vertex AI endpoints of one project, in the region of the BigQuery location."""
 
     project: str = Field(description="Google Cloud project id.")
-    dataset: str = Field("lakehouse_ml", description="BigQuery dataset that receives the request-response log.")
-    bigquery_location: str = Field("US", description="BigQuery location; US → us-central1, EU → europe-west4.")
-    api_endpoint: str | None = Field(None, description="Vertex AI API endpoint (default https://{region}-aiplatform.googleapis.com).")
-    bigquery_api_endpoint: str | None = Field(None, description="BigQuery API endpoint (to read the request-response log).")
-    anonymous_credentials: bool = Field(False, description="Send no credentials (only for a local test double).")
-    operation_timeout_s: float = Field(1800.0, description="How long to wait for a long-running operation (deployments are slow).")
-    poll_interval_s: float = Field(0.05, description="First wait between operations.get polls (grows ×1.5 to 10 s).")
-    retry_initial_s: float = Field(1.0, description="First wait before retrying a call answered 429 or 503 (doubles each time).")
+    dataset: str = Field(
+        "lakehouse_ml", description="BigQuery dataset that receives the request-response log."
+    )
+    bigquery_location: str = Field(
+        "US", description="BigQuery location; US → us-central1, EU → europe-west4."
+    )
+    api_endpoint: str | None = Field(
+        None, description="Vertex AI API endpoint (default https://{region}-aiplatform.googleapis.com)."
+    )
+    bigquery_api_endpoint: str | None = Field(
+        None, description="BigQuery API endpoint (to read the request-response log)."
+    )
+    anonymous_credentials: bool = Field(
+        False, description="Send no credentials (only for a local test double)."
+    )
+    operation_timeout_s: float = Field(
+        1800.0, description="How long to wait for a long-running operation (deployments are slow)."
+    )
+    poll_interval_s: float = Field(
+        0.05, description="First wait between operations.get polls (grows ×1.5 to 10 s)."
+    )
+    retry_initial_s: float = Field(
+        1.0, description="First wait before retrying a call answered 429 or 503 (doubles each time)."
+    )
     retry_maximum_s: float = Field(32.0, description="Longest wait between two retries of a call.")
-    retry_timeout_s: float = Field(300.0, description="How long one call is retried on 429 and 503 before it fails.")
+    retry_timeout_s: float = Field(
+        300.0, description="How long one call is retried on 429 and 503 before it fails."
+    )
     request_log_grace_s: float = Field(
         600.0,
         description="How long a request-response log row may take to land in BigQuery after its logging_time "
         "(monitoring re-reads this much before each window; `lakehouse-ml gcp-check` measures it).",
     )
     monitoring_api_endpoint: str | None = Field(
-        None, description="Cloud Monitoring API endpoint (default https://monitoring.googleapis.com), for served counts."
+        None,
+        description="Cloud Monitoring API endpoint (default https://monitoring.googleapis.com), for served counts.",
     )
 
     _endpoint_names: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -702,7 +761,9 @@ class VertexEndpoints(_VertexConfig, Endpoints):
                 pass
         if '"' in endpoint or "\\" in endpoint:
             return None
-        found = list(service.list_endpoints(request={"parent": self.parent, "filter": f'display_name="{endpoint}"'}))
+        found = list(
+            service.list_endpoints(request={"parent": self.parent, "filter": f'display_name="{endpoint}"'})
+        )
         if len(found) > 1:
             raise EndpointError(
                 f"{len(found)} endpoints are named {endpoint!r} ({', '.join(e.name.rsplit('/', 1)[-1] for e in found)}); "
@@ -750,7 +811,8 @@ class VertexEndpoints(_VertexConfig, Endpoints):
                 {
                     "deployed_model_id": dm.id,
                     "model_id": match["id"] if match else dm.model.rsplit("/", 1)[-1],
-                    "version_id": dm.model_version_id or (match["version"] if match and match["version"] else ""),
+                    "version_id": dm.model_version_id
+                    or (match["version"] if match and match["version"] else ""),
                     "traffic_percentage": split.get(dm.id, 0),
                     "create_time": _iso(dm.create_time),
                     "display_name": dm.display_name,
@@ -781,7 +843,10 @@ class VertexEndpoints(_VertexConfig, Endpoints):
         endpoint_id = self._endpoint_id(resource)
         # Vertex AI's defaults when the URI stops at the project or the dataset
         # (PredictRequestResponseLoggingConfig.bigquery_destination).
-        dataset = match["dataset"] or "logging_" + re.sub(r"[^A-Za-z0-9_]", "_", resource.display_name) + f"_{endpoint_id}"
+        dataset = (
+            match["dataset"]
+            or "logging_" + re.sub(r"[^A-Za-z0-9_]", "_", resource.display_name) + f"_{endpoint_id}"
+        )
         table = match["table"] or REQUEST_LOG_TABLE_PREFIX
         return f"{match['project']}.{dataset}.{table}"
 
@@ -849,7 +914,8 @@ class VertexEndpoints(_VertexConfig, Endpoints):
             page: str | None = None
             while True:
                 answer = session.get(
-                    f"{base}/v3/projects/{self.project}/timeSeries", params=params | ({"pageToken": page} if page else {}),
+                    f"{base}/v3/projects/{self.project}/timeSeries",
+                    params=params | ({"pageToken": page} if page else {}),
                     timeout=30,
                 )
                 if answer.status_code != 200:
@@ -873,7 +939,9 @@ class VertexEndpoints(_VertexConfig, Endpoints):
 
     def log_destination(self, endpoint_id: str) -> str:
         """The ``bigqueryDestination.outputUri`` this backend gives an endpoint."""
-        return f"bq://{self.project}.{self.dataset}.{REQUEST_LOG_TABLE_PREFIX}_{endpoint_id.replace('-', '_')}"
+        return (
+            f"bq://{self.project}.{self.dataset}.{REQUEST_LOG_TABLE_PREFIX}_{endpoint_id.replace('-', '_')}"
+        )
 
     # -- endpoints -----------------------------------------------------------------------------------
     def create_endpoint(self, display_name: str, endpoint_id: str | None = None) -> dict[str, Any]:
@@ -903,7 +971,9 @@ class VertexEndpoints(_VertexConfig, Endpoints):
             except google_exceptions.Conflict:
                 return self._as_dict(service.get_endpoint(name=f"{self.parent}/endpoints/{endpoint_id}"))
             except google_exceptions.BadRequest as err:
-                raise EndpointError(f"Vertex AI refused to create endpoint {display_name!r}: {_error_text(err)}") from None
+                raise EndpointError(
+                    f"Vertex AI refused to create endpoint {display_name!r}: {_error_text(err)}"
+                ) from None
             created = self._wait(operation, f"creating endpoint {display_name!r}")
             return self._as_dict(service.get_endpoint(name=created.name))
 
@@ -956,7 +1026,8 @@ class VertexEndpoints(_VertexConfig, Endpoints):
     def _read_log(self, endpoint_id: str, table: str, window: dict[str, dt.datetime]) -> pa.Table | None:
         """The log's rows in the window (None when the table does not exist yet)."""
         from lakehouse_ml.backends.gcp_warehouse import GcpWarehouse
-        from lakehouse_ml.backends.warehouse import WarehouseError, check_identifier
+        from lakehouse_ml.core.errors import WarehouseError
+        from lakehouse_ml.core.identifiers import check_identifier
 
         project, dataset, name = table.split(".")
         warehouse = GcpWarehouse(bigquery=self._bigquery(project), dataset=dataset)
@@ -1014,7 +1085,9 @@ class VertexEndpoints(_VertexConfig, Endpoints):
 
         rate = float(logging_sampling_rate)
         if not 0.0 <= rate <= 1.0:
-            raise EndpointError(f"logging_sampling_rate must be between 0 and 1; got {logging_sampling_rate!r}.")
+            raise EndpointError(
+                f"logging_sampling_rate must be between 0 and 1; got {logging_sampling_rate!r}."
+            )
         if traffic_percentage is not None and traffic_split is not None:
             raise EndpointError("Give traffic_percentage or traffic_split, not both.")
         pct = 0 if traffic_percentage is None else int(traffic_percentage)
@@ -1067,24 +1140,36 @@ class VertexEndpoints(_VertexConfig, Endpoints):
                     f"{_error_text(err)} (ARIMA_PLUS models register but cannot be deployed; a traffic split must "
                     "name deployed models and sum to 100.)"
                 ) from None
-            response = self._wait(operation, f"deploying model {model_id}@{version_id} to endpoint {endpoint_id}")
+            response = self._wait(
+                operation, f"deploying model {model_id}@{version_id} to endpoint {endpoint_id}"
+            )
             return response.deployed_model.id
 
     def _enable_logging(self, service: Any, resource: Any, rate: float) -> None:
         """endpoints.patch of ``predictRequestResponseLoggingConfig`` (only when it changes)."""
-        from google.cloud.aiplatform_v1 import BigQueryDestination, Endpoint, PredictRequestResponseLoggingConfig
+        from google.cloud.aiplatform_v1 import (
+            BigQueryDestination,
+            Endpoint,
+            PredictRequestResponseLoggingConfig,
+        )
         from google.protobuf import field_mask_pb2
 
         uri = self.log_destination(self._endpoint_id(resource))
         config = resource.predict_request_response_logging_config
-        if config.enabled and abs(float(config.sampling_rate) - rate) < 1e-9 and config.bigquery_destination.output_uri == uri:
+        if (
+            config.enabled
+            and abs(float(config.sampling_rate) - rate) < 1e-9
+            and config.bigquery_destination.output_uri == uri
+        ):
             return
         try:
             service.update_endpoint(
                 endpoint=Endpoint(
                     name=resource.name,
                     predict_request_response_logging_config=PredictRequestResponseLoggingConfig(
-                        enabled=True, sampling_rate=rate, bigquery_destination=BigQueryDestination(output_uri=uri)
+                        enabled=True,
+                        sampling_rate=rate,
+                        bigquery_destination=BigQueryDestination(output_uri=uri),
                     ),
                 ),
                 update_mask=field_mask_pb2.FieldMask(paths=["predict_request_response_logging_config"]),
@@ -1102,7 +1187,9 @@ class VertexEndpoints(_VertexConfig, Endpoints):
         out = {}
         for key, value in split.items():
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
-                raise EndpointError(f"traffic_split[{key!r}] must be an integer between 0 and 100; got {value!r}.")
+                raise EndpointError(
+                    f"traffic_split[{key!r}] must be an integer between 0 and 100; got {value!r}."
+                )
             out[str(key)] = int(value)
         unknown = set(out) - allowed
         if unknown:
@@ -1111,7 +1198,9 @@ class VertexEndpoints(_VertexConfig, Endpoints):
                 f"{sorted(allowed - {DEPLOYING_MODEL_KEY})}; '0' is the model being deployed)."
             )
         if sum(out.values()) != 100:
-            raise EndpointError(f"traffic_split percentages must sum to 100; got {sum(out.values())} ({out}).")
+            raise EndpointError(
+                f"traffic_split percentages must sum to 100; got {sum(out.values())} ({out})."
+            )
         return out
 
     def undeploy(self, endpoint: str, deployed_model_id: str) -> None:
@@ -1132,7 +1221,9 @@ class VertexEndpoints(_VertexConfig, Endpoints):
                 )
             current = {k: int(v) for k, v in resource.traffic_split.items() if k in deployed_ids}
             if deployed_model_id in current:
-                split = SdkEndpoint._unallocate_traffic(traffic_split=current, deployed_model_id=deployed_model_id)
+                split = SdkEndpoint._unallocate_traffic(
+                    traffic_split=current, deployed_model_id=deployed_model_id
+                )
                 split.pop(deployed_model_id)
             else:
                 split = dict(current)
@@ -1191,14 +1282,21 @@ class VertexEndpoints(_VertexConfig, Endpoints):
         from google.protobuf import json_format, struct_pb2
 
         try:
-            values = [json_format.ParseDict(json.loads(json.dumps(i, default=_plain)), struct_pb2.Value()) for i in instances]
+            values = [
+                json_format.ParseDict(json.loads(json.dumps(i, default=_plain)), struct_pb2.Value())
+                for i in instances
+            ]
             params = (
-                json_format.ParseDict(json.loads(json.dumps(dict(parameters), default=_plain)), struct_pb2.Value())
+                json_format.ParseDict(
+                    json.loads(json.dumps(dict(parameters), default=_plain)), struct_pb2.Value()
+                )
                 if parameters is not None
                 else None
             )
         except (TypeError, ValueError, json_format.ParseError) as err:
-            raise EndpointError(f"The instances must be JSON values (objects of feature values): {err}.") from None
+            raise EndpointError(
+                f"The instances must be JSON values (objects of feature values): {err}."
+            ) from None
         with self._clients(f"predict on endpoint {endpoint!r}") as clients:
             name = self._resource_name(clients, endpoint)
             kwargs: dict[str, Any] = {"endpoint": name, "instances": values}
@@ -1253,7 +1351,9 @@ def _request_id_text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _log_frame(endpoint_id: str, rows: pa.Table | None, versions: Mapping[str, tuple[str, str]]) -> pd.DataFrame:
+def _log_frame(
+    endpoint_id: str, rows: pa.Table | None, versions: Mapping[str, tuple[str, str]]
+) -> pd.DataFrame:
     """One row per logged instance, in the columns and types of the local request log."""
     import pyarrow as pa
 
@@ -1284,8 +1384,16 @@ def _log_frame(endpoint_id: str, rows: pa.Table | None, versions: Mapping[str, t
             for name, value in values.items():
                 meta[name].append(value)
     types = {"logging_time": pa.timestamp("us", tz="UTC"), "instance_index": pa.int32()}
-    arrays = {name: pa.array(meta[name], types.get(name, pa.string())) for name in LOG_COLUMNS if name != "prediction"}
-    names = {name: f"feature_{name}" if name in LOG_COLUMNS else name for instance in instances for name in instance}
+    arrays = {
+        name: pa.array(meta[name], types.get(name, pa.string()))
+        for name in LOG_COLUMNS
+        if name != "prediction"
+    }
+    names = {
+        name: f"feature_{name}" if name in LOG_COLUMNS else name
+        for instance in instances
+        for name in instance
+    }
     for name, column in sorted(names.items(), key=lambda item: item[1]):
         arrays[column] = feature_array([row.get(name) for row in instances])
     arrays["prediction"] = pa.array(meta["prediction"], pa.string())

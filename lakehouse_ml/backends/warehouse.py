@@ -21,7 +21,6 @@ Conventions shared by both implementations:
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -29,12 +28,10 @@ from typing import Any, Mapping, Sequence
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
-import sqlglot
 from sqlglot import exp
 
-from lakehouse_ml.bigquery.dialect import parse_bigquery, single_select
-from lakehouse_ml.core.errors import SQLTranslationError, TableNotFoundError, WarehouseError
-from lakehouse_ml.core.identifiers import IDENTIFIER_PATTERN, check_identifier
+from lakehouse_ml.core.errors import WarehouseError
+from lakehouse_ml.core.identifiers import check_identifier
 
 ParamValue = bool | int | float | str | dt.date | dt.datetime | Sequence[Any]
 Params = Mapping[str, ParamValue]
@@ -109,7 +106,11 @@ def replace_window_statements(
     """
     check_identifier(table, "table")
     delete = exp.delete(exp.to_table(table), where=in_window(window))
-    insert = exp.insert(query.copy(), exp.to_table(table), columns=[check_identifier(c, "column") for c in columns] if columns else None)
+    insert = exp.insert(
+        query.copy(),
+        exp.to_table(table),
+        columns=[check_identifier(c, "column") for c in columns] if columns else None,
+    )
     return [delete, insert]
 
 
@@ -137,7 +138,9 @@ def combine_parquet(paths: Sequence[str | Path], target: Path, utc_timestamps: b
             if writer is None:
                 writer = pq.ParquetWriter(target, table.schema)
             elif table.schema != writer.schema:
-                raise WarehouseError(f"{path} does not have the schema of the files before it; they must match.")
+                raise WarehouseError(
+                    f"{path} does not have the schema of the files before it; they must match."
+                )
             writer.write_table(table)
             rows += table.num_rows
     except (OSError, pa.ArrowException) as err:
@@ -185,7 +188,9 @@ class Warehouse(dg.ConfigurableResource):
         """Write a DataFrame to ``table`` with the same semantics as :meth:`write_query`."""
         raise NotImplementedError
 
-    def load_parquet(self, paths: Sequence[str | Path], table: str, *, window: PartitionWindow | None = None) -> int:
+    def load_parquet(
+        self, paths: Sequence[str | Path], table: str, *, window: PartitionWindow | None = None
+    ) -> int:
         """Write the rows of Parquet files (all of the same schema) to ``table``, as :meth:`load_dataframe`.
 
         The default reads the files with pyarrow and calls :meth:`load_dataframe`; a backend can

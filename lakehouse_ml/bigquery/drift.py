@@ -151,8 +151,14 @@ _METRIC_OPTIONS = {
     "categorical_metric_type": (L_INFTY, JENSEN_SHANNON_DIVERGENCE),
     "numerical_metric_type": (JENSEN_SHANNON_DIVERGENCE,),
 }
-OPTION_NAMES = (*_INT_OPTIONS, "categorical_default_threshold", "categorical_metric_type",
-                "numerical_default_threshold", "numerical_metric_type", "thresholds")
+OPTION_NAMES = (
+    *_INT_OPTIONS,
+    "categorical_default_threshold",
+    "categorical_metric_type",
+    "numerical_default_threshold",
+    "numerical_metric_type",
+    "thresholds",
+)
 
 
 class DriftError(BqmlError, ValueError):
@@ -474,7 +480,10 @@ def _align(h1: _Numeric, h2: _Numeric) -> _Aligned:
         c1 = _rebucket(e1, h1.counts, edges) if e1 is not None else np.zeros(edges.size - 1)
         c2 = _rebucket(e2, h2.counts, edges) if e2 is not None else np.zeros(edges.size - 1)
     labels = (
-        [f"[{edges[k]:.6g}, {edges[k + 1]:.6g}{']' if k == edges.size - 2 else ')'}" for k in range(edges.size - 1)]
+        [
+            f"[{edges[k]:.6g}, {edges[k + 1]:.6g}{']' if k == edges.size - 2 else ')'}"
+            for k in range(edges.size - 1)
+        ]
         if edges is not None
         else []
     )
@@ -572,16 +581,22 @@ def _as_table(data: pa.Table | pd.DataFrame, what: str) -> pa.Table:
         try:
             table = pa.Table.from_pandas(data, preserve_index=False)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-            raise DriftError(f"ML.VALIDATE_DATA_DRIFT: the {what} frame cannot be read as columns: {err}") from None
+            raise DriftError(
+                f"ML.VALIDATE_DATA_DRIFT: the {what} frame cannot be read as columns: {err}"
+            ) from None
     else:
-        raise DriftError(f"ML.VALIDATE_DATA_DRIFT: the {what} input must be a pyarrow Table or a pandas DataFrame.")
+        raise DriftError(
+            f"ML.VALIDATE_DATA_DRIFT: the {what} input must be a pyarrow Table or a pandas DataFrame."
+        )
     # STRUCT fields are columns of their own (column.field), as in ML.DESCRIBE_DATA.
     while any(pa.types.is_struct(t) for t in table.schema.types):
         table = table.flatten()
     names = [n.lower() for n in table.column_names]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise DriftError(f"ML.VALIDATE_DATA_DRIFT: the {what} input has column(s) {', '.join(duplicates)} more than once.")
+        raise DriftError(
+            f"ML.VALIDATE_DATA_DRIFT: the {what} input has column(s) {', '.join(duplicates)} more than once."
+        )
     return table
 
 
@@ -609,14 +624,22 @@ def _compare(
         p, q = _normalized(aligned.base), _normalized(aligned.study)
         value = _jsd(p, q) if p is not None and q is not None else None
         return FeatureDistribution(
-            name, kind, metric, threshold, value, None if value is None else value > threshold,
-            tuple(aligned.labels), aligned.edges,
+            name,
+            kind,
+            metric,
+            threshold,
+            value,
+            None if value is None else value > threshold,
+            tuple(aligned.labels),
+            aligned.edges,
             p if p is not None else np.zeros(aligned.base.size),
             q if q is not None else np.zeros(aligned.study.size),
         )
     top = options.num_rank_histogram_buckets
     if mismatch:
-        base, study = (c.cast(pa.string()) if _column_kind(name, c) == NUMERICAL else c for c in (base, study))
+        base, study = (
+            c.cast(pa.string()) if _column_kind(name, c) == NUMERICAL else c for c in (base, study)
+        )
     r1, r2 = _categorical_counts(base, top), _categorical_counts(study, top)
     labels, c1, c2 = _union_distributions(r1, r2)
     p, q = _normalized(c1), _normalized(c2)
@@ -627,12 +650,22 @@ def _compare(
     else:
         value = _jsd(pp, qq) if p is not None and q is not None else None
     return FeatureDistribution(
-        name, kind, metric, threshold, value, None if value is None else value > threshold,
-        tuple(str(label) for label in labels), None, pp, qq,
+        name,
+        kind,
+        metric,
+        threshold,
+        value,
+        None if value is None else value > threshold,
+        tuple(str(label) for label in labels),
+        None,
+        pp,
+        qq,
     )
 
 
-def _run(base: pa.Table | pd.DataFrame, study: pa.Table | pd.DataFrame, options: Any) -> list[FeatureDistribution]:
+def _run(
+    base: pa.Table | pd.DataFrame, study: pa.Table | pd.DataFrame, options: Any
+) -> list[FeatureDistribution]:
     parsed = DriftOptions.parse(options)
     base_t, study_t = _as_table(base, "base"), _as_table(study, "study")
     base_cols = {n.lower(): n for n in base_t.column_names}
@@ -660,7 +693,9 @@ def _run(base: pa.Table | pd.DataFrame, study: pa.Table | pd.DataFrame, options:
 
 
 def drift_distributions(
-    base: pa.Table | pd.DataFrame, study: pa.Table | pd.DataFrame, options: DriftOptions | Mapping[str, Any] | None = None
+    base: pa.Table | pd.DataFrame,
+    study: pa.Table | pd.DataFrame,
+    options: DriftOptions | Mapping[str, Any] | None = None,
 ) -> list[FeatureDistribution]:
     """Per input column, the drift row and both distributions (bucket labels, numerical edges),
     for plotting overlaid histograms of the drifted features."""
@@ -681,14 +716,18 @@ def _table(results: Sequence[FeatureDistribution]) -> pa.Table:
 
 
 def validate_data_drift_arrow(
-    base: pa.Table | pd.DataFrame, study: pa.Table | pd.DataFrame, options: DriftOptions | Mapping[str, Any] | None = None
+    base: pa.Table | pd.DataFrame,
+    study: pa.Table | pd.DataFrame,
+    options: DriftOptions | Mapping[str, Any] | None = None,
 ) -> pa.Table:
     """``ML.VALIDATE_DATA_DRIFT`` as an Arrow table with BigQuery's column names and types."""
     return _table(_run(base, study, options))
 
 
 def validate_data_drift(
-    base: pa.Table | pd.DataFrame, study: pa.Table | pd.DataFrame, options: DriftOptions | Mapping[str, Any] | None = None
+    base: pa.Table | pd.DataFrame,
+    study: pa.Table | pd.DataFrame,
+    options: DriftOptions | Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """``ML.VALIDATE_DATA_DRIFT(base, study, STRUCT(options))`` as a DataFrame: ``input``,
     ``metric``, ``threshold``, ``value``, ``is_anomaly`` (``value``/``is_anomaly`` are NULL —
@@ -704,7 +743,9 @@ def drift_markdown(result: pd.DataFrame | pa.Table) -> str:
     lines = ["| input | metric | threshold | value | is_anomaly |", "| --- | --- | --- | --- | --- |"]
     for row in frame.itertuples(index=False):
         value = "NULL" if row.value is None or pd.isna(row.value) else f"{row.value:.4f}"
-        anomaly = "NULL" if row.is_anomaly is None or pd.isna(row.is_anomaly) else str(bool(row.is_anomaly)).lower()
+        anomaly = (
+            "NULL" if row.is_anomaly is None or pd.isna(row.is_anomaly) else str(bool(row.is_anomaly)).lower()
+        )
         if anomaly == "true":
             anomaly = "**true**"
         lines.append(f"| {row.input} | {row.metric} | {row.threshold:g} | {value} | {anomaly} |")

@@ -30,15 +30,11 @@ preprocess in a fraction of a second.
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import decimal
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import scipy.sparse as sp
 
 from lakehouse_ml.bigquery.types import (
@@ -283,7 +279,7 @@ class Design:
         """``X @ w`` for ``w = [w_num; w_cat]``, ``w`` a vector or a matrix (one column per class)."""
         out = self.num @ w_num
         for codes, size, offset in zip(self.codes, self.sizes, self._offsets()):
-            block = w_cat[offset:offset + size]
+            block = w_cat[offset : offset + size]
             # Gather the weight of each row's category; the sentinel (code == size) gathers 0.
             ext = np.concatenate([block, np.zeros((1,) + block.shape[1:])])
             out += ext[codes]

@@ -58,7 +58,9 @@ def vertex_region(bigquery_location: str) -> str:
     """The Vertex AI region of models registered from a BigQuery location (US → us-central1,
     EU → europe-west4; a region such as ``europe-west2`` passes through)."""
     if not isinstance(bigquery_location, str) or not bigquery_location:
-        raise RegistryError(f"Invalid BigQuery location {bigquery_location!r}: use US, EU or a region such as us-central1.")
+        raise RegistryError(
+            f"Invalid BigQuery location {bigquery_location!r}: use US, EU or a region such as us-central1."
+        )
     mapped = MULTI_REGION_TO_VERTEX.get(bigquery_location.upper())
     if mapped:
         return mapped

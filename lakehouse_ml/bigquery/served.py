@@ -109,7 +109,9 @@ def label_from_text(text: Any, label_type: str | None) -> Any:
             return int(text)
         return float(text)
     except ValueError:
-        raise ServedFormatError(f"a served class of an {label_type} label must parse as one; got {text!r}") from None
+        raise ServedFormatError(
+            f"a served class of an {label_type} label must parse as one; got {text!r}"
+        ) from None
 
 
 # -- building (the local endpoint server) ------------------------------------------------------------
@@ -122,7 +124,10 @@ def classification_objects(
     aligned with ``classes``."""
     texts = [label_text(c) for c in classes]
     key_pred, key_values, key_probs = f"predicted_{label}", f"{label}_values", f"{label}_probs"
-    return [{key_pred: [texts[k]], key_values: texts, key_probs: [float(x) for x in p]} for k, p in zip(predicted, probs)]
+    return [
+        {key_pred: [texts[k]], key_values: texts, key_probs: [float(x) for x in p]}
+        for k, p in zip(predicted, probs)
+    ]
 
 
 def regression_objects(label: str, values: Sequence[float]) -> list[dict[str, Any]]:
@@ -205,7 +210,9 @@ class PredictionFormat:
         self.label_type = label_type
         self.fields = expected_fields(self.model_type, label)
         if self.model_type not in CLUSTERING_TYPES and not label:
-            raise ServedFormatError(f"A {self.model_type} prediction is keyed by its label column: give the label.")
+            raise ServedFormatError(
+                f"A {self.model_type} prediction is keyed by its label column: give the label."
+            )
 
     def parse(self, prediction: Any) -> ServedPrediction:
         """A prediction object (a dict, or its JSON text's parsed value) as a
@@ -214,32 +221,57 @@ class PredictionFormat:
             raise ServedFormatError(f"a prediction is a JSON object; got {prediction!r}")
         missing = [f for f in self.fields if f not in prediction]
         if missing:
-            raise ServedFormatError(f"the prediction has no {', '.join(missing)} (it has {', '.join(map(str, prediction))})")
+            raise ServedFormatError(
+                f"the prediction has no {', '.join(missing)} (it has {', '.join(map(str, prediction))})"
+            )
         if self.model_type in CLASSIFIER_TYPES:
             return self._classification(prediction)
         if self.model_type in REGRESSOR_TYPES:
-            return ServedPrediction(_number(_one(prediction[f"predicted_{self.label}"], f"predicted_{self.label}"), f"predicted_{self.label}"))
+            return ServedPrediction(
+                _number(
+                    _one(prediction[f"predicted_{self.label}"], f"predicted_{self.label}"),
+                    f"predicted_{self.label}",
+                )
+            )
         return self._clustering(prediction)
 
     def _classification(self, prediction: Mapping[str, Any]) -> ServedPrediction:
         label = self.label
         values, probs = prediction[f"{label}_values"], prediction[f"{label}_probs"]
-        if not isinstance(values, list) or not isinstance(probs, list) or len(values) != len(probs) or not values:
-            raise ServedFormatError(f"{label}_values and {label}_probs are lists of one length; got {values!r} and {probs!r}")
+        if (
+            not isinstance(values, list)
+            or not isinstance(probs, list)
+            or len(values) != len(probs)
+            or not values
+        ):
+            raise ServedFormatError(
+                f"{label}_values and {label}_probs are lists of one length; got {values!r} and {probs!r}"
+            )
         classes = [label_from_text(v, self.label_type) for v in values]
         probabilities = {c: _number(p, f"{label}_probs") for c, p in zip(classes, probs)}
         if len(probabilities) != len(classes):
             raise ServedFormatError(f"{label}_values lists a class twice: {values!r}")
-        predicted = label_from_text(_one(prediction[f"predicted_{label}"], f"predicted_{label}"), self.label_type)
+        predicted = label_from_text(
+            _one(prediction[f"predicted_{label}"], f"predicted_{label}"), self.label_type
+        )
         if predicted not in probabilities:
-            raise ServedFormatError(f"predicted_{label} {predicted!r} is not one of {label}_values {values!r}")
+            raise ServedFormatError(
+                f"predicted_{label} {predicted!r} is not one of {label}_values {values!r}"
+            )
         return ServedPrediction(predicted, probabilities)
 
     @staticmethod
     def _clustering(prediction: Mapping[str, Any]) -> ServedPrediction:
         ids, distances = prediction["centroid_ids"], prediction["centroid_distances"]
-        if not isinstance(ids, list) or not isinstance(distances, list) or len(ids) != len(distances) or not ids:
-            raise ServedFormatError(f"centroid_ids and centroid_distances are lists of one length; got {ids!r} and {distances!r}")
+        if (
+            not isinstance(ids, list)
+            or not isinstance(distances, list)
+            or len(ids) != len(distances)
+            or not ids
+        ):
+            raise ServedFormatError(
+                f"centroid_ids and centroid_distances are lists of one length; got {ids!r} and {distances!r}"
+            )
         if any(isinstance(i, bool) or not isinstance(i, (int, float)) or int(i) != i for i in ids):
             raise ServedFormatError(f"centroid_ids are integers; got {ids!r}")
         by_id = {int(i): _number(d, "centroid_distances") for i, d in zip(ids, distances)}
@@ -274,7 +306,9 @@ class PredictionFormat:
             if any(d < 0 for d in parsed.distances.values()):
                 out.append(f"negative centroid distances: {prediction['centroid_distances']}")
             if parsed.nearest_distance > min(parsed.distances.values()):
-                out.append(f"nearest_centroid_id {parsed.predicted} is not the nearest centroid: {prediction}")
+                out.append(
+                    f"nearest_centroid_id {parsed.predicted} is not the nearest centroid: {prediction}"
+                )
         return out
 
 
@@ -304,7 +338,11 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (dt.datetime, dt.date, dt.time)):  # pandas.Timestamp is a datetime
         return value.isoformat()
     if isinstance(value, (dt.timedelta, np.timedelta64)):
-        return float(value / dt.timedelta(seconds=1)) if isinstance(value, dt.timedelta) else float(value / np.timedelta64(1, "s"))
+        return (
+            float(value / dt.timedelta(seconds=1))
+            if isinstance(value, dt.timedelta)
+            else float(value / np.timedelta64(1, "s"))
+        )
     if isinstance(value, Mapping):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, np.ndarray)):
@@ -354,7 +392,12 @@ def is_null_sentinel(value: Any, kind: str | None = None) -> bool:
     either). A sentinel of the other type is an ordinary value (and then most often the wrong type)."""
     if isinstance(value, str):
         return kind in (None, "str") and value in _NULL_STRINGS
-    return kind in (None, "num") and isinstance(value, (int, float)) and not isinstance(value, bool) and value == NULL_FLOAT64
+    return (
+        kind in (None, "num")
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and value == NULL_FLOAT64
+    )
 
 
 def decode_null_sentinels(frame: Any, columns: Sequence[str]) -> Any:

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lakehouse_ml.core.errors import BqmlError
 from lakehouse_ml.bigquery.types import bigquery_type, factorize
+from lakehouse_ml.core.errors import BqmlError
 
 AUTO_SPLIT_MIN_ROWS = 500
 AUTO_SPLIT_FRACTION_MAX_ROWS = 50_000

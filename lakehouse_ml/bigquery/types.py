@@ -140,7 +140,9 @@ def string_key(value: Any, bq_type: str) -> str:
 def factorize(series: pd.Series, bq_type: str) -> tuple[np.ndarray, list[str]]:
     """``(codes, keys)``: codes index ``keys`` (distinct category names); -1 for NULL."""
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
-    keys = [string_key(u, bq_type) for u in (uniques.tolist() if hasattr(uniques, "tolist") else list(uniques))]
+    keys = [
+        string_key(u, bq_type) for u in (uniques.tolist() if hasattr(uniques, "tolist") else list(uniques))
+    ]
     if len(set(keys)) != len(keys):  # distinct values with the same STRING form (e.g. 1 and '1')
         merged: dict[str, int] = {}
         remap = np.array([merged.setdefault(k, len(merged)) for k in keys], dtype=np.int64)

@@ -62,8 +62,12 @@ class Settings(BaseModel):
         description="Where local state lives: landing files, the DuckDB warehouse, the Dagster instance.",
     )
     # The simulated history. Daily partitions of the raw tables span exactly these days.
-    start_date: dt.date = Field(dt.date(2026, 1, 1), description="First simulated day (daily partitions start here).")
-    days: int = Field(310, ge=1, le=3650, description="Number of simulated days (the demo drifts the last 154).")
+    start_date: dt.date = Field(
+        dt.date(2026, 1, 1), description="First simulated day (daily partitions start here)."
+    )
+    days: int = Field(
+        310, ge=1, le=3650, description="Number of simulated days (the demo drifts the last 154)."
+    )
     seed: int = Field(42, ge=0, description="Seed of the Cymbal retail simulator.")
     customers: int = Field(5000, ge=10, description="Simulated customers (sets the scale).")
 
@@ -78,7 +82,8 @@ class Settings(BaseModel):
         None, description="Override the Vertex AI API endpoint (private service connect, or a test double)."
     )
     monitoring_api_endpoint: str | None = Field(
-        None, description="Override the Cloud Monitoring API endpoint (served prediction counts of Vertex AI endpoints)."
+        None,
+        description="Override the Cloud Monitoring API endpoint (served prediction counts of Vertex AI endpoints).",
     )
     gcp_anonymous_credentials: bool = Field(
         False, description="Send no credentials (only for a local test double of the Google APIs)."
@@ -92,12 +97,14 @@ class Settings(BaseModel):
     )
 
     # local endpoint server
-    serving_host: str = Field("127.0.0.1", description="Address the local endpoint server binds (loopback by default).")
+    serving_host: str = Field(
+        "127.0.0.1", description="Address the local endpoint server binds (loopback by default)."
+    )
     serving_port: int = Field(8765, ge=1, le=65535, description="Port of the local endpoint server.")
     serving_token: str | None = Field(
-        None, description="Optional bearer token: when set, the local endpoint server refuses calls without it (401)."
+        None,
+        description="Optional bearer token: when set, the local endpoint server refuses calls without it (401).",
     )
-
 
     # automation
     schedules: bool = Field(
@@ -113,7 +120,9 @@ class Settings(BaseModel):
     @classmethod
     def _project(cls, value: str | None) -> str | None:
         if value is not None and not PROJECT_ID_PATTERN.match(value):
-            raise ValueError("a project id is 6-30 lowercase letters, digits or hyphens, starting with a letter")
+            raise ValueError(
+                "a project id is 6-30 lowercase letters, digits or hyphens, starting with a letter"
+            )
         return value
 
     @field_validator("gcp_dataset")
@@ -179,7 +188,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ
     try:
         values = {
-            key[len(ENV_PREFIX):].lower(): value
+            key[len(ENV_PREFIX) :].lower(): value
             for key, value in environ.items()
             if key.startswith(ENV_PREFIX)
         }
@@ -190,12 +199,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             loc = [str(part) for part in error.get("loc", ()) if part != "__root__"]
             msg = error.get("msg", "invalid value")
             if msg.startswith("Value error, "):
-                msg = msg[len("Value error, "):]
+                msg = msg[len("Value error, ") :]
             field = loc[0] if loc else msg.split(":", 1)[0].strip()
             if field not in Settings.model_fields:
                 field = "backend"
             if msg.startswith(field + ":"):
-                msg = msg[len(field) + 1:].strip()
+                msg = msg[len(field) + 1 :].strip()
             given = error.get("input")
             shown = f" (got {given!r})" if isinstance(given, (str, int, float)) and loc else ""
             problems.append(

@@ -14,19 +14,19 @@
   the BigQuery ML models of older runs that nothing serves are dropped (garbage collection).
 """
 
-
 import json
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from lakehouse_ml.lifecycle import deployment, models
-from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
-from lakehouse_ml.backends.registry import ModelRegistry, RegistryError
+from lakehouse_ml.backends.endpoints import Endpoints
+from lakehouse_ml.backends.registry import ModelRegistry
 from lakehouse_ml.backends.warehouse import Warehouse
+from lakehouse_ml.core.errors import EndpointError, RegistryError
 from lakehouse_ml.defs.metadata import user_errors
 from lakehouse_ml.defs.models import BQML_MODEL, trained_model
+from lakehouse_ml.lifecycle import deployment, models
 from lakehouse_ml.lifecycle.baseline import baseline_table, save_baseline
 
 GROUP = "serving"
@@ -35,14 +35,18 @@ SMOKE_CHECK = "smoke_test"
 
 
 def _link(url: str) -> dg.MetadataValue:
-    return dg.MetadataValue.url(url) if url.startswith(("http://", "https://")) else dg.MetadataValue.path(url)
+    return (
+        dg.MetadataValue.url(url) if url.startswith(("http://", "https://")) else dg.MetadataValue.path(url)
+    )
 
 
 def _floats(values: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and v == v}
 
 
-def _version_metadata(registry: ModelRegistry, version: Any, metrics: dict[str, float], model: str) -> dict[str, Any]:
+def _version_metadata(
+    registry: ModelRegistry, version: Any, metrics: dict[str, float], model: str
+) -> dict[str, Any]:
     return {
         "model_id": dg.MetadataValue.text(version.model_id),
         "version_id": dg.MetadataValue.text(version.version_id),
@@ -124,10 +128,14 @@ def registry_version_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
                 candidate = deployment.register_candidate(warehouse, registry, spec, model)
                 if not warehouse.table_exists(baseline_table(spec, candidate.version_id)):
                     rows = save_baseline(warehouse, spec, candidate.version_id, model)
-                    context.log.info(f"Saved {rows} training rows of version {candidate.version_id} for monitoring")
+                    context.log.info(
+                        f"Saved {rows} training rows of version {candidate.version_id} for monitoring"
+                    )
                 result = deployment.gate(warehouse, registry, spec, candidate, model)
                 version = deployment.promote(registry, spec, candidate) if result.passed else candidate
-                metrics = _floats(version.metrics) or _floats(models.evaluation_metrics(warehouse, spec, model))
+                metrics = _floats(version.metrics) or _floats(
+                    models.evaluation_metrics(warehouse, spec, model)
+                )
             except (RegistryError, EndpointError) as err:
                 raise dg.Failure(description=str(err)) from err
         context.log.info(result.reason)
@@ -178,7 +186,9 @@ class DeploymentConfig(dg.Config):
         description="Deploy this version instead of the one holding the serving alias (a rollback or roll-forward); "
         "the serving alias moves to it.",
     )
-    canary_percent: int | None = Field(None, description="Traffic share of a new version before promotion (1..99).")
+    canary_percent: int | None = Field(
+        None, description="Traffic share of a new version before promotion (1..99)."
+    )
     promote: bool = Field(True, description="Promote a healthy canary to 100% and undeploy the rest.")
     keep_models: int | None = Field(
         None,
@@ -226,8 +236,13 @@ def deployment_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
                 version = deployment.serving_version(registry, spec, config.version)
                 instances = deployment.serving_rows(warehouse, spec)
                 result = deployment.deploy(
-                    endpoints, spec, version, instances,
-                    canary_percent=config.canary_percent, promote_canary=config.promote, progress=context.log.info,
+                    endpoints,
+                    spec,
+                    version,
+                    instances,
+                    canary_percent=config.canary_percent,
+                    promote_canary=config.promote,
+                    progress=context.log.info,
                 )
                 garbage = deployment.collect_garbage(
                     warehouse, registry, endpoints, spec, keep=config.keep_models, progress=context.log.info
@@ -248,12 +263,16 @@ def deployment_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
                     for d in result.deployed_models
                 )
             ),
-            "actions": dg.MetadataValue.md("\n".join(f"- {a}" for a in result.actions) or "- nothing to change"),
+            "actions": dg.MetadataValue.md(
+                "\n".join(f"- {a}" for a in result.actions) or "- nothing to change"
+            ),
             "rolled_back": dg.MetadataValue.bool(result.rolled_back),
             "garbage_collection": dg.MetadataValue.text(garbage.describe()),
             "models_dropped": dg.MetadataValue.json(garbage.dropped),
             "summary": dg.MetadataValue.text(
-                "; ".join(result.actions) + f"; serving {result.traffic_split}" if result.actions else f"serving {result.traffic_split}"
+                "; ".join(result.actions) + f"; serving {result.traffic_split}"
+                if result.actions
+                else f"serving {result.traffic_split}"
             ),
         }
         url = endpoints.console_url(result.endpoint_id)
@@ -266,7 +285,9 @@ def deployment_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         if result.canary is not None:
             check_metadata["canary"] = dg.MetadataValue.text(result.canary.describe())
         if smoke.example is not None:
-            check_metadata["example"] = dg.MetadataValue.json(json.loads(json.dumps(smoke.example, default=str)))
+            check_metadata["example"] = dg.MetadataValue.json(
+                json.loads(json.dumps(smoke.example, default=str))
+            )
         passed = result.passed
         description = (
             f"Version {version.version_id} serves on {result.endpoint_name}: {smoke.describe()}"
@@ -279,8 +300,11 @@ def deployment_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
             metadata=metadata,
             check_results=[
                 dg.AssetCheckResult(
-                    check_name=SMOKE_CHECK, passed=passed, severity=dg.AssetCheckSeverity.ERROR,
-                    description=description, metadata=check_metadata,
+                    check_name=SMOKE_CHECK,
+                    passed=passed,
+                    severity=dg.AssetCheckSeverity.ERROR,
+                    description=description,
+                    metadata=check_metadata,
                 )
             ],
         )

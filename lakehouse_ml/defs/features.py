@@ -4,13 +4,12 @@ The checks run inside the materialization (``check_specs`` + ``check_results``) 
 a failed check stops downstream assets from running on bad features.
 """
 
-
 import dagster as dg
 from pydantic import create_model
 
-from lakehouse_ml.lifecycle import features
 from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.defs.metadata import table_metadata, user_errors, window_of
+from lakehouse_ml.lifecycle import features
 
 
 def _config_class(table: features.FeatureTable) -> type[dg.Config]:
@@ -42,7 +41,9 @@ def feature_asset(table: features.FeatureTable, partitions: dg.PartitionsDefinit
     for upstream in table.upstream_tables:
         mapping = None
         if partitioned and upstream in ("raw_orders", "raw_web_sessions") and table.history_days:
-            mapping = dg.TimeWindowPartitionMapping(start_offset=-table.history_days, allow_nonexistent_upstream_partitions=True)
+            mapping = dg.TimeWindowPartitionMapping(
+                start_offset=-table.history_days, allow_nonexistent_upstream_partitions=True
+            )
         deps.append(dg.AssetDep(upstream, partition_mapping=mapping))
     Config = _config_class(table)
 
@@ -57,7 +58,9 @@ def feature_asset(table: features.FeatureTable, partitions: dg.PartitionsDefinit
         check_specs=_check_specs(table),
         metadata={"sql_file": dg.MetadataValue.path(f"sql/{table.sql_path}")},
     )
-    def _feature(context: dg.AssetExecutionContext, config: Config, warehouse: Warehouse) -> dg.MaterializeResult:
+    def _feature(
+        context: dg.AssetExecutionContext, config: Config, warehouse: Warehouse
+    ) -> dg.MaterializeResult:
         window = window_of(context, table.partition_column) if partitioned else None
         context.log.info(f"Building {table.name} from sql/{table.sql_path} on {warehouse.describe()}")
         with user_errors():

@@ -8,8 +8,9 @@ from typing import Iterator, Mapping
 
 import dagster as dg
 
+from lakehouse_ml.backends.warehouse import PartitionWindow, Warehouse
+from lakehouse_ml.core.errors import WarehouseError
 from lakehouse_ml.lifecycle import features
-from lakehouse_ml.backends.warehouse import PartitionWindow, Warehouse, WarehouseError
 
 
 def table_metadata(
@@ -32,18 +33,25 @@ def table_metadata(
                 for name, kind in schema
             ]
         ),
-        "preview": dg.MetadataValue.md(head.to_markdown(index=False, floatfmt=".4g") if len(head) else "(no rows)"),
+        "preview": dg.MetadataValue.md(
+            head.to_markdown(index=False, floatfmt=".4g") if len(head) else "(no rows)"
+        ),
         "warehouse": dg.MetadataValue.text(warehouse.describe()),
     }
     if window is not None:
-        metadata["partition_window"] = dg.MetadataValue.text(f"{window.start} .. {window.end} on {window.column}")
+        metadata["partition_window"] = dg.MetadataValue.text(
+            f"{window.start} .. {window.end} on {window.column}"
+        )
     url = warehouse.table_url(table)
     if url:
         metadata["console"] = dg.MetadataValue.url(url)
     if lineage:
         metadata["dagster/column_lineage"] = dg.TableColumnLineage(
             deps_by_column={
-                column: [dg.TableColumnDep(asset_key=dg.AssetKey(src_table), column_name=src_column) for src_table, src_column in deps]
+                column: [
+                    dg.TableColumnDep(asset_key=dg.AssetKey(src_table), column_name=src_column)
+                    for src_table, src_column in deps
+                ]
                 for column, deps in lineage.items()
                 if deps
             }

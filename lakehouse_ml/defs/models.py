@@ -13,7 +13,6 @@
 The same code runs on both backends: BigQuery or the local BigQuery ML engine executes the SQL.
 """
 
-
 import json
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,9 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from lakehouse_ml.lifecycle import models, reports
 from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.defs.metadata import user_errors
+from lakehouse_ml.lifecycle import models, reports
 
 GROUP = "models"
 # The model asset's metadata key naming the run's BigQuery ML model.
@@ -32,7 +31,9 @@ BQML_MODEL = "bqml_model"
 
 def _recorded_model(materialization: Any, spec: models.ModelSpec) -> str | None:
     value = materialization.metadata.get(BQML_MODEL) if materialization is not None else None
-    return str(value.value) if value is not None and models.is_training_model(spec, str(value.value)) else None
+    return (
+        str(value.value) if value is not None and models.is_training_model(spec, str(value.value)) else None
+    )
 
 
 def trained_model(context: dg.AssetExecutionContext, warehouse: Warehouse, spec: models.ModelSpec) -> str:
@@ -80,7 +81,9 @@ def model_metadata(warehouse: Warehouse, spec: models.ModelSpec, model: str) -> 
         BQML_MODEL: dg.MetadataValue.text(model),
         "model_type": dg.MetadataValue.text(spec.model_type),
         "options": dg.MetadataValue.json(_json_safe(spec.options)),
-        "feature_columns": dg.MetadataValue.json([str(c) for c in features["input"]] if "input" in features else []),
+        "feature_columns": dg.MetadataValue.json(
+            [str(c) for c in features["input"]] if "input" in features else []
+        ),
         "feature_info": dg.MetadataValue.md(_markdown(features)),
         "training_iterations": dg.MetadataValue.int(len(training)),
         "warehouse": dg.MetadataValue.text(warehouse.describe()),
@@ -95,7 +98,11 @@ def model_metadata(warehouse: Warehouse, spec: models.ModelSpec, model: str) -> 
             value = models._float_or_none(last.get(column)) if column in training else None
             if value is not None:
                 metadata[f"final_{column}"] = dg.MetadataValue.float(value)
-        shown = [c for c in ("training_run", "iteration", "loss", "eval_loss", "learning_rate", "duration_ms") if c in training]
+        shown = [
+            c
+            for c in ("training_run", "iteration", "loss", "eval_loss", "learning_rate", "duration_ms")
+            if c in training
+        ]
         metadata["training_info"] = dg.MetadataValue.md(_markdown(training[shown] if shown else training))
     # Where the model is: a local folder (local warehouse) or a console link (when a backend has one).
     location = warehouse.model_url(model)
@@ -164,31 +171,45 @@ def evaluation_asset(spec: models.ModelSpec, reports_dir: Path) -> dg.AssetsDefi
             result = models.evaluate(warehouse, spec, model)
         folder = _plot_paths(reports_dir, spec)
         metadata: dict[str, Any] = {
-            f"metric/{metric}": dg.MetadataValue.float(value) for metric, value in result.metrics.items() if value is not None
+            f"metric/{metric}": dg.MetadataValue.float(value)
+            for metric, value in result.metrics.items()
+            if value is not None
         }
         metadata["metrics"] = dg.MetadataValue.md(reports.metrics_markdown(result.metrics))
         metadata[BQML_MODEL] = dg.MetadataValue.text(model)
         gate_value = result.metrics.get(spec.gate.metric)
         shown = f"{gate_value:.4f}" if isinstance(gate_value, float) else str(gate_value)
-        metadata["gate"] = dg.MetadataValue.text(f"{spec.gate.metric} ({spec.gate.direction} is better) = {shown}")
+        metadata["gate"] = dg.MetadataValue.text(
+            f"{spec.gate.metric} ({spec.gate.direction} is better) = {shown}"
+        )
         metadata["sources"] = dg.MetadataValue.json(result.sources)
         if result.roc is not None:
             path = reports.roc_curve_png(
-                result.roc, result.roc_auc, folder / "roc_curve.png", f"{spec.name}: ROC curve", result.sources.get("roc_curve", "")
+                result.roc,
+                result.roc_auc,
+                folder / "roc_curve.png",
+                f"{spec.name}: ROC curve",
+                result.sources.get("roc_curve", ""),
             )
             metadata["plot/roc_curve"] = dg.MetadataValue.path(str(path))
             if result.roc_auc is not None:
                 metadata["roc_curve_auc"] = dg.MetadataValue.float(result.roc_auc)
         if result.confusion is not None:
             path = reports.confusion_matrix_png(
-                result.confusion, folder / "confusion_matrix.png", f"{spec.name}: confusion matrix",
+                result.confusion,
+                folder / "confusion_matrix.png",
+                f"{spec.name}: confusion matrix",
                 result.sources.get("confusion_matrix", ""),
             )
             metadata["plot/confusion_matrix"] = dg.MetadataValue.path(str(path))
-            metadata["confusion_matrix"] = dg.MetadataValue.md(result.confusion.reset_index().to_markdown(index=False))
+            metadata["confusion_matrix"] = dg.MetadataValue.md(
+                result.confusion.reset_index().to_markdown(index=False)
+            )
         if result.cluster_sizes is not None:
             path = reports.cluster_sizes_png(
-                result.cluster_sizes, folder / "cluster_sizes.png", f"{spec.name}: rows per cluster",
+                result.cluster_sizes,
+                folder / "cluster_sizes.png",
+                f"{spec.name}: rows per cluster",
                 result.sources.get("cluster_sizes", ""),
             )
             metadata["plot/cluster_sizes"] = dg.MetadataValue.path(str(path))
@@ -200,7 +221,9 @@ def evaluation_asset(spec: models.ModelSpec, reports_dir: Path) -> dg.AssetsDefi
             metadata["anomalies"] = dg.MetadataValue.int(flagged)
             metadata["anomaly_rate"] = dg.MetadataValue.float(flagged / total if total else 0.0)
             metadata["contamination"] = dg.MetadataValue.float(float(spec.contamination))
-        context.log.info(f"Evaluated {model}: " + json.dumps({k: v for k, v in result.metrics.items()}, default=str))
+        context.log.info(
+            f"Evaluated {model}: " + json.dumps({k: v for k, v in result.metrics.items()}, default=str)
+        )
         return dg.MaterializeResult(metadata=metadata)
 
     return _evaluation

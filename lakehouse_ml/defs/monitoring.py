@@ -19,12 +19,13 @@ from typing import Any
 
 import dagster as dg
 
-from lakehouse_ml.lifecycle import models
-from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
-from lakehouse_ml.backends.registry import ModelRegistry, RegistryError
+from lakehouse_ml.backends.endpoints import Endpoints
+from lakehouse_ml.backends.registry import ModelRegistry
 from lakehouse_ml.backends.warehouse import Warehouse
+from lakehouse_ml.core.errors import EndpointError, RegistryError
 from lakehouse_ml.defs.metadata import user_errors
 from lakehouse_ml.defs.sensors import retraining_job_name
+from lakehouse_ml.lifecycle import models
 from lakehouse_ml.lifecycle.features import FEATURE_TABLES
 from lakehouse_ml.lifecycle.monitoring import monitor, report
 
@@ -82,7 +83,9 @@ def monitoring_asset(spec: models.ModelSpec, reports_dir) -> dg.AssetsDefinition
             ),
         }
         if result.judged:
-            metadata["feature_drift"] = dg.MetadataValue.md(report.markdown_table(result.drift, serving.warn_fraction))
+            metadata["feature_drift"] = dg.MetadataValue.md(
+                report.markdown_table(result.drift, serving.warn_fraction)
+            )
             metadata["max_drift"] = dg.MetadataValue.float(result.max_drift)
             metadata["drift_values"] = dg.MetadataValue.json(
                 [
@@ -90,7 +93,9 @@ def monitoring_asset(spec: models.ModelSpec, reports_dir) -> dg.AssetsDefinition
                         "input": str(r.input),
                         "value": None if r.value is None or r.value != r.value else float(r.value),
                         "threshold": float(r.threshold),
-                        "is_anomaly": bool(r.is_anomaly) if r.is_anomaly is not None and r.is_anomaly == r.is_anomaly else None,
+                        "is_anomaly": bool(r.is_anomaly)
+                        if r.is_anomaly is not None and r.is_anomaly == r.is_anomaly
+                        else None,
                     }
                     for r in result.drift.itertuples()
                 ]
@@ -101,7 +106,9 @@ def monitoring_asset(spec: models.ModelSpec, reports_dir) -> dg.AssetsDefinition
                 )
                 metadata["prediction_baseline"] = dg.MetadataValue.text(result.prediction_baseline)
         if not result.performance.empty:
-            metadata["performance"] = dg.MetadataValue.md(result.performance.to_markdown(index=False, floatfmt=".4f"))
+            metadata["performance"] = dg.MetadataValue.md(
+                result.performance.to_markdown(index=False, floatfmt=".4f")
+            )
             latest = result.performance.iloc[-1]
             metadata[f"performance/{latest['metric']}"] = dg.MetadataValue.float(float(latest["value"]))
         if result.late_rows:
@@ -154,9 +161,17 @@ def refreshed_tables(spec: models.ModelSpec) -> list[str]:
 def retraining_job(spec: models.ModelSpec):
     refreshed = refreshed_tables(spec)
     selection = dg.AssetSelection.assets(
-        *refreshed, spec.name, f"{spec.name}_evaluation", f"{spec.name}_registry_version", f"{spec.name}_deployment"
+        *refreshed,
+        spec.name,
+        f"{spec.name}_evaluation",
+        f"{spec.name}_registry_version",
+        f"{spec.name}_deployment",
     )
-    first = f"refresh {', '.join(refreshed)} → " if refreshed else f"on the current {', '.join(spec.upstream_tables)}: "
+    first = (
+        f"refresh {', '.join(refreshed)} → "
+        if refreshed
+        else f"on the current {', '.join(spec.upstream_tables)}: "
+    )
     return dg.define_asset_job(
         retraining_job_name(spec.name),
         selection=selection,

@@ -5,7 +5,6 @@ assets so the UI shows lineage from it. Orders and web sessions are day-partitio
 many days runs as one run (``BackfillPolicy.single_run``) and one atomic load.
 """
 
-
 from pathlib import Path
 
 import dagster as dg
@@ -13,8 +12,8 @@ import pyarrow.parquet as pq
 
 from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.datagen import landing_files
-from lakehouse_ml.lifecycle.raw import RAW_TABLES, RawTable
 from lakehouse_ml.defs.metadata import table_metadata, user_errors, window_of
+from lakehouse_ml.lifecycle.raw import RAW_TABLES, RawTable
 
 
 def landing_key(raw: RawTable) -> dg.AssetKey:
@@ -59,7 +58,9 @@ def _files(landing_dir: Path, raw: RawTable, days) -> list[Path]:
     return files
 
 
-def raw_asset(raw: RawTable, landing_dir: Path, partitions: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
+def raw_asset(
+    raw: RawTable, landing_dir: Path, partitions: dg.PartitionsDefinition | None
+) -> dg.AssetsDefinition:
     partitioned = raw.partition_column is not None
 
     @dg.asset(
@@ -97,7 +98,11 @@ def raw_asset(raw: RawTable, landing_dir: Path, partitions: dg.PartitionsDefinit
                 dg.AssetCheckResult(
                     check_name="matches_landing",
                     passed=in_table == landing_rows,
-                    metadata={"landing_rows": landing_rows, "table_rows": in_table, "landing_files": len(files)},
+                    metadata={
+                        "landing_rows": landing_rows,
+                        "table_rows": in_table,
+                        "landing_files": len(files),
+                    },
                 )
             ],
         )

@@ -31,18 +31,24 @@ import pandas as pd
 import pyarrow as pa
 from scipy.special import expit
 
-from lakehouse_ml.engine import options as opt
-from lakehouse_ml.engine import xgb
-from lakehouse_ml.engine.artifacts import ModelStore, check_name
-from lakehouse_ml.bigquery.registry import deployed_model_message
-from lakehouse_ml.core.errors import BqmlError, ModelExistsError, ModelNotFoundError, VersionDeployedError, WarehouseError
 from lakehouse_ml.bigquery.metrics import CLASSIFICATION_COLUMNS, KMEANS_COLUMNS, REGRESSION_COLUMNS
 from lakehouse_ml.bigquery.metrics import classification as classification_metrics
 from lakehouse_ml.bigquery.metrics import regression as regression_metrics
-from lakehouse_ml.engine.models import glm, kmeans, tree
-from lakehouse_ml.bigquery.types import bigquery_type, string_key, to_float
 from lakehouse_ml.bigquery.preprocess import Columns, Design, Preprocessor
+from lakehouse_ml.bigquery.registry import deployed_model_message
 from lakehouse_ml.bigquery.split import Split, row_hashes, split
+from lakehouse_ml.bigquery.types import bigquery_type, string_key, to_float
+from lakehouse_ml.core.errors import (
+    BqmlError,
+    ModelExistsError,
+    ModelNotFoundError,
+    VersionDeployedError,
+    WarehouseError,
+)
+from lakehouse_ml.engine import options as opt
+from lakehouse_ml.engine import xgb
+from lakehouse_ml.engine.artifacts import ModelStore, check_name
+from lakehouse_ml.engine.models import glm, kmeans, tree
 
 __all__ = ["BqmlEngine", "BqmlError", "ModelExistsError", "ModelNotFoundError", "Progress"]
 
@@ -373,7 +379,9 @@ class BqmlEngine:
         say = progress or (lambda message: None)
         started = time.perf_counter()
         replaced_registered = (
-            self.registry is not None and replace and self.store.exists(name)
+            self.registry is not None
+            and replace
+            and self.store.exists(name)
             and self._registered(self.store.load_meta(name))
         )
         if replaced_registered:  # refused before any work: nothing is trained or written
@@ -402,7 +410,9 @@ class BqmlEngine:
         check_name(name)
         self._cache.pop(name, None)
         registered = (
-            self.registry is not None and self.store.exists(name) and self._registered(self.store.load_meta(name))
+            self.registry is not None
+            and self.store.exists(name)
+            and self._registered(self.store.load_meta(name))
         )
         if registered:  # refused while its registered version is deployed
             self._refuse_deployed(name)
@@ -556,7 +566,9 @@ class BqmlEngine:
         (``centroid_distances``), in the space ``ML.PREDICT``'s distances are measured in."""
         model = self._load(name)
         if model.model_type not in opt.KMEANS_MODEL_TYPES:
-            raise BqmlError(f"Model {name!r} is a {model.model_type} model; centroid distances need a KMEANS model.")
+            raise BqmlError(
+                f"Model {name!r} is a {model.model_type} model; centroid distances need a KMEANS model."
+            )
         design = model.prep.design(model.check_features(_as_frame(frame), "ML.PREDICT"))
         return kmeans.distances(design, model.centroids(), model.meta["options"]["distance_type"])
 
@@ -1229,7 +1241,9 @@ class _Trainer:
         # like the seed, do not depend on the order in which the query returned the rows.
         order = np.argsort(hashes, kind="stable")
         canonical = Design(design.num[order], [codes[order] for codes in design.codes], list(design.sizes))
-        result = kmeans.train(canonical, self.o, init_rows[order] if init_rows is not None else None, seed, self.say)
+        result = kmeans.train(
+            canonical, self.o, init_rows[order] if init_rows is not None else None, seed, self.say
+        )
         meta["options"] = {**meta["options"], "num_clusters": result.num_clusters}
         meta["training_info"] = result.iterations
         meta["evaluation"] = kmeans.evaluate(design, result.centroids, self.o["distance_type"])
@@ -1348,7 +1362,9 @@ def _class_indices(labels: pd.Series, classes: list[Any], bq_type: str) -> np.nd
     values = [_native(u) for u in (uniques.tolist() if hasattr(uniques, "tolist") else list(uniques))]
     lookup = np.array(
         [
-            index.get(string_key(float(v) if bq_type == "FLOAT64" and not isinstance(v, str) else v, bq_type), -1)
+            index.get(
+                string_key(float(v) if bq_type == "FLOAT64" and not isinstance(v, str) else v, bq_type), -1
+            )
             for v in values
         ]
         + [-1],
@@ -1552,7 +1568,7 @@ def _weights_table(model: _Model, standardize: bool) -> pa.Table:
                 rows_categories.append([])
             else:
                 spec = entry["spec"]
-                block = w_cat[offsets[entry["index"]]:offsets[entry["index"]] + spec.size]
+                block = w_cat[offsets[entry["index"]] : offsets[entry["index"]] + spec.size]
                 rows_weight.append(None)
                 rows_categories.append(
                     [{"category": cat, "weight": float(v)} for cat, v in zip(spec.categories, block)]

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from typing import Any, Callable, Mapping
 
-from lakehouse_ml.engine import xgb
 from lakehouse_ml.bigquery.registry import VERTEX_ALIAS_DOC, VERTEX_ALIAS_PATTERN, VERTEX_MODEL_ID_PATTERN
 from lakehouse_ml.core.errors import BqmlError
+from lakehouse_ml.engine import xgb
 
 GLM_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-glm"
 KMEANS_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-kmeans"

@@ -52,10 +52,10 @@ from sqlglot import exp
 from sqlglot.dialects.bigquery import BigQuery
 from sqlglot.tokens import Token, TokenType
 
-from lakehouse_ml.engine.translate import TranslatedStatement, translate_query
 from lakehouse_ml.bigquery.dialect import parse_bigquery
 from lakehouse_ml.core.errors import BqmlError, SQLTranslationError, WarehouseError
 from lakehouse_ml.core.identifiers import check_identifier
+from lakehouse_ml.engine.translate import TranslatedStatement, translate_query
 
 log = logging.getLogger("lakehouse_ml.engine")
 
@@ -352,7 +352,9 @@ def _take_path(sql: str, tokens: Sequence[Token], i: int, what: str) -> tuple[li
 
 def _model_ref(parts: list[str], raw: str) -> ModelRef:
     if not 1 <= len(parts) <= 3 or any(not p for p in parts):
-        raise WarehouseError(f"Invalid model name {raw}: write model, dataset.model or project.dataset.model.")
+        raise WarehouseError(
+            f"Invalid model name {raw}: write model, dataset.model or project.dataset.model."
+        )
     name = check_identifier(parts[-1], "model")
     if len(parts) >= 2:
         check_identifier(parts[-2], "dataset")
@@ -437,7 +439,11 @@ def literal_value(node: exp.Expression, params: Mapping[str, Any] | None = None)
         return [literal_value(e, params) for e in node.expressions]
     if isinstance(node, exp.Tuple):  # ('col_a', 0.1): an unnamed STRUCT (ML.VALIDATE_DATA_DRIFT thresholds)
         return [literal_value(e, params) for e in node.expressions]
-    if isinstance(node, exp.Cast) and isinstance(node.this, exp.Array) and node.to.is_type(exp.DataType.Type.ARRAY):
+    if (
+        isinstance(node, exp.Cast)
+        and isinstance(node.this, exp.Array)
+        and node.to.is_type(exp.DataType.Type.ARRAY)
+    ):
         return literal_value(node.this, params)  # a typed array literal: ARRAY<STRUCT<STRING, FLOAT64>>[...]
     if isinstance(node, exp.Struct):
         fields = node.expressions
@@ -488,7 +494,9 @@ def literal_value(node: exp.Expression, params: Mapping[str, Any] | None = None)
     )
 
 
-def parse_options(sql: str, tokens: Sequence[Token], lo: int, hi: int, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def parse_options(
+    sql: str, tokens: Sequence[Token], lo: int, hi: int, params: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The ``name = value`` list in ``tokens[lo:hi]`` (inside ``OPTIONS(...)``) as a dict with
     lower-case names."""
     options: dict[str, Any] = {}
@@ -525,7 +533,11 @@ def parse_model_statement(sql: str, params: Mapping[str, Any] | None = None) -> 
     first = tokens[0].token_type
     if first == TokenType.CREATE:
         return _parse_create(sql, tokens, params)
-    if first in (TokenType.DROP, TokenType.ALTER) and len(tokens) > 1 and tokens[1].token_type == TokenType.MODEL:
+    if (
+        first in (TokenType.DROP, TokenType.ALTER)
+        and len(tokens) > 1
+        and tokens[1].token_type == TokenType.MODEL
+    ):
         i = 2
         if_exists = _is(tokens[i] if i < len(tokens) else None, "IF")
         if if_exists:
@@ -538,7 +550,9 @@ def parse_model_statement(sql: str, params: Mapping[str, Any] | None = None) -> 
             if i != len(tokens):
                 raise BqmlError(f"Unexpected {tokens[i].text!r} after DROP MODEL {raw}.")
             return DropModel(model=model, if_exists=if_exists)
-        if not (i + 1 < len(tokens) and tokens[i].token_type == TokenType.SET and _is(tokens[i + 1], "OPTIONS")):
+        if not (
+            i + 1 < len(tokens) and tokens[i].token_type == TokenType.SET and _is(tokens[i + 1], "OPTIONS")
+        ):
             raise BqmlError(
                 "ALTER MODEL supports only ALTER MODEL [IF EXISTS] name SET OPTIONS(...) "
                 "(bigqueryml-syntax-alter-model)."
@@ -546,14 +560,20 @@ def parse_model_statement(sql: str, params: Mapping[str, Any] | None = None) -> 
         close = _expect_paren(sql, tokens, i + 2, "SET OPTIONS")
         if close != len(tokens) - 1:
             raise BqmlError(f"Unexpected {tokens[close + 1].text!r} after ALTER MODEL … SET OPTIONS(...).")
-        return AlterModel(model=model, if_exists=if_exists, options=parse_options(sql, tokens, i + 3, close, params))
+        return AlterModel(
+            model=model, if_exists=if_exists, options=parse_options(sql, tokens, i + 3, close, params)
+        )
     return None
 
 
 def _parse_create(sql: str, tokens: Sequence[Token], params: Mapping[str, Any] | None) -> CreateModel | None:
     i = 1
     replace = False
-    if i + 1 < len(tokens) and tokens[i].token_type == TokenType.OR and tokens[i + 1].token_type == TokenType.REPLACE:
+    if (
+        i + 1 < len(tokens)
+        and tokens[i].token_type == TokenType.OR
+        and tokens[i + 1].token_type == TokenType.REPLACE
+    ):
         replace = True
         i += 2
     if i >= len(tokens) or tokens[i].token_type != TokenType.MODEL:
@@ -569,7 +589,11 @@ def _parse_create(sql: str, tokens: Sequence[Token], params: Mapping[str, Any] |
     i += 1
     if_not_exists = False
     if _is(tokens[i] if i < len(tokens) else None, "IF"):
-        if not (i + 2 < len(tokens) and tokens[i + 1].token_type == TokenType.NOT and tokens[i + 2].token_type == TokenType.EXISTS):
+        if not (
+            i + 2 < len(tokens)
+            and tokens[i + 1].token_type == TokenType.NOT
+            and tokens[i + 2].token_type == TokenType.EXISTS
+        ):
             raise BqmlError("Expected IF NOT EXISTS.")
         if_not_exists = True
         i += 3
@@ -606,7 +630,11 @@ def _parse_create(sql: str, tokens: Sequence[Token], params: Mapping[str, Any] |
             "the local engine trains models from an AS query."
         )
     query = _text(sql, tokens, i + 1, len(tokens))
-    if i + 2 < len(tokens) and tokens[i + 1].token_type == TokenType.L_PAREN and _is(tokens[i + 2], "TRAINING_DATA"):
+    if (
+        i + 2 < len(tokens)
+        and tokens[i + 1].token_type == TokenType.L_PAREN
+        and _is(tokens[i + 2], "TRAINING_DATA")
+    ):
         raise BqmlError(
             "CREATE MODEL … AS (training_data AS (...), custom_holiday AS (...)) is for ARIMA_PLUS "
             "models, which the local engine does not train."
@@ -614,7 +642,12 @@ def _parse_create(sql: str, tokens: Sequence[Token], params: Mapping[str, Any] |
     if not query.strip():
         raise BqmlError(f"CREATE MODEL {raw}: the AS query is empty.")
     return CreateModel(
-        model=model, replace=replace, if_not_exists=if_not_exists, options=options, query=query, transform=transform,
+        model=model,
+        replace=replace,
+        if_not_exists=if_not_exists,
+        options=options,
+        query=query,
+        transform=transform,
         name_span=name_span,
     )
 
@@ -711,7 +744,9 @@ def _parse_call(
     (ma, mb), rest = ranges[0], ranges[1:]
     parts, raw, end = _take_path(sql, tokens, ma + 1, "model")
     if end != mb:
-        raise BqmlError(f"Unexpected {tokens[end].text!r} after MODEL {raw} in ML.{function}. Syntax: {signature}.")
+        raise BqmlError(
+            f"Unexpected {tokens[end].text!r} after MODEL {raw} in ML.{function}. Syntax: {signature}."
+        )
     model = _model_ref(parts, raw)
     relation: InputRelation | None = None
     options: dict[str, Any] = {}
@@ -722,7 +757,9 @@ def _parse_call(
         while expected and expected[0].rstrip("?") != kind and expected[0].endswith("?"):
             expected.pop(0)
         if not expected or expected[0].rstrip("?") != kind:
-            described = {"input": "an input relation", "struct": "a STRUCT", "array": "an array"}.get(kind, "the argument")
+            described = {"input": "an input relation", "struct": "a STRUCT", "array": "an array"}.get(
+                kind, "the argument"
+            )
             raise BqmlError(
                 f"ML.{function} does not take {described} {_text(sql, tokens, a, b)!r} here. Syntax: {signature}."
             )
@@ -731,7 +768,9 @@ def _parse_call(
             if tokens[a].token_type == TokenType.TABLE:
                 parts_t, raw_t, end_t = _take_path(sql, tokens, a + 1, "table")
                 if end_t != b:
-                    raise BqmlError(f"Unexpected {tokens[end_t].text!r} after TABLE {raw_t} in ML.{function}.")
+                    raise BqmlError(
+                        f"Unexpected {tokens[end_t].text!r} after TABLE {raw_t} in ML.{function}."
+                    )
                 relation = InputRelation(table=_table_name(parts_t, raw_t))
             else:
                 inner = _text(sql, tokens, a + 1, b - 1)
@@ -747,7 +786,9 @@ def _parse_call(
             options = value
         else:  # array of thresholds
             values = literal_value(parse_expression(_text(sql, tokens, a, b)), params)
-            if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            if not isinstance(values, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+            ):
                 raise BqmlError(f"ML.{function}: the thresholds must be an ARRAY<FLOAT64>.")
             thresholds = [float(v) for v in values]
     missing = [e for e in expected if not e.endswith("?")]
@@ -798,7 +839,12 @@ def _parse_model_free_call(
         while expected and expected[0].rstrip("?") != kind and expected[0].endswith("?"):
             expected.pop(0)
         if not expected or expected[0].rstrip("?") != kind:
-            described = {"input": "an input relation", "struct": "a STRUCT", "array": "an array", "model": "a MODEL"}
+            described = {
+                "input": "an input relation",
+                "struct": "a STRUCT",
+                "array": "an array",
+                "model": "a MODEL",
+            }
             raise BqmlError(
                 f"ML.{function} does not take {described.get(kind, 'the argument')} {_text(sql, tokens, a, b)!r} "
                 f"here. Syntax: {signature}."
@@ -822,7 +868,9 @@ def _parse_model_free_call(
                 "(the drift rows are the same), or run the query on the gcp backend."
             )
     if len(inputs) < 2:
-        raise BqmlError(f"ML.{function} needs a base and a study input: TABLE t or (query). Syntax: {signature}.")
+        raise BqmlError(
+            f"ML.{function} needs a base and a study input: TABLE t or (query). Syntax: {signature}."
+        )
     start, end_char = tokens[i].start, tokens[close].end + 1
     return MLCall(
         function=function,
@@ -903,7 +951,9 @@ def attach_ctes(query: exp.Expression, ctes: Sequence[exp.CTE]) -> exp.Expressio
         if name in by_name and name not in needed:
             needed.add(name)
             frontier |= _references(by_name[name]) - needed
-    chosen = [cte.copy() for cte in ctes if cte.alias_or_name in needed and cte.alias_or_name not in own_names]
+    chosen = [
+        cte.copy() for cte in ctes if cte.alias_or_name in needed and cte.alias_or_name not in own_names
+    ]
     if not chosen:
         return query
     if own is not None:
@@ -988,20 +1038,31 @@ def bucket_labels(splits: Sequence[float], output_format: str) -> list[str]:
     return labels
 
 
-def bucketize_case(value: exp.Expression, splits: Sequence[float], output_format: str = "bucket_names") -> exp.Expression:
+def bucketize_case(
+    value: exp.Expression, splits: Sequence[float], output_format: str = "bucket_names"
+) -> exp.Expression:
     """``ML.BUCKETIZE`` as a CASE expression: bucket k holds [split k-1, split k)."""
     labels = bucket_labels(splits, output_format)
     ifs = [exp.If(this=exp.Is(this=value.copy(), expression=exp.null()), true=exp.null())]
     for split, label in zip(splits, labels):
-        ifs.append(exp.If(this=exp.LT(this=value.copy(), expression=_float_literal(split)), true=exp.Literal.string(label)))
+        ifs.append(
+            exp.If(
+                this=exp.LT(this=value.copy(), expression=_float_literal(split)),
+                true=exp.Literal.string(label),
+            )
+        )
     return exp.Case(ifs=ifs, default=exp.Literal.string(labels[-1]))
 
 
 def _bucketize_args(args: list[exp.Expression]) -> tuple[exp.Expression, list[float], str]:
     if not 2 <= len(args) <= 4:
-        raise BqmlError("ML.BUCKETIZE(numerical_expression, array_split_points [, exclude_boundaries] [, output_format]).")
+        raise BqmlError(
+            "ML.BUCKETIZE(numerical_expression, array_split_points [, exclude_boundaries] [, output_format])."
+        )
     splits = literal_value(args[1])
-    if not isinstance(splits, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in splits):
+    if not isinstance(splits, list) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in splits
+    ):
         raise BqmlError("ML.BUCKETIZE: array_split_points must be an array of numbers.")
     splits = [float(v) for v in splits]
     if any(not math.isfinite(v) for v in splits) or splits != sorted(splits):
@@ -1021,14 +1082,22 @@ def _window_stat(func: str, value: exp.Expression) -> exp.Expression:
 
 def _nonzero(divisor: exp.Expression) -> exp.Expression:
     """A divisor that is 1 when the spread is 0 or NULL (a constant column scales to 0)."""
-    return exp.Coalesce(this=exp.Nullif(this=divisor, expression=exp.Literal.number(0)), expressions=[exp.Literal.number(1)])
+    return exp.Coalesce(
+        this=exp.Nullif(this=divisor, expression=exp.Literal.number(0)), expressions=[exp.Literal.number(1)]
+    )
 
 
 def _clamp01(value: exp.Expression) -> exp.Expression:
     return exp.Case(
         ifs=[
-            exp.If(this=exp.LT(this=value.copy(), expression=exp.Literal.number(0)), true=exp.Literal.number("0.0")),
-            exp.If(this=exp.GT(this=value.copy(), expression=exp.Literal.number(1)), true=exp.Literal.number("1.0")),
+            exp.If(
+                this=exp.LT(this=value.copy(), expression=exp.Literal.number(0)),
+                true=exp.Literal.number("0.0"),
+            ),
+            exp.If(
+                this=exp.GT(this=value.copy(), expression=exp.Literal.number(1)),
+                true=exp.Literal.number("1.0"),
+            ),
         ],
         default=value,
     )
@@ -1121,9 +1190,15 @@ def _quantile(sorted_values: Sequence[Any], numerator: int, denominator: int) ->
 
 
 def _numbers(values: pa.Array, name: str) -> list[float]:
-    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_decimal(values.type)):
+    if not (
+        pa.types.is_integer(values.type)
+        or pa.types.is_floating(values.type)
+        or pa.types.is_decimal(values.type)
+    ):
         raise BqmlError(f"ML.{name} takes a numerical expression, not {values.type}.")
-    return sorted(float(v) for v in values.to_pylist() if v is not None and not (isinstance(v, float) and math.isnan(v)))
+    return sorted(
+        float(v) for v in values.to_pylist() if v is not None and not (isinstance(v, float) and math.isnan(v))
+    )
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -1156,7 +1231,10 @@ def freeze_function(name: str, args: list[exp.Expression], values: pa.Array) -> 
         mean, std = _mean_std(_numbers(values, name))
         if mean is None:
             return exp.cast(exp.null(), "DOUBLE")
-        return exp.Div(this=exp.paren(exp.Sub(this=e.copy(), expression=_float_literal(mean))), expression=_float_literal(_divisor(std)))
+        return exp.Div(
+            this=exp.paren(exp.Sub(this=e.copy(), expression=_float_literal(mean))),
+            expression=_float_literal(_divisor(std)),
+        )
     if name == "MIN_MAX_SCALER":
         numbers = _numbers(values, name)
         if not numbers:
@@ -1182,7 +1260,9 @@ def freeze_function(name: str, args: list[exp.Expression], values: pa.Array) -> 
             or not all(isinstance(q, int) and not isinstance(q, bool) for q in quantile_range)
             or not 0 < quantile_range[0] < quantile_range[1] < 100
         ):
-            raise BqmlError("ML.ROBUST_SCALER: quantile_range is [low, high] with 0 < low < high < 100, e.g. [25, 75].")
+            raise BqmlError(
+                "ML.ROBUST_SCALER: quantile_range is [low, high] with 0 < low < high < 100, e.g. [25, 75]."
+            )
         if not numbers:
             return exp.cast(exp.null(), "DOUBLE")
         result: exp.Expression = _as_float(e)
@@ -1194,12 +1274,18 @@ def freeze_function(name: str, args: list[exp.Expression], values: pa.Array) -> 
         return result
     if name == "IMPUTER":
         if len(args) != 2:
-            raise BqmlError("ML.IMPUTER(expression, strategy) OVER(): strategy is 'mean', 'median' or 'most_frequent'.")
+            raise BqmlError(
+                "ML.IMPUTER(expression, strategy) OVER(): strategy is 'mean', 'median' or 'most_frequent'."
+            )
         strategy = literal_value(args[1])
-        present = [v for v in values.to_pylist() if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        present = [
+            v for v in values.to_pylist() if v is not None and not (isinstance(v, float) and math.isnan(v))
+        ]
         is_string = pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
         if strategy in ("mean", "median") and is_string:
-            raise BqmlError(f"ML.IMPUTER: strategy '{strategy}' needs a numerical expression; use 'most_frequent' for STRING.")
+            raise BqmlError(
+                f"ML.IMPUTER: strategy '{strategy}' needs a numerical expression; use 'most_frequent' for STRING."
+            )
         if strategy == "mean":
             fill: Any = math.fsum(float(v) for v in present) / len(present) if present else None
         elif strategy == "median":
@@ -1213,12 +1299,16 @@ def freeze_function(name: str, args: list[exp.Expression], values: pa.Array) -> 
             if fill is not None and not is_string:
                 fill = float(fill)
         else:
-            raise BqmlError(f"ML.IMPUTER: unknown strategy {strategy!r}; use 'mean', 'median' or 'most_frequent'.")
+            raise BqmlError(
+                f"ML.IMPUTER: unknown strategy {strategy!r}; use 'mean', 'median' or 'most_frequent'."
+            )
         target = e.copy() if is_string else _as_float(e)
         return exp.Coalesce(this=target, expressions=[_literal(fill)])
     if name == "QUANTILE_BUCKETIZE":
         if len(args) not in (2, 3):
-            raise BqmlError("ML.QUANTILE_BUCKETIZE(numerical_expression, num_buckets [, output_format]) OVER().")
+            raise BqmlError(
+                "ML.QUANTILE_BUCKETIZE(numerical_expression, num_buckets [, output_format]) OVER()."
+            )
         buckets = literal_value(args[1])
         output_format = constant(2, "bucket_names")
         if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 1:
@@ -1235,19 +1325,28 @@ def freeze_function(name: str, args: list[exp.Expression], values: pa.Array) -> 
             this=exp.to_identifier("ML"),
             expression=exp.Anonymous(
                 this="BUCKETIZE",
-                expressions=[e.copy(), exp.Array(expressions=[_float_literal(s) for s in splits]), exp.false(), exp.Literal.string(output_format)],
+                expressions=[
+                    e.copy(),
+                    exp.Array(expressions=[_float_literal(s) for s in splits]),
+                    exp.false(),
+                    exp.Literal.string(output_format),
+                ],
             ),
         )
     if name == "LABEL_ENCODER":
         top_k = constant(1, 32000)
         threshold = constant(2, 5)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (top_k, threshold)) or top_k < 1:
-            raise BqmlError("ML.LABEL_ENCODER(string_expression [, top_k] [, frequency_threshold]) OVER(): INT64 arguments.")
+            raise BqmlError(
+                "ML.LABEL_ENCODER(string_expression [, top_k] [, frequency_threshold]) OVER(): INT64 arguments."
+            )
         counts = {}
         for v in values.to_pylist():
             if v is not None:
                 counts[v] = counts.get(v, 0) + 1
-        frequent = sorted((v for v, n in counts.items() if n >= threshold), key=lambda v: (-counts[v], v))[:top_k]
+        frequent = sorted((v for v, n in counts.items() if n >= threshold), key=lambda v: (-counts[v], v))[
+            :top_k
+        ]
         vocabulary = sorted(frequent)
         if not vocabulary:
             return exp.Literal.number(0)
@@ -1259,7 +1358,9 @@ def freeze_function(name: str, args: list[exp.Expression], values: pa.Array) -> 
     raise AssertionError(name)
 
 
-def freeze_transform(items: list[exp.Expression], evaluate: Callable[[exp.Expression], pa.Array]) -> list[exp.Expression]:
+def freeze_transform(
+    items: list[exp.Expression], evaluate: Callable[[exp.Expression], pa.Array]
+) -> list[exp.Expression]:
     """Freeze the analytic preprocessing functions of a TRANSFORM select list with the statistics
     of the training rows; ``evaluate(expression)`` returns its values over those rows.
 
@@ -1320,8 +1421,12 @@ def _check_transform_items(items: list[exp.Expression]) -> None:
                 raise BqmlError(f"TRANSFORM cannot hold subqueries ({text}).")
             if isinstance(node, exp.AggFunc) and not isinstance(node.parent, exp.Window):
                 raise BqmlError(f"TRANSFORM cannot hold aggregate functions ({text}).")
-            if isinstance(node, exp.Window) and not (isinstance(node.this, exp.Dot) and _ml_function(node.this)):
-                raise BqmlError(f"TRANSFORM allows only BigQuery ML analytic functions, not {node.sql('bigquery')}.")
+            if isinstance(node, exp.Window) and not (
+                isinstance(node.this, exp.Dot) and _ml_function(node.this)
+            ):
+                raise BqmlError(
+                    f"TRANSFORM allows only BigQuery ML analytic functions, not {node.sql('bigquery')}."
+                )
 
 
 def transform_output_names(items: Sequence[exp.Expression], input_columns: Sequence[str]) -> list[str]:
@@ -1361,7 +1466,9 @@ def special_columns(options: Mapping[str, Any]) -> list[str]:
     return columns
 
 
-def check_pass_through(items: Sequence[exp.Expression], options: Mapping[str, Any], input_columns: Sequence[str]) -> None:
+def check_pass_through(
+    items: Sequence[exp.Expression], options: Mapping[str, Any], input_columns: Sequence[str]
+) -> None:
     present = {c.lower() for c in input_columns}
     for column in special_columns(options):
         if column.lower() in present and not _passes_through(items, column):
@@ -1377,7 +1484,9 @@ def select_over(items: Sequence[exp.Expression], table: str) -> exp.Expression:
     return lower_preprocessing(exp.select(*[i.copy() for i in items]).from_(exp.to_table(table)))
 
 
-def model_transform_query(metadata: Mapping[str, Any], input_columns: Sequence[str], table: str) -> exp.Expression | None:
+def model_transform_query(
+    metadata: Mapping[str, Any], input_columns: Sequence[str], table: str
+) -> exp.Expression | None:
     """The query that applies a model's TRANSFORM (``transform_sql``, its training statistics
     frozen in) to the rows of ``table``, whose columns are ``input_columns``: None for a model
     without one. The label and the other pass-through columns (``options``, ``label_columns`` of
@@ -1391,7 +1500,9 @@ def model_transform_query(metadata: Mapping[str, Any], input_columns: Sequence[s
     return select_over(transform_for_input(parse_select_list(transform_sql), input_columns, droppable), table)
 
 
-def transform_for_input(items: Sequence[exp.Expression], input_columns: Sequence[str], droppable: Sequence[str]) -> list[exp.Expression]:
+def transform_for_input(
+    items: Sequence[exp.Expression], input_columns: Sequence[str], droppable: Sequence[str]
+) -> list[exp.Expression]:
     """The TRANSFORM items to apply to an input that may lack the label (and the other
     pass-through columns in ``droppable``): items naming a missing one of those are dropped."""
     present = {c.lower() for c in input_columns}
@@ -1404,7 +1515,9 @@ def transform_for_input(items: Sequence[exp.Expression], input_columns: Sequence
         if not isinstance(c.parent, exp.Star) and c.name.lower() not in present
     }
     # Columns named only in * EXCEPT(...) are not needed.
-    needed -= {c.name for item in kept if isinstance(item, exp.Star) for c in (item.args.get("except_") or [])}
+    needed -= {
+        c.name for item in kept if isinstance(item, exp.Star) for c in (item.args.get("except_") or [])
+    }
     if needed:
         raise BqmlError(
             f"The input lacks column(s) {', '.join(sorted(needed))} that the model's TRANSFORM clause uses."
@@ -1515,7 +1628,9 @@ class BqmlSession:
             tables = {t.name: t for t in statement.find_all(exp.Table) if t.name in names}
             for call, name in zip(calls, names):
                 if name not in tables:
-                    raise BqmlError(f"ML.{call.function}(...) must be used as a table (FROM, JOIN, subquery).")
+                    raise BqmlError(
+                        f"ML.{call.function}(...) must be used as a table (FROM, JOIN, subquery)."
+                    )
                 context = [*ctes, *visible_ctes(tables[name])]
                 result = self.call(call, context)
                 self._conn.register(name, result)
@@ -1527,14 +1642,18 @@ class BqmlSession:
         """The rows of the query ``sql`` (which may hold ML calls), seeing the CTEs ``ctes``."""
         statement = self.prepare(sql, ctes)
         if not isinstance(statement, exp.Query):
-            raise BqmlError(f"Expected a query, got {type(statement).__name__.upper()}: {sql.strip()[:80]!r}.")
+            raise BqmlError(
+                f"Expected a query, got {type(statement).__name__.upper()}: {sql.strip()[:80]!r}."
+            )
         return self._run_translated(translate_query(statement), True)
 
     def translate_query(self, sql: str) -> TranslatedStatement:
         """``sql`` (exactly one query, possibly with ML calls) translated for DuckDB."""
         statement = self.prepare(sql)
         if not isinstance(statement, exp.Query):
-            raise WarehouseError(f"Expected exactly one SELECT query, got: {type(statement).__name__.upper()}.")
+            raise WarehouseError(
+                f"Expected exactly one SELECT query, got: {type(statement).__name__.upper()}."
+            )
         return translate_query(statement)
 
     # -- the engine -------------------------------------------------------------------------------
@@ -1557,7 +1676,9 @@ class BqmlSession:
             return self._validate_data_drift(call, ctes)
         assert call.model is not None
         engine, name, options = self._engine, call.model.name, dict(call.options)
-        if call.function in _OPTIONAL_ENGINE_METHODS and not hasattr(engine, _OPTIONAL_ENGINE_METHODS[call.function]):
+        if call.function in _OPTIONAL_ENGINE_METHODS and not hasattr(
+            engine, _OPTIONAL_ENGINE_METHODS[call.function]
+        ):
             raise BqmlError(
                 f"ML.{call.function} is not supported locally yet: the local BigQuery ML engine has no "
                 f"{_OPTIONAL_ENGINE_METHODS[call.function]}(). Run it on the gcp backend, or compute it from ML.PREDICT."
@@ -1571,11 +1692,14 @@ class BqmlSession:
         if call.function == "TRANSFORM":
             items = self._transform_items(name)
             if items is None:
-                raise BqmlError(f"ML.TRANSFORM needs a model created with a TRANSFORM clause; {call.model.raw} has none.")
+                raise BqmlError(
+                    f"ML.TRANSFORM needs a model created with a TRANSFORM clause; {call.model.raw} has none."
+                )
             transformed = self._apply_transform(name, source)
             extra = [c for c in source.column_names if c not in transformed.column_names]
             return pa.table(
-                [*transformed.columns, *(source.column(c) for c in extra)], names=[*transformed.column_names, *extra]
+                [*transformed.columns, *(source.column(c) for c in extra)],
+                names=[*transformed.column_names, *extra],
             )
         frame = None
         if source is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
@@ -58,7 +59,10 @@ def _unsupported_statement(statement: exp.Expression) -> str | None:
         return str(statement.this).upper()
     if not isinstance(statement, _SUPPORTED_STATEMENTS):
         return type(statement).__name__.upper()
-    if isinstance(statement, (exp.Create, exp.Drop)) and str(statement.args.get("kind", "")).upper() == "MODEL":
+    if (
+        isinstance(statement, (exp.Create, exp.Drop))
+        and str(statement.args.get("kind", "")).upper() == "MODEL"
+    ):
         return f"{type(statement).__name__.upper()} MODEL"
     return None
 
@@ -170,4 +174,11 @@ def to_duckdb(sql: str) -> str:
     return ";\n".join(t.duckdb_sql for t in translate(sql))
 
 
-__all__ = ["TranslatedStatement", "arrow_table", "translate", "translate_query", "to_duckdb", "WarehouseError"]
+__all__ = [
+    "TranslatedStatement",
+    "arrow_table",
+    "translate",
+    "translate_query",
+    "to_duckdb",
+    "WarehouseError",
+]

@@ -8,11 +8,12 @@ with it, and garbage collection drops it with the version's model.
 
 from __future__ import annotations
 
-from lakehouse_ml.backends.registry import RegistryError
-from lakehouse_ml.backends.warehouse import Warehouse, check_identifier
+from lakehouse_ml.backends.warehouse import Warehouse
+from lakehouse_ml.bigquery.sqlfiles import read_sql
+from lakehouse_ml.core.errors import RegistryError
+from lakehouse_ml.core.identifiers import check_identifier
 from lakehouse_ml.engine.sql import bind_template
 from lakehouse_ml.lifecycle.models import ModelSpec
-from lakehouse_ml.bigquery.sqlfiles import read_sql
 
 
 def baseline_table(spec: ModelSpec, version_id: str) -> str:

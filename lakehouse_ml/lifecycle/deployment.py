@@ -45,13 +45,18 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import davies_bouldin_score
 
-from lakehouse_ml.backends.endpoints import EndpointError, Endpoints
-from lakehouse_ml.backends.registry import DEFAULT_ALIAS, ModelRegistry, ModelVersion, RegistryError
-from lakehouse_ml.backends.warehouse import Warehouse, WarehouseError, check_identifier
+from lakehouse_ml.backends.endpoints import Endpoints
+from lakehouse_ml.backends.registry import ModelRegistry, ModelVersion
+from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.bigquery import metrics as bqml_metrics
-from lakehouse_ml.bigquery.preprocess import Preprocessor
 from lakehouse_ml.bigquery import served
+from lakehouse_ml.bigquery.preprocess import Preprocessor
+from lakehouse_ml.bigquery.registry import DEFAULT_ALIAS
+from lakehouse_ml.bigquery.sqlfiles import read_sql
+from lakehouse_ml.core.errors import EndpointError, RegistryError, WarehouseError
+from lakehouse_ml.core.identifiers import check_identifier
 from lakehouse_ml.engine.sql import bind_template, parse_select_list, transform_output_names
+from lakehouse_ml.lifecycle.baseline import baseline_table
 from lakehouse_ml.lifecycle.models import (
     CLASSIFIER_TYPES,
     CLUSTERING_TYPES,
@@ -62,8 +67,6 @@ from lakehouse_ml.lifecycle.models import (
     positive_label,
     training_models,
 )
-from lakehouse_ml.lifecycle.baseline import baseline_table
-from lakehouse_ml.bigquery.sqlfiles import read_sql
 
 # Instances per predict request: well under the 1.5 MB payload limit for these feature rows.
 PREDICT_BATCH = 100
@@ -109,7 +112,9 @@ def to_instances(spec: ModelSpec, table: Any) -> list[dict[str, Any]]:
 # -- registry --------------------------------------------------------------------------------------
 
 
-def registered_version(warehouse: Warehouse, registry: ModelRegistry, spec: ModelSpec, model: str) -> ModelVersion:
+def registered_version(
+    warehouse: Warehouse, registry: ModelRegistry, spec: ModelSpec, model: str
+) -> ModelVersion:
     """The registry version of the spec's BigQuery ML model ``model`` (a training run's)."""
     version = registry.find_bqml_version(warehouse.model_source(model))
     if version is None:
@@ -126,29 +131,39 @@ def registered_version(warehouse: Warehouse, registry: ModelRegistry, spec: Mode
     return version
 
 
-def register_candidate(warehouse: Warehouse, registry: ModelRegistry, spec: ModelSpec, model: str) -> ModelVersion:
+def register_candidate(
+    warehouse: Warehouse, registry: ModelRegistry, spec: ModelSpec, model: str
+) -> ModelVersion:
     """The version the training run's model ``model`` registered, with the candidate alias
     (unless it already serves)."""
     serving = serving_spec(spec)
     version = registered_version(warehouse, registry, spec, model)
     if serving.serving_alias not in version.aliases and serving.candidate_alias not in version.aliases:
-        version = registry.merge_version_aliases(version.model_id, version.version_id, [serving.candidate_alias])
+        version = registry.merge_version_aliases(
+            version.model_id, version.version_id, [serving.candidate_alias]
+        )
     return version
 
 
-def bqml_model_of(warehouse: Warehouse, registry: ModelRegistry, spec: ModelSpec, version: ModelVersion) -> str:
+def bqml_model_of(
+    warehouse: Warehouse, registry: ModelRegistry, spec: ModelSpec, version: ModelVersion
+) -> str:
     """The BigQuery ML model behind a registry version: its source where the registry says it
     (locally), else the one of the spec's models that BigQuery reports as that version (its
     training run's ``vertexAiModelVersion``)."""
     source = version.source or ""
     prefix = warehouse.model_source("x")[: -len("x")]
-    if source.startswith(prefix) and is_training_model(spec, source[len(prefix):]):
+    if source.startswith(prefix) and is_training_model(spec, source[len(prefix) :]):
         found = registry.find_bqml_version(source)  # the model of that name is still this version
         if found is not None and (found.model_id, found.version_id) == (version.model_id, version.version_id):
-            return source[len(prefix):]
+            return source[len(prefix) :]
     for model, _ in training_models(warehouse, spec):
         found = registry.find_bqml_version(warehouse.model_source(model))
-        if found is not None and found.model_id == version.model_id and found.version_id == version.version_id:
+        if (
+            found is not None
+            and found.model_id == version.model_id
+            and found.version_id == version.version_id
+        ):
             return model
     raise RegistryError(
         f"No BigQuery ML model of {spec.name} in {warehouse.describe()} is version {version.version_id} of "
@@ -197,12 +212,21 @@ def _scores(spec: ModelSpec, frame: pd.DataFrame, label: str, positive: Any) -> 
     ``prob`` in ``predicted_<label>_probs``) or predicted values of a regressor."""
     if spec.model_type in CLASSIFIER_TYPES:
         return np.array(
-            [next((float(p["prob"]) for p in probs if p["label"] == positive), 0.0) for probs in frame[f"predicted_{label}_probs"]]
+            [
+                next((float(p["prob"]) for p in probs if p["label"] == positive), 0.0)
+                for probs in frame[f"predicted_{label}_probs"]
+            ]
         )
     return frame[f"predicted_{label}"].to_numpy(float)
 
 
-def gate(warehouse: Warehouse, registry: ModelRegistry, spec: ModelSpec, candidate: ModelVersion, candidate_model: str) -> GateResult:
+def gate(
+    warehouse: Warehouse,
+    registry: ModelRegistry,
+    spec: ModelSpec,
+    candidate: ModelVersion,
+    candidate_model: str,
+) -> GateResult:
     """Compare ``candidate`` (registered from the BigQuery ML model ``candidate_model``) with the
     serving version on the same fresh rows (``sql/gate/<model>.sql``), both scored with
     ``ML.PREDICT``: labelled rows for classifiers and regressors, the rows a k-means model clusters
@@ -210,7 +234,11 @@ def gate(warehouse: Warehouse, registry: ModelRegistry, spec: ModelSpec, candida
     serving = serving_spec(spec)
     model_id = registry_model_id(spec)
     result = GateResult(
-        passed=True, reason="", metric=spec.gate.metric, direction=spec.gate.direction, candidate_version=candidate.version_id
+        passed=True,
+        reason="",
+        metric=spec.gate.metric,
+        direction=spec.gate.direction,
+        candidate_version=candidate.version_id,
     )
     champion = registry.find_alias(model_id, serving.serving_alias)
     if champion is None:
@@ -231,11 +259,15 @@ def gate(warehouse: Warehouse, registry: ModelRegistry, spec: ModelSpec, candida
         compared = _supervised_gate(warehouse, spec, candidate_model, serving_model, gate_query, rows, result)
     if not compared:
         result.passed = False
-        result.reason += f" Version {candidate.version_id} is not promoted. Load newer days, then materialize again."
+        result.reason += (
+            f" Version {candidate.version_id} is not promoted. Load newer days, then materialize again."
+        )
         return result
     metric = spec.gate.metric
     if metric not in result.candidate_metrics:
-        raise ValueError(f"{spec.name}: gate metric {metric!r} is not one of {sorted(result.candidate_metrics)}.")
+        raise ValueError(
+            f"{spec.name}: gate metric {metric!r} is not one of {sorted(result.candidate_metrics)}."
+        )
     result.candidate_value = float(result.candidate_metrics[metric])
     result.serving_value = float(result.serving_metrics[metric])
     comparison = ">=" if spec.gate.direction == "higher" else "<="
@@ -275,8 +307,13 @@ def _undefined_reason(spec: ModelSpec) -> str:
 
 
 def _supervised_gate(
-    warehouse: Warehouse, spec: ModelSpec, candidate_model: str, serving_model: str, gate_query: str,
-    rows: pd.DataFrame, result: GateResult,
+    warehouse: Warehouse,
+    spec: ModelSpec,
+    candidate_model: str,
+    serving_model: str,
+    gate_query: str,
+    rows: pd.DataFrame,
+    result: GateResult,
 ) -> bool:
     """The gate metric of both versions' ``ML.PREDICT`` of the fresh labelled rows (ML.EVALUATE's
     definitions); False (with the reason) when there are no rows to compare on."""
@@ -291,7 +328,10 @@ def _supervised_gate(
         return False
     template = read_sql("models/evaluation/labelled_predictions.sql")
     positive = positive_label(rows[label]) if spec.model_type in CLASSIFIER_TYPES else None
-    for model, metrics in ((candidate_model, result.candidate_metrics), (serving_model, result.serving_metrics)):
+    for model, metrics in (
+        (candidate_model, result.candidate_metrics),
+        (serving_model, result.serving_metrics),
+    ):
         predicted = warehouse.query(bind_template(template, model, gate_query))
         metrics.update(_score(spec, predicted[label], _scores(spec, predicted, label, positive)))
     return True
@@ -311,7 +351,9 @@ def cluster_feature_columns(spec: ModelSpec, input_columns: Sequence[str]) -> li
     return transform_output_names(parse_select_list(transform), list(input_columns))
 
 
-def cluster_scores(features: pd.DataFrame, assignments: dict[str, np.ndarray], *, standardize: bool = True) -> dict[str, dict[str, float]]:
+def cluster_scores(
+    features: pd.DataFrame, assignments: dict[str, np.ndarray], *, standardize: bool = True
+) -> dict[str, dict[str, float]]:
     """The Davies-Bouldin index (scikit-learn's ``davies_bouldin_score``, the definition
     ``ML.EVALUATE`` uses: clusters' own means as centres) of each named assignment of the same
     rows, in one feature space: ``features`` after BigQuery ML's k-means preprocessing (numerical
@@ -341,23 +383,37 @@ def score_clusterings(
     assignments: dict[str, np.ndarray] = {}
     template = read_sql("gate/cluster_assignments.sql")
     for name, model in (("candidate", candidate_model), ("serving", serving_model)):
-        assigned = warehouse.query(bind_template(template, model, tables={"gate_rows": table})).set_index("gate_row").sort_index()
+        assigned = (
+            warehouse.query(bind_template(template, model, tables={"gate_rows": table}))
+            .set_index("gate_row")
+            .sort_index()
+        )
         if len(assigned) != len(rows):
-            raise WarehouseError(f"{spec.name}: the gate lost rows ({len(rows)} sent, {len(assigned)} clustered by {model}).")
+            raise WarehouseError(
+                f"{spec.name}: the gate lost rows ({len(rows)} sent, {len(assigned)} clustered by {model})."
+            )
         assignments[name] = assigned["CENTROID_ID"].to_numpy(np.int64)
     columns = cluster_feature_columns(spec, list(rows.columns))
     if spec.statement.transform:
-        space = warehouse.query(bind_template(read_sql("gate/cluster_features.sql"), candidate_model, tables={"gate_rows": table}))
+        space = warehouse.query(
+            bind_template(read_sql("gate/cluster_features.sql"), candidate_model, tables={"gate_rows": table})
+        )
         space = space.set_index("gate_row").sort_index()
     else:
         space = loaded.set_index("gate_row")
     if len(space) != len(rows):
         raise WarehouseError(f"{spec.name}: the gate lost rows ({len(rows)} sent, {len(space)} transformed).")
-    return cluster_scores(space[columns], assignments, standardize=bool(spec.options.get("standardize_features", True)))
+    return cluster_scores(
+        space[columns], assignments, standardize=bool(spec.options.get("standardize_features", True))
+    )
 
 
 def _clustering_gate(
-    warehouse: Warehouse, spec: ModelSpec, candidate_model: str, serving_model: str, rows: pd.DataFrame,
+    warehouse: Warehouse,
+    spec: ModelSpec,
+    candidate_model: str,
+    serving_model: str,
+    rows: pd.DataFrame,
     result: GateResult,
 ) -> bool:
     """Both versions cluster the same fresh rows with ``ML.PREDICT`` (``CENTROID_ID``). Each
@@ -366,7 +422,9 @@ def _clustering_gate(
     preprocessing fitted on the fresh rows (:func:`cluster_scores`). False when there are too
     few rows to compare on."""
     if spec.gate.metric != "davies_bouldin_index":
-        raise ValueError(f"{spec.name}: the gate of a k-means model compares davies_bouldin_index, not {spec.gate.metric!r}.")
+        raise ValueError(
+            f"{spec.name}: the gate of a k-means model compares davies_bouldin_index, not {spec.gate.metric!r}."
+        )
     needed = 2 * int(spec.options.get("num_clusters") or 2)
     if len(rows) < needed:
         result.reason = f"Too few fresh rows to compare clusterings on (sql/gate/{spec.name}.sql returned {len(rows)}, {needed} needed)."
@@ -408,10 +466,14 @@ class SmokeResult:
 def _check_predictions(spec: ModelSpec, batch: list[dict], answer: dict, problems: list[str]) -> None:
     predictions = answer.get("predictions")
     if not isinstance(predictions, list) or len(predictions) != len(batch):
-        problems.append(f"expected {len(batch)} predictions, got {len(predictions) if isinstance(predictions, list) else predictions!r}")
+        problems.append(
+            f"expected {len(batch)} predictions, got {len(predictions) if isinstance(predictions, list) else predictions!r}"
+        )
         return
     fmt = spec.prediction_format()
-    clusters = int(spec.options.get("num_clusters") or 0) or None if spec.model_type in CLUSTERING_TYPES else None
+    clusters = (
+        int(spec.options.get("num_clusters") or 0) or None if spec.model_type in CLUSTERING_TYPES else None
+    )
     for prediction in predictions:
         found = fmt.problems(prediction, num_clusters=clusters)
         if found:
@@ -458,18 +520,28 @@ def smoke_test(
             result.problems.append(f"version {version} answered; expected one of {sorted(allowed_versions)}")
         _check_predictions(spec, batch, answer, result.problems)
         if result.example is None and answer.get("predictions"):
-            result.example = {"instance": batch[0], "prediction": answer["predictions"][0], "modelVersionId": version}
+            result.example = {
+                "instance": batch[0],
+                "prediction": answer["predictions"][0],
+                "modelVersionId": version,
+            }
 
     send(pool[:SMOKE_INSTANCES])
     for i in range(min(SMOKE_INSTANCES, len(pool))):
         send([pool[i]])
     if must_answer is not None:
         i = 0
-        while versions[must_answer] < CANARY_MIN_ANSWERS and result.requests < CANARY_MAX_REQUESTS and not result.problems:
+        while (
+            versions[must_answer] < CANARY_MIN_ANSWERS
+            and result.requests < CANARY_MAX_REQUESTS
+            and not result.problems
+        ):
             send([pool[i % len(pool)]])
             i += 1
         if versions[must_answer] < CANARY_MIN_ANSWERS:
-            result.problems.append(f"version {must_answer} answered {versions[must_answer]} of {result.requests} requests")
+            result.problems.append(
+                f"version {must_answer} answered {versions[must_answer]} of {result.requests} requests"
+            )
     result.versions = dict(versions)
     result.passed = not result.problems
     return result
@@ -524,7 +596,9 @@ def deploy(
         say(actions[-1])
     endpoint_id = info["endpoint_id"]
     mine = [
-        d for d in info["deployed_models"] if d["model_id"] == version.model_id and str(d["version_id"]) == version.version_id
+        d
+        for d in info["deployed_models"]
+        if d["model_id"] == version.model_id and str(d["version_id"]) == version.version_id
     ]
     others = [d for d in info["deployed_models"] if d not in mine]
     canary: SmokeResult | None = None
@@ -534,23 +608,38 @@ def deploy(
         actions.append(f"version {version.version_id} already deployed as {deployed_model_id}")
     elif not others:
         deployed_model_id = endpoints.deploy(
-            endpoint_id, version.model_id, version.version_id, version.artifact_uri,
-            traffic_percentage=100, machine_type=serving.machine_type,
+            endpoint_id,
+            version.model_id,
+            version.version_id,
+            version.artifact_uri,
+            traffic_percentage=100,
+            machine_type=serving.machine_type,
             logging_sampling_rate=serving.logging_sampling_rate,
         )
         actions.append(f"deployed version {version.version_id} as {deployed_model_id} at 100%")
         say(actions[-1])
     else:
         deployed_model_id = endpoints.deploy(
-            endpoint_id, version.model_id, version.version_id, version.artifact_uri,
-            traffic_percentage=canary_percent, machine_type=serving.machine_type,
+            endpoint_id,
+            version.model_id,
+            version.version_id,
+            version.artifact_uri,
+            traffic_percentage=canary_percent,
+            machine_type=serving.machine_type,
             logging_sampling_rate=serving.logging_sampling_rate,
         )
-        actions.append(f"deployed version {version.version_id} as {deployed_model_id}: canary at {canary_percent}%")
+        actions.append(
+            f"deployed version {version.version_id} as {deployed_model_id}: canary at {canary_percent}%"
+        )
         say(actions[-1])
         allowed = {version.version_id} | {str(d["version_id"]) for d in others}
         canary = smoke_test(
-            endpoints, spec, instances, must_answer=version.version_id, allowed_versions=allowed, endpoint=endpoint_id
+            endpoints,
+            spec,
+            instances,
+            must_answer=version.version_id,
+            allowed_versions=allowed,
+            endpoint=endpoint_id,
         )
         if not canary.passed:
             endpoints.undeploy(endpoint_id, deployed_model_id)
@@ -559,7 +648,10 @@ def deploy(
             say(actions[-1])
     if not rolled_back and promote_canary:
         info = endpoints.get_endpoint(endpoint_id)
-        split = {d["deployed_model_id"]: (100 if d["deployed_model_id"] == deployed_model_id else 0) for d in info["deployed_models"]}
+        split = {
+            d["deployed_model_id"]: (100 if d["deployed_model_id"] == deployed_model_id else 0)
+            for d in info["deployed_models"]
+        }
         if info["traffic_split"] != split:
             endpoints.set_traffic_split(endpoint_id, split)
             actions.append(f"promoted {deployed_model_id} (version {version.version_id}) to 100%")
@@ -631,7 +723,9 @@ def collect_garbage(
     serving = serving_spec(spec)
     keep = serving.keep_models if keep is None else int(keep)
     if keep < 1 or attempts < 1:
-        raise ValueError(f"keep and attempts are at least 1 (the newest model always stays); got {keep} and {attempts}.")
+        raise ValueError(
+            f"keep and attempts are at least 1 (the newest model always stays); got {keep} and {attempts}."
+        )
     say = progress or (lambda message: None)
     result = GarbageResult()
     info = endpoints.get_endpoint(serving.endpoint)
@@ -640,7 +734,9 @@ def collect_garbage(
         if position < keep:
             continue
         version = registry.find_bqml_version(warehouse.model_source(model))
-        if version is not None and ((version.model_id, version.version_id) in deployed or version.deployments):
+        if version is not None and (
+            (version.model_id, version.version_id) in deployed or version.deployments
+        ):
             where = ", ".join(version.deployments) or serving.endpoint
             result.kept[model] = f"version {version.version_id} is deployed ({where})"
             continue
@@ -669,7 +765,12 @@ def still_deployed(err: Exception) -> bool:
 
 
 def drop_model(
-    warehouse: Warehouse, model: str, attempts: int, delay: float, sleep: Callable[[float], None], say: Progress
+    warehouse: Warehouse,
+    model: str,
+    attempts: int,
+    delay: float,
+    sleep: Callable[[float], None],
+    say: Progress,
 ) -> str | None:
     """``DROP MODEL``, retried with exponential backoff while it is refused because the version is
     (still) deployed; None once dropped, else the error."""

@@ -18,8 +18,9 @@ from sqlglot.lineage import lineage
 from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.scope import build_scope
 
-from lakehouse_ml.backends.warehouse import PartitionWindow, Warehouse, check_identifier, in_window, window_params
+from lakehouse_ml.backends.warehouse import PartitionWindow, Warehouse, in_window, window_params
 from lakehouse_ml.bigquery.sqlfiles import read_sql, referenced_tables
+from lakehouse_ml.core.identifiers import check_identifier
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,9 @@ def _scoped(table: str, window: PartitionWindow | None) -> exp.Select:
     return query
 
 
-def quality_checks(warehouse: Warehouse, table: FeatureTable, window: PartitionWindow | None = None) -> list[CheckOutcome]:
+def quality_checks(
+    warehouse: Warehouse, table: FeatureTable, window: PartitionWindow | None = None
+) -> list[CheckOutcome]:
     """Data-quality checks on a feature table (the window of it, when partitioned)."""
     scoped = _scoped(table.name, window).subquery("t")
     outcomes: list[CheckOutcome] = []
@@ -222,7 +225,9 @@ def quality_checks(warehouse: Warehouse, table: FeatureTable, window: PartitionW
 # -- description -------------------------------------------------------------------------------
 
 
-def preview(warehouse: Warehouse, table: str, window: PartitionWindow | None = None, rows: int = 10) -> pd.DataFrame:
+def preview(
+    warehouse: Warehouse, table: str, window: PartitionWindow | None = None, rows: int = 10
+) -> pd.DataFrame:
     return warehouse.query(_scoped(table, window).limit(rows).sql("bigquery"), window_params(window))
 
 
@@ -232,7 +237,9 @@ def count_rows(warehouse: Warehouse, table: str, window: PartitionWindow | None 
 
 
 @functools.lru_cache(maxsize=32)
-def _lineage_cached(sql: str, schema_items: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]) -> dict[str, list[tuple[str, str]]]:
+def _lineage_cached(
+    sql: str, schema_items: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+) -> dict[str, list[tuple[str, str]]]:
     schema = {table: dict(columns) for table, columns in schema_items}
     query = sqlglot.parse_one(sql, read="bigquery")
     qualified = qualify(query, schema=schema, dialect="bigquery", validate_qualify_columns=False)
@@ -242,7 +249,7 @@ def _lineage_cached(sql: str, schema_items: tuple[tuple[str, tuple[tuple[str, st
         column = select.alias_or_name
         node = lineage(column, qualified, schema=schema, dialect="bigquery", scope=scope, copy=False)
         sources = {
-            (leaf.source.name, leaf.name.split(".")[-1].strip("\"`"))
+            (leaf.source.name, leaf.name.split(".")[-1].strip('"`'))
             for leaf in node.walk()
             if isinstance(leaf.source, exp.Table) and leaf.source.name in schema
         }
@@ -250,7 +257,9 @@ def _lineage_cached(sql: str, schema_items: tuple[tuple[str, tuple[tuple[str, st
     return result
 
 
-def column_lineage(sql: str, upstream_schemas: Mapping[str, list[tuple[str, str]]]) -> dict[str, list[tuple[str, str]]]:
+def column_lineage(
+    sql: str, upstream_schemas: Mapping[str, list[tuple[str, str]]]
+) -> dict[str, list[tuple[str, str]]]:
     """For each output column of ``sql``, the ``(table, column)`` pairs it is computed from.
 
     Derived with sqlglot from the SQL and the upstream tables' schemas. Columns with no upstream

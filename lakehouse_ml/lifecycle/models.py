@@ -25,10 +25,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from lakehouse_ml.backends.warehouse import Warehouse, WarehouseError, check_identifier
+from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.bigquery.served import CLASSIFIER_TYPES, CLUSTERING_TYPES, REGRESSOR_TYPES, PredictionFormat
-from lakehouse_ml.engine.sql import CreateModel, bind_template, parse_model_statement, rename_created_model
 from lakehouse_ml.bigquery.sqlfiles import read_sql, referenced_tables
+from lakehouse_ml.core.errors import WarehouseError
+from lakehouse_ml.core.identifiers import check_identifier
+from lakehouse_ml.engine.sql import CreateModel, bind_template, parse_model_statement, rename_created_model
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,9 @@ class Serving:
         if not 0.0 < self.warn_fraction < 1.0:
             raise ValueError(f"warn_fraction is in (0, 1), got {self.warn_fraction}.")
         if self.keep_models < 1:
-            raise ValueError(f"keep_models is at least 1 (the newest model is always kept), got {self.keep_models}.")
+            raise ValueError(
+                f"keep_models is at least 1 (the newest model is always kept), got {self.keep_models}."
+            )
         for feature, threshold in self.drift_thresholds:
             check_identifier(feature, "feature")
             if not 0.0 < float(threshold) <= 1.0:
@@ -160,7 +164,9 @@ class ModelSpec:
                 f"(expected one of {', '.join(_MODEL_TYPES_OF[self.evaluation])})."
             )
         options = parsed.options
-        if str(options.get("model_registry", "")).upper() == "VERTEX_AI" and not options.get("vertex_ai_model_id"):
+        if str(options.get("model_registry", "")).upper() == "VERTEX_AI" and not options.get(
+            "vertex_ai_model_id"
+        ):
             raise WarehouseError(
                 f"sql/{self.sql_path} registers the model without VERTEX_AI_MODEL_ID: add vertex_ai_model_id = "
                 f"'{self.name}' to its OPTIONS. Each training run creates a BigQuery ML model of its own name, and "
@@ -296,7 +302,9 @@ def newest_model(warehouse: Warehouse, spec: ModelSpec) -> str:
     materialization is not at hand)."""
     found = training_models(warehouse, spec)
     if not found:
-        raise WarehouseError(f"{spec.name} has no BigQuery ML model in {warehouse.describe()}: materialize {spec.name} first.")
+        raise WarehouseError(
+            f"{spec.name} has no BigQuery ML model in {warehouse.describe()}: materialize {spec.name} first."
+        )
     return found[0][0]
 
 
@@ -361,7 +369,9 @@ def evaluation_metrics(warehouse: Warehouse, spec: ModelSpec, model: str) -> dic
 
 
 def _is_metric(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
 
 
 def _positive_probability(probs: Any, positive: Any) -> float:
@@ -420,7 +430,9 @@ def _confusion_from_function(frame: pd.DataFrame) -> pd.DataFrame:
     return table.fillna(0).astype(int)
 
 
-def classification_plots_data(warehouse: Warehouse, spec: ModelSpec, model: str, result: EvaluationResult) -> None:
+def classification_plots_data(
+    warehouse: Warehouse, spec: ModelSpec, model: str, result: EvaluationResult
+) -> None:
     """ROC curve and confusion matrix: ML.ROC_CURVE and ML.CONFUSION_MATRIX on the evaluation
     split where the warehouse runs them (BigQuery); else computed from ML.PREDICT over the
     labelled training rows (both splits), which the result's ``sources`` says."""
@@ -448,7 +460,9 @@ def classification_plots_data(warehouse: Warehouse, spec: ModelSpec, model: str,
         )
     result.roc_auc = auc(result.roc)
     try:
-        result.confusion = _confusion_from_function(warehouse.query(_template("confusion_matrix", spec, model)))
+        result.confusion = _confusion_from_function(
+            warehouse.query(_template("confusion_matrix", spec, model))
+        )
         result.sources["confusion_matrix"] = "ML.CONFUSION_MATRIX on the evaluation split"
     except WarehouseError as err:
         log.info("ML.CONFUSION_MATRIX unavailable (%s); computing it from ML.PREDICT", err)
@@ -468,7 +482,9 @@ def evaluate(warehouse: Warehouse, spec: ModelSpec, model: str) -> EvaluationRes
         classification_plots_data(warehouse, spec, model, result)
     if spec.evaluation in (Evaluation.CLUSTERING, Evaluation.ANOMALY_DETECTION):
         if spec.evaluation == Evaluation.ANOMALY_DETECTION:
-            anomalies = warehouse.query(_template("anomalies", spec, model, {"contamination": spec.contamination}))
+            anomalies = warehouse.query(
+                _template("anomalies", spec, model, {"contamination": spec.contamination})
+            )
             result.anomalies = anomalies
             result.cluster_sizes = anomalies[["centroid_id", "row_count", "anomalies"]].copy()
             result.sources["cluster_sizes"] = (

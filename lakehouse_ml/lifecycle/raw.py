@@ -15,7 +15,9 @@ class RawTable:
 
 
 RAW_TABLES = (
-    RawTable("raw_customers", "customers", "Cymbal customers: signup date, region, acquisition channel, profile."),
+    RawTable(
+        "raw_customers", "customers", "Cymbal customers: signup date, region, acquisition channel, profile."
+    ),
     RawTable("raw_products", "products", "Cymbal product catalogue: category, brand, list price."),
     RawTable(
         "raw_orders",

@@ -77,7 +77,9 @@ def confusion_matrix_png(matrix: pd.DataFrame, path: Path, title: str, note: str
     axes.set_title(title)
     top = values.max() if values.size else 0
     for (i, j), count in np.ndenumerate(values):
-        axes.text(j, i, f"{int(count):,}", ha="center", va="center", color="white" if count > top / 2 else "black")
+        axes.text(
+            j, i, f"{int(count):,}", ha="center", va="center", color="white" if count > top / 2 else "black"
+        )
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
     _note(figure, note)
     return _save(figure, path)

@@ -33,8 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from lakehouse_ml.backends.warehouse import PartitionWindow, Warehouse, check_identifier
-from lakehouse_ml.bigquery.served import PredictionFormat, ServedFormatError, instances as encode_instances
+from lakehouse_ml.backends.warehouse import PartitionWindow, Warehouse
+from lakehouse_ml.bigquery.served import PredictionFormat, ServedFormatError
+from lakehouse_ml.bigquery.served import instances as encode_instances
+from lakehouse_ml.core.identifiers import check_identifier
 
 MAX_ERRORS_KEPT = 5
 PROGRESS_INTERVAL = 0.1  # seconds: progress callbacks at most ~10 times per second
@@ -90,9 +92,9 @@ def _has_transform(model: str) -> bool:
 
 def _needed_tables(sql: str) -> tuple[list, list]:
     """The feature tables (in build order) and raw tables a serving query needs, from its SQL."""
-    from lakehouse_ml.lifecycle.raw import RAW_TABLES
-    from lakehouse_ml.lifecycle.features import FEATURE_TABLES
     from lakehouse_ml.bigquery.sqlfiles import referenced_tables
+    from lakehouse_ml.lifecycle.features import FEATURE_TABLES
+    from lakehouse_ml.lifecycle.raw import RAW_TABLES
 
     by_name = {t.name: t for t in FEATURE_TABLES}
     ordered: list = []
@@ -137,10 +139,10 @@ def scenario_instances(
     temporary folder; the raw tables the serving query needs are loaded into a temporary local
     DuckDB warehouse and its feature tables built with the project's own SQL; then
     :func:`serving_instances`. The temporary folder is removed afterwards."""
-    from lakehouse_ml.lifecycle import features
     from lakehouse_ml.backends.local_warehouse import LocalWarehouse
-    from lakehouse_ml.datagen import DriftScenario, SimulationConfig, landing_files, write_landing
     from lakehouse_ml.bigquery.sqlfiles import read_sql
+    from lakehouse_ml.datagen import DriftScenario, SimulationConfig, landing_files, write_landing
+    from lakehouse_ml.lifecycle import features
 
     check_identifier(model, "model")
     say = progress or (lambda message: None)
@@ -236,7 +238,9 @@ class TrafficReport:
         if self.outcomes:
             lines.append(
                 "Predictions: "
-                + ", ".join(f"{k}: {v:,}" for k, v in sorted(self.outcomes.items(), key=lambda kv: str(kv[0])))
+                + ", ".join(
+                    f"{k}: {v:,}" for k, v in sorted(self.outcomes.items(), key=lambda kv: str(kv[0]))
+                )
             )
         for error in self.errors:
             lines.append(f"Error: {error}")
@@ -290,7 +294,12 @@ class _Tally:
             return index
 
     def record(
-        self, instances: int, status: int | str, latency: float | None, error: str | None, version: str | None,
+        self,
+        instances: int,
+        status: int | str,
+        latency: float | None,
+        error: str | None,
+        version: str | None,
         outcomes: Counter | None = None,
     ) -> None:
         with self.lock:
@@ -397,9 +406,11 @@ def send_traffic(
                         version = answer.get("modelVersionId")
                         if not isinstance(answer.get("predictions"), list):
                             raise ValueError("no 'predictions' list in the answer")
-                        outcomes = Counter(
-                            str(prediction_format.parse(p).predicted) for p in answer["predictions"]
-                        ) if prediction_format is not None else None
+                        outcomes = (
+                            Counter(str(prediction_format.parse(p).predicted) for p in answer["predictions"])
+                            if prediction_format is not None
+                            else None
+                        )
                     except (ValueError, ServedFormatError) as err:
                         tally.record(
                             batch_size,

@@ -32,9 +32,9 @@ from typing import Any
 
 import orjson
 
-from lakehouse_ml.serving.state import connect, ensure_schema, generation, load_state
 from lakehouse_ml.serving.log import RequestLog
 from lakehouse_ml.serving.models import BadInstance, Predictor, load_predictor
+from lakehouse_ml.serving.state import connect, ensure_schema, generation, load_state
 
 LOG = logging.getLogger("lakehouse_ml.serving")
 
@@ -107,7 +107,9 @@ class ServingApp:
         self.token = token or None
         self.poll_seconds = poll_seconds
         self.snapshot = Snapshot()
-        self.log = RequestLog(self.home / "serving" / "logs", max_rows=log_max_rows, flush_seconds=log_flush_seconds)
+        self.log = RequestLog(
+            self.home / "serving" / "logs", max_rows=log_max_rows, flush_seconds=log_flush_seconds
+        )
         self._cache: dict[str, Predictor] = {}
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
@@ -178,7 +180,9 @@ class ServingApp:
                 for d in serving:
                     total += d.traffic_percentage
                     cumulative.append(total)
-                endpoints[eid] = EndpointState(eid, ep["display_name"], tuple(deployed), serving, tuple(cumulative))
+                endpoints[eid] = EndpointState(
+                    eid, ep["display_name"], tuple(deployed), serving, tuple(cumulative)
+                )
             self._cache = cache
             self.snapshot = Snapshot(gen, endpoints, errors)  # the swap: one reference assignment
             return gen
@@ -193,7 +197,11 @@ class ServingApp:
                 status, body, headers = err.code, _error_body(err), _JSON_HEADERS
             except Exception as err:  # a bug, not bad input
                 LOG.exception("internal error")
-                status, body, headers = 500, _error_body(ApiError(500, f"Internal error: {type(err).__name__}")), _JSON_HEADERS
+                status, body, headers = (
+                    500,
+                    _error_body(ApiError(500, f"Internal error: {type(err).__name__}")),
+                    _JSON_HEADERS,
+                )
             await send(
                 {
                     "type": "http.response.start",
@@ -223,7 +231,9 @@ class ServingApp:
         for key, value in scope["headers"]:
             if key == b"authorization":
                 given = value.decode("latin-1")
-                if given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), self.token.encode()):
+                if given.startswith("Bearer ") and hmac.compare_digest(
+                    given[7:].encode(), self.token.encode()
+                ):
                     return
                 break
         raise ApiError(401, "Request is missing a valid bearer token (Authorization: Bearer <token>).")
@@ -233,7 +243,13 @@ class ServingApp:
         method = scope["method"]
         if path == "/health" or path == "/healthz":
             snap = self.snapshot
-            return 200, orjson.dumps({"status": "ok", "generation": snap.generation, "errors": snap.errors, "pid": os.getpid()}), _JSON_HEADERS
+            return (
+                200,
+                orjson.dumps(
+                    {"status": "ok", "generation": snap.generation, "errors": snap.errors, "pid": os.getpid()}
+                ),
+                _JSON_HEADERS,
+            )
         if path == "/openapi.json":
             return 200, orjson.dumps(OPENAPI), _JSON_HEADERS
         match = _ROUTE.match(path)
@@ -267,7 +283,9 @@ class ServingApp:
         ep = self.snapshot.endpoints.get(endpoint_id)
         if ep is None:
             raise ApiError(
-                404, f"Endpoint `projects/{project}/locations/{location}/endpoints/{endpoint_id}` not found.", "NOT_FOUND"
+                404,
+                f"Endpoint `projects/{project}/locations/{location}/endpoints/{endpoint_id}` not found.",
+                "NOT_FOUND",
             )
         return ep
 
@@ -285,7 +303,9 @@ class ServingApp:
                 }
                 for d in ep.deployed
             ],
-            "trafficSplit": {d.deployed_model_id: d.traffic_percentage for d in ep.deployed if d.traffic_percentage},
+            "trafficSplit": {
+                d.deployed_model_id: d.traffic_percentage for d in ep.deployed if d.traffic_percentage
+            },
         }
 
     def predict(self, project: str, location: str, endpoint_id: str, body: bytes) -> bytes:
@@ -295,12 +315,14 @@ class ServingApp:
         except orjson.JSONDecodeError as err:
             raise ApiError(400, f"Invalid JSON payload received. {err}") from None
         if type(request) is not dict:
-            raise ApiError(400, "The request body must be a JSON object with an \"instances\" array.")
+            raise ApiError(400, 'The request body must be a JSON object with an "instances" array.')
         instances = request.get("instances")
         if instances is None:
-            raise ApiError(400, "Missing \"instances\" in the request body: send {\"instances\": [ {...}, ... ]}.")
+            raise ApiError(
+                400, 'Missing "instances" in the request body: send {"instances": [ {...}, ... ]}.'
+            )
         if type(instances) is not list or not instances:
-            raise ApiError(400, "\"instances\" must be a non-empty JSON array of instances.")
+            raise ApiError(400, '"instances" must be a non-empty JSON array of instances.')
         if len(instances) > MAX_INSTANCES:
             raise ApiError(
                 400, f"Too many instances: {len(instances)}; at most {MAX_INSTANCES} instances per request."
@@ -310,7 +332,7 @@ class ServingApp:
             raise ApiError(400, f"Unknown field(s) in the request body: {', '.join(sorted(unknown))}.")
         parameters = request.get("parameters")
         if parameters is not None and type(parameters) is not dict:
-            raise ApiError(400, "\"parameters\" must be a JSON object.")
+            raise ApiError(400, '"parameters" must be a JSON object.')
         serving = ep.serving
         if not serving:
             raise ApiError(
@@ -364,7 +386,8 @@ async def _read_body(scope, receive) -> bytes:
                 raise ApiError(400, "Invalid Content-Length header.") from None
             if size > MAX_PAYLOAD_BYTES:
                 raise ApiError(
-                    400, f"Request payload size exceeds the limit: {MAX_PAYLOAD_BYTES} bytes (got {size} bytes)."
+                    400,
+                    f"Request payload size exceeds the limit: {MAX_PAYLOAD_BYTES} bytes (got {size} bytes).",
                 )
             break
     chunks = []
@@ -392,20 +415,32 @@ _ERROR_SCHEMA = {
     "properties": {
         "error": {
             "type": "object",
-            "properties": {"code": {"type": "integer"}, "message": {"type": "string"}, "status": {"type": "string"}},
+            "properties": {
+                "code": {"type": "integer"},
+                "message": {"type": "string"},
+                "status": {"type": "string"},
+            },
         }
     },
 }
 _ERRORS = {
     str(code): {"description": text, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
-    for code, text in ((400, "Bad input (INVALID_ARGUMENT, FAILED_PRECONDITION)"), (401, "Missing or wrong bearer token"), (404, "Unknown endpoint"))
+    for code, text in (
+        (400, "Bad input (INVALID_ARGUMENT, FAILED_PRECONDITION)"),
+        (401, "Missing or wrong bearer token"),
+        (404, "Unknown endpoint"),
+    )
 }
 _PARAMS = [
-    {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in ("project", "location", "endpoint")
+    {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+    for n in ("project", "location", "endpoint")
 ]
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
-    "info": {"title": "lakehouse_ml local endpoint server (Vertex AI prediction REST format)", "version": "1"},
+    "info": {
+        "title": "lakehouse_ml local endpoint server (Vertex AI prediction REST format)",
+        "version": "1",
+    },
     "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     "paths": {
         "/v1/projects/{project}/locations/{location}/endpoints/{endpoint}:predict": {
@@ -421,8 +456,15 @@ OPENAPI: dict[str, Any] = {
                                 "type": "object",
                                 "required": ["instances"],
                                 "properties": {
-                                    "instances": {"type": "array", "items": {"type": "object"}, "maxItems": MAX_INSTANCES},
-                                    "parameters": {"type": "object", "properties": {"threshold": {"type": "number"}}},
+                                    "instances": {
+                                        "type": "array",
+                                        "items": {"type": "object"},
+                                        "maxItems": MAX_INSTANCES,
+                                    },
+                                    "parameters": {
+                                        "type": "object",
+                                        "properties": {"threshold": {"type": "number"}},
+                                    },
                                 },
                             }
                         }
@@ -451,10 +493,29 @@ OPENAPI: dict[str, Any] = {
             }
         },
         "/v1/projects/{project}/locations/{location}/endpoints/{endpoint}": {
-            "get": {"summary": "EndpointService.GetEndpoint", "parameters": _PARAMS, "responses": {"200": {"description": "Endpoint"}, **_ERRORS}}
+            "get": {
+                "summary": "EndpointService.GetEndpoint",
+                "parameters": _PARAMS,
+                "responses": {"200": {"description": "Endpoint"}, **_ERRORS},
+            }
         },
-        "/health": {"get": {"summary": "Liveness and the deployment state generation served", "responses": {"200": {"description": "ok"}}}},
-        "/_control/reload": {"post": {"summary": "Load the deployment state now", "responses": {"200": {"description": "generation"}}}},
-        "/_control/flush": {"post": {"summary": "Write the buffered request-response log now", "responses": {"200": {"description": "files written"}}}},
+        "/health": {
+            "get": {
+                "summary": "Liveness and the deployment state generation served",
+                "responses": {"200": {"description": "ok"}},
+            }
+        },
+        "/_control/reload": {
+            "post": {
+                "summary": "Load the deployment state now",
+                "responses": {"200": {"description": "generation"}},
+            }
+        },
+        "/_control/flush": {
+            "post": {
+                "summary": "Write the buffered request-response log now",
+                "responses": {"200": {"description": "files written"}},
+            }
+        },
     },
 }

@@ -31,7 +31,6 @@ from lakehouse_ml.bigquery.request_log import LOG_COLUMNS, feature_array
 from lakehouse_ml.core.atomic import replacing
 
 
-
 class RequestLog:
     def __init__(self, root: Path, *, max_rows: int = 5000, flush_seconds: float = 1.0):
         self.root = Path(root)
@@ -136,9 +135,9 @@ class RequestLog:
             "deployed_model_id": pa.array(columns["deployed_model_id"], pa.string()),
             "model_id": pa.array(columns["model_id"], pa.string()),
             "model_version_id": pa.array(columns["model_version_id"], pa.string()),
-            "logging_time": pa.array(
-                [int(t * 1e6) for t in columns["logging_time"]], pa.int64()
-            ).cast(pa.timestamp("us", tz="UTC")),
+            "logging_time": pa.array([int(t * 1e6) for t in columns["logging_time"]], pa.int64()).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
             "request_id": pa.array(columns["request_id"], pa.string()),
             "instance_index": pa.array(columns["instance_index"], pa.int32()),
         }
@@ -159,8 +158,17 @@ class RequestLog:
 def read_log(root: Path, endpoint_id: str | None = None) -> pa.Table | None:
     """Every logged row (of one endpoint, or all) as one table; None when nothing is logged."""
     root = Path(root)
-    folders = [root / endpoint_id] if endpoint_id else ([p for p in root.iterdir() if p.is_dir()] if root.is_dir() else [])
-    tables = [pq.read_table(f) for folder in folders if folder.is_dir() for f in sorted(folder.glob("[!.]*.parquet"))]
+    folders = (
+        [root / endpoint_id]
+        if endpoint_id
+        else ([p for p in root.iterdir() if p.is_dir()] if root.is_dir() else [])
+    )
+    tables = [
+        pq.read_table(f)
+        for folder in folders
+        if folder.is_dir()
+        for f in sorted(folder.glob("[!.]*.parquet"))
+    ]
     if not tables:
         return None
     return pa.concat_tables(tables, promote_options="default")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from lakehouse_ml.bigquery import served
 from lakehouse_ml.engine.artifacts import ARRAYS_NPZ, MODEL_JSON
@@ -96,7 +97,9 @@ class Predictor:
     # Whether instances carry a TRANSFORM clause's inputs (NULL sentinels instead of JSON null).
     transform = False
 
-    def __init__(self, directory: Path, meta: dict, arrays: dict[str, np.ndarray], features: list[dict] | None = None):
+    def __init__(
+        self, directory: Path, meta: dict, arrays: dict[str, np.ndarray], features: list[dict] | None = None
+    ):
         self.directory = directory
         self.meta = meta
         self.model_type: str = meta["model_type"]
@@ -186,7 +189,9 @@ class Predictor:
             if name is None:
                 extra.append(key)
             elif name in renamed:
-                raise BadInstance(f"instances[{i}] gives feature {name!r} twice (names are case-insensitive).")
+                raise BadInstance(
+                    f"instances[{i}] gives feature {name!r} twice (names are case-insensitive)."
+                )
             else:
                 renamed[name] = value
         if extra:
@@ -234,7 +239,10 @@ class Predictor:
         # descending.index(k) of the values.
         position = {k: j for j, k in enumerate(self.descending)}
         return served.classification_objects(
-            self.label_name, self.values_desc, [position[k] for k in idx.tolist()], probs[:, self.descending].tolist()
+            self.label_name,
+            self.values_desc,
+            [position[k] for k in idx.tolist()],
+            probs[:, self.descending].tolist(),
         )
 
     def _regression_objects(self, values: np.ndarray) -> list[dict]:
@@ -394,12 +402,14 @@ class TransformPredictor(Predictor):
     def __init__(self, directory: Path, meta: dict, arrays: dict[str, np.ndarray], inner: Predictor):
         info = meta["preprocessing"].get("info_features")
         if not info:
-            raise NotServable(f"{directory}: a model with a TRANSFORM clause needs its input columns (info_features).")
+            raise NotServable(
+                f"{directory}: a model with a TRANSFORM clause needs its input columns (info_features)."
+            )
         super().__init__(directory, meta, arrays, features=info)
         import duckdb
 
-        from lakehouse_ml.engine.translate import translate_query
         from lakehouse_ml.engine.sql import model_transform_query
+        from lakehouse_ml.engine.translate import translate_query
 
         self.inner = inner
         metadata = {
@@ -407,16 +417,18 @@ class TransformPredictor(Predictor):
             "options": meta.get("options") or {},
             "label_columns": [meta["label"]["name"]] if meta.get("label") else [],
         }
-        self._sql = translate_query(model_transform_query(metadata, self.feature_names, self._INPUT)).duckdb_sql
+        self._sql = translate_query(
+            model_transform_query(metadata, self.feature_names, self._INPUT)
+        ).duckdb_sql
         self._connection = duckdb.connect(":memory:")
         self._lock = threading.Lock()
 
-    def _column(self, feature: dict, values: list) -> "pa.Array":
-        import pyarrow as pa
-
+    def _column(self, feature: dict, values: list) -> pa.Array:
         bq_type = feature["bq_type"]
         if feature["kind"] == "numeric":
-            integral = bq_type == "INT64" and all(v is None or isinstance(v, int) or float(v).is_integer() for v in values)
+            integral = bq_type == "INT64" and all(
+                v is None or isinstance(v, int) or float(v).is_integer() for v in values
+            )
             if integral:
                 return pa.array([None if v is None else int(v) for v in values], type=pa.int64())
             return pa.array([None if v is None else float(v) for v in values], type=pa.float64())
@@ -433,7 +445,9 @@ class TransformPredictor(Predictor):
 
         from lakehouse_ml.engine.translate import arrow_table
 
-        table = pa.table({f["name"]: self._column(f, [row[f["name"]] for row in rows]) for f in self.features})
+        table = pa.table(
+            {f["name"]: self._column(f, [row[f["name"]] for row in rows]) for f in self.features}
+        )
         with self._lock:
             self._connection.register(self._INPUT, table)
             try:

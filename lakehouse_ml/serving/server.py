@@ -54,7 +54,13 @@ def request_flush(host: str, port: int, token: str | None = None) -> list[str] |
     return None if answer is None else list(answer.get("files", []))
 
 
-def run(home: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None, **app_options) -> None:
+def run(
+    home: str | Path,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    token: str | None = None,
+    **app_options,
+) -> None:
     """Serve in the foreground until SIGINT/SIGTERM (uvicorn; the request log is flushed on exit)."""
     import uvicorn
 
@@ -86,8 +92,15 @@ def run(home: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, to
                 path.unlink()
 
 
-def start_background(home: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None,
-                     *, timeout: float = 60.0, extra_args: list[str] | None = None) -> subprocess.Popen:
+def start_background(
+    home: str | Path,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    token: str | None = None,
+    *,
+    timeout: float = 60.0,
+    extra_args: list[str] | None = None,
+) -> subprocess.Popen:
     """Start a server process detached from this one and wait until it answers."""
     env = dict(os.environ)
     env["LAKEHOUSE_ML_HOME"] = str(Path(home).expanduser().resolve())
@@ -99,9 +112,23 @@ def start_background(home: str | Path, host: str = DEFAULT_HOST, port: int = DEF
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "server.log", "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "lakehouse_ml.serving.server", "--home", env["LAKEHOUSE_ML_HOME"],
-             "--host", host, "--port", str(port), *(extra_args or [])],
-            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "lakehouse_ml.serving.server",
+                "--home",
+                env["LAKEHOUSE_ML_HOME"],
+                "--host",
+                host,
+                "--port",
+                str(port),
+                *(extra_args or []),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -117,7 +144,9 @@ def start_background(home: str | Path, host: str = DEFAULT_HOST, port: int = DEF
     raise RuntimeError(f"The local endpoint server did not answer on {host}:{port} within {timeout:.0f} s.")
 
 
-def ensure_server(home: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None) -> str:
+def ensure_server(
+    home: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None
+) -> str:
     """The URL of a server answering on host:port, starting one in the background when none does."""
     if health(host, port) is None:
         start_background(home, host, port, token)
@@ -159,8 +188,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--log-flush-seconds", type=float, default=1.0)
     args = parser.parse_args(argv)
-    run(args.home, args.host, args.port, os.environ.get("LAKEHOUSE_ML_SERVING_TOKEN") or None,
-        log_flush_seconds=args.log_flush_seconds)
+    run(
+        args.home,
+        args.host,
+        args.port,
+        os.environ.get("LAKEHOUSE_ML_SERVING_TOKEN") or None,
+        log_flush_seconds=args.log_flush_seconds,
+    )
 
 
 if __name__ == "__main__":

@@ -87,5 +87,3 @@ def load_state(conn: sqlite3.Connection) -> tuple[int, dict[str, dict]]:
                 }
             )
     return gen, endpoints
-
-

@@ -20,12 +20,8 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 
 from lakehouse_ml.backends.gcp_warehouse import GcpWarehouse, LakehouseBigQueryResource, build_gcp_warehouse
-from lakehouse_ml.backends.warehouse import (
-    PartitionWindow,
-    TableNotFoundError,
-    Warehouse,
-    WarehouseError,
-)
+from lakehouse_ml.backends.warehouse import PartitionWindow, Warehouse
+from lakehouse_ml.core.errors import TableNotFoundError, WarehouseError
 from lakehouse_ml.core.settings import load_settings
 from lakehouse_ml_tests.fakes import FakeBigQueryApi, fake_bigquery_api
 
@@ -573,8 +569,8 @@ def test_the_projects_feature_sql_runs_through_the_client_like_on_the_local_back
 ):
     """Contract: each ``sql/features`` file goes over the wire byte for byte and builds the same
     rows and schema as the local backend."""
-    from lakehouse_ml.lifecycle import features
     from lakehouse_ml.backends.local_warehouse import LocalWarehouse
+    from lakehouse_ml.lifecycle import features
     from lakehouse_ml_tests.conftest import DAY0, small_raw_tables
 
     local = LocalWarehouse.at(tmp_path / "warehouse.duckdb")
@@ -746,13 +742,15 @@ def test_the_warehouse_is_a_dagster_resource(gcp_warehouse, api):
 # -- the k-means gate ------------------------------------------------------------------------------
 
 
-def test_the_kmeans_gate_scores_clusterings_through_the_client_like_on_the_local_backend(gcp_warehouse, api, tmp_path):
+def test_the_kmeans_gate_scores_clusterings_through_the_client_like_on_the_local_backend(
+    gcp_warehouse, api, tmp_path
+):
     """customer_segments_model's gate on BigQuery: its model file (as a run's model) and gate file
     go over the wire, the numbered rows are uploaded once, both versions' ML.PREDICT and the
     candidate's ML.TRANSFORM read that table, and the scores equal the local backend's."""
-    from lakehouse_ml.lifecycle import deployment, models
     from lakehouse_ml.backends.local_warehouse import LocalWarehouse
     from lakehouse_ml.bigquery.sqlfiles import read_sql
+    from lakehouse_ml.lifecycle import deployment, models
 
     spec = models.CUSTOMER_SEGMENTS_MODEL
     rng = np.random.default_rng(2)
@@ -775,16 +773,22 @@ def test_the_kmeans_gate_scores_clusterings_through_the_client_like_on_the_local
         warehouse.load_dataframe(frame, "customer_features")
         warehouse.execute(models.training_sql(spec, "segments_candidate"))
         # a serving version with fewer clusters
-        warehouse.execute(models.training_sql(spec, "segments_serving").replace("num_clusters = 5", "num_clusters = 2"))
+        warehouse.execute(
+            models.training_sql(spec, "segments_serving").replace("num_clusters = 5", "num_clusters = 2")
+        )
         rows = warehouse.query(read_sql(f"gate/{spec.name}.sql"))
         assert len(rows) == int((snapshot == D2).sum())
         api.clear_requests()
-        scores[warehouse is local] = deployment.score_clusterings(warehouse, spec, rows, "segments_candidate", "segments_serving")
+        scores[warehouse is local] = deployment.score_clusterings(
+            warehouse, spec, rows, "segments_candidate", "segments_serving"
+        )
         if warehouse is gcp_warehouse:
             sent, loads = [c["query"] for c in query_configs(api)], load_configs(api)
     assert scores[False]["candidate"] == pytest.approx(scores[True]["candidate"], rel=1e-9)
     assert scores[False]["serving"] == pytest.approx(scores[True]["serving"], rel=1e-9)
-    assert scores[False]["candidate"]["davies_bouldin_index"] < scores[False]["serving"]["davies_bouldin_index"]
+    assert (
+        scores[False]["candidate"]["davies_bouldin_index"] < scores[False]["serving"]["davies_bouldin_index"]
+    )
 
     table = f"{spec.name}_gate_rows"
     assert len(sent) == 3

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lakehouse_ml.backends.warehouse import PartitionWindow, TableNotFoundError, WarehouseError
+from lakehouse_ml.backends.warehouse import PartitionWindow
+from lakehouse_ml.core.errors import TableNotFoundError, WarehouseError
 
 D = dt.date(2026, 1, 1)
 
@@ -20,21 +21,35 @@ def _frame(days, value):
 
 def test_write_query_replaces_whole_table(warehouse):
     assert warehouse.write_query("t", "SELECT x FROM UNNEST([1, 2, 3]) AS x") == 3
-    assert warehouse.write_query("t", "SELECT x * 10 AS x FROM UNNEST([1, 2]) AS x WHERE x > @m", {"m": 1}) == 1
+    assert (
+        warehouse.write_query("t", "SELECT x * 10 AS x FROM UNNEST([1, 2]) AS x WHERE x > @m", {"m": 1}) == 1
+    )
     assert warehouse.query("SELECT x FROM t").x.tolist() == [20]
 
 
 def test_windowed_load_replaces_only_the_window(warehouse):
-    warehouse.load_dataframe(_frame(range(5), 1), "t", window=PartitionWindow("d", D, D + dt.timedelta(days=4)))
-    warehouse.load_dataframe(_frame([2, 3], 2), "t", window=PartitionWindow("d", D + dt.timedelta(days=2), D + dt.timedelta(days=3)))
+    warehouse.load_dataframe(
+        _frame(range(5), 1), "t", window=PartitionWindow("d", D, D + dt.timedelta(days=4))
+    )
+    warehouse.load_dataframe(
+        _frame([2, 3], 2),
+        "t",
+        window=PartitionWindow("d", D + dt.timedelta(days=2), D + dt.timedelta(days=3)),
+    )
     got = warehouse.query("SELECT d, v FROM t ORDER BY d")
     assert got.v.tolist() == [1, 1, 2, 2, 1]
 
 
 def test_rows_outside_the_window_are_refused_and_nothing_changes(warehouse):
-    warehouse.load_dataframe(_frame(range(3), 1), "t", window=PartitionWindow("d", D, D + dt.timedelta(days=2)))
+    warehouse.load_dataframe(
+        _frame(range(3), 1), "t", window=PartitionWindow("d", D, D + dt.timedelta(days=2))
+    )
     with pytest.raises(WarehouseError, match="outside the partition window"):
-        warehouse.load_dataframe(_frame([1, 7], 9), "t", window=PartitionWindow("d", D + dt.timedelta(days=1), D + dt.timedelta(days=1)))
+        warehouse.load_dataframe(
+            _frame([1, 7], 9),
+            "t",
+            window=PartitionWindow("d", D + dt.timedelta(days=1), D + dt.timedelta(days=1)),
+        )
     assert warehouse.query("SELECT v FROM t ORDER BY d").v.tolist() == [1, 1, 1]
 
 

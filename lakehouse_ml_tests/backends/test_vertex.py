@@ -19,8 +19,6 @@ from google.api_core import exceptions as google_exceptions
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 
-from lakehouse_ml.backends.endpoints import EndpointError
-from lakehouse_ml.backends.registry import ModelNotRegisteredError, RegistryError, VersionDeployedError
 from lakehouse_ml.backends.vertex import (
     REQUEST_LOG_SQL,
     VertexEndpoints,
@@ -29,6 +27,12 @@ from lakehouse_ml.backends.vertex import (
     build_vertex_registry,
 )
 from lakehouse_ml.bigquery.request_log import LOG_COLUMNS
+from lakehouse_ml.core.errors import (
+    EndpointError,
+    ModelNotRegisteredError,
+    RegistryError,
+    VersionDeployedError,
+)
 from lakehouse_ml.core.settings import load_settings
 from lakehouse_ml_tests.fakes.bigquery_api import FakeBigQueryApi, fake_bigquery_api
 from lakehouse_ml_tests.fakes.vertex_api import (
@@ -55,7 +59,9 @@ def api() -> FakeVertexApi:
     with fake_vertex_api() as running:
         yield running
     leftovers = [
-        t.name for t in threading.enumerate() if t.name.startswith("fake-vertex-api") or "process_request_thread" in t.name
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith("fake-vertex-api") or "process_request_thread" in t.name
     ]
     assert leftovers == [], f"the test double left threads behind: {leftovers}"
 
@@ -90,8 +96,13 @@ def seed_churn(api: FakeVertexApi, versions: int = 2, **kwargs) -> None:
     """``churn`` registered by BigQuery ML: v1 (default), v2 (champion) … from ``lakehouse_ml.churn_model``."""
     for i in range(versions):
         api.seed_bqml_model(
-            PROJECT, REGION, "churn", dataset=DATASET, bq_model="churn_model",
-            aliases=["champion"] if i == 1 else [], **kwargs,
+            PROJECT,
+            REGION,
+            "churn",
+            dataset=DATASET,
+            bq_model="churn_model",
+            aliases=["champion"] if i == 1 else [],
+            **kwargs,
         )
 
 
@@ -160,11 +171,19 @@ def test_merge_aliases_moves_the_alias_with_the_exact_body(api, registry):
     merged = registry.merge_version_aliases("churn", "1", ["champion", "prod"])
     assert (merged.version_id, merged.aliases) == ("1", ["default", "champion", "prod"])
     assert registry.get_version("churn", "2").aliases == []  # moved, not copied
-    assert bodies(api, "POST", rf"{V1}/models/churn@1:mergeVersionAliases") == [{"versionAliases": ["champion", "prod"]}]
+    assert bodies(api, "POST", rf"{V1}/models/churn@1:mergeVersionAliases") == [
+        {"versionAliases": ["champion", "prod"]}
+    ]
     registry.merge_version_aliases("churn", "2", ["default", "-prod"])
     # '-prod' removes 'prod' from version 2 only: version 1 keeps it
-    assert api.model_state(PROJECT, REGION, "churn")["aliases"] == {"default": "2", "champion": "1", "prod": "1"}
-    assert bodies(api, "POST", rf"{V1}/models/churn@2:mergeVersionAliases") == [{"versionAliases": ["default", "-prod"]}]
+    assert api.model_state(PROJECT, REGION, "churn")["aliases"] == {
+        "default": "2",
+        "champion": "1",
+        "prod": "1",
+    }
+    assert bodies(api, "POST", rf"{V1}/models/churn@2:mergeVersionAliases") == [
+        {"versionAliases": ["default", "-prod"]}
+    ]
 
 
 def test_alias_rules_are_enforced(api, registry):
@@ -183,9 +202,15 @@ def test_alias_rules_are_enforced(api, registry):
 
 def test_missing_models_versions_and_aliases_say_what_exists(api, registry):
     seed_churn(api)
-    with pytest.raises(ModelNotRegisteredError, match=r"'nope' is not in Vertex AI Model Registry.*\['churn'\].*MODEL_REGISTRY='VERTEX_AI'"):
+    with pytest.raises(
+        ModelNotRegisteredError,
+        match=r"'nope' is not in Vertex AI Model Registry.*\['churn'\].*MODEL_REGISTRY='VERTEX_AI'",
+    ):
         registry.get_version("nope")
-    with pytest.raises(ModelNotRegisteredError, match=r"no version or alias 'golden'.*\['1', '2'\].*\['champion', 'default'\]"):
+    with pytest.raises(
+        ModelNotRegisteredError,
+        match=r"no version or alias 'golden'.*\['1', '2'\].*\['champion', 'default'\]",
+    ):
         registry.get_version("churn", "golden")
     with pytest.raises(ModelNotRegisteredError, match="no version or alias '7'"):
         registry.merge_version_aliases("churn", "7", ["x1"])
@@ -197,13 +222,17 @@ def test_delete_version_rules(api, registry, endpoints):
     seed_churn(api, versions=3)
     endpoints.create_endpoint("churn", endpoint_id="churn-ep")
     dm = endpoints.deploy("churn-ep", "churn", "2", "", logging_sampling_rate=0)
-    with pytest.raises(VersionDeployedError, match=rf"deployed to .*endpoints/churn-ep \(deployed model {dm}\).*Undeploy"):
+    with pytest.raises(
+        VersionDeployedError, match=rf"deployed to .*endpoints/churn-ep \(deployed model {dm}\).*Undeploy"
+    ):
         registry.delete_version("churn", "champion")
     # the double itself refuses deleting a deployed version (as Vertex AI does)
     from google.cloud.aiplatform_v1 import ModelServiceClient
 
     raw = ModelServiceClient(
-        credentials=AnonymousCredentials(), client_options=ClientOptions(api_endpoint=api.url), transport="rest"
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=api.url),
+        transport="rest",
     )
     with pytest.raises(google_exceptions.BadRequest, match="deployed models") as info:
         raw.delete_model_version(name=f"{PARENT}/models/churn@2")
@@ -219,7 +248,10 @@ def test_delete_version_rules(api, registry, endpoints):
     # "When you delete a model version assigned the default alias, the alias is automatically
     # assigned to the next most recent version" (model-alias page).
     registry.delete_version("churn", "1")
-    assert api.model_state(PROJECT, REGION, "churn") == {"versions": ["2"], "aliases": {"champion": "2", "default": "2"}}
+    assert api.model_state(PROJECT, REGION, "churn") == {
+        "versions": ["2"],
+        "aliases": {"champion": "2", "default": "2"},
+    }
     endpoints.undeploy("churn-ep", dm)
     with pytest.raises(RegistryError, match="only version.*delete_model"):
         registry.delete_version("churn", "2")
@@ -240,7 +272,9 @@ def test_delete_model_refused_while_deployed(api, registry, endpoints):
 
 def test_bigquery_ml_registers_models_itself(api, registry):
     for call in (
-        lambda: registry.register_version("churn", source="bqml://d.m", model_type="LOGISTIC_REG", artifact_dir="."),
+        lambda: registry.register_version(
+            "churn", source="bqml://d.m", model_type="LOGISTIC_REG", artifact_dir="."
+        ),
         lambda: registry.replace_bqml_version("bqml://d.m", "churn"),
         lambda: registry.drop_bqml_model("bqml://d.m"),
     ):
@@ -269,9 +303,13 @@ def test_region_follows_the_bigquery_location(api):
     assert us.region == "us-central1"
     with pytest.raises(ModelNotRegisteredError):
         us.get_version("churn")  # registered in europe-west4 only
-    assert build_vertex_endpoints(settings_for(api, "EU")).parent == f"projects/{PROJECT}/locations/europe-west4"
+    assert (
+        build_vertex_endpoints(settings_for(api, "EU")).parent == f"projects/{PROJECT}/locations/europe-west4"
+    )
     assert build_vertex_endpoints(settings_for(api, "asia-northeast1")).region == "asia-northeast1"
-    assert VertexModelRegistry(project=PROJECT).endpoint_url == "https://us-central1-aiplatform.googleapis.com"
+    assert (
+        VertexModelRegistry(project=PROJECT).endpoint_url == "https://us-central1-aiplatform.googleapis.com"
+    )
 
 
 # -- endpoints ---------------------------------------------------------------------------------------
@@ -294,7 +332,9 @@ def test_create_endpoint_waits_for_the_operation(api, endpoints):
     # by display name (endpoints.list with a filter)
     assert endpoints.get_endpoint("churn")["endpoint_id"] == "churn-ep"
     assert endpoints.get_endpoint("no-such-endpoint") is None
-    assert api.find_requests("GET", rf"{V1}/endpoints")[-1].query["filter"] == 'display_name="no-such-endpoint"'
+    assert (
+        api.find_requests("GET", rf"{V1}/endpoints")[-1].query["filter"] == 'display_name="no-such-endpoint"'
+    )
     with pytest.raises(EndpointError, match="Invalid endpoint id"):
         endpoints.create_endpoint("churn", endpoint_id="Churn_EP")
 
@@ -310,12 +350,18 @@ def test_deploy_sends_resources_traffic_and_logging(api, endpoints):
         "predictRequestResponseLoggingConfig": {
             "enabled": True,
             "samplingRate": 0.25,
-            "bigqueryDestination": {"outputUri": f"bq://{PROJECT}.{DATASET}.request_response_logging_churn_ep"},
+            "bigqueryDestination": {
+                "outputUri": f"bq://{PROJECT}.{DATASET}.request_response_logging_churn_ep"
+            },
         }
     }
     assert bodies(api, "POST", rf"{EP}:deployModel") == [
         {
-            "deployedModel": {"model": f"{PARENT}/models/churn@1", "dedicatedResources": MACHINE, "disableExplanations": True},
+            "deployedModel": {
+                "model": f"{PARENT}/models/churn@1",
+                "dedicatedResources": MACHINE,
+                "disableExplanations": True,
+            },
             "trafficSplit": {"0": 100},
         }
     ]
@@ -323,7 +369,10 @@ def test_deploy_sends_resources_traffic_and_logging(api, endpoints):
     info = endpoints.get_endpoint("churn-ep")
     assert info["traffic_split"] == {dm: 100}
     (deployed,) = info["deployed_models"]
-    assert {k: deployed[k] for k in ("deployed_model_id", "model_id", "version_id", "traffic_percentage", "machine_type")} == {
+    assert {
+        k: deployed[k]
+        for k in ("deployed_model_id", "model_id", "version_id", "traffic_percentage", "machine_type")
+    } == {
         "deployed_model_id": dm,
         "model_id": "churn",
         "version_id": "1",
@@ -345,7 +394,13 @@ def test_canary_rollout_bodies_and_final_state(logging_api, bq, logged):
     old = endpoints.deploy("churn-ep", "churn", "1", "", logging_sampling_rate=1.0)
     api.clear_requests()
     new = endpoints.deploy(
-        "churn-ep", "churn", "champion", "", traffic_percentage=10, machine_type="n1-highmem-4", logging_sampling_rate=1.0
+        "churn-ep",
+        "churn",
+        "champion",
+        "",
+        traffic_percentage=10,
+        machine_type="n1-highmem-4",
+        logging_sampling_rate=1.0,
     )
     assert bodies(api, "POST", rf"{EP}:deployModel") == [
         {
@@ -384,7 +439,9 @@ def test_explicit_split_and_undeploy_of_the_model_with_all_traffic(api, endpoint
     seed_churn(api)
     endpoints.create_endpoint("churn", endpoint_id="churn-ep")
     a = endpoints.deploy("churn-ep", "churn", "1", "", logging_sampling_rate=0)
-    b = endpoints.deploy("churn-ep", "churn", "2", "", traffic_split={a: 30, "0": 70}, logging_sampling_rate=0)
+    b = endpoints.deploy(
+        "churn-ep", "churn", "2", "", traffic_split={a: 30, "0": 70}, logging_sampling_rate=0
+    )
     assert bodies(api, "POST", rf"{EP}:deployModel")[-1]["trafficSplit"] == {a: 30, "0": 70}
     assert endpoints.get_endpoint("churn-ep")["traffic_split"] == {a: 30, b: 70}
     c = endpoints.deploy("churn-ep", "churn", "1", "", traffic_percentage=0, logging_sampling_rate=0)
@@ -425,7 +482,9 @@ def test_predict_answers_the_real_model_in_the_export_shape(logging_api, bq, log
         assert dict(zip(prediction["y_values"], prediction["y_probs"])) == pytest.approx(probs)
     (sent,) = bodies(api, "POST", rf"{EP}:predict")
     assert sent == {"instances": [{"a": 1.0, "b": 2.5}, {"a": -1.0, "b": 0.0}]}
-    with pytest.raises(EndpointError, match=r"instances\[0\]\.a.*not a value of type FLOAT64.*Check the instances"):
+    with pytest.raises(
+        EndpointError, match=r"instances\[0\]\.a.*not a value of type FLOAT64.*Check the instances"
+    ):
         endpoints.predict("churn-ep", [{"a": "text", "b": 1.0}])
     with pytest.raises(EndpointError, match=r"missing \['b'\]"):
         endpoints.predict("churn-ep", [{"a": 1.0}])
@@ -449,13 +508,19 @@ def test_one_client_per_process_and_a_smoke_test_makes_no_management_call(loggin
         endpoints.predict("churn-ep", [{"a": 0.0, "b": 0.0}])
     made = {k: vertex.CREATED[k] - before.get(k, 0) for k in vertex.CREATED}
     # One client per service for this API endpoint (and no new credentials), however many calls.
-    assert {k: v for k, v in made.items() if v} == {"ModelServiceClient": 1, "EndpointServiceClient": 1, "PredictionServiceClient": 1}
+    assert {k: v for k, v in made.items() if v} == {
+        "ModelServiceClient": 1,
+        "EndpointServiceClient": 1,
+        "PredictionServiceClient": 1,
+    }
     assert sum(1 for key in vertex._CLIENTS if key[1] == api.url) == 3
 
     api.clear_requests()
-    result = smoke_test(endpoints, _Spec(), [{"a": float(i), "b": 1.0} for i in range(30)], endpoint="churn-ep")
+    result = smoke_test(
+        endpoints, _Spec(), [{"a": float(i), "b": 1.0} for i in range(30)], endpoint="churn-ep"
+    )
     assert result.passed, result.describe()
-    predicts = api.find_requests("POST", rf".*:predict")
+    predicts = api.find_requests("POST", r".*:predict")
     assert len(predicts) == result.requests == 21
     assert [r for r in api.requests if r not in predicts] == [], "the smoke test made management calls"
     assert dm
@@ -482,18 +547,28 @@ class _Spec:
 
 def test_management_calls_retry_on_429_and_503(api):
     seed_churn(api)
-    endpoints = VertexEndpoints(project=PROJECT, api_endpoint=api.url, anonymous_credentials=True, retry_initial_s=0.01)
+    endpoints = VertexEndpoints(
+        project=PROJECT, api_endpoint=api.url, anonymous_credentials=True, retry_initial_s=0.01
+    )
     endpoints.create_endpoint("churn", endpoint_id="churn-ep")
     api.clear_requests()
     api.fail_next(2, "RESOURCE_EXHAUSTED", path=r":deployModel$")
     api.fail_next(1, "UNAVAILABLE", path=r"/endpoints/churn-ep$")
     dm = endpoints.deploy("churn-ep", "churn", "1", "", logging_sampling_rate=0)
-    assert [r.status for r in api.find_requests("POST", r".*/endpoints/churn-ep:deployModel")] == [429, 429, 200]
+    assert [r.status for r in api.find_requests("POST", r".*/endpoints/churn-ep:deployModel")] == [
+        429,
+        429,
+        200,
+    ]
     assert [r.status for r in api.find_requests("GET", r".*/endpoints/churn-ep")][:2] == [503, 200]
     assert endpoints.get_endpoint("churn-ep")["traffic_split"] == {dm: 100}
     # A call that stays throttled fails after its retry deadline, saying what to do.
     impatient = VertexEndpoints(
-        project=PROJECT, api_endpoint=api.url, anonymous_credentials=True, retry_initial_s=0.01, retry_timeout_s=0.2
+        project=PROJECT,
+        api_endpoint=api.url,
+        anonymous_credentials=True,
+        retry_initial_s=0.01,
+        retry_timeout_s=0.2,
     )
     api.fail_next(10**6, "RESOURCE_EXHAUSTED", path=r"/endpoints/churn-ep$")
     with pytest.raises(EndpointError, match="did not answer in time|quota|Quota"):
@@ -507,7 +582,10 @@ def test_predict_target_and_served_counts(logging_api, bq, logged):
     endpoints.create_endpoint("churn", endpoint_id="4567")
     endpoints.deploy("4567", "churn", "1", "", logging_sampling_rate=0)
     url, token = endpoints.predict_target("churn")
-    assert url == f"{api.url}/v1/projects/{DEFAULT_PROJECT_NUMBER}/locations/us-central1/endpoints/4567:predict" and token is None
+    assert (
+        url == f"{api.url}/v1/projects/{DEFAULT_PROJECT_NUMBER}/locations/us-central1/endpoints/4567:predict"
+        and token is None
+    )
     assert endpoints.predict_target("4567")[0] == f"{api.url}/v1/{PARENT}/endpoints/4567:predict"
     eu = VertexEndpoints(project=PROJECT, bigquery_location="EU")
     assert eu.endpoint_url == "https://europe-west4-aiplatform.googleapis.com"
@@ -519,8 +597,16 @@ def test_predict_target_and_served_counts(logging_api, bq, logged):
     assert endpoints.served_predictions("4567", T0 + dt.timedelta(minutes=1), T0 + HOUR) == 5
     assert endpoints.served_predictions("4567", T0 - HOUR, T0) == 0
     (query,) = [r.query for r in api.find_requests("GET", rf"/v3/projects/{PROJECT}/timeSeries")][:1]
-    assert query["filter"] == 'metric.type="aiplatform.googleapis.com/prediction/online/prediction_count" AND resource.labels.endpoint_id="4567"'
-    unreachable = VertexEndpoints(project=PROJECT, api_endpoint=api.url, anonymous_credentials=True, monitoring_api_endpoint="http://127.0.0.1:9")
+    assert (
+        query["filter"]
+        == 'metric.type="aiplatform.googleapis.com/prediction/online/prediction_count" AND resource.labels.endpoint_id="4567"'
+    )
+    unreachable = VertexEndpoints(
+        project=PROJECT,
+        api_endpoint=api.url,
+        anonymous_credentials=True,
+        monitoring_api_endpoint="http://127.0.0.1:9",
+    )
     assert unreachable.served_predictions("4567", T0, T0 + HOUR) is None
 
 
@@ -553,9 +639,16 @@ def test_operation_that_never_finishes_times_out_clearly(api):
     seed_churn(api)
     api.polls_before_done = 10**9
     slow = VertexEndpoints(
-        project=PROJECT, api_endpoint=api.url, anonymous_credentials=True, operation_timeout_s=0.3, poll_interval_s=0.02
+        project=PROJECT,
+        api_endpoint=api.url,
+        anonymous_credentials=True,
+        operation_timeout_s=0.3,
+        poll_interval_s=0.02,
     )
-    with pytest.raises(EndpointError, match=r"did not finish creating endpoint 'churn' within 0.3 s \(operation .*/operations/\d+\).*console"):
+    with pytest.raises(
+        EndpointError,
+        match=r"did not finish creating endpoint 'churn' within 0.3 s \(operation .*/operations/\d+\).*console",
+    ):
         slow.create_endpoint("churn", endpoint_id="churn-ep")
     assert len(api.operations_polled()) >= 3
 
@@ -570,7 +663,11 @@ def test_high_level_sdk_reads_the_double(logging_api, bq, logged):
     endpoints.create_endpoint("churn", endpoint_id="churn-ep")
     dm = endpoints.deploy("churn-ep", "churn", "2", "", logging_sampling_rate=0)
     aiplatform.init(
-        project=PROJECT, location=REGION, credentials=AnonymousCredentials(), api_endpoint=api.url, api_transport="rest"
+        project=PROJECT,
+        location=REGION,
+        credentials=AnonymousCredentials(),
+        api_endpoint=api.url,
+        api_transport="rest",
     )
     try:
         sdk_endpoint = aiplatform.Endpoint("churn-ep")
@@ -648,13 +745,21 @@ def test_request_log_reads_one_window_one_row_per_instance(logging_api, bq, logg
         "request_id": "object",
     }
     # one parameterised query on the endpoint's log table, the window as TIMESTAMP parameters
-    (job,) = [j for j in bq.job_inserts() if "request_response_logging" in j["configuration"]["query"]["query"]]
+    (job,) = [
+        j for j in bq.job_inserts() if "request_response_logging" in j["configuration"]["query"]["query"]
+    ]
     query = job["configuration"]["query"]
     assert query["query"] == REQUEST_LOG_SQL.format(table=LOG_TABLE)
     assert query["defaultDataset"] == {"projectId": PROJECT, "datasetId": DATASET}
     params = {p["name"]: p for p in query["queryParameters"]}
-    assert {n: p["parameterType"]["type"] for n, p in params.items()} == {"start": "TIMESTAMP", "end": "TIMESTAMP"}
-    assert [dt.datetime.fromisoformat(params[n]["parameterValue"]["value"]) for n in ("start", "end")] == [T0, T0 + HOUR]
+    assert {n: p["parameterType"]["type"] for n, p in params.items()} == {
+        "start": "TIMESTAMP",
+        "end": "TIMESTAMP",
+    }
+    assert [dt.datetime.fromisoformat(params[n]["parameterValue"]["value"]) for n in ("start", "end")] == [
+        T0,
+        T0 + HOUR,
+    ]
     # naive times are UTC
     again = logged.request_log("churn-ep", T0.replace(tzinfo=None), (T0 + HOUR).replace(tzinfo=None))
     assert again.equals(log)
@@ -739,8 +844,22 @@ def test_request_log_has_the_local_backends_columns_and_types(logging_api, bq, l
     vertex_log = logged.request_log("churn-ep", T0, T0 + HOUR)
 
     # the same columns (Vertex AI's features in name order: its instances' keys keep no order)
-    assert list(vertex_log.columns) == [*LOG_COLUMNS[:-1], "feature_prediction", "plan", "promo", "tenure", "prediction"]
-    assert list(local_log.columns) == [*LOG_COLUMNS[:-1], "tenure", "plan", "promo", "feature_prediction", "prediction"]
+    assert list(vertex_log.columns) == [
+        *LOG_COLUMNS[:-1],
+        "feature_prediction",
+        "plan",
+        "promo",
+        "tenure",
+        "prediction",
+    ]
+    assert list(local_log.columns) == [
+        *LOG_COLUMNS[:-1],
+        "tenure",
+        "plan",
+        "promo",
+        "feature_prediction",
+        "prediction",
+    ]
     for column in vertex_log.columns:
         if column == "logging_time":
             assert vertex_log[column].dt.tz is not None and local_log[column].dt.tz is not None
@@ -759,7 +878,9 @@ def test_request_log_without_a_log_says_why(logging_api, bq, logged):
     logged.deploy("churn-ep", "churn", "1", "", logging_sampling_rate=0)
     with pytest.raises(EndpointError, match="must be a datetime"):
         logged.request_log("churn-ep", "yesterday", T0)
-    with pytest.raises(EndpointError, match=r"logging is off on endpoint churn-ep.*logging_sampling_rate > 0"):
+    with pytest.raises(
+        EndpointError, match=r"logging is off on endpoint churn-ep.*logging_sampling_rate > 0"
+    ):
         logged.request_log("churn-ep", T0, T0 + HOUR)
     assert bq.requests == [], "nothing to read in BigQuery when logging is off"
     with pytest.raises(EndpointError, match="not found.*create_endpoint"):
@@ -771,7 +892,9 @@ def test_request_log_without_a_log_says_why(logging_api, bq, logged):
     assert logged.predict("churn-ep", [{"a": 1.0, "b": 0.0}])["predictions"]
     (refused,) = logging_api.logging_errors
     assert f"Not found: Dataset {PROJECT}:{DATASET}" in refused
-    with pytest.raises(EndpointError, match=rf"dataset {PROJECT}\.{DATASET}, which does not exist.*Create it"):
+    with pytest.raises(
+        EndpointError, match=rf"dataset {PROJECT}\.{DATASET}, which does not exist.*Create it"
+    ):
         logged.request_log("churn-ep", T0, T0 + HOUR)
 
     # the dataset is there, nothing logged yet: an empty log, and no query
@@ -779,7 +902,10 @@ def test_request_log_without_a_log_says_why(logging_api, bq, logged):
     bq.clear_requests()
     empty = logged.request_log("churn-ep", T0, T0 + HOUR)
     assert empty.empty and list(empty.columns) == list(LOG_COLUMNS)
-    assert str(empty["logging_time"].dtype) == "datetime64[us, UTC]" and str(empty["instance_index"].dtype) == "int32"
+    assert (
+        str(empty["logging_time"].dtype) == "datetime64[us, UTC]"
+        and str(empty["instance_index"].dtype) == "int32"
+    )
     assert bq.job_inserts() == []
     assert [r.path for r in bq.requests] == [  # tables.get, then datasets.get to tell the two apart
         f"/bigquery/v2/projects/{PROJECT}/datasets/{DATASET}/tables/{LOG_TABLE}",
@@ -787,7 +913,9 @@ def test_request_log_without_a_log_says_why(logging_api, bq, logged):
     ]
 
     # a table that is not a request-response log
-    bq.append_rows(PROJECT, DATASET, LOG_TABLE, [{"x": 1}], [{"name": "x", "type": "INTEGER", "mode": "NULLABLE"}])
+    bq.append_rows(
+        PROJECT, DATASET, LOG_TABLE, [{"x": 1}], [{"name": "x", "type": "INTEGER", "mode": "NULLABLE"}]
+    )
     not_a_log = "Unrecognized name: logging_time.*must be a Vertex AI request-response logging table"
     with pytest.raises(EndpointError, match=not_a_log):
         logged.request_log("churn-ep", T0, T0 + HOUR)

@@ -7,13 +7,20 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from lakehouse_ml.lifecycle import features
+from lakehouse_ml.core.settings import load_settings
 from lakehouse_ml.datagen import ARROW_SCHEMAS, SimulationConfig, read_manifest, write_landing
 from lakehouse_ml.definitions import build_definitions, daily_partitions
+from lakehouse_ml.lifecycle import features
 from lakehouse_ml.runner import DATA_JOBS, materialize_all
-from lakehouse_ml.core.settings import load_settings
 
-ASSETS = ["raw_customers", "raw_products", "raw_orders", "raw_web_sessions", "customer_features", "transaction_features"]
+ASSETS = [
+    "raw_customers",
+    "raw_products",
+    "raw_orders",
+    "raw_web_sessions",
+    "customer_features",
+    "transaction_features",
+]
 
 
 COUNT_STAR_COLUMNS = {
@@ -24,7 +31,11 @@ COUNT_STAR_COLUMNS = {
 
 def _settings(home, days=130, customers=500):
     return load_settings(
-        {"LAKEHOUSE_ML_HOME": str(home), "LAKEHOUSE_ML_DAYS": str(days), "LAKEHOUSE_ML_CUSTOMERS": str(customers)}
+        {
+            "LAKEHOUSE_ML_HOME": str(home),
+            "LAKEHOUSE_ML_DAYS": str(days),
+            "LAKEHOUSE_ML_CUSTOMERS": str(customers),
+        }
     )
 
 
@@ -33,7 +44,9 @@ def materialized(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     settings = _settings(home)
     write_landing(
-        SimulationConfig(seed=3, start_date=settings.start_date, days=settings.days, customers=settings.customers),
+        SimulationConfig(
+            seed=3, start_date=settings.start_date, days=settings.days, customers=settings.customers
+        ),
         settings.landing_dir,
     )
     instance = dg.DagsterInstance.ephemeral()
@@ -87,7 +100,9 @@ def test_feature_metadata(materialized):
         ("raw_orders", "order_date"),
     }
     raw = _latest(instance, "raw_orders")
-    assert [c.name for c in raw["dagster/column_schema"].schema.columns] == list(ARROW_SCHEMAS["orders"].names)
+    assert [c.name for c in raw["dagster/column_schema"].schema.columns] == list(
+        ARROW_SCHEMAS["orders"].names
+    )
 
 
 def test_checks_pass_on_simulated_data(materialized):
@@ -130,7 +145,10 @@ def test_checks_fail_on_bad_rows(warehouse):
     assert not outcomes["unique_keys"].passed and outcomes["unique_keys"].metadata["duplicate_keys"] == 1
     assert not outcomes["required_columns_not_null"].passed
     assert outcomes["required_columns_not_null"].metadata["columns_with_nulls"] == "tenure_days"
-    assert not outcomes["label_rate_in_band"].passed and outcomes["label_rate_in_band"].metadata["label_rate"] == 1.0
+    assert (
+        not outcomes["label_rate_in_band"].passed
+        and outcomes["label_rate_in_band"].metadata["label_rate"] == 1.0
+    )
 
 
 def test_missing_landing_data_is_a_clear_failure(tmp_path):
@@ -159,7 +177,10 @@ def test_missing_raw_table_is_a_clear_failure(tmp_path):
 def test_asset_graph_lineage():
     definitions = build_definitions(load_settings({}))
     graph = definitions.resolve_asset_graph()
-    parents = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys} for key in graph.get_all_asset_keys()}
+    parents = {
+        key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
+        for key in graph.get_all_asset_keys()
+    }
     assert parents["raw_orders"] == {"landing/orders"}
     assert parents["customer_features"] == {"raw_customers", "raw_orders", "raw_products", "raw_web_sessions"}
     assert parents["transaction_features"] == {"raw_customers", "raw_orders", "raw_products"}

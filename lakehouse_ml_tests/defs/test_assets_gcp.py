@@ -15,14 +15,14 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from lakehouse_ml.lifecycle import features
 from lakehouse_ml.backends.local_warehouse import LocalWarehouse
-from lakehouse_ml.datagen import SimulationConfig, write_landing
-from lakehouse_ml.runner import DATA_JOBS, MODEL_JOBS, materialize_all
 from lakehouse_ml.core.settings import load_settings
+from lakehouse_ml.datagen import SimulationConfig, write_landing
+from lakehouse_ml.lifecycle import features
+from lakehouse_ml.runner import DATA_JOBS, MODEL_JOBS, materialize_all
 from lakehouse_ml_tests.fakes import fake_bigquery_api
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "lakehouse-test"
@@ -63,19 +63,26 @@ def test_gcp_backend_materializes_every_asset_like_local(tmp_path):
         assert checks and all(checks.values()), checks
 
         # The feature SQL went to BigQuery as written in sql/features/, with the dataset as default.
-        queries = [j["configuration"]["query"] for j in api.job_inserts() if "query" in j.get("configuration", {})]
+        queries = [
+            j["configuration"]["query"] for j in api.job_inserts() if "query" in j.get("configuration", {})
+        ]
         for table in features.FEATURE_TABLES:
             sent = [q for q in queries if table.sql.strip() in q["query"]]
             assert sent, f"{table.name}: its SQL file was not sent unchanged"
             assert all(q["defaultDataset"] == {"projectId": PROJECT, "datasetId": DATASET} for q in sent)
         # Daily-partitioned tables are day-partitioned in BigQuery.
-        assert api.table_metadata(PROJECT, DATASET, "transaction_features")["timePartitioning"]["field"] == "order_date"
+        assert (
+            api.table_metadata(PROJECT, DATASET, "transaction_features")["timePartitioning"]["field"]
+            == "order_date"
+        )
 
         # Same rows as the local backend.
         warehouse = LocalWarehouse.at(local.duckdb_path)
         for table in features.FEATURE_TABLES:
             key = list(table.keys)
-            remote = api.table(PROJECT, DATASET, table.name).to_pandas().sort_values(key).reset_index(drop=True)
+            remote = (
+                api.table(PROJECT, DATASET, table.name).to_pandas().sort_values(key).reset_index(drop=True)
+            )
             here = warehouse.query(f"SELECT * FROM {table.name}").sort_values(key).reset_index(drop=True)
             assert len(remote) == len(here) > 0
             # BigQuery TIMESTAMPs come back tz-aware (UTC); the local warehouse keeps them naive UTC.
@@ -97,12 +104,18 @@ def test_gcp_backend_materializes_every_asset_like_local(tmp_path):
         # double: comparing them with the local backend's would check the engine against itself.)
         for name in ("churn_model", "customer_segments_model", "transaction_anomaly_model"):
             text = (ROOT / "sql" / "models" / f"{name}.sql").read_text()
-            run_model = gcp_instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization.metadata["bqml_model"].value
-            assert run_model.startswith(name + "_")
-            assert any(q["query"] == text.replace(f"MODEL {name}\n", f"MODEL {run_model}\n", 1) for q in queries), (
-                f"{name}: its SQL file was not sent with only the model name changed"
+            run_model = (
+                gcp_instance.get_latest_materialization_event(dg.AssetKey(name))
+                .asset_materialization.metadata["bqml_model"]
+                .value
             )
+            assert run_model.startswith(name + "_")
+            assert any(
+                q["query"] == text.replace(f"MODEL {name}\n", f"MODEL {run_model}\n", 1) for q in queries
+            ), f"{name}: its SQL file was not sent with only the model name changed"
             assert any(f"MODEL {run_model}" in q["query"] and "ML.EVALUATE" in q["query"] for q in queries)
-            assert _metrics(gcp_instance, f"{name}_evaluation") and _metrics(local_instance, f"{name}_evaluation")
+            assert _metrics(gcp_instance, f"{name}_evaluation") and _metrics(
+                local_instance, f"{name}_evaluation"
+            )
     gcp_instance.dispose()
     local_instance.dispose()

@@ -14,13 +14,13 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 from sqlglot.tokens import TokenType
 
-from lakehouse_ml.lifecycle import models
-from lakehouse_ml.engine.sql import find_ml_calls, tokenize
+from lakehouse_ml.bigquery.sqlfiles import sql_dir
+from lakehouse_ml.core.settings import load_settings
 from lakehouse_ml.datagen import SimulationConfig, write_landing
 from lakehouse_ml.definitions import build_definitions
+from lakehouse_ml.engine.sql import find_ml_calls, tokenize
+from lakehouse_ml.lifecycle import models
 from lakehouse_ml.runner import DATA_JOBS, MODEL_JOBS, materialize_all
-from lakehouse_ml.core.settings import load_settings
-from lakehouse_ml.bigquery.sqlfiles import sql_dir
 
 MODEL_NAMES = [m.name for m in models.MODELS]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -29,9 +29,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
-    settings = load_settings({"LAKEHOUSE_ML_HOME": str(home), "LAKEHOUSE_ML_DAYS": "130", "LAKEHOUSE_ML_CUSTOMERS": "500"})
+    settings = load_settings(
+        {"LAKEHOUSE_ML_HOME": str(home), "LAKEHOUSE_ML_DAYS": "130", "LAKEHOUSE_ML_CUSTOMERS": "500"}
+    )
     write_landing(
-        SimulationConfig(seed=3, start_date=settings.start_date, days=settings.days, customers=settings.customers),
+        SimulationConfig(
+            seed=3, start_date=settings.start_date, days=settings.days, customers=settings.customers
+        ),
         settings.landing_dir,
     )
     instance = dg.DagsterInstance.ephemeral()
@@ -71,7 +75,13 @@ def test_model_metadata(trained):
         assert metadata["model_type"].value == spec.model_type
         assert metadata["options"].value["model_type"] == spec.model_type
         features = metadata["feature_columns"].value
-        assert features and not {"customer_id", "order_id", "snapshot_date", "snapshot_ts", "order_date"} & set(features)
+        assert features and not {
+            "customer_id",
+            "order_id",
+            "snapshot_date",
+            "snapshot_ts",
+            "order_date",
+        } & set(features)
         assert metadata["training_iterations"].value >= 1
         assert np.isfinite(metadata["final_loss"].value)
         assert "|" in metadata["training_info"].value and "|" in metadata["feature_info"].value
@@ -151,7 +161,11 @@ def test_model_lineage_comes_from_the_sql(tmp_path, monkeypatch):
     copy = tmp_path / "sql"
     shutil.copytree(sql_dir(), copy)
     path = copy / "models" / "churn_model.sql"
-    path.write_text(path.read_text().replace("FROM customer_features", "FROM customer_features JOIN raw_customers USING (customer_id)"))
+    path.write_text(
+        path.read_text().replace(
+            "FROM customer_features", "FROM customer_features JOIN raw_customers USING (customer_id)"
+        )
+    )
     monkeypatch.setenv("LAKEHOUSE_ML_SQL_DIR", str(copy))
     graph = build_definitions(load_settings({"LAKEHOUSE_ML_HOME": str(tmp_path)})).resolve_asset_graph()
     assert {p.to_user_string() for p in graph.get(dg.AssetKey("churn_model")).parent_keys} == {
@@ -178,9 +192,16 @@ def test_a_registered_model_file_must_name_its_vertex_model_id(tmp_path, monkeyp
     copy = tmp_path / "sql"
     shutil.copytree(sql_dir(), copy)
     path = copy / "models" / "churn_model.sql"
-    path.write_text(path.read_text().replace("  vertex_ai_model_id = 'churn_model'\n", "").replace("model_registry = 'VERTEX_AI',", "model_registry = 'VERTEX_AI'"))
+    path.write_text(
+        path.read_text()
+        .replace("  vertex_ai_model_id = 'churn_model'\n", "")
+        .replace("model_registry = 'VERTEX_AI',", "model_registry = 'VERTEX_AI'")
+    )
     monkeypatch.setenv("LAKEHOUSE_ML_SQL_DIR", str(copy))
-    with pytest.raises(Exception, match="registers the model without VERTEX_AI_MODEL_ID: add vertex_ai_model_id = 'churn_model'"):
+    with pytest.raises(
+        Exception,
+        match="registers the model without VERTEX_AI_MODEL_ID: add vertex_ai_model_id = 'churn_model'",
+    ):
         build_definitions(load_settings({"LAKEHOUSE_ML_HOME": str(tmp_path)}))
 
 
@@ -206,7 +227,10 @@ def test_roc_and_confusion_fallbacks_match_scikit_learn():
     predicted = pd.Series(scores > 0.5)
     table = models.confusion_from_labels(pd.Series(truth), predicted)
     np.testing.assert_array_equal(table.to_numpy(), confusion_matrix(truth, predicted, labels=[False, True]))
-    assert models.positive_label(pd.Series([0, 1, 1])) == 1 and models.positive_label(pd.Series([True, False])) is True
+    assert (
+        models.positive_label(pd.Series([0, 1, 1])) == 1
+        and models.positive_label(pd.Series([True, False])) is True
+    )
 
 
 def test_gate_directions():
@@ -221,7 +245,7 @@ def test_classifier_plots_fall_back_to_predict_where_the_functions_are_missing(t
     ML.PREDICT over the labelled training rows, and says so."""
     settings, _, _ = trained
     from lakehouse_ml.backends.local_warehouse import LocalWarehouse
-    from lakehouse_ml.backends.warehouse import WarehouseError
+    from lakehouse_ml.core.errors import WarehouseError
 
     class WithoutCurves(LocalWarehouse):
         def query_arrow(self, sql, params=None):
@@ -237,11 +261,14 @@ def test_classifier_plots_fall_back_to_predict_where_the_functions_are_missing(t
     assert "ML.PREDICT on all labelled training rows" in result.sources["roc_curve"]
     assert "ML.PREDICT" in result.sources["confusion_matrix"]
     predictions = base.query(f"SELECT * FROM ML.PREDICT(MODEL {model}, ({spec.training_query}))")
-    scores = [next(p["prob"] for p in probs if p["label"]) for probs in predictions["predicted_churned_probs"]]
+    scores = [
+        next(p["prob"] for p in probs if p["label"]) for probs in predictions["predicted_churned_probs"]
+    ]
     assert result.roc_auc == pytest.approx(roc_auc_score(predictions["churned"], scores), abs=1e-12)
     assert int(result.confusion.to_numpy().sum()) == len(predictions)
     np.testing.assert_array_equal(
-        result.confusion.to_numpy(), confusion_matrix(predictions["churned"], predictions["predicted_churned"], labels=[False, True])
+        result.confusion.to_numpy(),
+        confusion_matrix(predictions["churned"], predictions["predicted_churned"], labels=[False, True]),
     )
 
 

@@ -10,7 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from lakehouse_ml.engine.engine import BqmlEngine, BqmlError, ModelExistsError, ModelNotFoundError
+from lakehouse_ml.core.errors import BqmlError
+from lakehouse_ml.engine.engine import BqmlEngine, ModelExistsError, ModelNotFoundError
 
 from .engine_data import binary, clusters, multiclass, regression
 

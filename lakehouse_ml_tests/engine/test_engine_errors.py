@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lakehouse_ml.engine.engine import BqmlEngine, BqmlError
+from lakehouse_ml.core.errors import BqmlError
+from lakehouse_ml.engine.engine import BqmlEngine
 
 from .engine_data import binary, clusters, regression
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics
 
-from lakehouse_ml.engine.engine import BqmlError
+from lakehouse_ml.core.errors import BqmlError
 
 from .engine_data import clusters, engine
 
@@ -158,11 +158,16 @@ def test_floats_that_differ_in_their_last_bits_train_the_same_model(eng):
     """A warehouse that sums in parallel may return a feature a bit off from one run to the next;
     the seed of the random initialization must not change with it (nor the model, then)."""
     frame = clusters(800)
-    nudged = frame.assign(a=np.nextafter(frame["a"].to_numpy(), np.inf), b=np.nextafter(frame["b"].to_numpy(), -np.inf))
+    nudged = frame.assign(
+        a=np.nextafter(frame["a"].to_numpy(), np.inf), b=np.nextafter(frame["b"].to_numpy(), -np.inf)
+    )
     assert (nudged["a"] != frame["a"]).all()
     options = {"model_type": "KMEANS", "num_clusters": 4, "kmeans_init_method": "RANDOM", "max_iterations": 3}
     eng.create_model("first", options, frame)
     eng.create_model("second", options, nudged)
     first, second = eng.evaluate("first", None).to_pylist()[0], eng.evaluate("second", None).to_pylist()[0]
     assert first == pytest.approx(second, rel=1e-9)
-    assert eng.predict("first", frame).column("CENTROID_ID").to_pylist() == eng.predict("second", frame).column("CENTROID_ID").to_pylist()
+    assert (
+        eng.predict("first", frame).column("CENTROID_ID").to_pylist()
+        == eng.predict("second", frame).column("CENTROID_ID").to_pylist()
+    )

@@ -9,7 +9,7 @@ import pytest
 from sklearn import metrics
 from sklearn.datasets import load_diabetes
 
-from lakehouse_ml.engine.engine import BqmlError
+from lakehouse_ml.core.errors import BqmlError
 
 from .engine_data import engine, regression
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lakehouse_ml.engine.engine import BqmlError
+from lakehouse_ml.core.errors import BqmlError
 
 from .engine_data import binary, engine, regression
 

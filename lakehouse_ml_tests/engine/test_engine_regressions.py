@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lakehouse_ml.engine.engine import BqmlEngine
 from lakehouse_ml.bigquery.split import split
+from lakehouse_ml.engine.engine import BqmlEngine
 
 
 @pytest.fixture()
@@ -20,7 +20,9 @@ def eng(tmp_path):
 def test_logistic_regression_with_numeric_features_only(eng, classes):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"a": rng.normal(size=800), "b": rng.normal(size=800)})
-    frame["label"] = np.digitize(frame.a + 0.3 * rng.normal(size=800), np.linspace(-0.5, 0.5, classes - 1)).astype(str)
+    frame["label"] = np.digitize(
+        frame.a + 0.3 * rng.normal(size=800), np.linspace(-0.5, 0.5, classes - 1)
+    ).astype(str)
     eng.create_model("m", {"model_type": "LOGISTIC_REG", "input_label_cols": ["label"]}, frame)
     metrics = eng.evaluate("m", None).to_pylist()[0]
     # Chance is 1/2 or 1/3; the noise keeps accuracy near 0.7-0.8, depending on the random split.
@@ -71,7 +73,9 @@ def test_kmeans_model_does_not_depend_on_row_order(tmp_path):
     for method in ("RANDOM", "KMEANS++"):
         options = {"model_type": "KMEANS", "num_clusters": 5, "kmeans_init_method": method}
         first.create_model("km", options, frame, replace=True)
-        second.create_model("km", options, frame.sample(frac=1, random_state=9).reset_index(drop=True), replace=True)
+        second.create_model(
+            "km", options, frame.sample(frac=1, random_state=9).reset_index(drop=True), replace=True
+        )
         a, b = first.evaluate("km", None).to_pylist()[0], second.evaluate("km", None).to_pylist()[0]
         assert a == pytest.approx(b, rel=1e-9)
         assert first.predict("km", frame).column("CENTROID_ID").to_pylist() == (
@@ -87,7 +91,9 @@ def test_kmeans_model_does_not_depend_on_integer_or_float_types(tmp_path):
     results = []
     for i, variant in enumerate((frame, as_float, as_nullable)):
         engine = BqmlEngine(tmp_path / str(i))
-        engine.create_model("km", {"model_type": "KMEANS", "num_clusters": 4, "kmeans_init_method": "KMEANS++"}, variant)
+        engine.create_model(
+            "km", {"model_type": "KMEANS", "num_clusters": 4, "kmeans_init_method": "KMEANS++"}, variant
+        )
         results.append(engine.evaluate("km", None).to_pylist()[0])
     assert results[1] == pytest.approx(results[0], rel=1e-12)
     assert results[2] == pytest.approx(results[0], rel=1e-12)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
+from lakehouse_ml.core.errors import BqmlError
 from lakehouse_ml.engine import xgb
-from lakehouse_ml.engine.engine import BqmlError
 
 from .engine_data import binary, engine, multiclass, regression
 

@@ -14,9 +14,8 @@ import sqlglot
 from sqlglot import exp
 
 from lakehouse_ml.backends.local_warehouse import LocalWarehouse
-from lakehouse_ml.engine.translate import translate
-from lakehouse_ml.backends.warehouse import SQLTranslationError, WarehouseError
-from lakehouse_ml.core.errors import BqmlError
+from lakehouse_ml.cli import main
+from lakehouse_ml.core.errors import BqmlError, SQLTranslationError, WarehouseError
 from lakehouse_ml.engine.sql import (
     AlterModel,
     CreateModel,
@@ -32,7 +31,7 @@ from lakehouse_ml.engine.sql import (
     statement_returns_rows,
     visible_ctes,
 )
-from lakehouse_ml.cli import main
+from lakehouse_ml.engine.translate import translate
 
 
 def value(text: str, params=None):
@@ -152,17 +151,27 @@ def test_create_model_if_not_exists_without_options():
 
 
 def test_drop_and_alter_model():
-    assert parse_model_statement("DROP MODEL `p.d.m`") == DropModel(model=parse_model_name("`p.d.m`"), if_exists=False)
+    assert parse_model_statement("DROP MODEL `p.d.m`") == DropModel(
+        model=parse_model_name("`p.d.m`"), if_exists=False
+    )
     drop = parse_model_statement("drop model if exists m")
     assert isinstance(drop, DropModel) and drop.if_exists and drop.model.name == "m"
-    alter = parse_model_statement("ALTER MODEL IF EXISTS ds.m SET OPTIONS (vertex_ai_model_id = 'churn', description = 'x')")
+    alter = parse_model_statement(
+        "ALTER MODEL IF EXISTS ds.m SET OPTIONS (vertex_ai_model_id = 'churn', description = 'x')"
+    )
     assert isinstance(alter, AlterModel) and alter.if_exists and alter.model.name == "m"
     assert alter.options == {"vertex_ai_model_id": "churn", "description": "x"}
 
 
 def test_other_statements_are_not_model_statements():
-    for sql in ("SELECT 1", "CREATE TABLE t AS SELECT 1 AS x", "DROP TABLE t", "ALTER TABLE t ADD COLUMN y INT64",
-                "CREATE TABLE model AS SELECT 1 AS model", "DROP TABLE model"):
+    for sql in (
+        "SELECT 1",
+        "CREATE TABLE t AS SELECT 1 AS x",
+        "DROP TABLE t",
+        "ALTER TABLE t ADD COLUMN y INT64",
+        "CREATE TABLE model AS SELECT 1 AS model",
+        "DROP TABLE model",
+    ):
         assert parse_model_statement(sql) is None
     with pytest.raises(BqmlError, match="CREATE TEMP MODEL is not supported"):
         parse_model_statement("CREATE TEMP MODEL m OPTIONS(model_type='kmeans') AS SELECT 1 AS x")
@@ -176,24 +185,35 @@ def test_the_word_model_in_ordinary_sql(warehouse):
 @pytest.mark.parametrize(
     "sql, message",
     [
-        ("CREATE OR REPLACE MODEL IF NOT EXISTS m OPTIONS(model_type='kmeans') AS SELECT 1", "cannot be combined"),
+        (
+            "CREATE OR REPLACE MODEL IF NOT EXISTS m OPTIONS(model_type='kmeans') AS SELECT 1",
+            "cannot be combined",
+        ),
         ("CREATE MODEL m OPTIONS(model_type='kmeans')", "needs AS"),
         ("CREATE MODEL m REMOTE WITH CONNECTION c OPTIONS(endpoint='x')", "REMOTE"),
         ("CREATE MODEL m INPUT(x INT64) OUTPUT(y FLOAT64) OPTIONS(model_type='xgboost')", "INPUT"),
-        ("CREATE MODEL m OPTIONS(model_type='kmeans') TRANSFORM(x) AS SELECT 1", "TRANSFORM(...) goes before"),
+        (
+            "CREATE MODEL m OPTIONS(model_type='kmeans') TRANSFORM(x) AS SELECT 1",
+            "TRANSFORM(...) goes before",
+        ),
         ("CREATE MODEL m OPTIONS(a=1, A=2) AS SELECT 1", "given twice"),
         ("CREATE MODEL m OPTIONS(a) AS SELECT 1", "name = value"),
         ("CREATE MODEL m OPTIONS(a=1,) AS SELECT 1", "empty entry"),
         ("CREATE MODEL m OPTIONS(a=1 + 1) AS SELECT 1", "not a literal"),
         ("CREATE MODEL m TRANSFORM() OPTIONS(a=1) AS SELECT 1", "TRANSFORM() is empty"),
-        ("CREATE MODEL m OPTIONS(model_type='arima_plus') AS (training_data AS (SELECT 1), custom_holiday AS (SELECT 2))", "ARIMA_PLUS"),
+        (
+            "CREATE MODEL m OPTIONS(model_type='arima_plus') AS (training_data AS (SELECT 1), custom_holiday AS (SELECT 2))",
+            "ARIMA_PLUS",
+        ),
         ("ALTER MODEL m SET DESCRIPTION = 'x'", "SET OPTIONS"),
         ("DROP MODEL m CASCADE", "Unexpected"),
         ("CREATE MODEL `a-b` AS SELECT 1", "Invalid model name"),
     ],
 )
 def test_bad_model_statements_name_the_problem(sql, message):
-    with pytest.raises(WarehouseError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+    with pytest.raises(
+        WarehouseError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")
+    ):
         parse_model_statement(sql)
 
 
@@ -216,7 +236,14 @@ def test_every_table_function_and_argument_form():
     """
     calls = find_ml_calls(sql)
     summary = [
-        (c.function, c.model.name, c.input.table if c.input else None, (c.input.query or "").strip() if c.input else None, c.options, c.thresholds)
+        (
+            c.function,
+            c.model.name,
+            c.input.table if c.input else None,
+            (c.input.query or "").strip() if c.input else None,
+            c.options,
+            c.thresholds,
+        )
         for c in calls
     ]
     assert summary == [
@@ -236,7 +263,9 @@ def test_every_table_function_and_argument_form():
         ("TRANSFORM", "m", "t", "", {}, None),
     ]
     # Each call is located exactly: replacing them leaves a statement sqlglot parses.
-    assert all(sql[c.start : c.end] == c.text and c.text.startswith("ML.") and c.text.endswith(")") for c in calls)
+    assert all(
+        sql[c.start : c.end] == c.text and c.text.startswith("ML.") and c.text.endswith(")") for c in calls
+    )
 
 
 def test_only_outermost_calls_are_found_and_strings_or_comments_are_ignored():
@@ -260,8 +289,14 @@ def test_scalar_ml_functions_are_not_table_calls():
         ("SELECT * FROM AI.FORECAST(MODEL m, TABLE t)", "AI.FORECAST is not supported"),
         ("SELECT * FROM ML.PREDICT(MODEL m)", "needs an input"),
         ("SELECT * FROM ML.PREDICT(MODEL m, STRUCT(0.5 AS threshold), TABLE t)", "does not take a STRUCT"),
-        ("SELECT * FROM ML.EVALUATE(MODEL m, STRUCT(0.5 AS threshold), TABLE t)", "does not take an input relation"),
-        ("SELECT * FROM ML.DETECT_ANOMALIES(MODEL m, TABLE t, STRUCT(0.1 AS contamination))", "does not take a STRUCT"),
+        (
+            "SELECT * FROM ML.EVALUATE(MODEL m, STRUCT(0.5 AS threshold), TABLE t)",
+            "does not take an input relation",
+        ),
+        (
+            "SELECT * FROM ML.DETECT_ANOMALIES(MODEL m, TABLE t, STRUCT(0.1 AS contamination))",
+            "does not take a STRUCT",
+        ),
         ("SELECT * FROM ML.FEATURE_INFO(MODEL m, TABLE t)", "does not take an input"),
         ("SELECT * FROM ML.PREDICT(MODEL m, TABLE t, STRUCT(0.5))", "name the STRUCT fields"),
         ("SELECT * FROM ML.PREDICT(MODEL m n, TABLE t)", "Unexpected 'n'"),
@@ -294,8 +329,12 @@ def test_attach_ctes_carries_only_what_is_referenced():
     ctes = list(outer.args["with_"].expressions)
     query = attach_ctes(sqlglot.parse_one("SELECT * FROM b", read="bigquery"), ctes)
     assert query.sql("bigquery") == "WITH a AS (SELECT 1 AS x), b AS (SELECT * FROM a) SELECT * FROM b"
-    own = attach_ctes(sqlglot.parse_one("WITH c AS (SELECT 9 AS y) SELECT * FROM c, a", read="bigquery"), ctes)
-    assert own.sql("bigquery") == "WITH a AS (SELECT 1 AS x), c AS (SELECT 9 AS y) SELECT * FROM c CROSS JOIN a"
+    own = attach_ctes(
+        sqlglot.parse_one("WITH c AS (SELECT 9 AS y) SELECT * FROM c, a", read="bigquery"), ctes
+    )
+    assert (
+        own.sql("bigquery") == "WITH a AS (SELECT 1 AS x), c AS (SELECT 9 AS y) SELECT * FROM c CROSS JOIN a"
+    )
 
 
 def test_statement_returns_rows():
@@ -351,7 +390,10 @@ def test_bind_template_binds_tables_and_per_feature_thresholds():
 
 
 def test_the_translator_alone_points_to_the_warehouse():
-    for sql in ("SELECT * FROM ML.PREDICT(MODEL m, TABLE t)", "CREATE MODEL m OPTIONS(model_type='kmeans') AS SELECT 1 AS x"):
+    for sql in (
+        "SELECT * FROM ML.PREDICT(MODEL m, TABLE t)",
+        "CREATE MODEL m OPTIONS(model_type='kmeans') AS SELECT 1 AS x",
+    ):
         with pytest.raises(SQLTranslationError, match="local warehouse"):
             translate(sql)
 
@@ -428,7 +470,9 @@ def test_ml_calls_in_joins_where_ctes_and_subqueries(lab):
         ORDER BY s.id
     """
     frame = lab.query(sql, {"since": 30})
-    expected = lab.query("SELECT id, predicted_y FROM ML.PREDICT(MODEL reg, TABLE t) WHERE id >= 30 AND predicted_y > 0 ORDER BY id")
+    expected = lab.query(
+        "SELECT id, predicted_y FROM ML.PREDICT(MODEL reg, TABLE t) WHERE id >= 30 AND predicted_y > 0 ORDER BY id"
+    )
     assert frame["id"].tolist() == expected["id"].tolist() and len(frame) > 10
     np.testing.assert_allclose(frame["predicted_y"], expected["predicted_y"])
     assert set(frame["CENTROID_ID"]) <= {1, 2, 3}
@@ -463,15 +507,23 @@ def test_evaluate_with_and_without_input_and_threshold(lab):
 
 
 def test_every_other_function_runs(lab):
-    anomalies = lab.query("SELECT * FROM ML.DETECT_ANOMALIES(MODEL km, STRUCT(0.1 AS contamination), TABLE t)")
+    anomalies = lab.query(
+        "SELECT * FROM ML.DETECT_ANOMALIES(MODEL km, STRUCT(0.1 AS contamination), TABLE t)"
+    )
     assert {"is_anomaly", "normalized_distance", "id", "colour"} <= set(anomalies.columns)
     assert anomalies["is_anomaly"].sum() >= 1
-    explained = lab.query("SELECT * FROM ML.EXPLAIN_PREDICT(MODEL reg, (SELECT * FROM t LIMIT 5), STRUCT(2 AS top_k_features))")
-    assert len(explained) == 5 and "top_feature_attributions" in explained.columns and "id" in explained.columns
+    explained = lab.query(
+        "SELECT * FROM ML.EXPLAIN_PREDICT(MODEL reg, (SELECT * FROM t LIMIT 5), STRUCT(2 AS top_k_features))"
+    )
+    assert (
+        len(explained) == 5 and "top_feature_attributions" in explained.columns and "id" in explained.columns
+    )
     assert not lab.query("SELECT * FROM ML.GLOBAL_EXPLAIN(MODEL clf)").empty
     assert set(lab.query("SELECT input FROM ML.FEATURE_INFO(MODEL reg)")["input"]) == {"x1", "x2", "colour"}
     assert len(lab.query("SELECT * FROM ML.TRAINING_INFO(MODEL clf)")) >= 1
-    weights = lab.query("SELECT processed_input, weight FROM ML.WEIGHTS(MODEL reg, STRUCT(FALSE AS standardize))")
+    weights = lab.query(
+        "SELECT processed_input, weight FROM ML.WEIGHTS(MODEL reg, STRUCT(FALSE AS standardize))"
+    )
     assert weights.set_index("processed_input").loc["x1", "weight"] == pytest.approx(2.0, abs=0.1)
 
 
@@ -481,12 +533,18 @@ def test_statements_and_writes_with_ml_calls(lab):
            INSERT INTO scores SELECT id + 1000, predicted_y FROM ML.PREDICT(MODEL reg, (SELECT * FROM t WHERE id < 5))"""
     )
     assert lab.row_count("scores") == 65
-    rows = lab.write_query("cluster_of", "SELECT id, CENTROID_ID AS centroid FROM ML.PREDICT(MODEL km, TABLE t)")
+    rows = lab.write_query(
+        "cluster_of", "SELECT id, CENTROID_ID AS centroid FROM ML.PREDICT(MODEL km, TABLE t)"
+    )
     assert rows == 60 and lab.table_schema("cluster_of") == [("id", "INT64"), ("centroid", "INT64")]
-    result = lab.run("ALTER MODEL reg SET OPTIONS (description = 'demand'); SELECT COUNT(*) AS n FROM ML.FEATURE_INFO(MODEL reg)")
+    result = lab.run(
+        "ALTER MODEL reg SET OPTIONS (description = 'demand'); SELECT COUNT(*) AS n FROM ML.FEATURE_INFO(MODEL reg)"
+    )
     assert result.to_pydict() == {"n": [3]}
     assert lab.bqml_engine().model_metadata("reg")["descriptive"]["description"] == "demand"
-    lab.execute("DROP MODEL km; DROP MODEL IF EXISTS km; ALTER MODEL IF EXISTS km SET OPTIONS(description = 'x')")
+    lab.execute(
+        "DROP MODEL km; DROP MODEL IF EXISTS km; ALTER MODEL IF EXISTS km SET OPTIONS(description = 'x')"
+    )
     assert not lab.bqml_engine().model_exists("km")
 
 
@@ -496,7 +554,10 @@ def test_create_model_variants(lab):
     assert lab.bqml_engine().model_metadata("reg")["model_type"] == "LINEAR_REG"
     with pytest.raises(BqmlError, match="already exists"):
         lab.execute("CREATE MODEL reg OPTIONS(model_type='KMEANS') AS SELECT x1 FROM t")
-    lab.execute("CREATE OR REPLACE MODEL reg OPTIONS(model_type='KMEANS', num_clusters=2) AS SELECT x1 FROM t WHERE grp = @g", {"g": 1})
+    lab.execute(
+        "CREATE OR REPLACE MODEL reg OPTIONS(model_type='KMEANS', num_clusters=2) AS SELECT x1 FROM t WHERE grp = @g",
+        {"g": 1},
+    )
     metadata = lab.bqml_engine().model_metadata("reg")
     assert metadata["model_type"] == "KMEANS" and metadata["creation_time"] >= before
 
@@ -517,7 +578,9 @@ def test_a_failing_statement_leaves_nothing_behind(lab, tmp_path):
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == models_before
     # Results of ML calls are registered on the statement's connection only: nothing persists.
     with pytest.raises(WarehouseError):
-        lab.query("SELECT * FROM ML.PREDICT(MODEL reg, TABLE t) JOIN ML.PREDICT(MODEL nope, TABLE t) USING (id)")
+        lab.query(
+            "SELECT * FROM ML.PREDICT(MODEL reg, TABLE t) JOIN ML.PREDICT(MODEL nope, TABLE t) USING (id)"
+        )
     with duckdb.connect(lab.duckdb.database, read_only=True) as conn:
         names = [r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables").fetchall()]
     assert not [n for n in names if n.startswith("__bqml")] and "t" in names
@@ -565,9 +628,21 @@ def test_lakehouse_ml_query_runs_create_model_and_predict(tmp_path, capsys, monk
     assert main(["--home", str(tmp_path), "query", create]) == 0
     err = capsys.readouterr().err
     assert "Ran 1 statement(s)" in err and "reg" in err  # the engine's progress is shown
-    assert main(["--home", str(tmp_path), "query", "--format", "csv",
-                 "SELECT id, ROUND(predicted_y, 6) AS p FROM ML.PREDICT(MODEL reg, TABLE t) WHERE id < @n ORDER BY id",
-                 "--param", "n=3"]) == 0
+    assert (
+        main(
+            [
+                "--home",
+                str(tmp_path),
+                "query",
+                "--format",
+                "csv",
+                "SELECT id, ROUND(predicted_y, 6) AS p FROM ML.PREDICT(MODEL reg, TABLE t) WHERE id < @n ORDER BY id",
+                "--param",
+                "n=3",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "id,p" and len(out) == 4
     assert main(["--home", str(tmp_path), "query", "SELECT * FROM ML.PREDICT(MODEL nope, TABLE t)"]) == 2

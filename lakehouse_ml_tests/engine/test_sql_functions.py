@@ -20,10 +20,9 @@ import sqlglot
 from sqlglot import exp
 
 from lakehouse_ml.backends.local_warehouse import LocalWarehouse
-from lakehouse_ml.engine.translate import translate_query
-from lakehouse_ml.backends.warehouse import WarehouseError
-from lakehouse_ml.core.errors import BqmlError
+from lakehouse_ml.core.errors import BqmlError, WarehouseError
 from lakehouse_ml.engine.sql import freeze_transform, lower_preprocessing, parse_select_list
+from lakehouse_ml.engine.translate import translate_query
 
 ONE_TO_FIVE = [1, 2, 3, 4, 5]
 WITH_NULL = [None, -3, 1, 2, 3, 4, 5]
@@ -36,13 +35,21 @@ EXAMPLES = {
         [-1.2649110640673518, -0.6324555320336759, 0.0, 0.6324555320336759, 1.2649110640673518],
     ),
     "min_max_scaler": (ONE_TO_FIVE, "ML.MIN_MAX_SCALER(f) OVER() AS output", [0.0, 0.25, 0.5, 0.75, 1.0]),
-    "max_abs_scaler": (WITH_NULL, "ML.MAX_ABS_SCALER(f) OVER () AS output", [None, -0.6, 0.2, 0.4, 0.6, 0.8, 1.0]),
+    "max_abs_scaler": (
+        WITH_NULL,
+        "ML.MAX_ABS_SCALER(f) OVER () AS output",
+        [None, -0.6, 0.2, 0.4, 0.6, 0.8, 1.0],
+    ),
     "robust_scaler": (
         WITH_NULL,
         "ML.ROBUST_SCALER(f) OVER () AS output",
         [None, -1.6666666666666667, -0.3333333333333333, 0.0, 0.3333333333333333, 0.6666666666666666, 1.0],
     ),
-    "quantile_bucketize": (ONE_TO_FIVE, "ML.QUANTILE_BUCKETIZE(f, 3) OVER() AS output", ["bin_1", "bin_2", "bin_2", "bin_3", "bin_3"]),
+    "quantile_bucketize": (
+        ONE_TO_FIVE,
+        "ML.QUANTILE_BUCKETIZE(f, 3) OVER() AS output",
+        ["bin_1", "bin_2", "bin_2", "bin_3", "bin_3"],
+    ),
     "quantile_bucketize_ranges": (
         ONE_TO_FIVE,
         "ML.QUANTILE_BUCKETIZE(f, 3, 'bucket_ranges') OVER() AS output",
@@ -51,15 +58,27 @@ EXAMPLES = {
     "quantile_bucketize_json": (
         ONE_TO_FIVE,
         "ML.QUANTILE_BUCKETIZE(f, 3, 'bucket_ranges_json') OVER() AS output",
-        [json.dumps(v) for v in (
-            {"start": "-Infinity", "end": "2"}, {"start": "2", "end": "4"}, {"start": "2", "end": "4"},
-            {"start": "4", "end": "Infinity"}, {"start": "4", "end": "Infinity"},
-        )],
+        [
+            json.dumps(v)
+            for v in (
+                {"start": "-Infinity", "end": "2"},
+                {"start": "2", "end": "4"},
+                {"start": "2", "end": "4"},
+                {"start": "4", "end": "Infinity"},
+                {"start": "4", "end": "Infinity"},
+            )
+        ],
     ),
-    "imputer_mean": ([None, -3, -3, -3, 1, 2, 3, 4, 5], "ML.IMPUTER(f, 'mean') OVER () AS output",
-                     [0.75, -3.0, -3.0, -3.0, 1.0, 2.0, 3.0, 4.0, 5.0]),
-    "imputer_median": ([None, -3, 1, 2, 3, 4, 5], "ML.IMPUTER(f, 'median') OVER () AS output",
-                       [2.0, -3.0, 1.0, 2.0, 3.0, 4.0, 5.0]),
+    "imputer_mean": (
+        [None, -3, -3, -3, 1, 2, 3, 4, 5],
+        "ML.IMPUTER(f, 'mean') OVER () AS output",
+        [0.75, -3.0, -3.0, -3.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+    ),
+    "imputer_median": (
+        [None, -3, 1, 2, 3, 4, 5],
+        "ML.IMPUTER(f, 'median') OVER () AS output",
+        [2.0, -3.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+    ),
     "imputer_most_frequent": (
         [None, None, None, None, "a", "a", "b", "b", "c", "c", "c"],
         "ML.IMPUTER(f, 'most_frequent') OVER () AS output",
@@ -70,7 +89,11 @@ EXAMPLES = {
         "ML.LABEL_ENCODER(f, 2, 2) OVER () AS output",
         [0, 0, 1, 1, 2, 2, 2, 0, 0],
     ),
-    "bucketize": (ONE_TO_FIVE, "ML.BUCKETIZE(f, [2, 4]) AS output", ["bin_1", "bin_2", "bin_2", "bin_3", "bin_3"]),
+    "bucketize": (
+        ONE_TO_FIVE,
+        "ML.BUCKETIZE(f, [2, 4]) AS output",
+        ["bin_1", "bin_2", "bin_2", "bin_3", "bin_3"],
+    ),
 }
 # The ones that run in a plain query too (as window functions over the query's rows).
 PLAIN_QUERY = ("standard_scaler", "min_max_scaler", "max_abs_scaler", "imputer_mean", "bucketize")
@@ -102,7 +125,11 @@ def through_frozen_transform(values, item: str) -> tuple[list, str]:
     conn.register("d", pa.table({"f": pa.array(values, _values_type(values))}))
 
     def evaluate(expression):
-        return pa.Table.from_pandas(_run(conn, exp.select(expression.copy().as_("v")).from_("d"))).column(0).combine_chunks()
+        return (
+            pa.Table.from_pandas(_run(conn, exp.select(expression.copy().as_("v")).from_("d")))
+            .column(0)
+            .combine_chunks()
+        )
 
     frozen = freeze_transform(parse_select_list(item), evaluate)
     frozen_sql = ", ".join(i.sql("bigquery") for i in frozen)
@@ -123,9 +150,14 @@ def test_frozen_transform_matches_the_reference_examples(case):
 @pytest.mark.parametrize("case", PLAIN_QUERY)
 def test_plain_queries_match_the_reference_examples(warehouse, case):
     values, item, expected = EXAMPLES[case]
-    warehouse.load_dataframe(pd.DataFrame({"k": range(len(values)), "f": pd.Series(values, dtype="float64")}), "d")
+    warehouse.load_dataframe(
+        pd.DataFrame({"k": range(len(values)), "f": pd.Series(values, dtype="float64")}), "d"
+    )
     sql = f"SELECT k, {item} FROM d ORDER BY k"
-    _same([None if isinstance(v, float) and math.isnan(v) else v for v in warehouse.query(sql)["output"]], expected)
+    _same(
+        [None if isinstance(v, float) and math.isnan(v) else v for v in warehouse.query(sql)["output"]],
+        expected,
+    )
 
 
 def test_bucketize_reference_example(warehouse):
@@ -164,9 +196,15 @@ def test_a_model_with_the_transform_reproduces_the_examples(tmp_path, case):
     """ML.TRANSFORM of a KMEANS model created with the TRANSFORM item gives the example's output."""
     values, item, expected = EXAMPLES[case]
     warehouse = LocalWarehouse.at(tmp_path / "w.duckdb")
-    warehouse.load_dataframe(pd.DataFrame({"k": range(len(values)), "f": pd.Series(values, dtype="float64")}), "d")
-    warehouse.execute(f"CREATE MODEL m TRANSFORM({item}) OPTIONS(model_type='KMEANS', num_clusters=2) AS SELECT f FROM d")
-    out = warehouse.query("SELECT output FROM ML.TRANSFORM(MODEL m, (SELECT k, f FROM d)) ORDER BY k")["output"].tolist()
+    warehouse.load_dataframe(
+        pd.DataFrame({"k": range(len(values)), "f": pd.Series(values, dtype="float64")}), "d"
+    )
+    warehouse.execute(
+        f"CREATE MODEL m TRANSFORM({item}) OPTIONS(model_type='KMEANS', num_clusters=2) AS SELECT f FROM d"
+    )
+    out = warehouse.query("SELECT output FROM ML.TRANSFORM(MODEL m, (SELECT k, f FROM d)) ORDER BY k")[
+        "output"
+    ].tolist()
     _same([None if isinstance(v, float) and math.isnan(v) else v for v in out], expected)
 
 
@@ -177,8 +215,16 @@ def _frame(n=80, seed=1):
     rng = np.random.default_rng(seed)
     x1, x2 = rng.normal(size=n), rng.uniform(1, 10, size=n)
     colour = rng.choice(["red", "green", "blue"], n)
-    y = 1.0 + 2.0 * x1 + 3.0 * np.log(x2) + np.where(colour == "red", 2.0, 0.0) + rng.normal(scale=0.05, size=n)
-    return pd.DataFrame({"id": np.arange(n), "x1": x1, "x2": x2, "colour": colour, "y": y, "split": np.arange(n) % 5 == 0})
+    y = (
+        1.0
+        + 2.0 * x1
+        + 3.0 * np.log(x2)
+        + np.where(colour == "red", 2.0, 0.0)
+        + rng.normal(scale=0.05, size=n)
+    )
+    return pd.DataFrame(
+        {"id": np.arange(n), "x1": x1, "x2": x2, "colour": colour, "y": y, "split": np.arange(n) % 5 == 0}
+    )
 
 
 @pytest.fixture()
@@ -224,7 +270,9 @@ def test_evaluate_and_feature_info_of_a_transform_model(lab):
     # ML.FEATURE_INFO describes the pre-transform columns.
     assert set(lab.query("SELECT input FROM ML.FEATURE_INFO(MODEL tr)")["input"]) >= {"x1", "x2", "colour"}
     stored = lab.bqml_engine().model_metadata("tr")["transform_sql"]
-    assert "LN(x2) AS log_x2" in stored and "CASE colour WHEN 'blue' THEN 1" in stored and "OVER" not in stored
+    assert (
+        "LN(x2) AS log_x2" in stored and "CASE colour WHEN 'blue' THEN 1" in stored and "OVER" not in stored
+    )
 
 
 def test_star_except_and_pass_through_columns(lab):
@@ -235,7 +283,9 @@ def test_star_except_and_pass_through_columns(lab):
     )
     features = {f["name"] for f in lab.bqml_engine().model_metadata("starred")["feature_columns"]}
     assert features == {"x1", "colour", "log_x2"}
-    out = lab.query("SELECT * FROM ML.PREDICT(MODEL starred, (SELECT id, x1, x2, colour FROM t WHERE id < 3))")
+    out = lab.query(
+        "SELECT * FROM ML.PREDICT(MODEL starred, (SELECT id, x1, x2, colour FROM t WHERE id < 3))"
+    )
     assert list(out.columns) == ["predicted_y", "id", "x1", "x2", "colour"] and len(out) == 3
 
 
@@ -248,7 +298,10 @@ def test_star_except_and_pass_through_columns(lab):
         ("x1, y, (SELECT 1) AS one", "subqueries"),
         ("SUM(x1) AS s, y", "aggregate"),
         ("ROW_NUMBER() OVER () AS r, y", "only BigQuery ML analytic functions"),
-        ("ML.ONE_HOT_ENCODER(colour) OVER () AS c, y", "ML.ONE_HOT_ENCODER is not supported in a local TRANSFORM"),
+        (
+            "ML.ONE_HOT_ENCODER(colour) OVER () AS c, y",
+            "ML.ONE_HOT_ENCODER is not supported in a local TRANSFORM",
+        ),
         ("ML.FEATURE_CROSS(STRUCT(colour, colour)) AS c, y", "ML.FEATURE_CROSS"),
         ("ML.STANDARD_SCALER(x1) AS z, y", r"write ML\.STANDARD_SCALER\(\.\.\.\) OVER\(\)"),
         ("ML.STANDARD_SCALER(x1) OVER (PARTITION BY colour) AS z, y", "empty OVER"),

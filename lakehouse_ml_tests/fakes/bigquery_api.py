@@ -75,7 +75,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from lakehouse_ml.backends.warehouse import WarehouseError
+from lakehouse_ml.core.errors import WarehouseError
 from lakehouse_ml.engine.engine import BqmlEngine
 from lakehouse_ml.engine.sql import (
     AlterModel,
@@ -604,14 +604,21 @@ def _bigquery_meaning(stmt: exp.Expression) -> exp.Expression:
         new: exp.Expression | None = None
         if isinstance(node, exp.Extract) and node.this.name.upper() == "DAYOFWEEK":
             iso = exp.Extract(this=exp.var("ISODOW"), expression=node.expression.copy())
-            new = exp.paren(exp.Add(this=exp.Mod(this=iso, expression=exp.Literal.number(7)), expression=exp.Literal.number(1)))
+            new = exp.paren(
+                exp.Add(
+                    this=exp.Mod(this=iso, expression=exp.Literal.number(7)), expression=exp.Literal.number(1)
+                )
+            )
         elif isinstance(node, exp.CountIf):
             new = exp.Coalesce(this=node.copy(), expressions=[exp.Literal.number(0)])
         elif isinstance(node, (exp.DateAdd, exp.DateSub)) and not isinstance(node.parent, exp.Cast):
             new = exp.Cast(this=node.copy(), to=exp.DataType.build("DATE"))
         elif isinstance(node, exp.TimestampDiff):
             unit = (node.unit.name if node.unit else "DAY").upper()
-            new = exp.Anonymous(this="DATE_SUB", expressions=[exp.Literal.string(unit), node.expression.copy(), node.this.copy()])
+            new = exp.Anonymous(
+                this="DATE_SUB",
+                expressions=[exp.Literal.string(unit), node.expression.copy(), node.this.copy()],
+            )
         if new is not None:
             if node is stmt:
                 return new
@@ -963,7 +970,9 @@ class _Engine:
     def bqml_engine(self, project: str, dataset: str) -> BqmlEngine:
         return BqmlEngine(Path(self.models_dir) / project / dataset, dataset=dataset)
 
-    def _session_query(self, project: str, dataset: str, sql: str, tables: dict[str, pa.Table] | None = None) -> pa.Table:
+    def _session_query(
+        self, project: str, dataset: str, sql: str, tables: dict[str, pa.Table] | None = None
+    ) -> pa.Table:
         """A BigQuery ML query on the dataset (the other services' view of a model)."""
         self._exec(f"USE {_q(project)}.{_q(dataset)}")
         registered = []
@@ -973,7 +982,11 @@ class _Engine:
                 registered.append(name)
 
             def run(statement, fetch_arrow: bool):
-                return self._arrow(statement.duckdb_sql) if fetch_arrow else self.con.execute(statement.duckdb_sql)
+                return (
+                    self._arrow(statement.duckdb_sql)
+                    if fetch_arrow
+                    else self.con.execute(statement.duckdb_sql)
+                )
 
             with BqmlSession(self.con, self.bqml_engine(project, dataset), run, {}) as session:
                 return session.run_script(sql)
@@ -1002,7 +1015,9 @@ class _Engine:
             raise BigQueryApiError("invalid", refusal)
         return self.vertex.bqml_version(project, dataset, name)
 
-    def _registry_after(self, project: str, dataset: str, statement: Any, replaced: Any, existed: bool) -> None:
+    def _registry_after(
+        self, project: str, dataset: str, statement: Any, replaced: Any, existed: bool
+    ) -> None:
         """After the statement: the new model registered (MODEL_REGISTRY='VERTEX_AI', or ALTER MODEL
         … SET OPTIONS(vertex_ai_model_id=…)), the replaced or dropped model's version deleted."""
         if self.vertex is None or statement is None:
@@ -1020,8 +1035,13 @@ class _Engine:
             meta = self.bqml_engine(project, dataset).store.load_meta(name)
             aliases = options.get("vertex_ai_model_version_aliases") or []
             self.vertex.register_bqml(
-                project, self._vertex_location(project, dataset), str(register), dataset=dataset, bq_model=name,
-                model_type=meta["model_type"], aliases=list(aliases) if isinstance(statement, CreateModel) else [],
+                project,
+                self._vertex_location(project, dataset),
+                str(register),
+                dataset=dataset,
+                bq_model=name,
+                model_type=meta["model_type"],
+                aliases=list(aliases) if isinstance(statement, CreateModel) else [],
             )
         if replaced is not None and isinstance(statement, (CreateModel, DropModel)):
             self.vertex.delete_registered(*replaced)
@@ -1051,7 +1071,11 @@ class _Engine:
             try:
                 if fetch_arrow:
                     return self._arrow(statement.duckdb_sql, values)
-                return self.con.execute(statement.duckdb_sql, values) if values else self.con.execute(statement.duckdb_sql)
+                return (
+                    self.con.execute(statement.duckdb_sql, values)
+                    if values
+                    else self.con.execute(statement.duckdb_sql)
+                )
             except duckdb.Error as err:
                 raise _invalid_query(_duckdb_error_message(err)) from None
 
@@ -1061,15 +1085,20 @@ class _Engine:
         except WarehouseError as err:
             raise _invalid_query(str(err)) from None
         self._registry_after(project, dataset, statement, replaced, existed)
-        job.statement_type = {CreateModel: "CREATE_MODEL", DropModel: "DROP_MODEL", AlterModel: "ALTER_MODEL"}.get(
-            type(statement), "SELECT"
-        )
+        job.statement_type = {
+            CreateModel: "CREATE_MODEL",
+            DropModel: "DROP_MODEL",
+            AlterModel: "ALTER_MODEL",
+        }.get(type(statement), "SELECT")
         job.result = _normalize_table(result) if result is not None else None
         if destination and job.result is not None:
             cfg = job.configuration["query"]
             self.write_arrow(
-                destination, job.result, write_disposition=cfg.get("writeDisposition") or "WRITE_EMPTY",
-                create_disposition=cfg.get("createDisposition") or "CREATE_IF_NEEDED", partitioning=cfg.get("timePartitioning"),
+                destination,
+                job.result,
+                write_disposition=cfg.get("writeDisposition") or "WRITE_EMPTY",
+                create_disposition=cfg.get("createDisposition") or "CREATE_IF_NEEDED",
+                partitioning=cfg.get("timePartitioning"),
             )
 
     # -- models (what models.get answers, and what the Vertex AI double runs) ---------------------
@@ -1125,9 +1154,13 @@ class _Engine:
     def ml_predict(self, project: str, dataset: str, name: str, instances: pa.Table) -> pa.Table:
         with self.lock:
             table = f"__vertex_instances_{uuid.uuid4().hex}"
-            return self._session_query(project, dataset, f"SELECT * FROM ML.PREDICT(MODEL {name}, TABLE {table})", {table: instances})
+            return self._session_query(
+                project, dataset, f"SELECT * FROM ML.PREDICT(MODEL {name}, TABLE {table})", {table: instances}
+            )
 
-    def kmeans_distances(self, project: str, dataset: str, name: str, instances: pa.Table) -> list[list[float]]:
+    def kmeans_distances(
+        self, project: str, dataset: str, name: str, instances: pa.Table
+    ) -> list[list[float]]:
         """Every centroid's distance from each row, in centroid-id order. ML.PREDICT's
         NEAREST_CENTROIDS_DISTANCE holds the nearest min(num_clusters, 5): for up to five clusters
         that is every centroid, reordered here by id; beyond five the local engine's distances
@@ -1139,14 +1172,24 @@ class _Engine:
             k = int(meta["options"]["num_clusters"])
             table = f"__vertex_instances_{uuid.uuid4().hex}"
             if k <= 5:
-                rows = self._session_query(project, dataset, f"SELECT * FROM ML.PREDICT(MODEL {name}, TABLE {table})", {table: instances})
+                rows = self._session_query(
+                    project,
+                    dataset,
+                    f"SELECT * FROM ML.PREDICT(MODEL {name}, TABLE {table})",
+                    {table: instances},
+                )
                 return [
                     [d["DISTANCE"] for d in sorted(near, key=lambda d: d["CENTROID_ID"])]
                     for near in rows.column("NEAREST_CENTROIDS_DISTANCE").to_pylist()
                 ]
             rows = instances
             if meta.get("transform_sql"):
-                rows = self._session_query(project, dataset, f"SELECT * FROM ML.TRANSFORM(MODEL {name}, TABLE {table})", {table: instances})
+                rows = self._session_query(
+                    project,
+                    dataset,
+                    f"SELECT * FROM ML.TRANSFORM(MODEL {name}, TABLE {table})",
+                    {table: instances},
+                )
             return engine.centroid_distances(name, rows.to_pandas()).tolist()
 
     def _run_script(
@@ -1607,7 +1650,9 @@ class FakeBigQueryApi:
 
     def create_dataset(self, project: str, dataset: str, location: str | None = None) -> dict[str, Any]:
         """Create a dataset directly (not through the API); its resource."""
-        return self._engine.create_dataset(project, dataset, {"location": location} if location else {}, self.url)
+        return self._engine.create_dataset(
+            project, dataset, {"location": location} if location else {}, self.url
+        )
 
     def append_rows(
         self, project: str, dataset: str, table: str, rows: list[dict[str, Any]], schema: list[dict[str, Any]]
@@ -1624,7 +1669,11 @@ class FakeBigQueryApi:
                 self._engine.create_table(project, dataset, body, self.url)
             destination = {"projectId": project, "datasetId": dataset, "tableId": table}
             self._engine.write_arrow(
-                destination, data, write_disposition="WRITE_APPEND", create_disposition="CREATE_NEVER", partitioning=None
+                destination,
+                data,
+                write_disposition="WRITE_APPEND",
+                create_disposition="CREATE_NEVER",
+                partitioning=None,
             )
 
     def job(self, project: str, job_id: str) -> dict[str, Any]:
@@ -1647,7 +1696,9 @@ class FakeBigQueryApi:
     def ml_predict(self, project: str, dataset: str, model: str, instances: pa.Table) -> pa.Table:
         return self._engine.ml_predict(project, dataset, model, instances)
 
-    def kmeans_distances(self, project: str, dataset: str, model: str, instances: pa.Table) -> list[list[float]]:
+    def kmeans_distances(
+        self, project: str, dataset: str, model: str, instances: pa.Table
+    ) -> list[list[float]]:
         return self._engine.kmeans_distances(project, dataset, model, instances)
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -1743,7 +1794,9 @@ class FakeBigQueryApi:
         async def wrapper(self: "FakeBigQueryApi", request: Request) -> Response:
             recorded, body = await self._record(request)
             if self._engine.vertex is not None:  # log rows whose delay has passed land first
-                await asyncio.get_running_loop().run_in_executor(self._executor, self._engine.vertex.deliver_logs)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._engine.vertex.deliver_logs
+                )
             try:
                 # Blocking work (DuckDB, under the engine lock) runs on the double's own pool, which
                 # stop() shuts down, so no worker thread outlives the server.
@@ -1980,13 +2033,17 @@ class FakeBigQueryApi:
             models = [self._engine.model_resource(pp["project"], pp["dataset"], n) for n in names]
         # models.list answers each model's reference, type, times and labels (not its columns).
         keep = ("modelReference", "modelType", "creationTime", "lastModifiedTime", "location")
-        return self._answer(recorded, {"models": [{k: m[k] for k in keep if k in m} for m in models]} if models else {})
+        return self._answer(
+            recorded, {"models": [{k: m[k] for k in keep if k in m} for m in models]} if models else {}
+        )
 
     @_handler
     def _models_get(self, request: Request, recorded: RecordedRequest, body: bytes) -> Response:
         pp = request.path_params
         with self._engine.lock:
-            return self._answer(recorded, self._engine.model_resource(pp["project"], pp["dataset"], pp["model"]))
+            return self._answer(
+                recorded, self._engine.model_resource(pp["project"], pp["dataset"], pp["model"])
+            )
 
     @_handler
     def _models_delete(self, request: Request, recorded: RecordedRequest, body: bytes) -> Response:

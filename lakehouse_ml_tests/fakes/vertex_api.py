@@ -265,7 +265,9 @@ class FakeVertexApi:
         self._pending_logs: list[tuple[float, tuple[str, str, str], dict[str, Any]]] = []
         self._undeploying: dict[tuple[tuple[str, str, str], str], int] = {}
         self._failures: list[tuple[str | None, str]] = []
-        self._served: list[tuple[dt.datetime, str, str, int]] = []  # time, endpoint id, deployed model, predictions
+        self._served: list[
+            tuple[dt.datetime, str, str, int]
+        ] = []  # time, endpoint id, deployed model, predictions
         self.clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
         self.logging_errors: list[str] = []
         self._request_ids = itertools.count(7_000_000_000_000_000_001)
@@ -341,8 +343,16 @@ class FakeVertexApi:
         ]
 
     def _register(
-        self, project: str, location: str, model_id: str, *, model_type: str, aliases, display_name: str | None,
-        labels: dict[str, str] | None, bq_model: tuple[str, str, str] | None,
+        self,
+        project: str,
+        location: str,
+        model_id: str,
+        *,
+        model_type: str,
+        aliases,
+        display_name: str | None,
+        labels: dict[str, str] | None,
+        bq_model: tuple[str, str, str] | None,
     ) -> str:
         """A new version as BigQuery ML's CREATE MODEL with ``MODEL_REGISTRY='VERTEX_AI'`` makes it
         (version 1 of a new id also gets ``default``; the given aliases move to it)."""
@@ -394,12 +404,22 @@ class FakeVertexApi:
         BigQuery's ``models.get`` route by this double."""
         with self.lock:
             version_id = self._register(
-                project, location, model_id, model_type=model_type, aliases=aliases, display_name=display_name,
-                labels=labels, bq_model=None,
+                project,
+                location,
+                model_id,
+                model_type=model_type,
+                aliases=aliases,
+                display_name=display_name,
+                labels=labels,
+                bq_model=None,
             )
             bq_key = (project, dataset, bq_model or model_id)
             self._bq_models[bq_key] = {
-                "modelReference": {"projectId": project, "datasetId": dataset, "modelId": bq_model or model_id},
+                "modelReference": {
+                    "projectId": project,
+                    "datasetId": dataset,
+                    "modelId": bq_model or model_id,
+                },
                 "modelType": model_type.upper(),
                 "location": location,
                 "trainingRuns": [
@@ -415,13 +435,27 @@ class FakeVertexApi:
 
     # -- what the BigQuery double calls when BigQuery ML registers, replaces or drops a model --------
     def register_bqml(
-        self, project: str, location: str, model_id: str, *, dataset: str, bq_model: str, model_type: str,
-        aliases=(), labels: dict[str, str] | None = None,
+        self,
+        project: str,
+        location: str,
+        model_id: str,
+        *,
+        dataset: str,
+        bq_model: str,
+        model_type: str,
+        aliases=(),
+        labels: dict[str, str] | None = None,
     ) -> str:
         with self.lock:
             return self._register(
-                project, location, model_id, model_type=model_type, aliases=aliases, display_name=model_id,
-                labels=labels, bq_model=(project, dataset, bq_model),
+                project,
+                location,
+                model_id,
+                model_type=model_type,
+                aliases=aliases,
+                display_name=model_id,
+                labels=labels,
+                bq_model=(project, dataset, bq_model),
             )
 
     def bqml_version(self, project: str, dataset: str, bq_model: str) -> tuple[_Model, _Version] | None:
@@ -562,7 +596,7 @@ class FakeVertexApi:
         if model is None:
             raise VertexApiError(
                 "NOT_FOUND",
-                f'Model projects/{project}/locations/{location}/models/{model_id} not found.',
+                f"Model projects/{project}/locations/{location}/models/{model_id} not found.",
             )
         return model
 
@@ -593,7 +627,9 @@ class FakeVertexApi:
         if ep.labels:
             body["labels"] = dict(ep.labels)
         if ep.deployed:
-            body["deployedModels"] = [{k: v for k, v in dm.items() if not k.startswith("_")} for dm in ep.deployed]
+            body["deployedModels"] = [
+                {k: v for k, v in dm.items() if not k.startswith("_")} for dm in ep.deployed
+            ]
         if ep.traffic_split:
             body["trafficSplit"] = dict(ep.traffic_split)
         if ep.logging is not None:
@@ -607,7 +643,8 @@ class FakeVertexApi:
             ep = matches[0] if matches else None
         if ep is None:
             raise VertexApiError(
-                "NOT_FOUND", f"Endpoint projects/{project}/locations/{location}/endpoints/{endpoint_id} not found."
+                "NOT_FOUND",
+                f"Endpoint projects/{project}/locations/{location}/endpoints/{endpoint_id} not found.",
             )
         return ep
 
@@ -665,7 +702,12 @@ class FakeVertexApi:
             failure = next((f for f in self._failures if f[0] is None or re.search(f[0], path)), None)
             if failure is not None:
                 self._failures.remove(failure)
-                err = VertexApiError(failure[1], "Quota exceeded: retry after a few seconds." if failure[1] == "RESOURCE_EXHAUSTED" else "The service is currently unavailable.")
+                err = VertexApiError(
+                    failure[1],
+                    "Quota exceeded: retry after a few seconds."
+                    if failure[1] == "RESOURCE_EXHAUSTED"
+                    else "The service is currently unavailable.",
+                )
                 return err.http_code, err.body()
             try:
                 return 200, self._dispatch(method, path, query, body)
@@ -688,7 +730,7 @@ class FakeVertexApi:
             return self._get_operation(m[1])
         if not path.startswith("/v1/"):
             raise VertexApiError("NOT_FOUND", f"The test double has no route {method} {path}.")
-        rest = path[len("/v1/"):]
+        rest = path[len("/v1/") :]
         routes: list[tuple[str, str, Callable[..., Any]]] = [
             ("GET", _LOC + r"/models", self._models_list),
             ("GET", _MODEL + r":listVersions", self._models_list_versions),
@@ -726,16 +768,26 @@ class FakeVertexApi:
 
     def _models_list(self, project, location, query, body):
         if query.get("filter"):
-            raise VertexApiError("INVALID_ARGUMENT", "The test double supports models.list without a filter only.")
+            raise VertexApiError(
+                "INVALID_ARGUMENT", "The test double supports models.list without a filter only."
+            )
         models = sorted(
-            (m for (p, l, _), m in self._models.items() if project in (p, self.project_number) and l == location),
+            (
+                m
+                for (p, l, _), m in self._models.items()
+                if project in (p, self.project_number) and l == location
+            ),
             key=lambda m: m.model_id,
         )
-        return self._page([self._version_json(m, self._find_version(m, "default")) for m in models], "models", query)
+        return self._page(
+            [self._version_json(m, self._find_version(m, "default")) for m in models], "models", query
+        )
 
     def _models_list_versions(self, project, location, model, version, query, body):
         found = self._find_model(project, location, model)
-        items = [self._version_json(found, v) for _, v in sorted(found.versions.items(), key=lambda kv: int(kv[0]))]
+        items = [
+            self._version_json(found, v) for _, v in sorted(found.versions.items(), key=lambda kv: int(kv[0]))
+        ]
         return self._page(items, "models", query)
 
     def _models_merge_aliases(self, project, location, model, version, query, body):
@@ -809,7 +861,10 @@ class FakeVertexApi:
             return {}
 
         return self._start_operation(
-            self._model_name(found), "DeleteOperationMetadata", "type.googleapis.com/google.protobuf.Empty", complete
+            self._model_name(found),
+            "DeleteOperationMetadata",
+            "type.googleapis.com/google.protobuf.Empty",
+            complete,
         )
 
     def _models_delete(self, project, location, model, version, query, body):
@@ -830,7 +885,10 @@ class FakeVertexApi:
             return {}
 
         return self._start_operation(
-            self._model_name(found), "DeleteOperationMetadata", "type.googleapis.com/google.protobuf.Empty", complete
+            self._model_name(found),
+            "DeleteOperationMetadata",
+            "type.googleapis.com/google.protobuf.Empty",
+            complete,
         )
 
     # -- endpoints -------------------------------------------------------------------------------
@@ -864,39 +922,57 @@ class FakeVertexApi:
 
     def _endpoints_list(self, project, location, query, body):
         items = [
-            e for (p, l, _), e in sorted(self._endpoints.items()) if project in (p, self.project_number) and l == location
+            e
+            for (p, l, _), e in sorted(self._endpoints.items())
+            if project in (p, self.project_number) and l == location
         ]
         flt = (query.get("filter") or "").strip()
         if flt:
-            m = re.fullmatch(r'display_name\s*=\s*"([^"]*)"', flt) or re.fullmatch(r"display_name\s*=\s*(\S+)", flt)
+            m = re.fullmatch(r'display_name\s*=\s*"([^"]*)"', flt) or re.fullmatch(
+                r"display_name\s*=\s*(\S+)", flt
+            )
             if m is None:
-                raise VertexApiError("INVALID_ARGUMENT", f"The test double supports only display_name=\"…\" filters; got {flt!r}.")
+                raise VertexApiError(
+                    "INVALID_ARGUMENT",
+                    f'The test double supports only display_name="…" filters; got {flt!r}.',
+                )
             items = [e for e in items if e.display_name == m[1]]
         return self._page([self._endpoint_json(e) for e in items], "endpoints", query)
 
     def _endpoints_delete(self, project, location, endpoint, query, body):
         ep = self._find_endpoint(project, location, endpoint)
         if ep.deployed:
-            raise VertexApiError("FAILED_PRECONDITION", "The endpoint has deployed models; undeploy them first.")
+            raise VertexApiError(
+                "FAILED_PRECONDITION", "The endpoint has deployed models; undeploy them first."
+            )
 
         def complete() -> dict[str, Any]:
             self._endpoints.pop((ep.project, ep.location, ep.endpoint_id), None)
             return {}
 
         return self._start_operation(
-            self._endpoint_name(ep), "DeleteOperationMetadata", "type.googleapis.com/google.protobuf.Empty", complete
+            self._endpoint_name(ep),
+            "DeleteOperationMetadata",
+            "type.googleapis.com/google.protobuf.Empty",
+            complete,
         )
 
     @staticmethod
     def _check_split(split: Any, deployed: set[str], what: str) -> dict[str, int]:
         if not isinstance(split, dict):
-            raise VertexApiError("INVALID_ARGUMENT", f"{what} must be a map of deployed model id to percentage.")
+            raise VertexApiError(
+                "INVALID_ARGUMENT", f"{what} must be a map of deployed model id to percentage."
+            )
         out: dict[str, int] = {}
         for k, v in split.items():
             if k not in deployed:
-                raise VertexApiError("INVALID_ARGUMENT", f"{what} refers to DeployedModel {k}, which is not deployed.")
+                raise VertexApiError(
+                    "INVALID_ARGUMENT", f"{what} refers to DeployedModel {k}, which is not deployed."
+                )
             if not isinstance(v, int) or not 0 <= v <= 100:
-                raise VertexApiError("INVALID_ARGUMENT", f"{what}[{k}] must be an integer between 0 and 100; got {v!r}.")
+                raise VertexApiError(
+                    "INVALID_ARGUMENT", f"{what}[{k}] must be an integer between 0 and 100; got {v!r}."
+                )
             out[k] = v
         if deployed and sum(out.values()) != 100:
             raise VertexApiError(
@@ -914,8 +990,15 @@ class FakeVertexApi:
         if not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
             raise VertexApiError("INVALID_ARGUMENT", f"samplingRate must be in [0, 1]; got {rate!r}.")
         uri = (config.get("bigqueryDestination") or {}).get("outputUri", "")
-        if config.get("enabled") and uri and not re.fullmatch(r"bq://[a-z][a-z0-9-]{4,28}[a-z0-9](\.\w+){0,2}", uri):
-            raise VertexApiError("INVALID_ARGUMENT", f"bigqueryDestination.outputUri must be bq://project[.dataset[.table]]; got {uri!r}.")
+        if (
+            config.get("enabled")
+            and uri
+            and not re.fullmatch(r"bq://[a-z][a-z0-9-]{4,28}[a-z0-9](\.\w+){0,2}", uri)
+        ):
+            raise VertexApiError(
+                "INVALID_ARGUMENT",
+                f"bigqueryDestination.outputUri must be bq://project[.dataset[.table]]; got {uri!r}.",
+            )
         return json.loads(json.dumps(config))
 
     def _endpoints_patch(self, project, location, endpoint, query, body):
@@ -940,7 +1023,9 @@ class FakeVertexApi:
             elif field in ("displayName", "description", "labels"):
                 changes[field] = body.get(field)
             else:
-                raise VertexApiError("INVALID_ARGUMENT", f"updateMask path {path!r} is not supported by endpoints.patch.")
+                raise VertexApiError(
+                    "INVALID_ARGUMENT", f"updateMask path {path!r} is not supported by endpoints.patch."
+                )
         if "trafficSplit" in changes:
             ep.traffic_split = {k: v for k, v in changes["trafficSplit"].items() if v}
         if "predictRequestResponseLoggingConfig" in changes:
@@ -963,10 +1048,14 @@ class FakeVertexApi:
             raise VertexApiError("INVALID_ARGUMENT", "deployedModel.model is required.")
         m = re.fullmatch(_MODEL, spec["model"])
         if m is None:
-            raise VertexApiError("INVALID_ARGUMENT", f"deployedModel.model {spec['model']!r} is not a model resource name.")
+            raise VertexApiError(
+                "INVALID_ARGUMENT", f"deployedModel.model {spec['model']!r} is not a model resource name."
+            )
         model = self._find_model(m["project"], m["location"], m["model"])
         if m["location"] != location:
-            raise VertexApiError("INVALID_ARGUMENT", "The model and the endpoint must be in the same location.")
+            raise VertexApiError(
+                "INVALID_ARGUMENT", "The model and the endpoint must be in the same location."
+            )
         version = self._find_version(model, m["version"])
         if not version.deployable:
             raise VertexApiError(
@@ -977,11 +1066,14 @@ class FakeVertexApi:
         resources = spec.get("dedicatedResources")
         if not isinstance(resources, dict):
             raise VertexApiError(
-                "INVALID_ARGUMENT", "deployedModel.dedicatedResources is required: the model supports DEDICATED_RESOURCES only."
+                "INVALID_ARGUMENT",
+                "deployedModel.dedicatedResources is required: the model supports DEDICATED_RESOURCES only.",
             )
         machine = (resources.get("machineSpec") or {}).get("machineType")
         if not machine:
-            raise VertexApiError("INVALID_ARGUMENT", "dedicatedResources.machineSpec.machineType is required.")
+            raise VertexApiError(
+                "INVALID_ARGUMENT", "dedicatedResources.machineSpec.machineType is required."
+            )
         min_replicas = resources.get("minReplicaCount", 0)
         if not isinstance(min_replicas, int) or min_replicas < 1:
             raise VertexApiError("INVALID_ARGUMENT", "dedicatedResources.minReplicaCount must be at least 1.")
@@ -1009,7 +1101,9 @@ class FakeVertexApi:
 
         def complete() -> dict[str, Any]:
             if model.versions.get(version.version_id) is not version:
-                raise VertexApiError("NOT_FOUND", "The model version was deleted while it was being deployed.")
+                raise VertexApiError(
+                    "NOT_FOUND", "The model version was deleted while it was being deployed."
+                )
             ep.deployed.append(deployed)
             if new_split is not None:
                 ep.traffic_split = {k: v for k, v in new_split.items() if v}
@@ -1018,13 +1112,17 @@ class FakeVertexApi:
             ep.update_time = _now()
             return {"deployedModel": {k: v for k, v in deployed.items() if not k.startswith("_")}}
 
-        return self._start_operation(self._endpoint_name(ep), "DeployModelOperationMetadata", _TYPE + "DeployModelResponse", complete)
+        return self._start_operation(
+            self._endpoint_name(ep), "DeployModelOperationMetadata", _TYPE + "DeployModelResponse", complete
+        )
 
     def _endpoints_undeploy(self, project, location, endpoint, query, body):
         ep = self._find_endpoint(project, location, endpoint)
         dm_id = body.get("deployedModelId")
         if dm_id not in {d["id"] for d in ep.deployed}:
-            raise VertexApiError("NOT_FOUND", f"DeployedModel {dm_id} not found on endpoint {self._endpoint_name(ep)}.")
+            raise VertexApiError(
+                "NOT_FOUND", f"DeployedModel {dm_id} not found on endpoint {self._endpoint_name(ep)}."
+            )
         remaining = {d["id"] for d in ep.deployed} - {dm_id}
         split_in = body.get("trafficSplit")
         if split_in:
@@ -1051,7 +1149,10 @@ class FakeVertexApi:
             return {}
 
         return self._start_operation(
-            self._endpoint_name(ep), "UndeployModelOperationMetadata", _TYPE + "UndeployModelResponse", complete
+            self._endpoint_name(ep),
+            "UndeployModelOperationMetadata",
+            _TYPE + "UndeployModelResponse",
+            complete,
         )
 
     def _endpoints_predict(self, project, location, endpoint, query, body):
@@ -1065,7 +1166,8 @@ class FakeVertexApi:
         live = {k: v for k, v in ep.traffic_split.items() if v > 0}
         if not live:
             raise VertexApiError(
-                "FAILED_PRECONDITION", f"Endpoint {self._endpoint_name(ep)} has no deployed model taking traffic."
+                "FAILED_PRECONDITION",
+                f"Endpoint {self._endpoint_name(ep)} has no deployed model taking traffic.",
             )
         # Smooth weighted round robin: deterministic and exact over a full cycle.
         for k, v in live.items():
@@ -1079,7 +1181,8 @@ class FakeVertexApi:
             raise VertexApiError("INTERNAL", "The deployed model version no longer exists.")
         if version.bq_model is None or self.bigquery is None:
             raise VertexApiError(
-                "INTERNAL", "This version was seeded without a BigQuery ML model: the test double cannot predict with it."
+                "INTERNAL",
+                "This version was seeded without a BigQuery ML model: the test double cannot predict with it.",
             )
         answer = {
             "deployedModelId": chosen,
@@ -1089,7 +1192,9 @@ class FakeVertexApi:
         }
         return _Deferred(lambda: self._predict_with(ep, chosen, version.bq_model, instances, answer))
 
-    def _predict_with(self, ep: _Endpoint, chosen: str, bq_model: tuple[str, str, str], instances: list, answer: dict) -> dict:
+    def _predict_with(
+        self, ep: _Endpoint, chosen: str, bq_model: tuple[str, str, str], instances: list, answer: dict
+    ) -> dict:
         resource = self.bigquery.model_resource(*bq_model)
         features = [(f["name"], f["type"]["typeKind"]) for f in resource["featureColumns"]]
         transform = bool(resource.get("transformColumns"))
@@ -1111,13 +1216,17 @@ class FakeVertexApi:
         the endpoint served, and uses it with a margin either way)."""
         text = query.get("filter", "")
         if "aiplatform.googleapis.com/prediction/online/prediction_count" not in text:
-            raise VertexApiError("INVALID_ARGUMENT", f"The test double serves the prediction count metric only; got {text!r}.")
+            raise VertexApiError(
+                "INVALID_ARGUMENT", f"The test double serves the prediction count metric only; got {text!r}."
+            )
         wanted = re.search(r'resource\.labels\.endpoint_id\s*=\s*"([^"]+)"', text)
         try:
             lo = dt.datetime.fromisoformat(query["interval.startTime"].replace("Z", "+00:00"))
             hi = dt.datetime.fromisoformat(query["interval.endTime"].replace("Z", "+00:00"))
         except (KeyError, ValueError):
-            raise VertexApiError("INVALID_ARGUMENT", "interval.startTime and interval.endTime are required RFC 3339 times.") from None
+            raise VertexApiError(
+                "INVALID_ARGUMENT", "interval.startTime and interval.endTime are required RFC 3339 times."
+            ) from None
         series: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for when, endpoint_id, deployed_model_id, count in self._served:
             if (wanted is None or wanted[1] == endpoint_id) and lo <= when < hi:
@@ -1132,7 +1241,10 @@ class FakeVertexApi:
                         "type": "aiplatform.googleapis.com/prediction/online/prediction_count",
                         "labels": {"deployed_model_id": deployed_model_id},
                     },
-                    "resource": {"type": "aiplatform.googleapis.com/Endpoint", "labels": {"endpoint_id": endpoint_id}},
+                    "resource": {
+                        "type": "aiplatform.googleapis.com/Endpoint",
+                        "labels": {"endpoint_id": endpoint_id},
+                    },
                     "metricKind": "DELTA",
                     "valueType": "INT64",
                     "points": points,
@@ -1165,7 +1277,9 @@ class FakeVertexApi:
             "request_payload": [json.dumps(instance) for instance in instances],
             "response_payload": [json.dumps(prediction) for prediction in predictions],
         }
-        self._pending_logs.append((time.monotonic() + self.log_delay_s, (m[1], dataset, m[3] or "request_response_logging"), row))
+        self._pending_logs.append(
+            (time.monotonic() + self.log_delay_s, (m[1], dataset, m[3] or "request_response_logging"), row)
+        )
 
 
 @dataclasses.dataclass
@@ -1196,7 +1310,10 @@ def _instance_row(i: int, instance: Any, features: list[tuple[str, str]], transf
     the wrong JSON type is refused, feature names match case-insensitively as BigQuery's columns
     do. The error wording is this double's."""
     if not isinstance(instance, dict):
-        raise VertexApiError("INVALID_ARGUMENT", f"instances[{i}] must be a JSON object keyed by feature name; got {instance!r}.")
+        raise VertexApiError(
+            "INVALID_ARGUMENT",
+            f"instances[{i}] must be a JSON object keyed by feature name; got {instance!r}.",
+        )
     given = {str(k).lower(): v for k, v in instance.items()}
     names = {name.lower(): name for name, _ in features}
     extra = sorted(set(given) - set(names))
@@ -1210,11 +1327,16 @@ def _instance_row(i: int, instance: Any, features: list[tuple[str, str]], transf
     for name, kind in features:
         value = given[name.lower()]
         if value is None and transform:
-            raise VertexApiError("INVALID_ARGUMENT", f"instances[{i}].{name}: null is not a value of type {kind}.")
+            raise VertexApiError(
+                "INVALID_ARGUMENT", f"instances[{i}].{name}: null is not a value of type {kind}."
+            )
         if transform and value is not None and kind != "BOOL":
-            if (kind in _NUMBER_KINDS and not isinstance(value, bool) and isinstance(value, (int, float)) and value == 123456789.0e10) or (
-                kind not in _NUMBER_KINDS and value in _MISSING
-            ):
+            if (
+                kind in _NUMBER_KINDS
+                and not isinstance(value, bool)
+                and isinstance(value, (int, float))
+                and value == 123456789.0e10
+            ) or (kind not in _NUMBER_KINDS and value in _MISSING):
                 value = None
         if value is not None:
             if kind in _NUMBER_KINDS:
@@ -1224,7 +1346,10 @@ def _instance_row(i: int, instance: Any, features: list[tuple[str, str]], transf
             else:
                 ok = isinstance(value, str)
             if not ok:
-                raise VertexApiError("INVALID_ARGUMENT", f"instances[{i}].{name}: {json.dumps(value)} is not a value of type {kind}.")
+                raise VertexApiError(
+                    "INVALID_ARGUMENT",
+                    f"instances[{i}].{name}: {json.dumps(value)} is not a value of type {kind}.",
+                )
         row[name] = value
     return row
 
@@ -1236,18 +1361,32 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
-def _export_predictions(bigquery: Any, bq_model: tuple[str, str, str], resource: dict, features: list, rows: list[dict]) -> list[dict]:
+def _export_predictions(
+    bigquery: Any, bq_model: tuple[str, str, str], resource: dict, features: list, rows: list[dict]
+) -> list[dict]:
     import pyarrow as pa
 
-    arrow = {"BOOL": pa.bool_(), "INT64": pa.float64(), "FLOAT64": pa.float64(), "NUMERIC": pa.float64(), "BIGNUMERIC": pa.float64()}
-    table = pa.table({name: pa.array([r[name] for r in rows], arrow.get(kind, pa.string())) for name, kind in features})
+    arrow = {
+        "BOOL": pa.bool_(),
+        "INT64": pa.float64(),
+        "FLOAT64": pa.float64(),
+        "NUMERIC": pa.float64(),
+        "BIGNUMERIC": pa.float64(),
+    }
+    table = pa.table(
+        {name: pa.array([r[name] for r in rows], arrow.get(kind, pa.string())) for name, kind in features}
+    )
     model_type = resource["modelType"]
     if model_type == "KMEANS":
         out = []
         for distances in bigquery.kmeans_distances(*bq_model, table):
             nearest = min(range(len(distances)), key=distances.__getitem__) + 1
             out.append(
-                {"nearest_centroid_id": [nearest], "centroid_ids": list(range(1, len(distances) + 1)), "centroid_distances": list(distances)}
+                {
+                    "nearest_centroid_id": [nearest],
+                    "centroid_ids": list(range(1, len(distances) + 1)),
+                    "centroid_distances": list(distances),
+                }
             )
         return out
     label = resource["labelColumns"][0]["name"]
@@ -1283,7 +1422,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             try:
                 payload = json.loads(raw)
             except ValueError:
-                status, answer = 400, VertexApiError("INVALID_ARGUMENT", "Invalid JSON payload received.").body()
+                status, answer = (
+                    400,
+                    VertexApiError("INVALID_ARGUMENT", "Invalid JSON payload received.").body(),
+                )
                 recorded.json = raw.decode("utf-8", "replace")
                 self._answer(recorded, status, answer)
                 return

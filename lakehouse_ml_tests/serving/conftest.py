@@ -33,7 +33,12 @@ def training_frame(n: int = 400, seed: int = 3) -> pd.DataFrame:
 def instances(frame: pd.DataFrame) -> list[dict]:
     rows = []
     for rec in frame[["x1", "x2", "channel", "member"]].to_dict("records"):
-        rows.append({k: (None if (isinstance(v, float) and np.isnan(v)) else (bool(v) if k == "member" else v)) for k, v in rec.items()})
+        rows.append(
+            {
+                k: (None if (isinstance(v, float) and np.isnan(v)) else (bool(v) if k == "member" else v))
+                for k, v in rec.items()
+            }
+        )
     return rows
 
 
@@ -44,8 +49,12 @@ def trained(tmp_path_factory):
     engine = BqmlEngine(root)
     frame = training_frame()
     engine.create_model("churn", {"model_type": "LOGISTIC_REG", "input_label_cols": ["churned"]}, frame)
-    engine.create_model("churn2", {"model_type": "LOGISTIC_REG", "input_label_cols": ["churned"], "l2_reg": 5.0}, frame)
-    engine.create_model("segments", {"model_type": "KMEANS", "num_clusters": 4}, frame.drop(columns=["churned"]))
+    engine.create_model(
+        "churn2", {"model_type": "LOGISTIC_REG", "input_label_cols": ["churned"], "l2_reg": 5.0}, frame
+    )
+    engine.create_model(
+        "segments", {"model_type": "KMEANS", "num_clusters": 4}, frame.drop(columns=["churned"])
+    )
     return engine, root, frame
 
 
@@ -66,7 +75,9 @@ def endpoints(home):
 @pytest.fixture
 def running(endpoints, home):
     """A server for ``endpoints`` in a background process; always stopped."""
-    process = server.start_background(home, endpoints.host, endpoints.port, endpoints.token, extra_args=["--log-flush-seconds", "0.2"])
+    process = server.start_background(
+        home, endpoints.host, endpoints.port, endpoints.token, extra_args=["--log-flush-seconds", "0.2"]
+    )
     try:
         yield endpoints
     finally:

@@ -8,8 +8,8 @@ import json
 import pytest
 from starlette.testclient import TestClient
 
-from lakehouse_ml.backends.endpoints import EndpointError
 from lakehouse_ml.backends.local_endpoints import LocalEndpoints
+from lakehouse_ml.core.errors import EndpointError
 from lakehouse_ml.serving.app import MAX_INSTANCES, MAX_PAYLOAD_BYTES, ServingApp
 from lakehouse_ml_tests.serving.conftest import artifact, instances
 
@@ -42,15 +42,27 @@ def test_good_request(client):
 
 
 def test_malformed_json(client):
-    _error(client.post(URL.format("churn"), content=b'{"instances": [{"x1": 1,'), 400, "INVALID_ARGUMENT", "invalid json")
+    _error(
+        client.post(URL.format("churn"), content=b'{"instances": [{"x1": 1,'),
+        400,
+        "INVALID_ARGUMENT",
+        "invalid json",
+    )
 
 
 def test_nan_literal_is_malformed_json(client):
-    _error(client.post(URL.format("churn"), content=b'{"instances": [{"x1": NaN}]}'), 400, "INVALID_ARGUMENT", "json")
+    _error(
+        client.post(URL.format("churn"), content=b'{"instances": [{"x1": NaN}]}'),
+        400,
+        "INVALID_ARGUMENT",
+        "json",
+    )
 
 
 def test_missing_instances(client):
-    _error(client.post(URL.format("churn"), json={"rows": client.good}), 400, "INVALID_ARGUMENT", '"instances"')
+    _error(
+        client.post(URL.format("churn"), json={"rows": client.good}), 400, "INVALID_ARGUMENT", '"instances"'
+    )
 
 
 def test_instances_not_a_list(client):
@@ -60,26 +72,51 @@ def test_instances_not_a_list(client):
 def test_missing_feature(client):
     inst = dict(client.good[0])
     del inst["x2"]
-    _error(client.post(URL.format("churn"), json={"instances": [inst]}), 400, "INVALID_ARGUMENT", "missing", "x2")
+    _error(
+        client.post(URL.format("churn"), json={"instances": [inst]}), 400, "INVALID_ARGUMENT", "missing", "x2"
+    )
 
 
 def test_extra_feature(client):
     inst = {**client.good[0], "shoe_size": 44}
-    _error(client.post(URL.format("churn"), json={"instances": [inst]}), 400, "INVALID_ARGUMENT", "unknown", "shoe_size")
+    _error(
+        client.post(URL.format("churn"), json={"instances": [inst]}),
+        400,
+        "INVALID_ARGUMENT",
+        "unknown",
+        "shoe_size",
+    )
 
 
 def test_wrong_type_numeric(client):
     inst = {**client.good[0], "x1": "high"}
-    _error(client.post(URL.format("churn"), json={"instances": [inst]}), 400, "INVALID_ARGUMENT", "instances[0].x1", "number")
+    _error(
+        client.post(URL.format("churn"), json={"instances": [inst]}),
+        400,
+        "INVALID_ARGUMENT",
+        "instances[0].x1",
+        "number",
+    )
 
 
 def test_wrong_type_categorical(client):
     inst = {**client.good[0], "channel": 3}
-    _error(client.post(URL.format("churn"), json={"instances": [client.good[1], inst]}), 400, "INVALID_ARGUMENT", "instances[1].channel", "string")
+    _error(
+        client.post(URL.format("churn"), json={"instances": [client.good[1], inst]}),
+        400,
+        "INVALID_ARGUMENT",
+        "instances[1].channel",
+        "string",
+    )
 
 
 def test_instance_not_an_object(client):
-    _error(client.post(URL.format("churn"), json={"instances": [[1, 2, "web", True]]}), 400, "INVALID_ARGUMENT", "object")
+    _error(
+        client.post(URL.format("churn"), json={"instances": [[1, 2, "web", True]]}),
+        400,
+        "INVALID_ARGUMENT",
+        "object",
+    )
 
 
 def test_too_many_instances(client):
@@ -94,15 +131,31 @@ def test_payload_over_limit(client):
 
 
 def test_unknown_endpoint(client):
-    _error(client.post(URL.format("nope"), json={"instances": client.good}), 404, "NOT_FOUND", "nope", "not found")
+    _error(
+        client.post(URL.format("nope"), json={"instances": client.good}),
+        404,
+        "NOT_FOUND",
+        "nope",
+        "not found",
+    )
 
 
 def test_endpoint_with_nothing_deployed(client):
-    _error(client.post(URL.format("empty"), json={"instances": client.good}), 400, "FAILED_PRECONDITION", "no deployed model")
+    _error(
+        client.post(URL.format("empty"), json={"instances": client.good}),
+        400,
+        "FAILED_PRECONDITION",
+        "no deployed model",
+    )
 
 
 def test_bad_parameters(client):
-    _error(client.post(URL.format("churn"), json={"instances": client.good, "parameters": {"threshold": 7}}), 400, "INVALID_ARGUMENT", "threshold")
+    _error(
+        client.post(URL.format("churn"), json={"instances": client.good, "parameters": {"threshold": 7}}),
+        400,
+        "INVALID_ARGUMENT",
+        "threshold",
+    )
 
 
 def test_threshold_parameter(client):
@@ -130,8 +183,15 @@ def test_bearer_token(trained, home):
     with TestClient(ServingApp(home, token="s3cret")) as c:
         body = {"instances": instances(frame.head(1))}
         _error(c.post(URL.format("churn"), json=body), 401, "UNAUTHENTICATED", "bearer")
-        _error(c.post(URL.format("churn"), json=body, headers={"Authorization": "Bearer wrong"}), 401, "UNAUTHENTICATED")
-        assert c.post(URL.format("churn"), json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        _error(
+            c.post(URL.format("churn"), json=body, headers={"Authorization": "Bearer wrong"}),
+            401,
+            "UNAUTHENTICATED",
+        )
+        assert (
+            c.post(URL.format("churn"), json=body, headers={"Authorization": "Bearer s3cret"}).status_code
+            == 200
+        )
         assert c.get("/health").status_code == 200
 
 
@@ -164,7 +224,14 @@ def test_traffic_bookkeeping(trained, home):
 
     with sqlite3.connect(ep.db_path) as conn:
         cols = [r[1] for r in conn.execute("PRAGMA table_info(deployed_models)")]
-    assert cols == ["endpoint_id", "deployed_model_id", "model_id", "version_id", "traffic_percentage", "create_time"]
+    assert cols == [
+        "endpoint_id",
+        "deployed_model_id",
+        "model_id",
+        "version_id",
+        "traffic_percentage",
+        "create_time",
+    ]
 
 
 def test_cli_serve_stop_without_server(home, capsys):

@@ -71,7 +71,12 @@ def test_real_int64_label_comes_back_as_strings_and_parses_to_integers():
     assert parsed.probability(1) == pytest.approx(0.18314189215181109)
     assert parsed.probability(0) == pytest.approx(0.81685810784818891)
     # The text stays text when the label's type is not given.
-    assert served.PredictionFormat("LOGISTIC_REG", "Class").parse(fixture["response"]["predictions"][0]).predicted == "0"
+    assert (
+        served.PredictionFormat("LOGISTIC_REG", "Class")
+        .parse(fixture["response"]["predictions"][0])
+        .predicted
+        == "0"
+    )
 
 
 def test_real_kmeans_response_parses_with_every_centroid_in_id_order():
@@ -87,7 +92,9 @@ def test_real_kmeans_response_parses_with_every_centroid_in_id_order():
     assert fmt.parse(as_doubles) == parsed
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in GOLDEN.glob("*.json") if "response" in json.loads(p.read_text())))
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in GOLDEN.glob("*.json") if "response" in json.loads(p.read_text()))
+)
 def test_every_real_response_fixture_has_the_documented_shape(name):
     """Every captured response (these, and what `lakehouse-ml gcp-check` saves and a user copies
     here) parses, names its source, and has no problem."""
@@ -108,11 +115,17 @@ def test_the_export_page_samples_parse(model_type):
 @pytest.mark.parametrize(
     ("prediction", "problem"),
     [
-        ({"centroid_ids": [1, 2], "centroid_distances": [0.5, 0.2], "nearest_centroid_id": [1]}, "not the nearest"),
+        (
+            {"centroid_ids": [1, 2], "centroid_distances": [0.5, 0.2], "nearest_centroid_id": [1]},
+            "not the nearest",
+        ),
         ({"centroid_ids": [2, 1], "centroid_distances": [0.5, 0.2], "nearest_centroid_id": [1]}, "id order"),
         ({"centroid_ids": [1, 2], "centroid_distances": [0.5], "nearest_centroid_id": [1]}, "one length"),
         ({"centroid_ids": [1, 2], "centroid_distances": [0.5, 0.7]}, "no nearest_centroid_id"),
-        ({"centroid_ids": [1, 2], "centroid_distances": [0.5, 0.7], "nearest_centroid_id": [1, 2]}, "one-element list"),
+        (
+            {"centroid_ids": [1, 2], "centroid_distances": [0.5, 0.7], "nearest_centroid_id": [1, 2]},
+            "one-element list",
+        ),
     ],
 )
 def test_a_wrong_kmeans_prediction_is_named(prediction, problem):
@@ -125,9 +138,12 @@ def test_a_wrong_classifier_prediction_is_named():
     good = {"predicted_churned": ["true"], "churned_values": ["true", "false"], "churned_probs": [0.7, 0.3]}
     assert fmt.problems(good) == [] and fmt.parse(good).predicted is True
     assert "not a distribution" in fmt.problems(good | {"churned_probs": [0.7, 0.7]})[0]
-    assert "not one of churned_values" in served.PredictionFormat("LOGISTIC_REG", "churned").problems(
-        good | {"predicted_churned": ["maybe"]}
-    )[0]
+    assert (
+        "not one of churned_values"
+        in served.PredictionFormat("LOGISTIC_REG", "churned").problems(
+            good | {"predicted_churned": ["maybe"]}
+        )[0]
+    )
     assert "'true' or 'false'" in fmt.problems(good | {"churned_values": ["yes", "no"]})[0]
     assert "no predicted_churned" in fmt.problems({"churned_values": [], "churned_probs": []})[0]
 
@@ -181,10 +197,16 @@ def every_type(tmp_path_factory):
         columns = FEATURES + ([label] if label else [])
         engine.create_model(name, {"model_type": model_type, **options}, frame[columns])
         endpoints.create_endpoint(name, endpoint_id=name.replace("_", "-"))
-        endpoints.deploy(name.replace("_", "-"), name, "1", str(engine.store.version_dir(name)), logging_sampling_rate=0.0)
+        endpoints.deploy(
+            name.replace("_", "-"), name, "1", str(engine.store.version_dir(name)), logging_sampling_rate=0.0
+        )
     rows = [
         {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
-        for r in frame[FEATURES].head(8).astype(object).where(frame[FEATURES].head(8).notna(), None).to_dict("records")
+        for r in frame[FEATURES]
+        .head(8)
+        .astype(object)
+        .where(frame[FEATURES].head(8).notna(), None)
+        .to_dict("records")
     ]
     rows = [r | {"member": bool(r["member"]), "visits": int(r["visits"])} for r in rows]
     with TestClient(ServingApp(home)) as client:
@@ -200,7 +222,9 @@ def test_the_local_server_answers_in_the_export_shape(every_type, model_type):
     assert answer.status_code == 200, answer.text
     predictions = answer.json()["predictions"]
     assert len(predictions) == len(rows)
-    page = [renamed(s, label) if label else s for s in golden("export_page_samples.json")["samples"][model_type]]
+    page = [
+        renamed(s, label) if label else s for s in golden("export_page_samples.json")["samples"][model_type]
+    ]
     fmt = served.PredictionFormat(model_type, label, "BOOL" if label == "churned" else None)
     for prediction in predictions:
         # Field by field the documented shape: the same keys, the same nesting and kinds.
@@ -213,7 +237,9 @@ def test_the_local_server_answers_in_the_export_shape(every_type, model_type):
         if model_type == "KMEANS":
             assert parsed.predicted == want["CENTROID_ID"]
             for near in want["NEAREST_CENTROIDS_DISTANCE"]:
-                assert parsed.distances[near["CENTROID_ID"]] == pytest.approx(near["DISTANCE"], rel=1e-9, abs=1e-12)
+                assert parsed.distances[near["CENTROID_ID"]] == pytest.approx(
+                    near["DISTANCE"], rel=1e-9, abs=1e-12
+                )
         elif label == "churned":
             assert parsed.predicted == want["predicted_churned"]
             for p in want["predicted_churned_probs"]:
@@ -222,7 +248,9 @@ def test_the_local_server_answers_in_the_export_shape(every_type, model_type):
             assert parsed.predicted == pytest.approx(want["predicted_spend"], rel=1e-9, abs=1e-12)
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in GOLDEN.glob("*.json") if "response" in json.loads(p.read_text())))
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in GOLDEN.glob("*.json") if "response" in json.loads(p.read_text()))
+)
 def test_every_real_response_has_the_shape_the_local_server_answers(every_type, name):
     """Each captured response (these, and what a user copies here from `lakehouse-ml gcp-check`)
     has, field by field, the JSON shape the local server answers for that model type: a capture
@@ -231,13 +259,19 @@ def test_every_real_response_has_the_shape_the_local_server_answers(every_type, 
     fixture = golden(name)
     model_type = fixture["model_type"]
     local_label = MODELS[model_type][0]
-    local = client.post(URL.format(model_type.lower().replace("_", "-")), json={"instances": rows[:1]}).json()["predictions"][0]
+    local = client.post(
+        URL.format(model_type.lower().replace("_", "-")), json={"instances": rows[:1]}
+    ).json()["predictions"][0]
 
     def keyed(prediction: dict, label: str | None) -> dict:
         return {k.replace(label, "L") if label else k: v for k, v in prediction.items()}
 
     for prediction in fixture["response"]["predictions"]:
-        assert skeleton(keyed(prediction, fixture["label"])) == skeleton(keyed(local, local_label)), (name, prediction, local)
+        assert skeleton(keyed(prediction, fixture["label"])) == skeleton(keyed(local, local_label)), (
+            name,
+            prediction,
+            local,
+        )
 
 
 def test_instances_encode_nulls_for_the_model():
@@ -251,12 +285,17 @@ def test_instances_encode_nulls_for_the_model():
             "b": pa.array([True, False]),
         }
     )
-    assert served.instances(table) == [{"n": 1.5, "i": None, "s": "a", "b": True}, {"n": None, "i": 2, "s": None, "b": False}]
+    assert served.instances(table) == [
+        {"n": 1.5, "i": None, "s": "a", "b": True},
+        {"n": None, "i": 2, "s": None, "b": False},
+    ]
     assert served.instances(table, transform=True) == [
         {"n": 1.5, "i": 1234567890000000000, "s": "a", "b": True},
         {"n": 123456789.0e10, "i": 2, "s": " __MISSING__ ", "b": False},
     ]
-    with pytest.raises(served.ServedFormatError, match="BOOL input of a model with a TRANSFORM clause has no NULL sentinel"):
+    with pytest.raises(
+        served.ServedFormatError, match="BOOL input of a model with a TRANSFORM clause has no NULL sentinel"
+    ):
         served.instances(pa.table({"b": pa.array([None, True])}), transform=True)
 
 
@@ -276,8 +315,12 @@ def test_the_vertex_double_answers_every_type_like_the_local_server(every_type, 
     _, client, rows = every_type
     with fake_bigquery_api() as bq, fake_vertex_api(bigquery=bq) as vertex:
         settings = local_settings(
-            tmp_path, backend="gcp", gcp_project="lakehouse-test", gcp_anonymous_credentials="true",
-            bigquery_api_endpoint=bq.url, vertex_api_endpoint=vertex.url,
+            tmp_path,
+            backend="gcp",
+            gcp_project="lakehouse-test",
+            gcp_anonymous_credentials="true",
+            bigquery_api_endpoint=bq.url,
+            vertex_api_endpoint=vertex.url,
         )
         warehouse, endpoints = build_gcp_warehouse(settings), build_vertex_endpoints(settings)
         warehouse.load_dataframe(_training(), "training")
@@ -285,7 +328,9 @@ def test_the_vertex_double_answers_every_type_like_the_local_server(every_type, 
         for model_type, (label, options) in MODELS.items():
             name = model_type.lower()
             columns = ", ".join(FEATURES + ([label] if label else []))
-            written = ", ".join(f"{k} = {json.dumps(v).replace(chr(34), chr(39))}" for k, v in options.items())
+            written = ", ".join(
+                f"{k} = {json.dumps(v).replace(chr(34), chr(39))}" for k, v in options.items()
+            )
             warehouse.execute(
                 f"CREATE MODEL {name} OPTIONS(model_type = '{model_type}', {written}, model_registry = 'VERTEX_AI', "
                 f"vertex_ai_model_id = '{name}') AS SELECT {columns} FROM training"
@@ -293,8 +338,13 @@ def test_the_vertex_double_answers_every_type_like_the_local_server(every_type, 
             endpoints.create_endpoint(name, endpoint_id=name.replace("_", "-"))
             endpoints.deploy(name.replace("_", "-"), name, "1", "", logging_sampling_rate=0)
             answer = endpoints.predict(name.replace("_", "-"), rows)["predictions"]
-            local = client.post(URL.format(name.replace("_", "-")), json={"instances": rows}).json()["predictions"]
-            page = [renamed(s, label) if label else s for s in golden("export_page_samples.json")["samples"][model_type]]
+            local = client.post(URL.format(name.replace("_", "-")), json={"instances": rows}).json()[
+                "predictions"
+            ]
+            page = [
+                renamed(s, label) if label else s
+                for s in golden("export_page_samples.json")["samples"][model_type]
+            ]
             for remote, here in zip(answer, local, strict=True):
                 assert skeleton(remote) == skeleton(page[0]), (model_type, remote)
                 assert set(remote) == set(here)
@@ -331,10 +381,14 @@ def _compare_transform_models(gcp_warehouse, gcp_endpoints, tmp_path) -> None:
     for model_type, sql in TRANSFORM_MODELS.items():
         name = f"{model_type.lower()}_transform"
         local.execute(sql.format(name=name, registry=""))
-        gcp_warehouse.execute(sql.format(name=name, registry=f", model_registry = 'VERTEX_AI', vertex_ai_model_id = '{name}'"))
+        gcp_warehouse.execute(
+            sql.format(name=name, registry=f", model_registry = 'VERTEX_AI', vertex_ai_model_id = '{name}'")
+        )
         endpoint = name.replace("_", "-")
         endpoints.create_endpoint(name, endpoint_id=endpoint)
-        endpoints.deploy(endpoint, name, "1", str(local.bqml_engine().store.version_dir(name)), logging_sampling_rate=0.0)
+        endpoints.deploy(
+            endpoint, name, "1", str(local.bqml_engine().store.version_dir(name)), logging_sampling_rate=0.0
+        )
         gcp_endpoints.create_endpoint(name, endpoint_id=endpoint)
         gcp_endpoints.deploy(endpoint, name, "1", "", logging_sampling_rate=0)
         remote = gcp_endpoints.predict(endpoint, rows)["predictions"]

@@ -41,7 +41,9 @@ def test_predictions_equal_ml_predict(trained, running):
         assert set(got) == {"predicted_churned", "churned_values", "churned_probs"}
         assert got["predicted_churned"] == [str(want["predicted_churned"]).lower()]
         assert got["churned_values"] == [str(s["label"]).lower() for s in want["predicted_churned_probs"]]
-        np.testing.assert_allclose(got["churned_probs"], [s["prob"] for s in want["predicted_churned_probs"]], rtol=1e-12)
+        np.testing.assert_allclose(
+            got["churned_probs"], [s["prob"] for s in want["predicted_churned_probs"]], rtol=1e-12
+        )
     answer = ep.predict("seg-ep", instances(rows))
     assert answer["deployedModelId"] == seg_dm and answer["modelVersionId"] == "3"
     expected = engine.predict("segments", rows).to_pylist()
@@ -80,7 +82,9 @@ def test_aiplatform_client_works_unchanged(trained, running):
     assert prediction.model_version_id == "2"
     assert prediction.model_resource_name == "projects/my-project/locations/us-central1/models/churn"
     want = engine.predict("churn", frame.head(3)).column("predicted_churned").to_pylist()
-    assert [p["predicted_churned"] for p in prediction.predictions] == [["true" if w else "false"] for w in want]
+    assert [p["predicted_churned"] for p in prediction.predictions] == [
+        ["true" if w else "false"] for w in want
+    ]
 
 
 def test_traffic_split_is_honoured(trained, running):
@@ -88,7 +92,9 @@ def test_traffic_split_is_honoured(trained, running):
     ep = running
     ep.create_endpoint("churn", endpoint_id="split")
     a = ep.deploy("split", "churn", "1", artifact(engine, "churn"), logging_sampling_rate=0.0)
-    b = ep.deploy("split", "churn", "2", artifact(engine, "churn2"), traffic_percentage=20, logging_sampling_rate=0.0)
+    b = ep.deploy(
+        "split", "churn", "2", artifact(engine, "churn2"), traffic_percentage=20, logging_sampling_rate=0.0
+    )
     assert ep.get_endpoint("split")["traffic_split"] == {a: 80, b: 20}
     n = 1500
     body = {"instances": instances(frame.head(1))}

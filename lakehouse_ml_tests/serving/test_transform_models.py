@@ -31,7 +31,11 @@ def warehouse(tmp_path_factory):
     )
     frame.loc[::19, "spend"] = np.nan
     frame.loc[::23, "channel"] = None
-    z = 0.8 * np.log1p(frame["spend"].fillna(20)) - 0.05 * frame["visits"] + np.where(frame["member"], 0.6, 0.0)
+    z = (
+        0.8 * np.log1p(frame["spend"].fillna(20))
+        - 0.05 * frame["visits"]
+        + np.where(frame["member"], 0.6, 0.0)
+    )
     frame["churned"] = rng.random(n) < 1 / (1 + np.exp(-(z - z.mean())))
     warehouse.load_dataframe(frame, "customers")
     warehouse.execute(
@@ -66,7 +70,9 @@ def _instances(frame: pd.DataFrame) -> list[dict]:
             {
                 "spend": served.NULL_FLOAT64 if pd.isna(record["spend"]) else float(record["spend"]),
                 "visits": int(record["visits"]),
-                "channel": served.NULL_STRING if record["channel"] is None or pd.isna(record["channel"]) else str(record["channel"]),
+                "channel": served.NULL_STRING
+                if record["channel"] is None or pd.isna(record["channel"])
+                else str(record["channel"]),
                 "member": bool(record["member"]),
             }
         )
@@ -83,7 +89,9 @@ def test_kmeans_with_transform_answers_ml_predict_on_the_raw_columns(warehouse):
     predictor = load_predictor(warehouse.bqml_engine().store.version_dir("segments"))
     assert isinstance(predictor, TransformPredictor)
     assert predictor.feature_names == ["spend", "visits", "channel", "member"]
-    expected = warehouse.query("SELECT * FROM ML.PREDICT(MODEL segments, (SELECT spend, visits, channel, member FROM customers))")
+    expected = warehouse.query(
+        "SELECT * FROM ML.PREDICT(MODEL segments, (SELECT spend, visits, channel, member FROM customers))"
+    )
     assert frame["spend"].isna().any() and frame["channel"].isna().any()  # NULLs went as sentinels
     _, answers = predictor.predict(_instances(frame))
     assert [p["nearest_centroid_id"] for p in answers] == [[c] for c in expected["CENTROID_ID"].tolist()]
@@ -96,13 +104,20 @@ def test_classifier_with_transform_answers_ml_predict_without_the_label(warehous
     warehouse, frame = warehouse
     predictor = load_predictor(warehouse.bqml_engine().store.version_dir("churn"))
     assert predictor.feature_names == ["spend", "visits", "channel", "member"]  # the label is not an input
-    expected = warehouse.query("SELECT * FROM ML.PREDICT(MODEL churn, (SELECT spend, visits, channel, member FROM customers))")
+    expected = warehouse.query(
+        "SELECT * FROM ML.PREDICT(MODEL churn, (SELECT spend, visits, channel, member FROM customers))"
+    )
     _, answers = predictor.predict(_instances(frame))
-    assert [p["predicted_churned"] for p in answers] == [[str(v).lower()] for v in expected["predicted_churned"]]
+    assert [p["predicted_churned"] for p in answers] == [
+        [str(v).lower()] for v in expected["predicted_churned"]
+    ]
     for prediction, probs in zip(answers, expected["predicted_churned_probs"]):
         by_label = {str(p["label"]).lower(): p["prob"] for p in probs}
         np.testing.assert_allclose(
-            prediction["churned_probs"], [by_label[v] for v in prediction["churned_values"]], rtol=1e-9, atol=1e-12
+            prediction["churned_probs"],
+            [by_label[v] for v in prediction["churned_values"]],
+            rtol=1e-9,
+            atol=1e-12,
         )
 
 
@@ -111,8 +126,14 @@ def test_classifier_with_transform_answers_ml_predict_without_the_label(warehous
     [
         ({"spend": 1.0, "visits": 2, "channel": "web"}, "missing feature(s) 'member'"),
         ({"log_spend": 1.0, "visits": 2, "channel": "web", "member": True}, "unknown feature(s) 'log_spend'"),
-        ({"spend": "much", "visits": 2, "channel": "web", "member": True}, "instances[0].spend must be a number"),
-        ({"spend": 1.0, "visits": 2, "channel": 3, "member": True}, "instances[0].channel must be a JSON string"),
+        (
+            {"spend": "much", "visits": 2, "channel": "web", "member": True},
+            "instances[0].spend must be a number",
+        ),
+        (
+            {"spend": 1.0, "visits": 2, "channel": 3, "member": True},
+            "instances[0].channel must be a JSON string",
+        ),
     ],
 )
 def test_instances_are_checked_against_the_transform_inputs(warehouse, instance, message):
@@ -136,7 +157,7 @@ def test_a_fractional_value_for_an_integer_input_is_used_as_given(warehouse):
 
 
 def test_null_goes_as_the_documented_sentinel_and_json_null_is_refused(warehouse):
-    """"Export models", Supported data types: a TRANSFORM model's NULL inputs are 123456789.0e10
+    """ "Export models", Supported data types: a TRANSFORM model's NULL inputs are 123456789.0e10
     (FLOAT64), 1234567890000000000 (INT64) and ' __MISSING__ ' (STRING); no BOOL sentinel."""
     warehouse, _ = warehouse
     predictor = load_predictor(warehouse.bqml_engine().store.version_dir("segments"))
@@ -144,11 +165,22 @@ def test_null_goes_as_the_documented_sentinel_and_json_null_is_refused(warehouse
         "SELECT * FROM ML.PREDICT(MODEL segments, "
         "(SELECT CAST(NULL AS FLOAT64) AS spend, CAST(NULL AS INT64) AS visits, CAST(NULL AS STRING) AS channel, TRUE AS member))"
     )
-    sentinels = {"spend": served.NULL_FLOAT64, "visits": served.NULL_INT64, "channel": served.NULL_STRING, "member": True}
+    sentinels = {
+        "spend": served.NULL_FLOAT64,
+        "visits": served.NULL_INT64,
+        "channel": served.NULL_STRING,
+        "member": True,
+    }
     rows, (answer,) = predictor.predict([sentinels])
     assert rows == [{"spend": None, "visits": None, "channel": None, "member": True}]
-    assert answer["centroid_distances"] == pytest.approx(_distances(expected["NEAREST_CENTROIDS_DISTANCE"][0]))
-    for name, sentinel in (("spend", "1.23456789e+18"), ("visits", "1.23456789e+18"), ("channel", "' __MISSING__ '")):
+    assert answer["centroid_distances"] == pytest.approx(
+        _distances(expected["NEAREST_CENTROIDS_DISTANCE"][0])
+    )
+    for name, sentinel in (
+        ("spend", "1.23456789e+18"),
+        ("visits", "1.23456789e+18"),
+        ("channel", "' __MISSING__ '"),
+    ):
         with pytest.raises(BadInstance, match=re.escape(f"instances[0].{name} is null")) as err:
             predictor.predict([sentinels | {name: None}])
         assert f"sentinel {sentinel}" in str(err.value)

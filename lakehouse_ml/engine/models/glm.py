@@ -46,8 +46,8 @@ import scipy.linalg
 import scipy.optimize
 from scipy.special import expit, log_expit, logsumexp, softmax
 
-from lakehouse_ml.core.errors import BqmlError
 from lakehouse_ml.bigquery.preprocess import Design
+from lakehouse_ml.core.errors import BqmlError
 
 MAX_NORMAL_EQUATION_CARDINALITY = 10_000
 DENSE_LSTSQ_LIMIT = 20_000_000  # design cells up to which NORMAL_EQUATION factorizes X itself
@@ -114,11 +114,11 @@ class _Problem:
     # parameter vector: [w (m), b (c if fit_intercept)]
     def unpack(self, theta: np.ndarray) -> GlmParams:
         w = theta[: self.m]
-        b = theta[self.m:] if self.fit_intercept else np.zeros(self.c)
+        b = theta[self.m :] if self.fit_intercept else np.zeros(self.c)
         if self.c == 1:
-            return GlmParams(w[:self.p].copy(), w[self.p:].copy(), np.asarray(float(b[0])))
+            return GlmParams(w[: self.p].copy(), w[self.p :].copy(), np.asarray(float(b[0])))
         w = w.reshape(self.p + self.q, self.c)
-        return GlmParams(w[:self.p].copy(), w[self.p:].copy(), np.asarray(b, dtype=np.float64).copy())
+        return GlmParams(w[: self.p].copy(), w[self.p :].copy(), np.asarray(b, dtype=np.float64).copy())
 
     def pack(self, params: GlmParams) -> np.ndarray:
         w = np.concatenate(
@@ -194,7 +194,7 @@ class _Problem:
         else:
             freq = np.clip(np.bincount(self.y, weights=s, minlength=self.c) / s.sum(), 1e-6, None)
             logf = np.log(freq)
-            theta[self.m:] = logf - logf.mean()
+            theta[self.m :] = logf - logf.mean()
         return theta
 
 
@@ -355,7 +355,7 @@ def _lbfgs(problem: _Problem, options: dict, tracker: _Tracker) -> GlmParams:
     if l1 > 0:
         # w = u - v with u, v >= 0: the L1 term becomes linear, L-BFGS-B handles the bounds.
         def to_theta(x: np.ndarray) -> np.ndarray:
-            return np.concatenate([x[:m] - x[m:2 * m], x[2 * m:]])
+            return np.concatenate([x[:m] - x[m : 2 * m], x[2 * m :]])
 
         def fun(x: np.ndarray):
             theta = to_theta(x)
@@ -459,7 +459,7 @@ def _normal_equation(design: Design, y: np.ndarray, fit_intercept: bool, l2: flo
         target = y
         if l2 > 0:
             ridge = np.zeros((p + q, d))
-            ridge[:, :p + q] = np.sqrt(l2) * np.eye(p + q)
+            ridge[:, : p + q] = np.sqrt(l2) * np.eye(p + q)
             X = np.vstack([X, ridge])
             target = np.concatenate([y, np.zeros(p + q)])
         coef = np.linalg.lstsq(X, target, rcond=None)[0]
@@ -472,10 +472,10 @@ def _normal_equation(design: Design, y: np.ndarray, fit_intercept: bool, l2: flo
         if q:
             onehot = design.onehot()
             cross = np.asarray((onehot.T @ design.num))  # q × p
-            gram[p:p + q, :p] = cross
-            gram[:p, p:p + q] = cross.T
-            gram[p:p + q, p:p + q] = (onehot.T @ onehot).toarray()
-            rhs[p:p + q] = onehot.T @ y
+            gram[p : p + q, :p] = cross
+            gram[:p, p : p + q] = cross.T
+            gram[p : p + q, p : p + q] = (onehot.T @ onehot).toarray()
+            rhs[p : p + q] = onehot.T @ y
         if fit_intercept:
             k = p + q
             col_sums = np.concatenate(
@@ -489,7 +489,7 @@ def _normal_equation(design: Design, y: np.ndarray, fit_intercept: bool, l2: flo
             gram[np.arange(p + q), np.arange(p + q)] += l2
         coef = scipy.linalg.lstsq(gram, rhs, lapack_driver="gelsd")[0]
     intercept = coef[p + q] if fit_intercept else 0.0
-    return GlmParams(coef[:p].copy(), coef[p:p + q].copy(), np.asarray(float(intercept)))
+    return GlmParams(coef[:p].copy(), coef[p : p + q].copy(), np.asarray(float(intercept)))
 
 
 # --------------------------------------------------------------------------------------------------

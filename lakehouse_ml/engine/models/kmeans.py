@@ -38,8 +38,8 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from lakehouse_ml.core.errors import BqmlError
 from lakehouse_ml.bigquery.preprocess import Design
+from lakehouse_ml.core.errors import BqmlError
 
 CHUNK_ROWS = 262_144
 

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lakehouse_ml.engine import xgb
 from lakehouse_ml.core.errors import BqmlError
+from lakehouse_ml.engine import xgb
 
 BOOSTER_FILE = "booster.json"
 

@@ -36,22 +36,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lakehouse_ml.core.atomic import write_bytes
 from lakehouse_ml.backends.endpoints import Endpoints
-from lakehouse_ml.backends.registry import ModelRegistry, ModelVersion, RegistryError
-from lakehouse_ml.backends.warehouse import Warehouse, WarehouseError
-from lakehouse_ml.bigquery import metrics as bqml_metrics
-from lakehouse_ml.bigquery import split as bqml_split
-from lakehouse_ml.engine.sql import bind_template
-from lakehouse_ml.lifecycle.deployment import registry_model_id, serving_spec
-from lakehouse_ml.bigquery import served
-from lakehouse_ml.bigquery.served import ServedFormatError, ServedPrediction
-from lakehouse_ml.lifecycle.models import CLASSIFIER_TYPES, CLUSTERING_TYPES, ModelSpec, positive_label
+from lakehouse_ml.backends.registry import ModelRegistry, ModelVersion
+from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.bigquery import drift as drift_stats
-from lakehouse_ml.lifecycle.monitoring import report
-from lakehouse_ml.lifecycle.baseline import baseline_table
+from lakehouse_ml.bigquery import metrics as bqml_metrics
+from lakehouse_ml.bigquery import served
+from lakehouse_ml.bigquery import split as bqml_split
 from lakehouse_ml.bigquery.request_log import LOG_COLUMNS
+from lakehouse_ml.bigquery.served import ServedFormatError, ServedPrediction
 from lakehouse_ml.bigquery.sqlfiles import read_sql
+from lakehouse_ml.core.atomic import write_bytes
+from lakehouse_ml.core.errors import RegistryError, WarehouseError
+from lakehouse_ml.engine.sql import bind_template
+from lakehouse_ml.lifecycle.baseline import baseline_table
+from lakehouse_ml.lifecycle.deployment import registry_model_id, serving_spec
+from lakehouse_ml.lifecycle.models import CLASSIFIER_TYPES, CLUSTERING_TYPES, ModelSpec, positive_label
+from lakehouse_ml.lifecycle.monitoring import report
 
 # The first report of a model looks this far back in the request-response log.
 FIRST_WINDOW = dt.timedelta(days=1)
@@ -110,7 +111,9 @@ def _histograms(distributions: list[drift_stats.FeatureDistribution]) -> dict[st
     return out
 
 
-def parse_served(spec: ModelSpec, predictions: pd.Series, label_type: str | None = None) -> list[ServedPrediction | None]:
+def parse_served(
+    spec: ModelSpec, predictions: pd.Series, label_type: str | None = None
+) -> list[ServedPrediction | None]:
     """The served predictions of a request log (JSON text or objects) with the model's one
     parser (:class:`~lakehouse_ml.bigquery.served.PredictionFormat`); None where a row holds
     nothing that parses (a log row without its response)."""
@@ -142,7 +145,9 @@ def evaluation_rows(spec: ModelSpec, baseline: pd.DataFrame) -> tuple[pd.DataFra
     column = options.get("data_split_col")
     if method in ("SEQ", "CUSTOM") and column in baseline.columns and len(baseline):
         fraction = options.get("data_split_eval_fraction")
-        mask = bqml_split.split(baseline, method, None if fraction is None else float(fraction), column).eval_mask
+        mask = bqml_split.split(
+            baseline, method, None if fraction is None else float(fraction), column
+        ).eval_mask
         if mask.any():
             return baseline[mask], f"the evaluation split ({method} on {column}, {int(mask.sum())} rows)"
     return baseline, f"all {len(baseline)} training rows ({method} split: not recomputed)"
@@ -154,7 +159,9 @@ def _clusters_from_baseline(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             CLUSTER_COLUMN: frame["CENTROID_ID"].astype("int64").astype(str).to_numpy(dtype=object),
-            DISTANCE_COLUMN: [float(min(d["DISTANCE"] for d in near)) for near in frame["NEAREST_CENTROIDS_DISTANCE"]],
+            DISTANCE_COLUMN: [
+                float(min(d["DISTANCE"] for d in near)) for near in frame["NEAREST_CENTROIDS_DISTANCE"]
+            ],
         }
     )
 
@@ -170,10 +177,15 @@ def _clusters_from_served(parsed: list[ServedPrediction]) -> pd.DataFrame:
     )
 
 
-def _positive_from_baseline(spec: ModelSpec, frame: pd.DataFrame, positive: Any) -> tuple[np.ndarray, np.ndarray]:
+def _positive_from_baseline(
+    spec: ModelSpec, frame: pd.DataFrame, positive: Any
+) -> tuple[np.ndarray, np.ndarray]:
     label = spec.label
     probs = np.array(
-        [next((float(p["prob"]) for p in row if p["label"] == positive), 0.0) for row in frame[f"predicted_{label}_probs"]]
+        [
+            next((float(p["prob"]) for p in row if p["label"] == positive), 0.0)
+            for row in frame[f"predicted_{label}_probs"]
+        ]
     )
     return probs, frame[f"predicted_{label}"].astype(str).to_numpy(dtype=object)
 
@@ -202,7 +214,12 @@ def window_rows(
 
 
 def _log_problem(
-    endpoints: Endpoints, endpoint: str, history: pd.DataFrame, lo: dt.datetime, hi: dt.datetime, sampling_rate: float = 1.0
+    endpoints: Endpoints,
+    endpoint: str,
+    history: pd.DataFrame,
+    lo: dt.datetime,
+    hi: dt.datetime,
+    sampling_rate: float = 1.0,
 ) -> str:
     """Why the request log cannot be trusted for [lo, hi) (empty when it can): the endpoint
     answered predictions then (its served count, where the backend has one), yet the log holds
@@ -260,7 +277,11 @@ def load_windows(reports_dir: Path, spec: ModelSpec) -> list[dict[str, Any]]:
 
 
 def _performance(
-    warehouse: Warehouse, spec: ModelSpec, log: pd.DataFrame, windows: list[dict[str, Any]], features: list[str]
+    warehouse: Warehouse,
+    spec: ModelSpec,
+    log: pd.DataFrame,
+    windows: list[dict[str, Any]],
+    features: list[str],
 ) -> pd.DataFrame:
     """The gate metric of served predictions whose label has arrived, per monitoring window
     (``log``: the request-response log over every window)."""
@@ -283,7 +304,11 @@ def _performance(
         return out
 
     truth_keys = normal(truth).assign(_label=truth[label].to_numpy()).drop_duplicates(subset=keys, keep=False)
-    logged = normal(log).assign(_time=pd.to_datetime(log["logging_time"], utc=True), _prediction=log["prediction"].to_numpy(), _version=log["model_version_id"].to_numpy())
+    logged = normal(log).assign(
+        _time=pd.to_datetime(log["logging_time"], utc=True),
+        _prediction=log["prediction"].to_numpy(),
+        _version=log["model_version_id"].to_numpy(),
+    )
     joined = logged.merge(truth_keys, on=keys, how="inner")
     rows = []
     if joined.empty:
@@ -295,14 +320,24 @@ def _performance(
         if len(part) < 20 or part["_label"].nunique() < 2:
             continue
         parsed = parse_served(spec, part["_prediction"], served.label_type_of([positive]))
-        readable = np.array([p is not None for p in parsed], dtype=bool)  # a row without a response is left out
+        readable = np.array(
+            [p is not None for p in parsed], dtype=bool
+        )  # a row without a response is left out
         part = part[readable]
         if len(part) < 20 or part["_label"].nunique() < 2:
             continue
         scores, _ = _positive_from_served([p for p in parsed if p is not None], positive)
         actual = (part["_label"] == positive).to_numpy().astype(np.int64)
         value = bqml_metrics.classification(actual, np.column_stack([1 - scores, scores]))[spec.gate.metric]
-        rows.append({"window_end": hi, "metric": spec.gate.metric, "value": float(value), "version": ",".join(sorted({str(v) for v in part["_version"] if v is not None})) or "unknown", "rows": len(part)})
+        rows.append(
+            {
+                "window_end": hi,
+                "metric": spec.gate.metric,
+                "value": float(value),
+                "version": ",".join(sorted({str(v) for v in part["_version"] if v is not None})) or "unknown",
+                "rows": len(part),
+            }
+        )
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -319,7 +354,9 @@ def monitor(
     model_id = registry_model_id(spec)
     version = registry.find_alias(model_id, serving.serving_alias)
     if version is None:
-        raise RegistryError(f"No version of {model_id} holds '{serving.serving_alias}': nothing serves to monitor yet.")
+        raise RegistryError(
+            f"No version of {model_id} holds '{serving.serving_alias}': nothing serves to monitor yet."
+        )
     end = now or dt.datetime.now(dt.timezone.utc)
     windows = load_windows(reports_dir, spec)
     start = dt.datetime.fromisoformat(windows[-1]["end"]) if windows else end - FIRST_WINDOW
@@ -330,7 +367,9 @@ def monitor(
     read_from = start - grace
     # One read of the log over the trend's windows: this window's rows judge drift, all of them
     # the performance trend (classifiers only: the other models have no trend, so only this window).
-    trend = windows[-(TREND_WINDOWS - 1):] if TREND_WINDOWS > 1 and spec.model_type in CLASSIFIER_TYPES else []
+    trend = (
+        windows[-(TREND_WINDOWS - 1) :] if TREND_WINDOWS > 1 and spec.model_type in CLASSIFIER_TYPES else []
+    )
     first = min(dt.datetime.fromisoformat(trend[0]["start"]), read_from) if trend else read_from
     history = deduplicated(endpoints.request_log(serving.endpoint, first, end))
     counted_before = set(windows[-1].get("tail_request_ids") or []) if windows else set()
@@ -348,10 +387,23 @@ def monitor(
     baseline = warehouse.query(f"SELECT * FROM {table}")
     empty = pd.DataFrame(columns=list(report.DRIFT_COLUMNS))
     result = MonitoringResult(
-        model_id=model_id, version=version, endpoint=serving.endpoint, window_start=start, window_end=end,
-        base_rows=len(baseline), study_rows=len(log), judged=False, drift=empty, prediction_drift=empty,
-        performance=pd.DataFrame(columns=["window_end", "metric", "value"]), histograms={}, drifted=[], warned=[],
-        max_ratio=0.0, max_drift=0.0, late_rows=late,
+        model_id=model_id,
+        version=version,
+        endpoint=serving.endpoint,
+        window_start=start,
+        window_end=end,
+        base_rows=len(baseline),
+        study_rows=len(log),
+        judged=False,
+        drift=empty,
+        prediction_drift=empty,
+        performance=pd.DataFrame(columns=["window_end", "metric", "value"]),
+        histograms={},
+        drifted=[],
+        warned=[],
+        max_ratio=0.0,
+        max_drift=0.0,
+        late_rows=late,
     )
     result.log_problem = _log_problem(
         endpoints, serving.endpoint, history, start, end - grace, serving.logging_sampling_rate
@@ -370,7 +422,10 @@ def monitor(
         warehouse.load_dataframe(study, f"{spec.name}_monitoring_window")
         sql = bind_template(
             read_sql("monitoring/feature_drift.sql"),
-            tables={"baseline_rows": f"{spec.name}_monitoring_baseline", "serving_rows": f"{spec.name}_monitoring_window"},
+            tables={
+                "baseline_rows": f"{spec.name}_monitoring_baseline",
+                "serving_rows": f"{spec.name}_monitoring_window",
+            },
             values={
                 "numerical_threshold": serving.numerical_threshold,
                 "categorical_threshold": serving.categorical_threshold,
@@ -389,7 +444,11 @@ def monitor(
             positive = positive_label(baseline[spec.label])
             evaluation, result.prediction_baseline = evaluation_rows(spec, baseline)
             base_p, base_c = _positive_from_baseline(spec, evaluation, positive)
-            parsed = [p for p in parse_served(spec, log["prediction"], served.label_type_of([positive])) if p is not None]
+            parsed = [
+                p
+                for p in parse_served(spec, log["prediction"], served.label_type_of([positive]))
+                if p is not None
+            ]
             study_p, study_c = _positive_from_served(parsed, positive)
             name = f"{spec.label}_probability"
             result.prediction_drift = drift_stats.validate_data_drift(
@@ -415,8 +474,12 @@ def monitor(
         window.pop("tail_request_ids", None)
     windows = windows + [
         {
-            "start": start.isoformat(), "end": end.isoformat(), "version": version.version_id, "rows": len(log),
-            "late_rows": late, "tail_request_ids": tail,
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "version": version.version_id,
+            "rows": len(log),
+            "late_rows": late,
+            "tail_request_ids": tail,
         }
     ]
     result.performance = _performance(warehouse, spec, history, windows[-TREND_WINDOWS:], features)
@@ -426,15 +489,22 @@ def monitor(
     baseline_metric = version.metrics.get(metric) if isinstance(version.metrics, dict) else None
     result.report_path = report.write_html_report(
         folder / f"report-{stamp}.html",
-        model_id=model_id, version_id=version.version_id, endpoint=serving.endpoint,
-        window_start=start, window_end=end, base_rows=len(baseline), study_rows=len(log),
+        model_id=model_id,
+        version_id=version.version_id,
+        endpoint=serving.endpoint,
+        window_start=start,
+        window_end=end,
+        base_rows=len(baseline),
+        study_rows=len(log),
         drift=result.drift if result.judged else None,
         histograms={k: v for k, v in result.histograms.items() if not k.startswith("prediction:")},
         prediction_drift=result.prediction_drift if result.judged else None,
         performance=result.performance,
         baseline={metric: float(baseline_metric)} if isinstance(baseline_metric, (int, float)) else None,
         warn_fraction=serving.warn_fraction,
-        performance_note=None if spec.label else (
+        performance_note=None
+        if spec.label
+        else (
             f"{spec.model_type} models have no labels to score; prediction drift watches the shares of "
             "the clusters and the distance to the nearest centroid"
         ),

@@ -723,7 +723,7 @@ def render_html(
             base = baselines.get(row.metric)
             table.append(
                 f'<tr><td>{_e(_when(row.window_end))}</td><td>{_e(row.metric)}</td><td class="num">{_e(_fmt(row.value))}</td>'
-                f"<td class=\"num\">{_e(_fmt(base) if base is not None else '')}</td></tr>"
+                f'<td class="num">{_e(_fmt(base) if base is not None else "")}</td></tr>'
             )
         table.append("</tbody></table>")
         parts.append("".join(table))

@@ -36,7 +36,12 @@ def test_late_rows_are_counted_once_by_the_next_report():
     # Report 2 over [60, 120) re-reads from 50: "b" was counted already, "c" (58) landed late.
     history = log((55, "b", 0), (58, "c", 0), (58, "c", 1), (70, "d", 0), (115, "e", 0))
     second, late, tail = mon.window_rows(history, T0 + 60 * MIN, T0 + 120 * MIN, GRACE, set(tail))
-    assert list(zip(second["request_id"], second["instance_index"])) == [("c", 0), ("c", 1), ("d", 0), ("e", 0)]
+    assert list(zip(second["request_id"], second["instance_index"])) == [
+        ("c", 0),
+        ("c", 1),
+        ("d", 0),
+        ("e", 0),
+    ]
     assert late == 2 and tail == ["e"]
     # Report 3 right after (a window shorter than the grace period): nothing twice.
     third, late, tail = mon.window_rows(history, T0 + 120 * MIN, T0 + 121 * MIN, GRACE, set(tail))
@@ -63,11 +68,21 @@ def test_an_endpoint_that_served_but_logged_nothing_is_named():
     assert mon._log_problem(Served(count=None), "churn", history, lo, hi) == ""  # unknown: nothing said
     assert mon._log_problem(Served(count=0), "churn", history, lo, hi) == ""  # no traffic
     problem = mon._log_problem(Served(count=12), "churn", history, lo, hi)
-    assert "served 12 prediction(s)" in problem and "log holds 0 row(s)" in problem and "service agent" in problem
+    assert (
+        "served 12 prediction(s)" in problem
+        and "log holds 0 row(s)" in problem
+        and "service agent" in problem
+    )
     six = log(*[(40, f"b{i}", 0) for i in range(6)])
-    assert mon._log_problem(Served(count=12), "churn", six, lo, hi) == ""  # half logged: within the sampling's reach
-    assert "holds 1 row(s)" in mon._log_problem(Served(count=12), "churn", six.head(1), lo, hi)  # most rows lost
-    assert mon._log_problem(Served(count=12), "churn", six.head(1), lo, hi, sampling_rate=0.1) == ""  # sampled
+    assert (
+        mon._log_problem(Served(count=12), "churn", six, lo, hi) == ""
+    )  # half logged: within the sampling's reach
+    assert "holds 1 row(s)" in mon._log_problem(
+        Served(count=12), "churn", six.head(1), lo, hi
+    )  # most rows lost
+    assert (
+        mon._log_problem(Served(count=12), "churn", six.head(1), lo, hi, sampling_rate=0.1) == ""
+    )  # sampled
     assert mon._log_problem(Served(count=12), "churn", history, hi, lo) == ""  # grace not passed yet
 
 
@@ -90,4 +105,6 @@ def test_a_log_table_that_never_appears_is_named_without_a_served_count():
     assert "served since 2026-03-01 12:00:00 UTC" in problem and "log table does not exist" in problem
     assert mon._missing_log(NoLogTable(exists=True), "churn", settled) == ""
     assert mon._missing_log(NoLogTable(exists=None), "churn", settled) == ""  # cannot tell: nothing said
-    assert mon._missing_log(NoLogTable(deployed=(T0 + 40 * MIN).isoformat()), "churn", settled) == ""  # too recent
+    assert (
+        mon._missing_log(NoLogTable(deployed=(T0 + 40 * MIN).isoformat()), "churn", settled) == ""
+    )  # too recent

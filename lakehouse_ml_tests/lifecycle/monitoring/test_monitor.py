@@ -19,12 +19,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lakehouse_ml.lifecycle import deployment, models, traffic
 from lakehouse_ml.backends import build_endpoints, build_registry, build_warehouse
-from lakehouse_ml.definitions import build_definitions, reports_dir
-from lakehouse_ml.lifecycle.monitoring import monitor as mon
 from lakehouse_ml.bigquery.drift import validate_data_drift
 from lakehouse_ml.bigquery.sqlfiles import read_sql
+from lakehouse_ml.definitions import build_definitions, reports_dir
+from lakehouse_ml.lifecycle import deployment, models, traffic
+from lakehouse_ml.lifecycle.monitoring import monitor as mon
 from lakehouse_ml_tests.local_chain import materialized_chain
 
 SPEC = models.CHURN_MODEL
@@ -47,7 +47,11 @@ def _send(settings, rows: list[dict]) -> None:
 
 def _monitor(settings):
     return mon.monitor(
-        build_warehouse(settings), build_registry(settings), build_endpoints(settings), SPEC, reports_dir(settings)
+        build_warehouse(settings),
+        build_registry(settings),
+        build_endpoints(settings),
+        SPEC,
+        reports_dir(settings),
     )
 
 
@@ -83,8 +87,12 @@ def test_windows_drift_performance_and_report(served, monkeypatch):
     ).set_index("input")
     got = second.drift.set_index("input")
     assert sorted(got.index) == sorted(expected.index) == sorted(features)
-    np.testing.assert_allclose(got.loc[features, "value"].astype(float), expected.loc[features, "value"].astype(float), rtol=1e-9)
-    np.testing.assert_allclose(got.loc[features, "threshold"].astype(float), expected.loc[features, "threshold"].astype(float))
+    np.testing.assert_allclose(
+        got.loc[features, "value"].astype(float), expected.loc[features, "value"].astype(float), rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        got.loc[features, "threshold"].astype(float), expected.loc[features, "threshold"].astype(float)
+    )
     assert got.loc["share_store", "threshold"] == 0.15 and got.loc["age", "threshold"] == 0.3
     assert not second.drifted
 
@@ -93,13 +101,21 @@ def test_windows_drift_performance_and_report(served, monkeypatch):
     assert set(second.prediction_drift["input"]) == {"churned_probability", "predicted_churned"}
     evaluation, how = mon.evaluation_rows(SPEC, baseline)
     cut = baseline["snapshot_ts"].sort_values().iloc[len(baseline) - round(0.2 * len(baseline))]
-    assert (evaluation["snapshot_ts"] >= cut).all() and len(evaluation) == (baseline["snapshot_ts"] >= cut).sum()
+    assert (evaluation["snapshot_ts"] >= cut).all() and len(evaluation) == (
+        baseline["snapshot_ts"] >= cut
+    ).sum()
     assert 0 < len(evaluation) < len(baseline) and how.startswith("the evaluation split (SEQ on snapshot_ts")
     served_probs = [
-        next(p for v, p in zip(json.loads(t)["churned_values"], json.loads(t)["churned_probs"]) if v == "true")
-        for t in build_endpoints(settings).request_log("churn_model", second.window_start, second.window_end)["prediction"]
+        next(
+            p for v, p in zip(json.loads(t)["churned_values"], json.loads(t)["churned_probs"]) if v == "true"
+        )
+        for t in build_endpoints(settings).request_log("churn_model", second.window_start, second.window_end)[
+            "prediction"
+        ]
     ]
-    eval_probs = [next(p["prob"] for p in row if p["label"] is True) for row in evaluation["predicted_churned_probs"]]
+    eval_probs = [
+        next(p["prob"] for p in row if p["label"] is True) for row in evaluation["predicted_churned_probs"]
+    ]
     expected_prediction = validate_data_drift(
         pd.DataFrame({"churned_probability": eval_probs}), pd.DataFrame({"churned_probability": served_probs})
     )
@@ -109,10 +125,18 @@ def test_windows_drift_performance_and_report(served, monkeypatch):
     # Performance: scikit-learn's ROC AUC over the sent rows whose features identify exactly one
     # labelled snapshot row (their label has arrived).
     truth = warehouse.query(read_sql("monitoring/churn_model_ground_truth.sql"))
-    key = lambda frame: [tuple(r) for r in frame[features].astype(object).where(frame[features].notna(), None).itertuples(index=False, name=None)]  # noqa: E731
+    key = lambda frame: [
+        tuple(r)
+        for r in frame[features]
+        .astype(object)
+        .where(frame[features].notna(), None)
+        .itertuples(index=False, name=None)
+    ]  # noqa: E731
     counts = Counter(key(truth))
     label_of = dict(zip(key(truth), truth["churned"]))
-    predicted = warehouse.query(f"SELECT * FROM ML.PREDICT(MODEL {models.newest_model(warehouse, SPEC)}, ({LABELLED_SQL}))")
+    predicted = warehouse.query(
+        f"SELECT * FROM ML.PREDICT(MODEL {models.newest_model(warehouse, SPEC)}, ({LABELLED_SQL}))"
+    )
     sent = set(key(pd.DataFrame(rows)))
     scores, labels = [], []
     for k, probs in zip(key(predicted), predicted["predicted_churned_probs"]):
@@ -129,7 +153,9 @@ def test_windows_drift_performance_and_report(served, monkeypatch):
     assert html.count("data:image/png;base64,") >= 2 and "churn_model" in html
 
     # 3. The channel mix jumps to the store: share_store drifts; those rows have no labels.
-    drifted = [{**r, "share_store": 1.0, "share_web": 0.0, "share_app": 0.0, "share_mobile": 0.0} for r in rows]
+    drifted = [
+        {**r, "share_store": 1.0, "share_web": 0.0, "share_app": 0.0, "share_mobile": 0.0} for r in rows
+    ]
     _send(settings, drifted)
     third = _monitor(settings)
     assert third.window_start == second.window_end and third.study_rows == len(drifted)
@@ -139,7 +165,10 @@ def test_windows_drift_performance_and_report(served, monkeypatch):
     # labelled row (customers who already bought only in stores) have a label.
     still_labelled = sum(1 for k in key(pd.DataFrame(drifted)) if counts[k] == 1)
     assert 20 <= still_labelled < len(drifted) / 2
-    assert list(third.performance["window_end"]) == [pd.Timestamp(second.window_end), pd.Timestamp(third.window_end)]
+    assert list(third.performance["window_end"]) == [
+        pd.Timestamp(second.window_end),
+        pd.Timestamp(third.window_end),
+    ]
     assert list(third.performance["rows"]) == [len(scores), still_labelled]
 
     # 4. The trend keeps the newest TREND_WINDOWS windows (here 2): the scored window drops out.
@@ -150,13 +179,18 @@ def test_windows_drift_performance_and_report(served, monkeypatch):
 
     windows = json.loads((reports_dir(settings) / "churn_model" / "monitoring" / "windows.json").read_text())
     assert [w["rows"] for w in windows] == [first.study_rows, len(rows), len(drifted), 0]
-    assert all(dt.datetime.fromisoformat(a["end"]) == dt.datetime.fromisoformat(b["start"]) for a, b in zip(windows, windows[1:]))
+    assert all(
+        dt.datetime.fromisoformat(a["end"]) == dt.datetime.fromisoformat(b["start"])
+        for a, b in zip(windows, windows[1:])
+    )
 
 
 def test_the_asset_check_fails_naming_the_feature(served):
     settings, instance = served
     rows = deployment.to_instances(SPEC, build_warehouse(settings).query_arrow(LABELLED_SQL))
-    drifted = [{**r, "share_store": 1.0, "share_web": 0.0, "share_app": 0.0, "share_mobile": 0.0} for r in rows]
+    drifted = [
+        {**r, "share_store": 1.0, "share_web": 0.0, "share_app": 0.0, "share_mobile": 0.0} for r in rows
+    ]
     _send(settings, drifted[: len(drifted) // 4 * 4])
     definitions = build_definitions(settings)
     result = dg.materialize(
@@ -203,7 +237,9 @@ def test_kmeans_report_watches_cluster_shares_and_distances(served):
         pd.DataFrame(
             {
                 "centroid_id": baseline["CENTROID_ID"].astype(str),
-                "nearest_centroid_distance": [min(d["DISTANCE"] for d in n) for n in baseline["NEAREST_CENTROIDS_DISTANCE"]],
+                "nearest_centroid_distance": [
+                    min(d["DISTANCE"] for d in n) for n in baseline["NEAREST_CENTROIDS_DISTANCE"]
+                ],
             }
         ),
         pd.DataFrame(

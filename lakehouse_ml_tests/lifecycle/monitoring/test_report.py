@@ -14,7 +14,12 @@ import pandas as pd
 import pytest
 
 from lakehouse_ml.lifecycle.monitoring import report
-from lakehouse_ml.lifecycle.monitoring.report import FeatureHistogram, drift_status, markdown_table, write_html_report
+from lakehouse_ml.lifecycle.monitoring.report import (
+    FeatureHistogram,
+    drift_status,
+    markdown_table,
+    write_html_report,
+)
 
 JS, LINF = "JENSEN_SHANNON_DIVERGENCE", "L_INFTY"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

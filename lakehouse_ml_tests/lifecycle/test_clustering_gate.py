@@ -26,14 +26,20 @@ def test_cluster_scores_are_scikit_learns_davies_bouldin_on_the_standardized_row
     shuffled = np.random.default_rng(0).permutation(truth)
     scores = deployment.cluster_scores(frame, {"good": truth + 1, "random": shuffled})
     standardized = ((frame - frame.mean()) / frame.std()).to_numpy()
-    assert scores["good"]["davies_bouldin_index"] == pytest.approx(davies_bouldin_score(standardized, truth), rel=1e-9)
-    assert scores["random"]["davies_bouldin_index"] == pytest.approx(davies_bouldin_score(standardized, shuffled), rel=1e-9)
+    assert scores["good"]["davies_bouldin_index"] == pytest.approx(
+        davies_bouldin_score(standardized, truth), rel=1e-9
+    )
+    assert scores["random"]["davies_bouldin_index"] == pytest.approx(
+        davies_bouldin_score(standardized, shuffled), rel=1e-9
+    )
     assert scores["good"]["davies_bouldin_index"] < 0.5 < 5 < scores["random"]["davies_bouldin_index"]
     assert scores["good"]["clusters"] == 3
 
 
 def test_cluster_scores_one_hot_encode_categories_and_impute_nulls():
-    frame = pd.DataFrame({"x": [0.0, 0.1, np.nan, 5.0, 5.1, 5.2], "channel": ["web", "web", None, "store", "store", "store"]})
+    frame = pd.DataFrame(
+        {"x": [0.0, 0.1, np.nan, 5.0, 5.1, 5.2], "channel": ["web", "web", None, "store", "store", "store"]}
+    )
     labels = np.array([1, 1, 1, 2, 2, 2])
     scores = deployment.cluster_scores(frame, {"v": labels})
     # BigQuery ML standardizes with the mean and standard deviation of the non-NULL values (those
@@ -42,7 +48,9 @@ def test_cluster_scores_one_hot_encode_categories_and_impute_nulls():
     design = np.column_stack(
         [x.fillna(0.0), frame["channel"] == "store", frame["channel"] == "web", frame["channel"].isna()]
     ).astype(float)
-    assert scores["v"]["davies_bouldin_index"] == pytest.approx(davies_bouldin_score(design, labels), rel=1e-9)
+    assert scores["v"]["davies_bouldin_index"] == pytest.approx(
+        davies_bouldin_score(design, labels), rel=1e-9
+    )
 
 
 def test_one_cluster_has_no_davies_bouldin_index():
@@ -53,9 +61,21 @@ def test_one_cluster_has_no_davies_bouldin_index():
 
 def test_cluster_columns_are_the_transform_outputs():
     segments = models.CUSTOMER_SEGMENTS_MODEL
-    raw = ["recency_days", "frequency_orders", "monetary_total", "avg_order_value", "distinct_categories", "share_app"]
+    raw = [
+        "recency_days",
+        "frequency_orders",
+        "monetary_total",
+        "avg_order_value",
+        "distinct_categories",
+        "share_app",
+    ]
     assert deployment.cluster_feature_columns(segments, raw) == [
-        "log_recency_days", "log_frequency_orders", "log_monetary_total", "log_avg_order_value", "distinct_categories", "share_app",
+        "log_recency_days",
+        "log_frequency_orders",
+        "log_monetary_total",
+        "log_avg_order_value",
+        "distinct_categories",
+        "share_app",
     ]
     anomalies = models.TRANSACTION_ANOMALY_MODEL
     assert deployment.cluster_feature_columns(anomalies, ["channel", "n_lines"]) == ["channel", "n_lines"]
@@ -65,17 +85,47 @@ def test_cluster_columns_are_the_transform_outputs():
     ("prediction", "problem"),
     [
         # The export serving signature: every centroid (customer_segments_model has 5) in id order.
-        ({"nearest_centroid_id": [2], "centroid_ids": [1, 2, 3, 4, 5], "centroid_distances": [1.5, 0.5, 2, 3, 4]}, None),
-        ({"nearest_centroid_id": [1], "centroid_ids": [1, 2, 3, 4, 5], "centroid_distances": [1.5, 0.5, 2, 3, 4]}, "not the nearest"),
-        ({"nearest_centroid_id": [2], "centroid_ids": [2, 1, 3, 4, 5], "centroid_distances": [0.5, 1.5, 2, 3, 4]}, "id order"),
-        ({"nearest_centroid_id": [2], "centroid_ids": [1, 2, 3, 4, 5], "centroid_distances": [1.5, -0.1, 2, 3, 4]}, "negative"),
+        (
+            {
+                "nearest_centroid_id": [2],
+                "centroid_ids": [1, 2, 3, 4, 5],
+                "centroid_distances": [1.5, 0.5, 2, 3, 4],
+            },
+            None,
+        ),
+        (
+            {
+                "nearest_centroid_id": [1],
+                "centroid_ids": [1, 2, 3, 4, 5],
+                "centroid_distances": [1.5, 0.5, 2, 3, 4],
+            },
+            "not the nearest",
+        ),
+        (
+            {
+                "nearest_centroid_id": [2],
+                "centroid_ids": [2, 1, 3, 4, 5],
+                "centroid_distances": [0.5, 1.5, 2, 3, 4],
+            },
+            "id order",
+        ),
+        (
+            {
+                "nearest_centroid_id": [2],
+                "centroid_ids": [1, 2, 3, 4, 5],
+                "centroid_distances": [1.5, -0.1, 2, 3, 4],
+            },
+            "negative",
+        ),
         ({"nearest_centroid_id": [2], "centroid_ids": [1, 2], "centroid_distances": [1.5, 0.5]}, "1..5"),
         ({"nearest_centroid_id": [2], "centroid_ids": [1, 2, 3, 4, 5]}, "no centroid_distances"),
     ],
 )
 def test_a_served_kmeans_answer_is_checked(prediction, problem):
     problems: list[str] = []
-    deployment._check_predictions(models.CUSTOMER_SEGMENTS_MODEL, [{}], {"predictions": [prediction]}, problems)
+    deployment._check_predictions(
+        models.CUSTOMER_SEGMENTS_MODEL, [{}], {"predictions": [prediction]}, problems
+    )
     if problem is None:
         assert problems == []
     else:
@@ -91,4 +141,6 @@ def test_the_kmeans_gate_compares_davies_bouldin_only():
         serving=models.Serving(endpoint="customer_segments_model"),
     )
     with pytest.raises(ValueError, match="compares davies_bouldin_index, not 'mean_squared_distance'"):
-        deployment._clustering_gate(None, spec, "candidate", "serving", pd.DataFrame(), deployment.GateResult(True, "", "", "", "1"))
+        deployment._clustering_gate(
+            None, spec, "candidate", "serving", pd.DataFrame(), deployment.GateResult(True, "", "", "", "1")
+        )

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
+from lakehouse_ml.core.errors import SQLTranslationError, WarehouseError
 from lakehouse_ml.engine.translate import to_duckdb, translate
-from lakehouse_ml.backends.warehouse import SQLTranslationError, WarehouseError
 
 
 @pytest.mark.parametrize(
@@ -17,7 +17,10 @@ from lakehouse_ml.backends.warehouse import SQLTranslationError, WarehouseError
         ("SELECT EXTRACT(DAYOFWEEK FROM DATE '2026-01-04')", 1),
         ("SELECT EXTRACT(DAYOFWEEK FROM DATE '2026-01-10')", 7),
         # TIMESTAMP_DIFF counts whole units (BigQuery reference example: 13410 hours).
-        ("SELECT TIMESTAMP_DIFF(TIMESTAMP '2010-07-07 10:20:00', TIMESTAMP '2008-12-25 15:30:00', HOUR)", 13410),
+        (
+            "SELECT TIMESTAMP_DIFF(TIMESTAMP '2010-07-07 10:20:00', TIMESTAMP '2008-12-25 15:30:00', HOUR)",
+            13410,
+        ),
         ("SELECT TIMESTAMP_DIFF(TIMESTAMP '2026-01-01 14:00:00', TIMESTAMP '2026-01-01 13:59:59', HOUR)", 0),
         # DATE_DIFF counts day boundaries.
         ("SELECT DATE_DIFF(DATE '2026-03-01', DATE '2026-02-01', DAY)", 28),
@@ -54,7 +57,9 @@ def test_parameters_become_duckdb_parameters(warehouse):
 
 
 def test_scripts_run_statement_by_statement(warehouse):
-    frame = warehouse.query("CREATE TABLE t AS SELECT 1 AS x UNION ALL SELECT 2; INSERT INTO t VALUES (3); SELECT SUM(x) AS s FROM t")
+    frame = warehouse.query(
+        "CREATE TABLE t AS SELECT 1 AS x UNION ALL SELECT 2; INSERT INTO t VALUES (3); SELECT SUM(x) AS s FROM t"
+    )
     assert frame.s[0] == 6
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from lakehouse_ml.core.settings import SettingsError, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_are_local():
@@ -35,7 +35,11 @@ def test_gcp_settings():
             "UNRELATED": "ignored",
         }
     )
-    assert (settings.gcp_project, settings.gcp_dataset, settings.bigquery_location) == ("my-analytics-project", "ml_lake", "EU")
+    assert (settings.gcp_project, settings.gcp_dataset, settings.bigquery_location) == (
+        "my-analytics-project",
+        "ml_lake",
+        "EU",
+    )
     assert settings.bigquery_api_endpoint == "http://127.0.0.1:9050"
 
 
@@ -43,9 +47,17 @@ def test_gcp_settings():
     "env, variable, example",
     [
         ({"LAKEHOUSE_ML_BACKEND": "aws"}, "LAKEHOUSE_ML_BACKEND", "LAKEHOUSE_ML_BACKEND=local"),
-        ({"LAKEHOUSE_ML_BACKEND": "gcp"}, "LAKEHOUSE_ML_GCP_PROJECT", "LAKEHOUSE_ML_GCP_PROJECT=my-analytics-project"),
+        (
+            {"LAKEHOUSE_ML_BACKEND": "gcp"},
+            "LAKEHOUSE_ML_GCP_PROJECT",
+            "LAKEHOUSE_ML_GCP_PROJECT=my-analytics-project",
+        ),
         ({"LAKEHOUSE_ML_GCP_PROJECT": "Not_A_Project"}, "LAKEHOUSE_ML_GCP_PROJECT", "my-analytics-project"),
-        ({"LAKEHOUSE_ML_GCP_DATASET": "has-dash"}, "LAKEHOUSE_ML_GCP_DATASET", "LAKEHOUSE_ML_GCP_DATASET=lakehouse_ml"),
+        (
+            {"LAKEHOUSE_ML_GCP_DATASET": "has-dash"},
+            "LAKEHOUSE_ML_GCP_DATASET",
+            "LAKEHOUSE_ML_GCP_DATASET=lakehouse_ml",
+        ),
         ({"LAKEHOUSE_ML_BIGQUERY_LOCATION": "mars"}, "LAKEHOUSE_ML_BIGQUERY_LOCATION", "=US"),
         ({"LAKEHOUSE_ML_START_DATE": "2026-13-01"}, "LAKEHOUSE_ML_START_DATE", "=2026-01-01"),
         ({"LAKEHOUSE_ML_DAYS": "many"}, "LAKEHOUSE_ML_DAYS", "LAKEHOUSE_ML_DAYS=310"),
@@ -77,12 +89,14 @@ def _validate(env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_dagster_definitions_validate(tmp_path):
     result = _validate({"LAKEHOUSE_ML_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path)})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_bad_setting_fails_definitions_load_with_the_variable(tmp_path):
     result = _validate({"LAKEHOUSE_ML_BACKEND": "azure", "DAGSTER_HOME": str(tmp_path)})
     assert result.returncode != 0

@@ -15,9 +15,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from lakehouse_ml_tests.local_chain import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QUERY = "{ assetNodes { assetKey { path } dependencyKeys { path } groupName isPartitioned } }"
 
 
@@ -31,13 +33,24 @@ def _graphql(port: int, query: str) -> dict:
         return json.loads(response.read())
 
 
+@pytest.mark.slow
 def test_ui_lists_assets_with_lineage(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_ML_")}
     env.update(DAGSTER_HOME=str(tmp_path), LAKEHOUSE_ML_HOME=str(tmp_path / "home"))
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     process = subprocess.Popen(
-        [sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "dagster_webserver",
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -56,9 +69,18 @@ def test_ui_lists_assets_with_lineage(tmp_path):
             except (OSError, KeyError, TypeError):
                 pass
             time.sleep(0.5)
-        assert nodes, "the webserver did not serve the asset graph: " + (process.stderr.read().decode()[-2000:] if process.poll() is not None else "timeout")
-        graph = {"/".join(n["assetKey"]["path"]): {"/".join(d["path"]) for d in n["dependencyKeys"]} for n in nodes}
-        assert graph["customer_features"] == {"raw_customers", "raw_orders", "raw_products", "raw_web_sessions"}
+        assert nodes, "the webserver did not serve the asset graph: " + (
+            process.stderr.read().decode()[-2000:] if process.poll() is not None else "timeout"
+        )
+        graph = {
+            "/".join(n["assetKey"]["path"]): {"/".join(d["path"]) for d in n["dependencyKeys"]} for n in nodes
+        }
+        assert graph["customer_features"] == {
+            "raw_customers",
+            "raw_orders",
+            "raw_products",
+            "raw_web_sessions",
+        }
         assert graph["transaction_features"] == {"raw_customers", "raw_orders", "raw_products"}
         assert graph["raw_orders"] == {"landing/orders"}
         partitioned = {"/".join(n["assetKey"]["path"]) for n in nodes if n["isPartitioned"]}

@@ -18,7 +18,6 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 
 from lakehouse_ml.backends.local_warehouse import LocalWarehouse
-from lakehouse_ml.core.errors import BqmlError
 from lakehouse_ml.bigquery.drift import (
     OUTPUT_SCHEMA,
     DriftError,
@@ -28,6 +27,7 @@ from lakehouse_ml.bigquery.drift import (
     validate_data_drift,
     validate_data_drift_arrow,
 )
+from lakehouse_ml.core.errors import BqmlError
 
 JSD = "JENSEN_SHANNON_DIVERGENCE"
 
@@ -85,7 +85,9 @@ def frames(rows=5_000, seed=0, shift=0.0):
         {
             "amount": rng.normal(50 + 20 * shift, 10, rows),
             "items": rng.poisson(3 + 2 * shift, rows).astype("int64"),
-            "channel": rng.choice(["web", "store", "app", "phone"], rows, p=[0.4 - 0.2 * shift, 0.3, 0.2 + 0.2 * shift, 0.1]),
+            "channel": rng.choice(
+                ["web", "store", "app", "phone"], rows, p=[0.4 - 0.2 * shift, 0.3, 0.2 + 0.2 * shift, 0.1]
+            ),
             "region": rng.choice([f"r{k}" for k in range(30)], rows),
         }
     )
@@ -104,7 +106,9 @@ def test_numerical_jsd_on_shared_boundaries_is_scipys(buckets):
     rng = np.random.default_rng(1)
     base = np.concatenate([[0.0, 100.0], rng.uniform(0, 100, 3_000)])
     study = np.concatenate([[0.0, 100.0], rng.beta(2, 5, 2_000) * 100])
-    result = validate_data_drift(pd.DataFrame({"x": base}), pd.DataFrame({"x": study}), {"num_histogram_buckets": buckets})
+    result = validate_data_drift(
+        pd.DataFrame({"x": base}), pd.DataFrame({"x": study}), {"num_histogram_buckets": buckets}
+    )
     expected = js_divergence(
         np.histogram(base, buckets, range=(0, 100))[0], np.histogram(study, buckets, range=(0, 100))[0]
     )
@@ -118,7 +122,9 @@ def test_numerical_jsd_rebuckets_on_the_union_of_boundaries(buckets):
     rng = np.random.default_rng(2)
     base = rng.normal(0, 1, 4_000)
     study = rng.normal(0.7, 1.6, 3_000)
-    result = validate_data_drift(pd.DataFrame({"x": base}), pd.DataFrame({"x": study}), {"num_histogram_buckets": buckets})
+    result = validate_data_drift(
+        pd.DataFrame({"x": base}), pd.DataFrame({"x": study}), {"num_histogram_buckets": buckets}
+    )
     assert row(result, "x").value == pytest.approx(reference_numeric(base, study, buckets), abs=1e-12)
 
 
@@ -126,11 +132,15 @@ def test_rebucketing_by_hand():
     """2 buckets: base [0,4,6,10] → [0,5):2 [5,10]:2; study [0,1,4,5] → [0,2.5):2 [2.5,5]:2.
     On the union [0, 2.5, 5, 10]: base 1, 1, 2 and study 2, 2, 0."""
     result = validate_data_drift(
-        pa.table({"x": [0.0, 4.0, 6.0, 10.0]}), pa.table({"x": [0.0, 1.0, 4.0, 5.0]}), {"num_histogram_buckets": 2}
+        pa.table({"x": [0.0, 4.0, 6.0, 10.0]}),
+        pa.table({"x": [0.0, 1.0, 4.0, 5.0]}),
+        {"num_histogram_buckets": 2},
     )
     assert row(result, "x").value == pytest.approx(js_divergence([1, 1, 2], [2, 2, 0]), abs=1e-15)
     (dist,) = drift_distributions(
-        pa.table({"x": [0.0, 4.0, 6.0, 10.0]}), pa.table({"x": [0.0, 1.0, 4.0, 5.0]}), {"num_histogram_buckets": 2}
+        pa.table({"x": [0.0, 4.0, 6.0, 10.0]}),
+        pa.table({"x": [0.0, 1.0, 4.0, 5.0]}),
+        {"num_histogram_buckets": 2},
     )
     np.testing.assert_allclose(dist.edges, [0, 2.5, 5, 10])
     np.testing.assert_allclose(dist.base, [0.25, 0.25, 0.5])
@@ -167,7 +177,9 @@ def test_nan_and_infinities_are_mismatching_buckets_as_in_tfdv():
 
     inf_base = pa.table({"x": [0.0, 1.0, 2.0, 3.0, float("inf"), float("-inf")]})
     expected = js_divergence(np.concatenate([regular, [2]]), np.concatenate([regular, [0]]))
-    assert validate_data_drift(inf_base, pa.table({"x": [0.0, 1.0, 2.0, 3.0]})).value[0] == pytest.approx(expected)
+    assert validate_data_drift(inf_base, pa.table({"x": [0.0, 1.0, 2.0, 3.0]})).value[0] == pytest.approx(
+        expected
+    )
 
 
 def test_nulls_are_not_values():
@@ -188,7 +200,9 @@ def test_integer_and_decimal_columns_are_numerical():
     import decimal
 
     ints = pa.table({"n": pa.array([1, 2, 3, 4, 5, 6], pa.int64())})
-    decimals = pa.table({"n": pa.array([decimal.Decimal(v) for v in ("1", "2", "3", "3", "5", "6")], pa.decimal128(10, 2))})
+    decimals = pa.table(
+        {"n": pa.array([decimal.Decimal(v) for v in ("1", "2", "3", "3", "5", "6")], pa.decimal128(10, 2))}
+    )
     result = validate_data_drift(ints, decimals)
     assert row(result, "n").metric == JSD
     assert row(result, "n").value == pytest.approx(
@@ -290,7 +304,9 @@ def test_is_anomaly_is_value_strictly_greater_than_threshold():
     below = validate_data_drift(base, study, {"categorical_default_threshold": 0.2499})
     assert at.value[0] == 0.25 and not at.is_anomaly[0]
     assert below.is_anomaly[0]
-    result = validate_data_drift(frames(seed=10), frames(seed=11, shift=1.0), {"thresholds": [("amount", 0.0)]})
+    result = validate_data_drift(
+        frames(seed=10), frames(seed=11, shift=1.0), {"thresholds": [("amount", 0.0)]}
+    )
     assert list(result.is_anomaly) == list(result.value > result.threshold)
 
 
@@ -409,22 +425,34 @@ def test_options_that_do_not_change_the_value_are_validated_and_accepted():
         ({"num_histogram_buckets": 0}, r"NUM_HISTOGRAM_BUCKETS must be in \[1, 1,000\], got 0"),
         ({"num_histogram_buckets": 1001}, r"NUM_HISTOGRAM_BUCKETS must be in \[1, 1,000\]"),
         ({"num_histogram_buckets": 2.5}, r"NUM_HISTOGRAM_BUCKETS must be an INT64"),
-        ({"num_quantiles_histogram_buckets": 1001}, r"NUM_QUANTILES_HISTOGRAM_BUCKETS must be in \[1, 1,000\]"),
+        (
+            {"num_quantiles_histogram_buckets": 1001},
+            r"NUM_QUANTILES_HISTOGRAM_BUCKETS must be in \[1, 1,000\]",
+        ),
         ({"num_values_histogram_buckets": 0}, r"NUM_VALUES_HISTOGRAM_BUCKETS must be in \[1, 1,000\]"),
         ({"num_rank_histogram_buckets": 10_001}, r"NUM_RANK_HISTOGRAM_BUCKETS must be in \[1, 10,000\]"),
         ({"num_rank_histogram_buckets": True}, r"NUM_RANK_HISTOGRAM_BUCKETS must be an INT64"),
         ({"categorical_default_threshold": 1.0}, r"CATEGORICAL_DEFAULT_THRESHOLD must be in \[0, 1\)"),
         ({"numerical_default_threshold": -0.1}, r"NUMERICAL_DEFAULT_THRESHOLD must be in \[0, 1\)"),
         ({"numerical_default_threshold": "0.3"}, r"NUMERICAL_DEFAULT_THRESHOLD must be a FLOAT64"),
-        ({"categorical_metric_type": "L2"}, r"CATEGORICAL_METRIC_TYPE must be one of 'L_INFTY', 'JENSEN_SHANNON_DIVERGENCE'"),
-        ({"numerical_metric_type": "L_INFTY"}, r"NUMERICAL_METRIC_TYPE must be one of 'JENSEN_SHANNON_DIVERGENCE'"),
+        (
+            {"categorical_metric_type": "L2"},
+            r"CATEGORICAL_METRIC_TYPE must be one of 'L_INFTY', 'JENSEN_SHANNON_DIVERGENCE'",
+        ),
+        (
+            {"numerical_metric_type": "L_INFTY"},
+            r"NUMERICAL_METRIC_TYPE must be one of 'JENSEN_SHANNON_DIVERGENCE'",
+        ),
         ({"thresholds": [("amount", 1.5)]}, r"THRESHOLDS value of 'amount' must be in \[0, 1\)"),
         ({"thresholds": [("amount", 0.1), ("AMOUNT", 0.2)]}, r"names column 'AMOUNT' twice"),
         ({"thresholds": [("nope", 0.1)]}, r"THRESHOLDS names 'nope', which is no input column"),
         ({"thresholds": 0.1}, r"THRESHOLDS must be an ARRAY<STRUCT<STRING, FLOAT64>>"),
         ({"thresholds": [(1, 0.1)]}, r"THRESHOLDS must be an ARRAY<STRUCT<STRING, FLOAT64>>"),
         ({"num_histogram_buckets": None}, r"NUM_HISTOGRAM_BUCKETS is NULL"),
-        ({"bucket_count": 3}, r"has no option BUCKET_COUNT\. Its options are: NUM_HISTOGRAM_BUCKETS, .*THRESHOLDS"),
+        (
+            {"bucket_count": 3},
+            r"has no option BUCKET_COUNT\. Its options are: NUM_HISTOGRAM_BUCKETS, .*THRESHOLDS",
+        ),
     ],
 )
 def test_bad_options_are_refused_naming_the_option_and_the_allowed_values(options, message):
@@ -471,7 +499,9 @@ def test_large_inputs_take_the_threaded_path_and_agree_with_the_references():
     assert row(result, "amount").value == pytest.approx(
         reference_numeric(base.amount.to_numpy(), study.amount.to_numpy()), abs=1e-12
     )
-    assert row(result, "region").value == pytest.approx(reference_linfty(base.region, study.region), abs=1e-12)
+    assert row(result, "region").value == pytest.approx(
+        reference_linfty(base.region, study.region), abs=1e-12
+    )
 
 
 # -- the SQL function on the local warehouse ---------------------------------------------------------
@@ -485,10 +515,13 @@ def drift_warehouse(warehouse: LocalWarehouse) -> LocalWarehouse:
 
 
 def test_sql_table_arguments_give_the_pure_functions_rows(drift_warehouse):
-    sql = "SELECT * FROM ML.VALIDATE_DATA_DRIFT(TABLE serving_before, TABLE `my-project.lakehouse.serving_now`)"
+    sql = (
+        "SELECT * FROM ML.VALIDATE_DATA_DRIFT(TABLE serving_before, TABLE `my-project.lakehouse.serving_now`)"
+    )
     result = drift_warehouse.query(sql)
     expected = validate_data_drift(
-        drift_warehouse.query("SELECT * FROM serving_before"), drift_warehouse.query("SELECT * FROM serving_now")
+        drift_warehouse.query("SELECT * FROM serving_before"),
+        drift_warehouse.query("SELECT * FROM serving_now"),
     )
     pd.testing.assert_frame_equal(result, expected, check_dtype=False)
     assert drift_warehouse.query_arrow(sql).schema == OUTPUT_SCHEMA
@@ -520,7 +553,9 @@ def test_sql_subqueries_struct_options_and_thresholds(drift_warehouse):
     assert result.value[0] == pytest.approx(
         reference_numeric(base.amount.to_numpy(), study.amount.to_numpy(), 20), abs=1e-12
     )
-    assert result.value[1] == pytest.approx(reference_categorical_jsd(base.channel, study.channel, 5), abs=1e-12)
+    assert result.value[1] == pytest.approx(
+        reference_categorical_jsd(base.channel, study.channel, 5), abs=1e-12
+    )
 
 
 def test_sql_struct_thresholds_and_the_result_used_as_a_table(drift_warehouse):
@@ -554,16 +589,27 @@ def test_sql_empty_study_window(drift_warehouse):
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        ("ML.VALIDATE_DATA_DRIFT(TABLE serving_before, TABLE serving_now, STRUCT(0 AS num_histogram_buckets))",
-         r"NUM_HISTOGRAM_BUCKETS must be in \[1, 1,000\]"),
-        ("ML.VALIDATE_DATA_DRIFT(TABLE serving_before, TABLE serving_now, STRUCT('X' AS categorical_metric_type))",
-         r"CATEGORICAL_METRIC_TYPE must be one of 'L_INFTY', 'JENSEN_SHANNON_DIVERGENCE'"),
-        ("ML.VALIDATE_DATA_DRIFT(TABLE serving_before, TABLE serving_now, STRUCT(1 AS buckets))",
-         r"has no option BUCKETS"),
-        ("ML.VALIDATE_DATA_DRIFT(TABLE serving_before, TABLE serving_now, STRUCT(0.1))", r"name the STRUCT fields"),
+        (
+            "ML.VALIDATE_DATA_DRIFT(TABLE serving_before, TABLE serving_now, STRUCT(0 AS num_histogram_buckets))",
+            r"NUM_HISTOGRAM_BUCKETS must be in \[1, 1,000\]",
+        ),
+        (
+            "ML.VALIDATE_DATA_DRIFT(TABLE serving_before, TABLE serving_now, STRUCT('X' AS categorical_metric_type))",
+            r"CATEGORICAL_METRIC_TYPE must be one of 'L_INFTY', 'JENSEN_SHANNON_DIVERGENCE'",
+        ),
+        (
+            "ML.VALIDATE_DATA_DRIFT(TABLE serving_before, TABLE serving_now, STRUCT(1 AS buckets))",
+            r"has no option BUCKETS",
+        ),
+        (
+            "ML.VALIDATE_DATA_DRIFT(TABLE serving_before, TABLE serving_now, STRUCT(0.1))",
+            r"name the STRUCT fields",
+        ),
         ("ML.VALIDATE_DATA_DRIFT(TABLE serving_before)", r"needs a base and a study input"),
-        ("ML.VALIDATE_DATA_DRIFT(TABLE serving_before, TABLE serving_now, STRUCT(), MODEL m)",
-         r"MODEL m\) is not supported locally: the MODEL argument only adds visualization_link"),
+        (
+            "ML.VALIDATE_DATA_DRIFT(TABLE serving_before, TABLE serving_now, STRUCT(), MODEL m)",
+            r"MODEL m\) is not supported locally: the MODEL argument only adds visualization_link",
+        ),
         ("ML.VALIDATE_DATA_DRIFT(TABLE serving_before, TABLE serving_now, [0.1])", r"does not take an array"),
         ("ML.VALIDATE_DATA_DRIFT(TABLE a, TABLE b, TABLE c)", r"does not take an input relation"),
     ],
@@ -607,7 +653,11 @@ def test_through_the_bigquery_client_and_rest_double_like_on_the_local_backend(d
 
 @pytest.mark.parametrize(
     "thresholds",
-    ["[('amount', 0.01)]", "ARRAY<STRUCT<STRING, FLOAT64>>[('amount', 0.01)]", "[STRUCT('amount' AS name, 0.01 AS t)]"],
+    [
+        "[('amount', 0.01)]",
+        "ARRAY<STRUCT<STRING, FLOAT64>>[('amount', 0.01)]",
+        "[STRUCT('amount' AS name, 0.01 AS t)]",
+    ],
 )
 def test_sql_thresholds_literal_forms(drift_warehouse, thresholds):
     result = drift_warehouse.query(

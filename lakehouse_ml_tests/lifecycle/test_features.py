@@ -9,15 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lakehouse_ml.lifecycle import features
-from lakehouse_ml.engine.translate import translate
 from lakehouse_ml.backends.warehouse import PartitionWindow
 from lakehouse_ml.bigquery.sqlfiles import sql_files
+from lakehouse_ml.engine.translate import translate
+from lakehouse_ml.lifecycle import features
+from lakehouse_ml_tests.conftest import DAY0
 
-from .conftest import DAY0
 
-
-def reference_customer_features(t: dict[str, pd.DataFrame], lookback: int, interval: int, horizon: int) -> pd.DataFrame:
+def reference_customer_features(
+    t: dict[str, pd.DataFrame], lookback: int, interval: int, horizon: int
+) -> pd.DataFrame:
     orders = t["raw_orders"].merge(t["raw_products"][["product_id", "category"]], on="product_id")
     sessions = t["raw_web_sessions"].dropna(subset=["customer_id"])
     customers = t["raw_customers"].set_index("customer_id")
@@ -35,7 +36,11 @@ def reference_customer_features(t: dict[str, pd.DataFrame], lookback: int, inter
             revenue = float((g.unit_price * g.quantity).sum())
             cats = g.category.value_counts()
             cats = cats.sort_index().sort_values(ascending=False, kind="stable")
-            s = sessions[(sessions.customer_id == cid) & (sessions.session_date >= start) & (sessions.session_date < snapshot)]
+            s = sessions[
+                (sessions.customer_id == cid)
+                & (sessions.session_date >= start)
+                & (sessions.session_date < snapshot)
+            ]
             future = orders[
                 (orders.customer_id == cid)
                 & (orders.order_date >= snapshot)
@@ -78,30 +83,41 @@ def reference_customer_features(t: dict[str, pd.DataFrame], lookback: int, inter
 
 
 def reference_transaction_features(t: dict[str, pd.DataFrame], start: dt.date, end: dt.date) -> pd.DataFrame:
-    lines = t["raw_orders"].merge(t["raw_products"][["product_id", "category", "list_price"]], on="product_id")
+    lines = t["raw_orders"].merge(
+        t["raw_products"][["product_id", "category", "list_price"]], on="product_id"
+    )
     lines = lines[(lines.order_date >= start - dt.timedelta(days=90)) & (lines.order_date <= end)]
     lines = lines.assign(amount=lines.unit_price * lines.quantity, ratio=lines.unit_price / lines.list_price)
-    orders = lines.groupby("order_id").agg(
-        customer_id=("customer_id", "first"),
-        order_date=("order_date", "first"),
-        order_ts=("order_ts", "first"),
-        channel=("channel", "first"),
-        device=("device", "first"),
-        region=("region", "first"),
-        n_lines=("line_number", "size"),
-        total_quantity=("quantity", "sum"),
-        order_amount=("amount", "sum"),
-        avg_discount=("discount", "mean"),
-        max_unit_price=("unit_price", "max"),
-        avg_price_ratio=("ratio", "mean"),
-        n_categories=("category", "nunique"),
-    ).reset_index()
+    orders = (
+        lines.groupby("order_id")
+        .agg(
+            customer_id=("customer_id", "first"),
+            order_date=("order_date", "first"),
+            order_ts=("order_ts", "first"),
+            channel=("channel", "first"),
+            device=("device", "first"),
+            region=("region", "first"),
+            n_lines=("line_number", "size"),
+            total_quantity=("quantity", "sum"),
+            order_amount=("amount", "sum"),
+            avg_discount=("discount", "mean"),
+            max_unit_price=("unit_price", "max"),
+            avg_price_ratio=("ratio", "mean"),
+            n_categories=("category", "nunique"),
+        )
+        .reset_index()
+    )
     signup = t["raw_customers"].set_index("customer_id").signup_date
     rows = []
     for _, o in orders[(orders.order_date >= start) & (orders.order_date <= end)].iterrows():
         mine = orders[orders.customer_id == o.customer_id]
-        history = mine[(mine.order_ts >= o.order_ts - pd.Timedelta(seconds=7776000)) & (mine.order_ts <= o.order_ts - pd.Timedelta(seconds=1))]
-        earlier = mine[(mine.order_ts < o.order_ts) | ((mine.order_ts == o.order_ts) & (mine.order_id < o.order_id))]
+        history = mine[
+            (mine.order_ts >= o.order_ts - pd.Timedelta(seconds=7776000))
+            & (mine.order_ts <= o.order_ts - pd.Timedelta(seconds=1))
+        ]
+        earlier = mine[
+            (mine.order_ts < o.order_ts) | ((mine.order_ts == o.order_ts) & (mine.order_id < o.order_id))
+        ]
         previous = earlier.order_ts.max() if len(earlier) else None
         within = previous is not None and previous >= o.order_ts - pd.Timedelta(days=90)
         rows.append(
@@ -110,8 +126,12 @@ def reference_transaction_features(t: dict[str, pd.DataFrame], start: dt.date, e
                 hour_of_day=o.order_ts.hour,
                 day_of_week=(o.order_date.isoweekday() % 7) + 1,  # BigQuery: Sunday = 1
                 customer_orders_90d=len(history),
-                amount_vs_customer_avg=(o.order_amount / history.order_amount.mean()) if len(history) else None,
-                days_since_previous_order=((o.order_ts - previous).total_seconds() // 1) / 86400.0 if within else None,
+                amount_vs_customer_avg=(o.order_amount / history.order_amount.mean())
+                if len(history)
+                else None,
+                days_since_previous_order=((o.order_ts - previous).total_seconds() // 1) / 86400.0
+                if within
+                else None,
                 customer_tenure_days=(o.order_date - signup[o.customer_id]).days,
             )
         )
@@ -128,7 +148,12 @@ def _assert_same(actual: pd.DataFrame, expected: pd.DataFrame, keys: list[str]) 
         if pd.api.types.is_numeric_dtype(e) and not pd.api.types.is_bool_dtype(e):
             np.testing.assert_allclose(a.astype(float), e.astype(float), rtol=1e-9, atol=1e-9, err_msg=column)
         else:
-            got = [None if pd.isna(v) else (v.date() if isinstance(v, pd.Timestamp) and column.endswith("date") else v) for v in a]
+            got = [
+                None
+                if pd.isna(v)
+                else (v.date() if isinstance(v, pd.Timestamp) and column.endswith("date") else v)
+                for v in a
+            ]
             want = [None if v is None or (not isinstance(v, str) and pd.isna(v)) else v for v in e]
             assert got == want, column
 
@@ -154,7 +179,9 @@ def check_transaction_features(warehouse, tables):
     # Computing day by day gives the same rows as the range at once.
     warehouse.drop_table("transaction_features")
     for day in window.days():
-        features.build(warehouse, features.TRANSACTION_FEATURES, window=PartitionWindow("order_date", day, day))
+        features.build(
+            warehouse, features.TRANSACTION_FEATURES, window=PartitionWindow("order_date", day, day)
+        )
     per_day = warehouse.query("SELECT * FROM transaction_features")
     _assert_same(per_day, expected, ["order_id"])
 

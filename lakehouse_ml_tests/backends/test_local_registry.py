@@ -13,13 +13,8 @@ import pytest
 
 from lakehouse_ml.backends.local_registry import LocalModelRegistry
 from lakehouse_ml.backends.local_warehouse import LocalWarehouse
-from lakehouse_ml.backends.registry import (
-    ModelNotRegisteredError,
-    RegistryError,
-    VersionDeployedError,
-    vertex_region,
-)
-from lakehouse_ml.core.errors import BqmlError
+from lakehouse_ml.bigquery.registry import vertex_region
+from lakehouse_ml.core.errors import BqmlError, ModelNotRegisteredError, RegistryError, VersionDeployedError
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -48,7 +43,9 @@ def deploy(reg: LocalModelRegistry, model_id: str, version_id: str, endpoint: st
 
 def undeploy(reg: LocalModelRegistry, model_id: str, version_id: str) -> None:
     with sqlite3.connect(reg.db_path) as conn:
-        conn.execute("DELETE FROM deployed_models WHERE model_id = ? AND version_id = ?", (model_id, version_id))
+        conn.execute(
+            "DELETE FROM deployed_models WHERE model_id = ? AND version_id = ?", (model_id, version_id)
+        )
 
 
 def aliases(reg: LocalModelRegistry, model_id: str = "churn") -> dict[str, list[str]]:
@@ -73,7 +70,9 @@ def test_versions_count_up_and_the_first_gets_default(reg, tmp_path):
     assert reg.list_models() == ["churn"]
     # artifacts are copied under registry/<model_id>/<version_id>/
     assert Path(v2.artifact_uri) == reg.root_path / "churn" / "2"
-    assert (Path(v2.artifact_uri) / "model.json").read_text() == (tmp_path / "artifacts-a" / "model.json").read_text()
+    assert (Path(v2.artifact_uri) / "model.json").read_text() == (
+        tmp_path / "artifacts-a" / "model.json"
+    ).read_text()
 
 
 def test_version_ids_are_never_reused(reg, tmp_path):
@@ -109,7 +108,9 @@ def test_aliases_follow_the_vertex_pattern(reg, tmp_path, alias):
 
 def test_default_cannot_be_removed_only_moved(reg, tmp_path):
     register(reg, tmp_path)
-    with pytest.raises(RegistryError, match="one version must carry 'default'.*Add 'default' to another version"):
+    with pytest.raises(
+        RegistryError, match="one version must carry 'default'.*Add 'default' to another version"
+    ):
         reg.merge_version_aliases("churn", "1", ["-default"])
     assert aliases(reg) == {"1": ["default"]}
 
@@ -132,7 +133,9 @@ def test_delete_version_rules(reg, tmp_path):
         reg.delete_version("churn", "1")
     register(reg, tmp_path)
     deploy(reg, "churn", "2")
-    with pytest.raises(VersionDeployedError, match="is deployed \\(endpoint/deployed model: e1/dm-churn-2\\). Undeploy") as err:
+    with pytest.raises(
+        VersionDeployedError, match="is deployed \\(endpoint/deployed model: e1/dm-churn-2\\). Undeploy"
+    ) as err:
         reg.delete_version("churn", "2")
     assert err.value.endpoints == ["projects/local/locations/us-central1/endpoints/e1"]
     with pytest.raises(VersionDeployedError):
@@ -202,12 +205,15 @@ def test_the_deployed_models_table_has_the_endpoints_schema(reg, tmp_path):
 def _register_many(root: str, artifact_dir: str, count: int, queue) -> None:
     reg = LocalModelRegistry(root=root)
     ids = [
-        reg.register_version("shared", source="bqml://main.m", model_type="LINEAR_REG", artifact_dir=artifact_dir).version_id
+        reg.register_version(
+            "shared", source="bqml://main.m", model_type="LINEAR_REG", artifact_dir=artifact_dir
+        ).version_id
         for _ in range(count)
     ]
     queue.put(ids)
 
 
+@pytest.mark.slow
 def test_eight_processes_register_at_once(tmp_path):
     root = str(tmp_path / "registry")
     folder = str(artifacts(tmp_path))
@@ -253,23 +259,36 @@ def _create(wh: LocalWarehouse, name: str, extra: str = "", replace: bool = Fals
 def test_create_model_registers_a_version_that_predicts_the_same(warehouse):
     _create(warehouse, "churn_a", ", vertex_ai_model_version_aliases=['champion']")
     reg = warehouse.model_registry()
-    assert reg.root_path == warehouse.registry_path().absolute() == Path(warehouse.duckdb.database).parent.absolute() / "registry"
+    assert (
+        reg.root_path
+        == warehouse.registry_path().absolute()
+        == Path(warehouse.duckdb.database).parent.absolute() / "registry"
+    )
     version = reg.get_version("churn_a")  # VERTEX_AI_MODEL_ID defaults to the model name
-    assert (version.version_id, version.aliases, version.source) == ("1", ["default", "champion"], "bqml://main.churn_a")
+    assert (version.version_id, version.aliases, version.source) == (
+        "1",
+        ["default", "champion"],
+        "bqml://main.churn_a",
+    )
     assert version.model_type == "LOGISTIC_REG" and "roc_auc" in version.metrics
     rows = warehouse.query("SELECT x1, x2 FROM t ORDER BY x1 LIMIT 50")
-    expected = warehouse.query("SELECT * FROM ML.PREDICT(MODEL churn_a, (SELECT x1, x2 FROM t ORDER BY x1 LIMIT 50))")
+    expected = warehouse.query(
+        "SELECT * FROM ML.PREDICT(MODEL churn_a, (SELECT x1, x2 FROM t ORDER BY x1 LIMIT 50))"
+    )
     engine, name, _ = reg.bqml_engine("churn_a", "champion")
     got = engine.predict(name, rows).to_pandas()
     assert got["predicted_y"].tolist() == expected["predicted_y"].tolist()
     np.testing.assert_allclose(
-        [p[0]["prob"] for p in got["predicted_y_probs"]], [p[0]["prob"] for p in expected["predicted_y_probs"]]
+        [p[0]["prob"] for p in got["predicted_y_probs"]],
+        [p[0]["prob"] for p in expected["predicted_y_probs"]],
     )
 
 
 def test_create_or_replace_replaces_that_models_version(warehouse):
     _create(warehouse, "model_a", ", vertex_ai_model_id='churn'")
-    _create(warehouse, "model_b", ", vertex_ai_model_id='churn', vertex_ai_model_version_aliases=['candidate']")
+    _create(
+        warehouse, "model_b", ", vertex_ai_model_id='churn', vertex_ai_model_version_aliases=['candidate']"
+    )
     reg = warehouse.model_registry()
     reg.merge_version_aliases("churn", "2", ["default"])
     v2_files = Path(reg.get_version("churn", "2").artifact_uri)
@@ -291,10 +310,13 @@ def test_replacing_a_deployed_version_is_refused_as_bigquery_does(warehouse):
     reg = warehouse.model_registry()
     deploy(reg, "churn", "1")
     before = warehouse.bqml_engine().model_metadata("model_a")["creation_time"]
-    with pytest.raises(BqmlError, match=re.escape(
-        "code=FAILED_PRECONDITION, message=The Model is deployed or being deployed at the following Endpoint(s): "
-        "projects/local/locations/us-central1/endpoints/e1. Please undeploy the model before retry."
-    )):
+    with pytest.raises(
+        BqmlError,
+        match=re.escape(
+            "code=FAILED_PRECONDITION, message=The Model is deployed or being deployed at the following Endpoint(s): "
+            "projects/local/locations/us-central1/endpoints/e1. Please undeploy the model before retry."
+        ),
+    ):
         _create(warehouse, "model_a", ", vertex_ai_model_id='churn'", replace=True)
     assert warehouse.bqml_engine().model_metadata("model_a")["creation_time"] == before
     assert aliases(reg) == {"1": ["default"]}
@@ -318,7 +340,9 @@ def test_drop_model_of_a_deployed_version_is_refused(warehouse):
     _create(warehouse, "churn")
     reg = warehouse.model_registry()
     deploy(reg, "churn", "1")
-    with pytest.raises(BqmlError, match="code=FAILED_PRECONDITION, message=The Model is deployed or being deployed"):
+    with pytest.raises(
+        BqmlError, match="code=FAILED_PRECONDITION, message=The Model is deployed or being deployed"
+    ):
         warehouse.execute("DROP MODEL churn")
     assert warehouse.bqml_engine().model_exists("churn")  # nothing dropped
     assert reg.get_version("churn").version_id == "1"
@@ -345,7 +369,9 @@ def test_alter_model_registers_an_existing_model(warehouse):
     assert reg.get_version("churn", "2").source == "bqml://main.plain"
     warehouse.execute("ALTER MODEL plain SET OPTIONS(vertex_ai_model_id='churn')")  # already there: no-op
     assert len(reg.list_versions("churn")) == 2
-    with pytest.raises(BqmlError, match="already registered as version 2 of 'churn'.*only be registered to one model ID"):
+    with pytest.raises(
+        BqmlError, match="already registered as version 2 of 'churn'.*only be registered to one model ID"
+    ):
         warehouse.execute("ALTER MODEL plain SET OPTIONS(vertex_ai_model_id='elsewhere')")
 
 

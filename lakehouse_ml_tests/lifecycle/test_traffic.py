@@ -19,15 +19,13 @@ import pandas as pd
 import pytest
 import sqlglot
 
-from lakehouse_ml.backends.endpoints import EndpointError
 from lakehouse_ml.backends.local_endpoints import LocalEndpoints
 from lakehouse_ml.backends.local_warehouse import LocalWarehouse
-from lakehouse_ml.backends.warehouse import WarehouseError
-from lakehouse_ml.engine.engine import BqmlEngine
-from lakehouse_ml.serving import server
-from lakehouse_ml.core.settings import Settings
-from lakehouse_ml.bigquery.sqlfiles import read_sql
 from lakehouse_ml.bigquery.served import json_safe
+from lakehouse_ml.bigquery.sqlfiles import read_sql
+from lakehouse_ml.core.errors import EndpointError, WarehouseError
+from lakehouse_ml.core.settings import Settings
+from lakehouse_ml.engine.engine import BqmlEngine
 from lakehouse_ml.lifecycle.traffic import (
     add_traffic_arguments,
     endpoint_predict_url,
@@ -37,6 +35,7 @@ from lakehouse_ml.lifecycle.traffic import (
     send_traffic,
     serving_instances,
 )
+from lakehouse_ml.serving import server
 from lakehouse_ml_tests.serving.conftest import artifact, free_port, instances, training_frame
 
 SERVING_COLUMNS = sqlglot.parse_one(read_sql("serving/churn_model.sql"), read="bigquery").named_selects
@@ -120,10 +119,21 @@ def test_every_request_is_sent_and_answered(running, churn_url):
     # With the model's prediction format every answer is parsed, and the report counts the classes.
     from lakehouse_ml.bigquery.served import PredictionFormat
 
-    parsed = send_traffic(churn_url, GOOD, count=10, rate=None, batch_size=2, prediction_format=PredictionFormat("LOGISTIC_REG", "churned"))
-    assert parsed.ok == 10 and sum(parsed.outcomes.values()) == 20 and set(parsed.outcomes) <= {"true", "false"}
+    parsed = send_traffic(
+        churn_url,
+        GOOD,
+        count=10,
+        rate=None,
+        batch_size=2,
+        prediction_format=PredictionFormat("LOGISTIC_REG", "churned"),
+    )
+    assert (
+        parsed.ok == 10 and sum(parsed.outcomes.values()) == 20 and set(parsed.outcomes) <= {"true", "false"}
+    )
     assert "Predictions: " in parsed.summary()
-    wrong = send_traffic(churn_url, GOOD, count=2, rate=None, prediction_format=PredictionFormat("LOGISTIC_REG", "other"))
+    wrong = send_traffic(
+        churn_url, GOOD, count=2, rate=None, prediction_format=PredictionFormat("LOGISTIC_REG", "other")
+    )
     assert wrong.failed == 2 and "no predicted_other" in wrong.errors[0]
     assert calls[-1] == (60, 60) and calls.count((60, 60)) == 1
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PeakRSS, print_figures, record_figures  # noqa: E402
 
 from lakehouse_ml.core.settings import load_settings  # noqa: E402
-from lakehouse_ml.datagen import SimulationConfig, landing_files, write_landing  # noqa: E402
+from lakehouse_ml.datagen import SimulationConfig, config_for_order_lines, landing_files, write_landing  # noqa: E402
 from lakehouse_ml.engine.translate import translate  # noqa: E402
 from lakehouse_ml.lifecycle import features  # noqa: E402
 
@@ -75,7 +75,7 @@ GENERATION_PROBE = """
 import sys, tempfile, time
 from pathlib import Path
 from lakehouse_ml.datagen import SimulationConfig, write_landing
-config = SimulationConfig.for_order_lines(int(sys.argv[1]))
+config = config_for_order_lines(int(sys.argv[1]))
 with tempfile.TemporaryDirectory() as tmp:
     start = time.perf_counter()
     manifest = write_landing(config, Path(tmp))
@@ -116,9 +116,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         settings = load_settings({"LAKEHOUSE_ML_HOME": str(home)})
-        config = SimulationConfig.for_order_lines(
-            args.order_lines, start_date=settings.start_date, days=settings.days
-        )
+        config = config_for_order_lines(args.order_lines, start_date=settings.start_date, days=settings.days)
         settings = load_settings(
             {"LAKEHOUSE_ML_HOME": str(home), "LAKEHOUSE_ML_CUSTOMERS": str(config.customers)}
         )

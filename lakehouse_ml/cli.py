@@ -58,7 +58,7 @@ def _progress_printer():
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from lakehouse_ml.datagen import DriftScenario, SimulationConfig, write_landing
+    from lakehouse_ml.datagen import DriftScenario, SimulationConfig, config_for_order_lines, write_landing
 
     settings = _settings(args)
     try:
@@ -70,7 +70,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             scenarios=scenarios,
         )
         if args.order_lines:
-            config = SimulationConfig.for_order_lines(args.order_lines, **common)
+            config = config_for_order_lines(args.order_lines, **common)
         else:
             config = SimulationConfig(customers=args.customers or settings.customers, **common)
     except ValueError as err:

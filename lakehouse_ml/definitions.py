@@ -23,6 +23,7 @@ from lakehouse_ml.defs.raw import RAW_TABLES, landing_specs, raw_asset
 from lakehouse_ml.defs.sensors import drift_retraining_sensor
 from lakehouse_ml.lifecycle.features import FEATURE_TABLES
 from lakehouse_ml.lifecycle.models import MODELS
+from lakehouse_ml.lifecycle.sql_contract import check_model_sql
 
 
 def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
@@ -39,6 +40,7 @@ def reports_dir(settings: Settings):
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    check_model_sql(MODELS)  # a served model's serving and gate files name its features
     partitions = daily_partitions(settings)
     assets = [
         *landing_specs(settings.landing_dir),

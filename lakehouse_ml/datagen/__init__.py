@@ -16,9 +16,10 @@ from lakehouse_ml.datagen.landing import (
 )
 from lakehouse_ml.datagen.scenarios import SCENARIOS, DriftScenario
 from lakehouse_ml.datagen.schema import ARROW_SCHEMAS, DAILY_TABLES, PANDAS_DTYPES, TABLES
-from lakehouse_ml.datagen.simulator import CymbalSimulator
+from lakehouse_ml.datagen.simulator import CymbalSimulator, config_for_order_lines
 
 __all__ = [
+    "config_for_order_lines",
     "ARROW_SCHEMAS",
     "DAILY_TABLES",
     "MANIFEST",

@@ -89,7 +89,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lakehouse_ml.datagen.config import SimulationConfig
+from lakehouse_ml.datagen.config import MIN_CUSTOMERS, SimulationConfig
 from lakehouse_ml.datagen.schema import (
     ACQUISITION_CHANNELS,
     ARROW_SCHEMAS,
@@ -818,3 +818,41 @@ class CymbalSimulator:
             },
             schema=ARROW_SCHEMAS["web_sessions"],
         )
+
+
+def config_for_order_lines(order_lines: int, **kwargs) -> SimulationConfig:
+    """A config whose expected number of order lines is about ``order_lines`` (within ±15%).
+
+    ``kwargs`` are the other fields (seed, start_date, days, products, scenarios); the number
+    of customers is solved for from the simulator's own expected order rates.
+    """
+    if "customers" in kwargs:
+        raise ValueError("config_for_order_lines picks `customers` itself; do not pass it")
+    if isinstance(order_lines, bool) or not isinstance(order_lines, int) or order_lines < 1:
+        raise ValueError(f"order_lines must be a positive integer, got {order_lines!r}")
+    pilot_customers = 20_000
+    pilot = SimulationConfig(customers=pilot_customers, **kwargs)
+    per_customer = CymbalSimulator(pilot).expected_order_lines() / pilot_customers
+    if per_customer <= 0:
+        raise ValueError("this configuration generates no orders; widen the window (days)")
+    customers = max(MIN_CUSTOMERS, round(order_lines / per_customer))
+    if customers > 200_000:
+        return SimulationConfig(customers=customers, **kwargs)
+    # Smaller populations: the sampled traits of N customers vary with N, so search on the
+    # exact expectation of each candidate population and keep the closest one.
+    best, best_error, tried = customers, float("inf"), set()
+    for _ in range(8):
+        tried.add(customers)
+        expected = CymbalSimulator(SimulationConfig(customers=customers, **kwargs)).expected_order_lines()
+        error = abs(expected / order_lines - 1)
+        if error < best_error:
+            best, best_error = customers, error
+        if error < 0.02 or expected <= 0:
+            break
+        customers = max(MIN_CUSTOMERS, round(customers * order_lines / expected))
+        step = 1
+        while customers in tried:
+            customers = max(MIN_CUSTOMERS, customers + step)
+            step = -step - 1 if step > 0 else -step + 1
+    customers = best
+    return SimulationConfig(customers=customers, **kwargs)

@@ -24,6 +24,7 @@ from lakehouse_ml.datagen import (
     CymbalSimulator,
     DriftScenario,
     SimulationConfig,
+    config_for_order_lines,
     landing_file,
     landing_files,
     read_manifest,
@@ -235,7 +236,7 @@ def test_new_region_adds_central_customers_from_its_start():
 # ------------------------------------------------------------------------------------------ scale
 @pytest.mark.parametrize(("target", "days"), [(40_000, 60), (250_000, 120)])
 def test_for_order_lines_hits_the_target(target, days):
-    config = SimulationConfig.for_order_lines(target, seed=1, start_date=START, days=days)
+    config = config_for_order_lines(target, seed=1, start_date=START, days=days)
     sim = CymbalSimulator(config)
     lines = sum(sim.orders_table(day(d)).num_rows for d in range(days))
     assert abs(lines / target - 1) <= 0.15, (lines, target, config.customers)
@@ -243,14 +244,12 @@ def test_for_order_lines_hits_the_target(target, days):
 
 def test_for_order_lines_accounts_for_scenarios():
     scenario = DriftScenario("new_region", day(30))
-    config = SimulationConfig.for_order_lines(
-        60_000, seed=2, start_date=START, days=60, scenarios=(scenario,)
-    )
+    config = config_for_order_lines(60_000, seed=2, start_date=START, days=60, scenarios=(scenario,))
     sim = CymbalSimulator(config)
     lines = sum(sim.orders_table(day(d)).num_rows for d in range(60))
     assert abs(lines / 60_000 - 1) <= 0.15
     with pytest.raises(ValueError, match="customers"):
-        SimulationConfig.for_order_lines(1000, customers=50)
+        config_for_order_lines(1000, customers=50)
 
 
 def _daily_peak_bytes(config: SimulationConfig, landing_dir: Path) -> int:
@@ -438,7 +437,7 @@ def test_scenario_text_parses_and_round_trips():
         (lambda: SimulationConfig(products=3), "products must be >= 8"),
         (lambda: SimulationConfig(seed=-1), "seed must be a non-negative integer"),
         (lambda: SimulationConfig(start_date="2026-02-30"), "not a date"),
-        (lambda: SimulationConfig.for_order_lines(0), "order_lines must be a positive integer"),
+        (lambda: config_for_order_lines(0), "order_lines must be a positive integer"),
         (
             lambda: CymbalSimulator(SimulationConfig(days=3, customers=20)).orders_for_day(
                 dt.date(2026, 1, 4)

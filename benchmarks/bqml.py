@@ -141,8 +141,10 @@ def main() -> None:
         "**CREATE MODEL LOGISTIC_REG (target < 30 s)**": f"**{t_logreg:.1f} s**",
         f"hand-written scikit-learn pipeline ({int(iterations)} iterations, same split)": f"{t_sklearn:.1f} s",
         "**LOGISTIC_REG / scikit-learn (target ≤ 1.5×)**": f"**{t_logreg / t_sklearn:.2f}×**",
-        "LOGISTIC_REG roc_auc (ML.EVALUATE) / scikit-learn roc_auc": f"{float(evaluation.roc_auc[0]):.4f} / {sklearn_auc:.4f}",
-        "scikit-learn with its default max_iter=100 (time, roc_auc)": f"{t_sklearn_default:.1f} s, {sklearn_default_auc:.4f}",
+        "LOGISTIC_REG roc_auc (ML.EVALUATE) "
+        "/ scikit-learn roc_auc": f"{float(evaluation.roc_auc[0]):.4f} / {sklearn_auc:.4f}",
+        "scikit-learn with its default "
+        "max_iter=100 (time, roc_auc)": f"{t_sklearn_default:.1f} s, {sklearn_default_auc:.4f}",
         "peak RSS during LOGISTIC_REG": f"{logreg_peak / 2**20:.0f} MiB",
         "**CREATE MODEL BOOSTED_TREE_CLASSIFIER (target < 60 s)**": f"**{t_tree:.1f} s**",
         "BOOSTED_TREE_CLASSIFIER roc_auc": f"{float(tree_eval.roc_auc[0]):.4f}",

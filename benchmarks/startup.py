@@ -89,7 +89,8 @@ def main() -> None:
         dagster_modules.update(modules)
     i50, s50 = statistics.median(interpreter), statistics.median(server)
     figures = {
-        "server start to first /health answer, median": f"{s50 * 1e3:.0f} ms (min {min(server) * 1e3:.0f}, max {max(server) * 1e3:.0f})",
+        "server start to first /health answer, median": f"{s50 * 1e3:.0f} ms (min {min(server) * 1e3:.0f}, "
+        f"max {max(server) * 1e3:.0f})",
         "bare interpreter start (python -c pass), median": f"{i50 * 1e3:.0f} ms",
         "ratio server / bare interpreter": f"{s50 / i50:.1f}×",
         "Dagster modules the server imports": ", ".join(sorted(dagster_modules)) or "none",

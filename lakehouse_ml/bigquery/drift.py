@@ -217,7 +217,8 @@ class DriftOptions:
                 low, high = _INT_OPTIONS[name]
                 if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                     raise DriftError(
-                        f"ML.VALIDATE_DATA_DRIFT: {name.upper()} must be an INT64 in [{low:,}, {high:,}], got {value!r}."
+                        f"ML.VALIDATE_DATA_DRIFT: {name.upper()} must be "
+                        f"an INT64 in [{low:,}, {high:,}], got {value!r}."
                     )
                 if not low <= value <= high:
                     raise DriftError(

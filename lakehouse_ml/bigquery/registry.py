@@ -27,8 +27,9 @@ DEFAULT_ALIAS = "default"
 # none of them, the registry still records them as BigQuery does).
 NON_DEPLOYABLE_MODEL_TYPES = ("ARIMA_PLUS", "ARIMA_PLUS_XREG")
 
-# BigQuery multi-regions → the Vertex AI region their models register in (DESIGN.md, "Registry and
-# endpoints"); a region passes through.
+# BigQuery multi-regions → the Vertex AI region their models register in (the project's registry
+# rule, docs/architecture.md "Registry rules"; no Google page found that states it); a region
+# passes through.
 MULTI_REGION_TO_VERTEX = {"US": "us-central1", "EU": "europe-west4"}
 
 # Vertex AI alias pattern: models.mergeVersionAliases, field versionAliases[]: "The alias should be

@@ -68,7 +68,8 @@ def load_state(conn: sqlite3.Connection) -> tuple[int, dict[str, dict]]:
         rows = conn.execute(
             "SELECT d.endpoint_id, d.deployed_model_id, d.model_id, d.version_id, d.traffic_percentage, "
             "d.create_time, s.artifact_uri, s.machine_type, s.logging_sampling_rate FROM deployed_models d "
-            "JOIN serving_deployments s USING (endpoint_id, deployed_model_id) ORDER BY d.create_time, d.deployed_model_id"
+            "JOIN serving_deployments s USING (endpoint_id, "
+            "deployed_model_id) ORDER BY d.create_time, d.deployed_model_id"
         ).fetchall()
     finally:
         conn.execute("COMMIT")

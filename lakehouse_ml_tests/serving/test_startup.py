@@ -28,7 +28,8 @@ def test_the_server_and_what_it_loads_to_serve_import_no_dagster():
         "import json, sys\n"
         "import lakehouse_ml.serving.server, lakehouse_ml.serving.app, lakehouse_ml.serving.models\n"
         "import lakehouse_ml.engine.engine\n"
-        f"print(json.dumps(sorted({{m for m in sys.modules if any(m == h or m.startswith(h + '.') for h in {HEAVY!r})}})))\n"
+        f"heavy = {HEAVY!r}\n"
+        "print(json.dumps(sorted({m for m in sys.modules if any(m == h or m.startswith(h + '.') for h in heavy)})))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     loaded = json.loads(out)

@@ -445,22 +445,58 @@ def performance_png(performance: pd.DataFrame, baselines: Mapping[str, float]) -
 _CSS = """
 :root { --ink:#1f2328; --muted:#59636e; --line:#d1d9e0; --bg:#f6f8fa; --pass:#0072B2; --warn:#9a6700; --drift:#D55E00; }
 * { box-sizing: border-box; }
-body { margin: 0; font: 15px/1.5 -apple-system, BlinkMacSystemFont, "Segoe UI", Helvetica, Arial, sans-serif; color: var(--ink); background: #fff; }
+body {
+  margin: 0;
+  font: 15px/1.5 -apple-system, BlinkMacSystemFont, "Segoe UI", Helvetica, Arial, sans-serif;
+  color: var(--ink);
+  background: #fff;
+}
 main { max-width: 1040px; margin: 0 auto; padding: 28px 24px 48px; }
 h1 { font-size: 24px; margin: 0 0 4px; }
 h2 { font-size: 18px; margin: 36px 0 10px; padding-bottom: 6px; border-bottom: 1px solid var(--line); }
 h3 { font-size: 15px; margin: 18px 0 6px; }
 p.sub, .muted, figcaption { color: var(--muted); }
-.verdict { display: inline-block; font-weight: 700; letter-spacing: .03em; padding: 6px 14px; border-radius: 6px; color: #fff; margin: 14px 0 6px; }
-.verdict.DRIFT { background: var(--drift); } .verdict.WARN { background: var(--warn); } .verdict.PASS { background: var(--pass); } .verdict.NA { background: #6e7781; }
-dl.summary { display: grid; grid-template-columns: max-content 1fr; gap: 4px 18px; background: var(--bg); border: 1px solid var(--line); border-radius: 8px; padding: 14px 18px; margin: 12px 0; }
+.verdict {
+  display: inline-block;
+  font-weight: 700;
+  letter-spacing: .03em;
+  padding: 6px 14px;
+  border-radius: 6px;
+  color: #fff;
+  margin: 14px 0 6px;
+}
+.verdict.DRIFT { background: var(--drift); }
+.verdict.WARN { background: var(--warn); }
+.verdict.PASS { background: var(--pass); }
+.verdict.NA { background: #6e7781; }
+dl.summary {
+  display: grid;
+  grid-template-columns: max-content 1fr;
+  gap: 4px 18px;
+  background: var(--bg);
+  border: 1px solid var(--line);
+  border-radius: 8px;
+  padding: 14px 18px;
+  margin: 12px 0;
+}
 dl.summary dt { color: var(--muted); } dl.summary dd { margin: 0; font-variant-numeric: tabular-nums; }
 table { border-collapse: collapse; width: 100%; font-size: 14px; font-variant-numeric: tabular-nums; }
 th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line); }
 th { background: var(--bg); font-weight: 600; } td.num, th.num { text-align: right; }
-.badge { font-size: 12px; font-weight: 700; padding: 2px 8px; border-radius: 10px; border: 1px solid currentColor; white-space: nowrap; }
-.badge.PASS { color: var(--pass); } .badge.WARN { color: var(--warn); } .badge.DRIFT { color: #fff; background: var(--drift); border-color: var(--drift); } .badge.NA { color: #6e7781; }
-figure { margin: 14px 0; } figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px; }
+.badge {
+  font-size: 12px;
+  font-weight: 700;
+  padding: 2px 8px;
+  border-radius: 10px;
+  border: 1px solid currentColor;
+  white-space: nowrap;
+}
+.badge.PASS { color: var(--pass); }
+.badge.WARN { color: var(--warn); }
+.badge.DRIFT { color: #fff; background: var(--drift); border-color: var(--drift); }
+.badge.NA { color: #6e7781; }
+figure { margin: 14px 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(440px, 1fr)); gap: 8px 18px; }
 footer { margin-top: 40px; font-size: 12px; color: var(--muted); }
 """
@@ -713,16 +749,19 @@ def render_html(
             _img(
                 performance_png(perf, baselines),
                 "Model performance over serving windows against the training evaluation",
-                "Each point: the metric on the serving rows whose labels have arrived; dashed: the training evaluation.",
+                "Each point: the metric on the serving rows whose "
+                "labels have arrived; dashed: the training evaluation.",
             )
         )
         table = [
-            '<table><thead><tr><th>window end</th><th>metric</th><th class="num">value</th><th class="num">training evaluation</th></tr></thead><tbody>'
+            '<table><thead><tr><th>window end</th><th>metric</th><th class="num">value</th><th '
+            'class="num">training evaluation</th></tr></thead><tbody>'
         ]
         for row in perf.sort_values(["metric", "window_end"]).itertuples(index=False):
             base = baselines.get(row.metric)
             table.append(
-                f'<tr><td>{_e(_when(row.window_end))}</td><td>{_e(row.metric)}</td><td class="num">{_e(_fmt(row.value))}</td>'
+                f"<tr><td>{_e(_when(row.window_end))}</td><td>{_e(row.metric)}</td><td "
+                f'class="num">{_e(_fmt(row.value))}</td>'
                 f'<td class="num">{_e(_fmt(base) if base is not None else "")}</td></tr>'
             )
         table.append("</tbody></table>")

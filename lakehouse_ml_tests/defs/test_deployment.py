@@ -193,7 +193,6 @@ def test_deployment_starts_the_server_and_serves_ml_predict(chain):
             assert parsed.probability(p["label"]) == pytest.approx(p["prob"], rel=1e-9, abs=1e-12)
 
 
-@pytest.mark.slow
 def test_retraining_gates_canaries_promotes_then_a_loser_stays_undeployed_then_rollback(
     chain, monkeypatch, tmp_path
 ):

@@ -26,19 +26,20 @@ from typing import Any, Callable, Mapping
 from lakehouse_ml.bigquery.registry import VERTEX_ALIAS_DOC, VERTEX_ALIAS_PATTERN, VERTEX_MODEL_ID_PATTERN
 from lakehouse_ml.core.errors import BqmlError
 from lakehouse_ml.engine import xgb
+from lakehouse_ml.engine.models.base import FAMILIES
 
 GLM_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-glm"
 KMEANS_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-kmeans"
 CREATE_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create"
 ALTER_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-alter-model"
 
-LINEAR_MODEL_TYPES = ("LINEAR_REG", "LOGISTIC_REG")
-KMEANS_MODEL_TYPES = ("KMEANS",)
-TREE_MODEL_TYPES = tuple(xgb.TREE_MODEL_TYPES)
-SUPPORTED_MODEL_TYPES = LINEAR_MODEL_TYPES + KMEANS_MODEL_TYPES + TREE_MODEL_TYPES
-CLASSIFIER_MODEL_TYPES = ("LOGISTIC_REG",) + tuple(xgb.CLASSIFIER_TYPES)
-REGRESSOR_MODEL_TYPES = ("LINEAR_REG",) + tuple(xgb.REGRESSOR_TYPES)
-SUPERVISED_MODEL_TYPES = CLASSIFIER_MODEL_TYPES + REGRESSOR_MODEL_TYPES
+
+
+def supported_model_types() -> tuple[str, ...]:
+    """The model types the local engine trains: those of the registered model families
+    (lakehouse_ml/engine/models/base.py FAMILIES)."""
+    return tuple(FAMILIES)
+
 
 # Model types BigQuery ML has and the local engine does not train (for the error message).
 # Source: CREATE_DOC, MODEL_TYPE.
@@ -355,33 +356,46 @@ DESCRIPTIVE_OPTIONS = ("description", "labels", "expiration_timestamp")
 REGISTRY_OPTIONS = ("model_registry", "vertex_ai_model_id", "vertex_ai_model_version_aliases")
 
 
-def _table(model_type: str) -> dict[str, tuple[Any, Checker]]:
-    if model_type in LINEAR_MODEL_TYPES:
-        table = dict(_GLM)
-        if model_type == "LINEAR_REG":
-            # AUTO_CLASS_WEIGHTS: "Only use this option with logistic regression models."
-            table.pop("auto_class_weights")
-            table.pop("class_weights")
-        return {**_COMMON, **table}
-    if model_type in KMEANS_MODEL_TYPES:
-        return {**_COMMON, **_KMEANS}
-    raise AssertionError(model_type)
+def glm_table(model_type: str) -> dict[str, tuple[Any, Checker]]:
+    """LINEAR_REG's and LOGISTIC_REG's options (with the common ones)."""
+    table = dict(_GLM)
+    if model_type == "LINEAR_REG":
+        # AUTO_CLASS_WEIGHTS: "Only use this option with logistic regression models."
+        table.pop("auto_class_weights")
+        table.pop("class_weights")
+    return {**_COMMON, **table}
+
+
+def kmeans_table() -> dict[str, tuple[Any, Checker]]:
+    return {**_COMMON, **_KMEANS}
+
+
+# The options shared by model types, for families that declare their own options as a pydantic
+# model (ModelFamily.options_model) and list the shared ones they take (ModelFamily.shared_options).
+SHARED: dict[str, tuple[Any, Checker]] = {
+    "input_label_cols": (["label"], label_cols),
+    "data_split_method": ("AUTO_SPLIT", enum(*_SPLIT_METHODS)),
+    "data_split_eval_fraction": (0.2, number(0.0, 1.0, low_open=True, high_open=True)),
+    "data_split_col": (None, string),
+    "auto_class_weights": (False, boolean),
+    "class_weights": (None, class_weights),
+    "enable_global_explain": (False, boolean),
+}
 
 
 def check_model_type(value: Any) -> str:
+    supported = supported_model_types()
     if value is None:
         raise BqmlError(
-            "CREATE MODEL needs OPTIONS(MODEL_TYPE=...); supported model types: "
-            + ", ".join(SUPPORTED_MODEL_TYPES)
-            + "."
+            "CREATE MODEL needs OPTIONS(MODEL_TYPE=...); supported model types: " + ", ".join(supported) + "."
         )
-    if not isinstance(value, str) or value.upper() not in SUPPORTED_MODEL_TYPES:
+    if not isinstance(value, str) or value.upper() not in supported:
         other = isinstance(value, str) and value.upper() in OTHER_BIGQUERY_MODEL_TYPES
         reason = (
             "is a BigQuery ML model type the local engine does not train" if other else "is not a model type"
         )
         raise BqmlError(
-            f"MODEL_TYPE {value!r} {reason}; supported locally: {', '.join(SUPPORTED_MODEL_TYPES)}. "
+            f"MODEL_TYPE {value!r} {reason}; supported locally: {', '.join(supported)}. "
             "See docs/bqml-coverage.md."
         )
     return value.upper()
@@ -407,23 +421,52 @@ def resolve(options: Mapping[str, Any]) -> dict[str, Any]:
     given = {str(k).lower(): v for k, v in (options or {}).items()}
     model_type = check_model_type(given.get("model_type"))
     given["model_type"] = model_type
-    if model_type in TREE_MODEL_TYPES:
-        resolved = _resolve_tree(model_type, given)
+    family = FAMILIES[model_type]
+    if family.options_model is None:
+        resolved = family.resolve_options(model_type, given)
     else:
-        table = _table(model_type)
-        unknown = sorted(k for k in given if k not in table)
-        if unknown:
-            raise _unknown(model_type, unknown, list(table))
-        resolved = {}
-        for name, (default, checker) in table.items():
-            if name in given and given[name] is not None:
-                resolved[name] = checker(name, given[name]) if name != "model_type" else model_type
-            else:
-                resolved[name] = default
-        _refuse(given, resolved, table)
-        _check_glm_kmeans(model_type, given, resolved)
+        resolved = _resolve_declared(family, model_type, given)
     _check_registry(resolved)
     _check_split(model_type, resolved)
+    return resolved
+
+
+def resolve_table(
+    model_type: str,
+    given: dict[str, Any],
+    table: dict[str, tuple[Any, Checker]],
+    check: Callable[[str, dict[str, Any], dict[str, Any]], None],
+) -> dict[str, Any]:
+    """``given`` against an option table (option -> (default, checker)), then ``check``."""
+    unknown = sorted(k for k in given if k not in table)
+    if unknown:
+        raise _unknown(model_type, unknown, list(table))
+    resolved = _checked(given, table)
+    resolved["model_type"] = model_type
+    _refuse(given, resolved, table)
+    check(model_type, given, resolved)
+    return resolved
+
+
+def _checked(given: dict[str, Any], table: dict[str, tuple[Any, Checker]]) -> dict[str, Any]:
+    out = {}
+    for name, (default, checker) in table.items():
+        out[name] = checker(name, given[name]) if given.get(name) is not None else default
+    return out
+
+
+def _resolve_declared(family: Any, model_type: str, given: dict[str, Any]) -> dict[str, Any]:
+    """A family with a pydantic options model: the shared options it takes (parsed here, once)
+    and its own (validated by its model)."""
+    shared = {**_COMMON, **{k: SHARED[k] for k in family.shared_options}}
+    own = family.option_names(model_type)
+    unknown = sorted(k for k in given if k not in shared and k not in own)
+    if unknown:
+        raise _unknown(model_type, unknown, [*shared, *own])
+    resolved = _checked({k: v for k, v in given.items() if k != "model_type"}, shared)
+    resolved["model_type"] = model_type
+    check_class_weights(resolved)
+    resolved.update(family.resolve_options(model_type, {k: v for k, v in given.items() if k in own}))
     return resolved
 
 
@@ -433,7 +476,9 @@ def _refuse(given: dict[str, Any], resolved: dict[str, Any], table: dict[str, tu
             raise BqmlError(f"Option {name.upper()} is not supported locally: {reason}.")
 
 
-def _resolve_tree(model_type: str, given: dict[str, Any]) -> dict[str, Any]:
+def resolve_tree(model_type: str, given: dict[str, Any]) -> dict[str, Any]:
+    """BOOSTED_TREE_* and RANDOM_FOREST_*: the tables of lakehouse_ml/engine/xgb.py, and the
+    common options."""
     registry = {k: given[k] for k in (*_COMMON,) if k in given}
     rest = {k: v for k, v in given.items() if k not in _COMMON}
     try:
@@ -474,41 +519,48 @@ def _resolve_tree(model_type: str, given: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def _check_glm_kmeans(model_type: str, given: dict[str, Any], o: dict[str, Any]) -> None:
-    if model_type in LINEAR_MODEL_TYPES:
-        # GLM_DOC, LEARN_RATE: "If LEARN_RATE_STRATEGY is set to LINE_SEARCH, an error is returned."
-        if "learn_rate" in given and o["learn_rate_strategy"] == "LINE_SEARCH":
-            raise BqmlError(
-                "LEARN_RATE can only be set with LEARN_RATE_STRATEGY='CONSTANT'; with LINE_SEARCH "
-                "(the default) set LS_INIT_LEARN_RATE instead."
-            )
-        if "ls_init_learn_rate" in given and o["learn_rate_strategy"] == "CONSTANT":
-            raise BqmlError(
-                "LS_INIT_LEARN_RATE applies to LEARN_RATE_STRATEGY='LINE_SEARCH'; with CONSTANT set "
-                "LEARN_RATE."
-            )
-        # GLM_DOC, NORMAL_EQUATION: "You can't use NORMAL_EQUATION [if] you specified a value for L1_REG".
-        if o["optimize_strategy"] == "NORMAL_EQUATION" and o["l1_reg"] > 0:
-            raise BqmlError(
-                "OPTIMIZE_STRATEGY='NORMAL_EQUATION' cannot be used with L1_REG; use "
-                "BATCH_GRADIENT_DESCENT or AUTO_STRATEGY."
-            )
-        if o["optimize_strategy"] == "NORMAL_EQUATION" and model_type == "LOGISTIC_REG":
-            raise BqmlError(
-                "OPTIMIZE_STRATEGY='NORMAL_EQUATION' computes the least-squares solution of a linear "
-                "regression; LOGISTIC_REG trains with BATCH_GRADIENT_DESCENT (or AUTO_STRATEGY)."
-            )
-        # GLM_DOC, CLASS_WEIGHTS: "You can't specify this option if AUTO_CLASS_WEIGHTS is TRUE."
-        if o.get("auto_class_weights") and o.get("class_weights") is not None:
-            raise BqmlError("CLASS_WEIGHTS cannot be specified when AUTO_CLASS_WEIGHTS is TRUE.")
-    if model_type in KMEANS_MODEL_TYPES:
-        if o["kmeans_init_method"] == "CUSTOM" and not o["kmeans_init_col"]:
-            raise BqmlError(
-                "KMEANS_INIT_METHOD='CUSTOM' needs KMEANS_INIT_COL naming a BOOL column whose TRUE rows "
-                "are the initial centroids."
-            )
-        if o["kmeans_init_col"] and o["kmeans_init_method"] != "CUSTOM":
-            raise BqmlError("KMEANS_INIT_COL can only be used with KMEANS_INIT_METHOD='CUSTOM'.")
+def check_glm(model_type: str, given: dict[str, Any], o: dict[str, Any]) -> None:
+    """The rules between LINEAR_REG's and LOGISTIC_REG's options."""
+    # GLM_DOC, LEARN_RATE: "If LEARN_RATE_STRATEGY is set to LINE_SEARCH, an error is returned."
+    if "learn_rate" in given and o["learn_rate_strategy"] == "LINE_SEARCH":
+        raise BqmlError(
+            "LEARN_RATE can only be set with LEARN_RATE_STRATEGY='CONSTANT'; with LINE_SEARCH "
+            "(the default) set LS_INIT_LEARN_RATE instead."
+        )
+    if "ls_init_learn_rate" in given and o["learn_rate_strategy"] == "CONSTANT":
+        raise BqmlError(
+            "LS_INIT_LEARN_RATE applies to LEARN_RATE_STRATEGY='LINE_SEARCH'; with CONSTANT set "
+            "LEARN_RATE."
+        )
+    # GLM_DOC, NORMAL_EQUATION: "You can't use NORMAL_EQUATION [if] you specified a value for L1_REG".
+    if o["optimize_strategy"] == "NORMAL_EQUATION" and o["l1_reg"] > 0:
+        raise BqmlError(
+            "OPTIMIZE_STRATEGY='NORMAL_EQUATION' cannot be used with L1_REG; use "
+            "BATCH_GRADIENT_DESCENT or AUTO_STRATEGY."
+        )
+    if o["optimize_strategy"] == "NORMAL_EQUATION" and model_type == "LOGISTIC_REG":
+        raise BqmlError(
+            "OPTIMIZE_STRATEGY='NORMAL_EQUATION' computes the least-squares solution of a linear "
+            "regression; LOGISTIC_REG trains with BATCH_GRADIENT_DESCENT (or AUTO_STRATEGY)."
+        )
+    check_class_weights(o)
+
+
+def check_class_weights(o: Mapping[str, Any]) -> None:
+    # GLM_DOC, CLASS_WEIGHTS: "You can't specify this option if AUTO_CLASS_WEIGHTS is TRUE."
+    if o.get("auto_class_weights") and o.get("class_weights") is not None:
+        raise BqmlError("CLASS_WEIGHTS cannot be specified when AUTO_CLASS_WEIGHTS is TRUE.")
+
+
+def check_kmeans(model_type: str, given: dict[str, Any], o: dict[str, Any]) -> None:
+    """The rules between KMEANS's options."""
+    if o["kmeans_init_method"] == "CUSTOM" and not o["kmeans_init_col"]:
+        raise BqmlError(
+            "KMEANS_INIT_METHOD='CUSTOM' needs KMEANS_INIT_COL naming a BOOL column whose TRUE rows "
+            "are the initial centroids."
+        )
+    if o["kmeans_init_col"] and o["kmeans_init_method"] != "CUSTOM":
+        raise BqmlError("KMEANS_INIT_COL can only be used with KMEANS_INIT_METHOD='CUSTOM'.")
 
 
 def _check_registry(o: dict[str, Any]) -> None:

@@ -50,29 +50,36 @@ class Options(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-def _range_text(error: Mapping[str, Any]) -> str:
-    ctx = error.get("ctx") or {}
-    bounds = []
-    for key, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-        if key in ctx:
-            bounds.append(f"{sign} {ctx[key]}")
-    return " and ".join(bounds)
+_BIGQUERY_TYPES = {float: "FLOAT64", int: "INT64", bool: "BOOL", str: "STRING"}
+
+
+def _expected(field: Any) -> str:
+    """What a field accepts, in BigQuery's words: ``a FLOAT64 in [0.0, 100.0]``."""
+    what = _BIGQUERY_TYPES.get(field.annotation, getattr(field.annotation, "__name__", str(field.annotation)))
+    bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
+    if not bounds:
+        return f"a {what}"
+    low = bounds.get("ge", bounds.get("gt", "-inf"))
+    high = bounds.get("le", bounds.get("lt", "inf"))
+    return (
+        f"a {what} in {'(' if 'gt' in bounds or low == '-inf' else '['}{low}, "
+        f"{high}{')' if 'lt' in bounds or high == 'inf' else ']'}"
+    )
 
 
 def validate_options(model: type[Options], model_type: str, given: Mapping[str, Any]) -> dict[str, Any]:
     """``given`` (lower-case names, the family's own options only) validated by ``model``, with
-    every default filled in; a bad value fails naming the option and what it accepts."""
+    every default filled in; a bad value fails naming the option and the values it accepts."""
     try:
         parsed = model.model_validate(dict(given))
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
-        name = ".".join(str(p) for p in first["loc"]) or "?"
+        name = str(first["loc"][0]) if first["loc"] else "?"
         field = model.model_fields.get(name)
-        expected = _range_text(first) or first["msg"]
-        kind = f" ({field.annotation.__name__})" if field is not None and hasattr(field.annotation, "__name__") else ""
+        expected = _expected(field) if field is not None else first["msg"]
         raise BqmlError(
             f"Invalid value {given.get(name)!r} for option {name.upper()} of MODEL_TYPE {model_type}: "
-            f"expected a value{kind} {expected}."
+            f"expected {expected} ({first['msg']})."
         ) from None
     return parsed.model_dump()
 

@@ -48,7 +48,13 @@ from lakehouse_ml.core.errors import (
 from lakehouse_ml.engine import options as opt
 from lakehouse_ml.engine.artifacts import ModelStore, check_name
 from lakehouse_ml.engine.models import glm, kmeans, tree
-from lakehouse_ml.engine.models.base import FAMILIES, ModelFamily, evaluation_arrays, family_of, list_of_structs
+from lakehouse_ml.engine.models.base import (
+    FAMILIES,
+    ModelFamily,
+    evaluation_arrays,
+    family_of,
+    list_of_structs,
+)
 from lakehouse_ml.engine.models.base import predicted_index as _predicted_index
 
 __all__ = ["BqmlEngine", "BqmlError", "ModelExistsError", "ModelNotFoundError", "Progress"]

@@ -23,8 +23,10 @@ import datetime as dt
 import math
 from typing import Any, Callable, Mapping
 
+from lakehouse_ml.bigquery import model_types
 from lakehouse_ml.bigquery.registry import VERTEX_ALIAS_DOC, VERTEX_ALIAS_PATTERN, VERTEX_MODEL_ID_PATTERN
 from lakehouse_ml.core.errors import BqmlError
+from lakehouse_ml.engine import class_weights as cw
 from lakehouse_ml.engine import xgb
 from lakehouse_ml.engine.models.base import FAMILIES
 
@@ -34,34 +36,17 @@ CREATE_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigq
 ALTER_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-alter-model"
 
 
-
 def supported_model_types() -> tuple[str, ...]:
     """The model types the local engine trains: those of the registered model families
     (lakehouse_ml/engine/models/base.py FAMILIES)."""
     return tuple(FAMILIES)
 
 
-# Model types BigQuery ML has and the local engine does not train (for the error message).
-# Source: CREATE_DOC, MODEL_TYPE.
-OTHER_BIGQUERY_MODEL_TYPES = (
-    "MATRIX_FACTORIZATION",
-    "PCA",
-    "AUTOENCODER",
-    "AUTOML_CLASSIFIER",
-    "AUTOML_REGRESSOR",
-    "DNN_CLASSIFIER",
-    "DNN_REGRESSOR",
-    "DNN_LINEAR_COMBINED_CLASSIFIER",
-    "DNN_LINEAR_COMBINED_REGRESSOR",
-    "ARIMA_PLUS",
-    "ARIMA_PLUS_XREG",
-    "TENSORFLOW",
-    "TENSORFLOW_LITE",
-    "ONNX",
-    "XGBOOST",
-    "CONTRIBUTION_ANALYSIS",
-    "TRANSFORM_ONLY",
-)
+def _other_bigquery_model_type(value: str) -> bool:
+    """A BigQuery ML model type the local engine does not train (the BigQuery catalog,
+    lakehouse_ml/bigquery/model_types.py), for the error message."""
+    return value.upper() in model_types.known_types() and value.upper() not in FAMILIES
+
 
 # --------------------------------------------------------------------------------------------------
 # Value checkers
@@ -155,25 +140,7 @@ def label_cols(option: str, value: Any) -> list[str]:
 
 def class_weights(option: str, value: Any) -> list[list[Any]]:
     """``[STRUCT('label', weight), …]`` as ``[[label, weight], …]`` (from pairs, dicts or a mapping)."""
-    items: list[tuple[Any, Any]] = []
-    if isinstance(value, Mapping):
-        items = list(value.items())
-    elif isinstance(value, (list, tuple)):
-        for entry in value:
-            if isinstance(entry, Mapping) and len(entry) == 2:
-                items.append(tuple(entry.values()))
-            elif isinstance(entry, (list, tuple)) and len(entry) == 2:
-                items.append(tuple(entry))
-            else:
-                raise _bad(
-                    option,
-                    value,
-                    "an ARRAY of STRUCT(label STRING, weight FLOAT64), e.g. [('a', 0.5), ('b', 2.0)]",
-                )
-    else:
-        raise _bad(
-            option, value, "an ARRAY of STRUCT(label STRING, weight FLOAT64), e.g. [('a', 0.5), ('b', 2.0)]"
-        )
+    items = cw.pairs(value, lambda: _bad(option, value, f"{cw.SHAPE}, e.g. [('a', 0.5), ('b', 2.0)]"))
     out = []
     for label, weight in items:
         if not _is_number(weight) or not math.isfinite(float(weight)) or float(weight) < 0:
@@ -390,7 +357,7 @@ def check_model_type(value: Any) -> str:
             "CREATE MODEL needs OPTIONS(MODEL_TYPE=...); supported model types: " + ", ".join(supported) + "."
         )
     if not isinstance(value, str) or value.upper() not in supported:
-        other = isinstance(value, str) and value.upper() in OTHER_BIGQUERY_MODEL_TYPES
+        other = isinstance(value, str) and _other_bigquery_model_type(value)
         reason = (
             "is a BigQuery ML model type the local engine does not train" if other else "is not a model type"
         )
@@ -529,8 +496,7 @@ def check_glm(model_type: str, given: dict[str, Any], o: dict[str, Any]) -> None
         )
     if "ls_init_learn_rate" in given and o["learn_rate_strategy"] == "CONSTANT":
         raise BqmlError(
-            "LS_INIT_LEARN_RATE applies to LEARN_RATE_STRATEGY='LINE_SEARCH'; with CONSTANT set "
-            "LEARN_RATE."
+            "LS_INIT_LEARN_RATE applies to LEARN_RATE_STRATEGY='LINE_SEARCH'; with CONSTANT set LEARN_RATE."
         )
     # GLM_DOC, NORMAL_EQUATION: "You can't use NORMAL_EQUATION [if] you specified a value for L1_REG".
     if o["optimize_strategy"] == "NORMAL_EQUATION" and o["l1_reg"] > 0:

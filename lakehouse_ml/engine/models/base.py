@@ -179,8 +179,7 @@ def family_of(model_type: str) -> ModelFamily:
     family = FAMILIES.get(model_type)
     if family is None:
         raise BqmlError(
-            f"MODEL_TYPE {model_type!r} is not trained locally; supported locally: "
-            f"{', '.join(FAMILIES)}."
+            f"MODEL_TYPE {model_type!r} is not trained locally; supported locally: {', '.join(FAMILIES)}."
         )
     return family
 
@@ -205,7 +204,9 @@ def evaluation_arrays(y: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]
     return out
 
 
-def list_of_structs(n: int, k: int, fields: dict[str, pa.Array], offsets: np.ndarray | None = None) -> pa.Array:
+def list_of_structs(
+    n: int, k: int, fields: dict[str, pa.Array], offsets: np.ndarray | None = None
+) -> pa.Array:
     """``n`` rows of ``k`` structs each (or ``offsets``) as an ARRAY<STRUCT<…>> column."""
     struct = pa.StructArray.from_arrays(list(fields.values()), names=list(fields))
     if offsets is None:

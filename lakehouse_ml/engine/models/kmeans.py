@@ -36,9 +36,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-import scipy.sparse as sp
-
 import pyarrow as pa
+import scipy.sparse as sp
 
 from lakehouse_ml.bigquery.model_types import Kind
 from lakehouse_ml.bigquery.preprocess import Design
@@ -417,7 +416,9 @@ class KmeansFamily(base.ModelFamily):
         ]
 
     def evaluate(self, model: Any, features: Any) -> dict[str, Any]:
-        return evaluate(model.prep.design(features), model.centroids(), model.meta["options"]["distance_type"])
+        return evaluate(
+            model.prep.design(features), model.centroids(), model.meta["options"]["distance_type"]
+        )
 
 
 FAMILY = base.register(KmeansFamily())

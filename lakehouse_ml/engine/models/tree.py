@@ -100,7 +100,13 @@ class TreeFamily(base.ModelFamily):
         return opt.resolve_tree(model_type, given)
 
     def train(self, ctx: Any) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
-        meta, prep, y_all, data_split, model_type = ctx.meta, ctx.prep, ctx.y_all, ctx.data_split, ctx.model_type
+        meta, prep, y_all, data_split, model_type = (
+            ctx.meta,
+            ctx.prep,
+            ctx.y_all,
+            ctx.data_split,
+            ctx.model_type,
+        )
         weight_series = ctx.frame[ctx.weight_col] if ctx.weight_col else None
         X = prep.tree_matrix(ctx.frame)
         train_mask = ~data_split.eval_mask

@@ -356,7 +356,7 @@ class BqmlEngine:
         )
         if replaced_registered:  # refused before any work: nothing is trained or written
             self._refuse_deployed(name)
-        resolved = opt.resolve(options)
+        resolved = opt.resolve(options, FAMILIES)
         opt.check_model_name_for_vertex(name, resolved)
         given = {str(k).lower() for k, v in (options or {}).items() if v is not None}
         meta, arrays, files = _Trainer(

@@ -11,9 +11,10 @@ adding one.
 A family declares:
 
 * ``model_types`` and their :class:`~lakehouse_ml.bigquery.model_types.Kind` (``kinds``);
-* its options (:meth:`ModelFamily.resolve_options`): by default the pydantic model
-  ``options_model`` with BigQuery ML's names (lower-case fields), defaults and ranges, plus the
-  options every type shares (:mod:`lakehouse_ml.engine.options`, parsed once);
+* its options: the pydantic model ``options_model`` with BigQuery ML's names (lower-case
+  fields), defaults and ranges, the rules between them (:meth:`ModelFamily.check_options`),
+  and which of the options shared by all types it takes (:meth:`ModelFamily.shared_option_names`;
+  :mod:`lakehouse_ml.engine.options` parses those once);
 * its preprocessing (``preprocessing``: ``"linear"`` standardizes numeric columns and one-hot
   encodes categorical ones, ``"kmeans"`` the same with STANDARDIZE_FEATURES, ``"tree"``
   label-encodes) and whether training splits off evaluation rows (``splits``);
@@ -28,11 +29,27 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import numpy as np
 import pyarrow as pa
-import pydantic
 
 from lakehouse_ml.bigquery import model_types
 from lakehouse_ml.bigquery.model_types import Kind
 from lakehouse_ml.core.errors import BqmlError
+from lakehouse_ml.engine.options import Options, validate_options
+
+__all__ = [
+    "BASE_FUNCTIONS",
+    "CLASSIFIER_FUNCTIONS",
+    "FAMILIES",
+    "Kind",
+    "ModelFamily",
+    "Options",
+    "evaluation_arrays",
+    "family_of",
+    "list_of_structs",
+    "predicted_index",
+    "register",
+    "supported_model_types",
+    "validate_options",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from lakehouse_ml.bigquery.preprocess import Columns
@@ -40,48 +57,6 @@ if TYPE_CHECKING:  # pragma: no cover
 # The ML.* functions every family supports.
 BASE_FUNCTIONS = frozenset({"ML.PREDICT", "ML.EVALUATE", "ML.FEATURE_INFO", "ML.TRAINING_INFO"})
 CLASSIFIER_FUNCTIONS = frozenset({"ML.ROC_CURVE", "ML.CONFUSION_MATRIX"})
-
-
-class Options(pydantic.BaseModel):
-    """Base of a family's options model: BigQuery ML's option names as lower-case fields;
-    unknown options are refused by :func:`lakehouse_ml.engine.options.resolve` (naming the
-    supported ones) before this model sees them."""
-
-    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-_BIGQUERY_TYPES = {float: "FLOAT64", int: "INT64", bool: "BOOL", str: "STRING"}
-
-
-def _expected(field: Any) -> str:
-    """What a field accepts, in BigQuery's words: ``a FLOAT64 in [0.0, 100.0]``."""
-    what = _BIGQUERY_TYPES.get(field.annotation, getattr(field.annotation, "__name__", str(field.annotation)))
-    bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
-    if not bounds:
-        return f"a {what}"
-    low = bounds.get("ge", bounds.get("gt", "-inf"))
-    high = bounds.get("le", bounds.get("lt", "inf"))
-    return (
-        f"a {what} in {'(' if 'gt' in bounds or low == '-inf' else '['}{low}, "
-        f"{high}{')' if 'lt' in bounds or high == 'inf' else ']'}"
-    )
-
-
-def validate_options(model: type[Options], model_type: str, given: Mapping[str, Any]) -> dict[str, Any]:
-    """``given`` (lower-case names, the family's own options only) validated by ``model``, with
-    every default filled in; a bad value fails naming the option and the values it accepts."""
-    try:
-        parsed = model.model_validate(dict(given))
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else "?"
-        field = model.model_fields.get(name)
-        expected = _expected(field) if field is not None else first["msg"]
-        raise BqmlError(
-            f"Invalid value {given.get(name)!r} for option {name.upper()} of MODEL_TYPE {model_type}: "
-            f"expected {expected} ({first['msg']})."
-        ) from None
-    return parsed.model_dump()
 
 
 class ModelFamily:
@@ -92,7 +67,8 @@ class ModelFamily:
     # The family's own options (without the shared ones); None: the family resolves its options
     # itself (resolve_options).
     options_model: ClassVar[type[Options] | None] = None
-    # Shared options the family accepts (lakehouse_ml.engine.options.SHARED).
+    # Shared options the family accepts (lakehouse_ml.engine.options.SHARED; see
+    # shared_option_names).
     shared_options: ClassVar[tuple[str, ...]] = ()
     preprocessing: ClassVar[str] = "linear"
     splits: ClassVar[bool] = True
@@ -122,14 +98,18 @@ class ModelFamily:
         return function in functions
 
     # -- options -----------------------------------------------------------------------------------
-    def option_names(self, model_type: str) -> list[str]:
-        """The family's own option names for ``model_type`` (for "supported options")."""
-        return list(self.options_model.model_fields) if self.options_model is not None else []
+    def shared_option_names(self, model_type: str) -> tuple[str, ...]:
+        """The shared options ``model_type`` takes (besides MODEL_TYPE, the registry options and
+        KMS_KEY_NAME, which every type takes)."""
+        return self.shared_options
+
+    def check_options(self, model_type: str, given: Mapping[str, Any], resolved: dict[str, Any]) -> None:
+        """The rules between options (``given``: as written; ``resolved``: with defaults)."""
 
     def resolve_options(self, model_type: str, given: dict[str, Any]) -> dict[str, Any]:
-        """The family's own options of ``given`` validated, with defaults (lower-case keys)."""
-        assert self.options_model is not None, f"{type(self).__name__} declares no options_model"
-        return validate_options(self.options_model, model_type, given)
+        """Only for a family without ``options_model``: every option of ``given`` (with the shared
+        ones) validated, with defaults."""
+        raise NotImplementedError(f"{type(self).__name__} declares no options_model")
 
     # -- training ----------------------------------------------------------------------------------
     def train(self, ctx: Any) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import scipy.linalg
@@ -546,6 +546,35 @@ def output(model_type: str, z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+# "The CREATE MODEL statement for generalized linear models", option by option ("Arguments"):
+# https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-glm
+# (INPUT_LABEL_COLS, the DATA_SPLIT_* options, AUTO_CLASS_WEIGHTS, CLASS_WEIGHTS and
+# ENABLE_GLOBAL_EXPLAIN are the shared options of lakehouse_ml/engine/options.py.)
+GlmOptions = opt.option_model(
+    "GlmOptions",
+    {
+        "optimize_strategy": (
+            "AUTO_STRATEGY",
+            opt.enum("AUTO_STRATEGY", "BATCH_GRADIENT_DESCENT", "NORMAL_EQUATION"),
+        ),
+        "learn_rate_strategy": ("LINE_SEARCH", opt.enum("LINE_SEARCH", "CONSTANT")),
+        "learn_rate": (0.1, opt.number(0.0, low_open=True)),
+        "ls_init_learn_rate": (0.1, opt.number(0.0, low_open=True)),
+        "calculate_p_values": (False, opt.boolean),
+        "fit_intercept": (True, opt.boolean),
+        "category_encoding_method": ("ONE_HOT_ENCODING", opt.enum("ONE_HOT_ENCODING", "DUMMY_ENCODING")),
+        "l1_reg": (0.0, opt.number(0.0)),
+        "l2_reg": (0.0, opt.number(0.0)),
+        "max_iterations": (20, opt.integer(1)),
+        "warm_start": (False, opt.boolean),
+        "early_stop": (True, opt.boolean),
+        "min_rel_progress": (0.01, opt.number(0.0)),
+        "data_split_test_fraction": (0.0, opt.number(0.0, 1.0, high_open=True)),
+        **opt.TUNING,
+    },
+)
+
+
 class GlmFamily(base.ModelFamily):
     kinds = {"LINEAR_REG": Kind.REGRESSOR, "LOGISTIC_REG": Kind.CLASSIFIER}
     preprocessing = "linear"
@@ -554,11 +583,38 @@ class GlmFamily(base.ModelFamily):
     # GLM page, Limitations: "the label column can contain up to 50 unique values"
     max_classes = 50
 
-    def option_names(self, model_type: str) -> list[str]:
-        return list(opt.glm_table(model_type))
+    options_model = GlmOptions
 
-    def resolve_options(self, model_type: str, given: dict[str, Any]) -> dict[str, Any]:
-        return opt.resolve_table(model_type, given, opt.glm_table(model_type), opt.check_glm)
+    def shared_option_names(self, model_type: str) -> tuple[str, ...]:
+        if model_type == "LINEAR_REG":
+            # AUTO_CLASS_WEIGHTS: "Only use this option with logistic regression models."
+            return tuple(k for k in opt.SHARED if k not in ("auto_class_weights", "class_weights"))
+        return tuple(opt.SHARED)
+
+    def check_options(self, model_type: str, given: Mapping[str, Any], o: dict[str, Any]) -> None:
+        """The rules between LINEAR_REG's and LOGISTIC_REG's options."""
+        # GLM_DOC, LEARN_RATE: "If LEARN_RATE_STRATEGY is set to LINE_SEARCH, an error is returned."
+        if "learn_rate" in given and o["learn_rate_strategy"] == "LINE_SEARCH":
+            raise BqmlError(
+                "LEARN_RATE can only be set with LEARN_RATE_STRATEGY='CONSTANT'; with LINE_SEARCH "
+                "(the default) set LS_INIT_LEARN_RATE instead."
+            )
+        if "ls_init_learn_rate" in given and o["learn_rate_strategy"] == "CONSTANT":
+            raise BqmlError(
+                "LS_INIT_LEARN_RATE applies to LEARN_RATE_STRATEGY='LINE_SEARCH'; with CONSTANT set LEARN_RATE."
+            )
+        # GLM_DOC, NORMAL_EQUATION: "You can't use NORMAL_EQUATION [if] you specified a value for L1_REG".
+        if o["optimize_strategy"] == "NORMAL_EQUATION" and o["l1_reg"] > 0:
+            raise BqmlError(
+                "OPTIMIZE_STRATEGY='NORMAL_EQUATION' cannot be used with L1_REG; use "
+                "BATCH_GRADIENT_DESCENT or AUTO_STRATEGY."
+            )
+        if o["optimize_strategy"] == "NORMAL_EQUATION" and model_type == "LOGISTIC_REG":
+            raise BqmlError(
+                "OPTIMIZE_STRATEGY='NORMAL_EQUATION' computes the least-squares solution of a linear "
+                "regression; LOGISTIC_REG trains with BATCH_GRADIENT_DESCENT (or AUTO_STRATEGY)."
+            )
+        opt.check_class_weights(o)
 
     def train(self, ctx: Any) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
         meta, prep, y_all, data_split = ctx.meta, ctx.prep, ctx.y_all, ctx.data_split

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -342,6 +342,27 @@ def _centre_distances(c: Centroids, distance_type: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # The family: KMEANS
 # --------------------------------------------------------------------------------------------------
+# "The CREATE MODEL statement for K-means models", option by option ("Arguments"):
+# https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-kmeans
+# NUM_CLUSTERS' default is "log10(n), where n is the number of training examples" (resolved at
+# training time).
+KmeansOptions = opt.option_model(
+    "KmeansOptions",
+    {
+        "num_clusters": (None, opt.integer(2, 100)),
+        "kmeans_init_method": ("RANDOM", opt.enum("RANDOM", "KMEANS++", "CUSTOM")),
+        "kmeans_init_col": (None, opt.string),
+        "distance_type": ("EUCLIDEAN", opt.enum("EUCLIDEAN", "COSINE")),
+        "standardize_features": (True, opt.boolean),
+        "max_iterations": (20, opt.integer(1)),
+        "early_stop": (True, opt.boolean),
+        "min_rel_progress": (0.01, opt.number(0.0)),
+        "warm_start": (False, opt.boolean),
+        **opt.TUNING,
+    },
+)
+
+
 class KmeansFamily(base.ModelFamily):
     kinds = {"KMEANS": Kind.CLUSTERING}
     preprocessing = "kmeans"
@@ -352,11 +373,17 @@ class KmeansFamily(base.ModelFamily):
     functions = base.BASE_FUNCTIONS | {"ML.DETECT_ANOMALIES"}
     fast_serving = True
 
-    def option_names(self, model_type: str) -> list[str]:
-        return list(opt.kmeans_table())
+    options_model = KmeansOptions
 
-    def resolve_options(self, model_type: str, given: dict[str, Any]) -> dict[str, Any]:
-        return opt.resolve_table(model_type, given, opt.kmeans_table(), opt.check_kmeans)
+    def check_options(self, model_type: str, given: Mapping[str, Any], o: dict[str, Any]) -> None:
+        """The rules between KMEANS's options."""
+        if o["kmeans_init_method"] == "CUSTOM" and not o["kmeans_init_col"]:
+            raise BqmlError(
+                "KMEANS_INIT_METHOD='CUSTOM' needs KMEANS_INIT_COL naming a BOOL column whose TRUE rows "
+                "are the initial centroids."
+            )
+        if o["kmeans_init_col"] and o["kmeans_init_method"] != "CUSTOM":
+            raise BqmlError("KMEANS_INIT_COL can only be used with KMEANS_INIT_METHOD='CUSTOM'.")
 
     def train(self, ctx: Any) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
         meta, prep, frame = ctx.meta, ctx.prep, ctx.frame

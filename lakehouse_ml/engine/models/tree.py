@@ -93,9 +93,8 @@ class TreeFamily(base.ModelFamily):
     # APPROX_FEATURE_CONTRIB of ML.EXPLAIN_PREDICT
     approx_feature_contrib = True
 
-    def option_names(self, model_type: str) -> list[str]:
-        return list(xgb.OPTION_DEFAULTS[model_type])
-
+    # The tree options are the tables of lakehouse_ml/engine/xgb.py (OPTION_DEFAULTS), which
+    # also validates them for direct XGBoost training; not a pydantic model yet.
     def resolve_options(self, model_type: str, given: dict[str, Any]) -> dict[str, Any]:
         return opt.resolve_tree(model_type, given)
 

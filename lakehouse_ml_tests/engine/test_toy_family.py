@@ -6,8 +6,6 @@ server process (which loads it through LAKEHOUSE_ML_MODEL_FAMILIES)."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ from lakehouse_ml.engine.models import FAMILIES, FAMILIES_ENV, load_families
 from lakehouse_ml.serving import server
 from lakehouse_ml.serving.app import ServingApp
 from lakehouse_ml_tests.engine import toy_family
-from lakehouse_ml_tests.local_chain import free_port
+from lakehouse_ml_tests.local_chain import free_port, stop_server
 
 URL = "/v1/projects/p/locations/us-central1/endpoints/{}:predict"
 TOY = toy_family.MODEL_TYPE
@@ -128,12 +126,7 @@ def test_served_by_the_server_process(warehouse, tmp_path, monkeypatch):
     try:
         predictions = ep.predict("toy", INSTANCES)["predictions"]
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
     values = [served.PredictionFormat(TOY, "spend").parse(p).predicted for p in predictions]
     assert values == pytest.approx([30.0, 15.0], abs=0.2)
 

@@ -788,7 +788,7 @@ class BqmlEngine:
             raise BqmlError(f"ML.EXPLAIN_PREDICT: TOP_K_FEATURES must be a positive INT64; got {top_k!r}.")
         if not isinstance(args["approx_feature_contrib"], bool):
             raise BqmlError("ML.EXPLAIN_PREDICT: APPROX_FEATURE_CONTRIB must be TRUE or FALSE.")
-        if args["approx_feature_contrib"] and not getattr(model.family, "approx_feature_contrib", False):
+        if args["approx_feature_contrib"] and not model.family.approx_feature_contrib:
             raise BqmlError(
                 "ML.EXPLAIN_PREDICT: APPROX_FEATURE_CONTRIB applies to boosted tree and random forest models."
             )

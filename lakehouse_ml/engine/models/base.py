@@ -76,7 +76,8 @@ class ModelFamily:
     fast_serving: ClassVar[bool] = False
     # Largest number of label values a classifier of this family takes (None: no limit).
     max_classes: ClassVar[int | None] = None
-    # The column names of ML.EVALUATE, by kind (lakehouse_ml.bigquery.metrics) unless set.
+    # ML.EXPLAIN_PREDICT accepts APPROX_FEATURE_CONTRIB (tree models).
+    approx_feature_contrib: ClassVar[bool] = False
 
     @property
     def model_types(self) -> tuple[str, ...]:

@@ -601,7 +601,8 @@ class GlmFamily(base.ModelFamily):
             )
         if "ls_init_learn_rate" in given and o["learn_rate_strategy"] == "CONSTANT":
             raise BqmlError(
-                "LS_INIT_LEARN_RATE applies to LEARN_RATE_STRATEGY='LINE_SEARCH'; with CONSTANT set LEARN_RATE."
+                "LS_INIT_LEARN_RATE applies to LEARN_RATE_STRATEGY='LINE_SEARCH'; with CONSTANT set "
+                "LEARN_RATE."
             )
         # GLM_DOC, NORMAL_EQUATION: "You can't use NORMAL_EQUATION [if] you specified a value for L1_REG".
         if o["optimize_strategy"] == "NORMAL_EQUATION" and o["l1_reg"] > 0:

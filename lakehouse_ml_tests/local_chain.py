@@ -3,13 +3,26 @@ and a materialized chain (data, models, registry, endpoint) whose server is alwa
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 
 from lakehouse_ml.core.settings import Settings, load_settings
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """Stop a server process started by the test (SIGTERM, then kill after 30 s)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def free_port() -> int:

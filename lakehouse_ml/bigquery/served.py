@@ -48,10 +48,14 @@ from typing import Any
 
 import numpy as np
 
-CLASSIFIER_TYPES = ("LOGISTIC_REG", "BOOSTED_TREE_CLASSIFIER", "RANDOM_FOREST_CLASSIFIER")
-REGRESSOR_TYPES = ("LINEAR_REG", "BOOSTED_TREE_REGRESSOR", "RANDOM_FOREST_REGRESSOR")
-CLUSTERING_TYPES = ("KMEANS",)
-SERVED_MODEL_TYPES = CLASSIFIER_TYPES + REGRESSOR_TYPES + CLUSTERING_TYPES
+# Live views of the catalog (lakehouse_ml/bigquery/model_types.py): a family that registers a
+# served type is served in the format of its kind.
+from lakehouse_ml.bigquery.model_types import (
+    CLASSIFIER_TYPES,
+    CLUSTERING_TYPES,
+    REGRESSOR_TYPES,
+    SERVED_MODEL_TYPES,
+)
 
 # The NULL sentinels of a TRANSFORM model's inputs ("Export models", Supported data types).
 NULL_FLOAT64 = 123456789.0e10

@@ -29,14 +29,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from scipy.special import expit
 
 from lakehouse_ml.bigquery.metrics import CLASSIFICATION_COLUMNS, KMEANS_COLUMNS, REGRESSION_COLUMNS
 from lakehouse_ml.bigquery.metrics import classification as classification_metrics
 from lakehouse_ml.bigquery.metrics import regression as regression_metrics
+from lakehouse_ml.bigquery.model_types import Kind
 from lakehouse_ml.bigquery.preprocess import Columns, Design, Preprocessor
 from lakehouse_ml.bigquery.registry import deployed_model_message
-from lakehouse_ml.bigquery.split import Split, row_hashes, split
+from lakehouse_ml.bigquery.split import Split, split
 from lakehouse_ml.bigquery.types import bigquery_type, string_key, to_float
 from lakehouse_ml.core.errors import (
     BqmlError,
@@ -46,9 +46,16 @@ from lakehouse_ml.core.errors import (
     WarehouseError,
 )
 from lakehouse_ml.engine import options as opt
-from lakehouse_ml.engine import xgb
 from lakehouse_ml.engine.artifacts import ModelStore, check_name
 from lakehouse_ml.engine.models import glm, kmeans, tree
+from lakehouse_ml.engine.models.base import (
+    FAMILIES,
+    ModelFamily,
+    evaluation_arrays,
+    family_of,
+    list_of_structs,
+)
+from lakehouse_ml.engine.models.base import predicted_index as _predicted_index
 
 __all__ = ["BqmlEngine", "BqmlError", "ModelExistsError", "ModelNotFoundError", "Progress"]
 
@@ -68,20 +75,14 @@ DOCS = {
     "e2e": "https://cloud.google.com/bigquery/docs/e2e-journey",
 }
 
+
 # Which model types each function accepts (the "End-to-end user journeys for ML models" page,
-# DOCS["e2e"], restricted to the model types trained locally).
-FUNCTION_MODEL_TYPES = {
-    "ML.PREDICT": opt.SUPPORTED_MODEL_TYPES,
-    "ML.EVALUATE": opt.SUPPORTED_MODEL_TYPES,
-    "ML.FEATURE_INFO": opt.SUPPORTED_MODEL_TYPES,
-    "ML.TRAINING_INFO": opt.SUPPORTED_MODEL_TYPES,
-    # ML.DETECT_ANOMALIES: k-means (also ARIMA_PLUS, ARIMA_PLUS_XREG, PCA, AUTOENCODER in BigQuery).
-    "ML.DETECT_ANOMALIES": opt.KMEANS_MODEL_TYPES,
-    "ML.EXPLAIN_PREDICT": opt.LINEAR_MODEL_TYPES + opt.TREE_MODEL_TYPES,
-    "ML.GLOBAL_EXPLAIN": opt.LINEAR_MODEL_TYPES + opt.TREE_MODEL_TYPES,
-    # ML.WEIGHTS: linear and logistic regression (and matrix factorization in BigQuery).
-    "ML.WEIGHTS": opt.LINEAR_MODEL_TYPES,
-}
+# DOCS["e2e"], restricted to the model types trained locally): each family declares its
+# functions (ModelFamily.functions).
+def function_model_types(function: str) -> list[str]:
+    return [t for t, family in FAMILIES.items() if family.supports(t, function)]
+
+
 _FUNCTION_NOTES = {
     "ML.DETECT_ANOMALIES": " (BigQuery also accepts ARIMA_PLUS, ARIMA_PLUS_XREG, PCA and AUTOENCODER models)",
     "ML.WEIGHTS": " (BigQuery also accepts MATRIX_FACTORIZATION; k-means centroids are ML.CENTROIDS, tree "
@@ -100,11 +101,10 @@ _LABEL_TYPES = {
     "NUMERIC": pa.float64(),
     "BIGNUMERIC": pa.float64(),
 }
-MAX_LOGISTIC_CLASSES = 50  # GLM page, Limitations: "the label column can contain up to 50 unique values"
 
 
 def _doc_error(function: str, model_type: str) -> BqmlError:
-    allowed = FUNCTION_MODEL_TYPES[function]
+    allowed = function_model_types(function)
     return BqmlError(
         f"{function} does not support MODEL_TYPE {model_type}; it supports {', '.join(allowed)}"
         f"{_FUNCTION_NOTES.get(function, '')}."
@@ -160,6 +160,7 @@ class _Model:
         self.arrays = arrays
         self.directory = directory
         self.model_type: str = meta["model_type"]
+        self.family: ModelFamily = family_of(self.model_type)
         self.prep = Preprocessor.from_json(meta["preprocessing"])
         self.label: dict | None = meta.get("label")
         self._store = store
@@ -173,7 +174,7 @@ class _Model:
 
     @property
     def is_classifier(self) -> bool:
-        return self.model_type in opt.CLASSIFIER_MODEL_TYPES
+        return self.family.is_classifier(self.model_type)
 
     @property
     def classes(self) -> list[Any]:
@@ -188,7 +189,7 @@ class _Model:
         return _LABEL_TYPES.get(self.label["bq_type"], pa.string())
 
     def check_function(self, function: str) -> None:
-        if self.model_type not in FUNCTION_MODEL_TYPES[function]:
+        if not self.family.supports(self.model_type, function):
             raise _doc_error(function, self.model_type)
 
     def check_features(self, frame: pd.DataFrame, function: str) -> Columns:
@@ -218,41 +219,10 @@ class _Model:
 
     def scores(self, features: pd.DataFrame) -> np.ndarray:
         """Regression values (n,), or class probabilities (n, C) in class order."""
-        if self.model_type in opt.LINEAR_MODEL_TYPES:
-            z = glm.linear_predictor(self.glm_params(), self.prep.design(features))
-            return _glm_output(self.model_type, z)
-        if self.model_type in opt.TREE_MODEL_TYPES:
-            return tree.probabilities(self.booster, self.prep.tree_matrix(features), self.model_type)
-        raise AssertionError(self.model_type)
+        return self.family.scores(self, features)
 
 
-def _glm_output(model_type: str, z: np.ndarray) -> np.ndarray:
-    if model_type == "LINEAR_REG":
-        return z
-    if z.ndim == 1:
-        p = expit(z)
-        return np.column_stack([1.0 - p, p])
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _predicted_index(probs: np.ndarray, threshold: float | None) -> np.ndarray:
-    if probs.shape[1] == 2:
-        return (probs[:, 1] > (0.5 if threshold is None else threshold)).astype(np.int64)
-    return np.argmax(probs, axis=1)
-
-
-def _list_of_structs(
-    n: int, k: int, fields: dict[str, pa.Array], offsets: np.ndarray | None = None
-) -> pa.Array:
-    struct = pa.StructArray.from_arrays(list(fields.values()), names=list(fields))
-    if offsets is None:
-        offsets = np.arange(0, n * k + 1, k, dtype=np.int32) if n * k < 2**31 else np.arange(0, n * k + 1, k)
-    array_type = pa.list_ if offsets.dtype == np.int32 else pa.large_list
-    return (pa.ListArray if array_type is pa.list_ else pa.LargeListArray).from_arrays(
-        pa.array(offsets), struct
-    )
+_list_of_structs = list_of_structs
 
 
 def _with_inputs(columns: list[tuple[str, pa.Array]], frame: pd.DataFrame) -> pa.Table:
@@ -386,7 +356,7 @@ class BqmlEngine:
         )
         if replaced_registered:  # refused before any work: nothing is trained or written
             self._refuse_deployed(name)
-        resolved = opt.resolve(options)
+        resolved = opt.resolve(options, FAMILIES)
         opt.check_model_name_for_vertex(name, resolved)
         given = {str(k).lower() for k, v in (options or {}).items() if v is not None}
         meta, arrays, files = _Trainer(
@@ -534,25 +504,8 @@ class BqmlEngine:
         threshold = self._threshold(model, args["threshold"], "ML.PREDICT")
         features = model.check_features(frame, "ML.PREDICT")
         n = len(frame)
-        if model.model_type in opt.KMEANS_MODEL_TYPES:
-            design = model.prep.design(features)
-            c = model.centroids()
-            top = min(c.k, 5)
-            idx, dist = kmeans.top_nearest(design, c, model.meta["options"]["distance_type"], top)
-            columns = [
-                ("CENTROID_ID", pa.array(idx[:, 0] + 1, type=pa.int64())),
-                (
-                    "NEAREST_CENTROIDS_DISTANCE",
-                    _list_of_structs(
-                        n,
-                        top,
-                        {
-                            "CENTROID_ID": pa.array((idx + 1).ravel(), type=pa.int64()),
-                            "DISTANCE": pa.array(dist.ravel(), type=pa.float64()),
-                        },
-                    ),
-                ),
-            ]
+        columns = model.family.predict_columns(model, features)
+        if columns is not None:
             return _with_inputs(columns, frame)
         scores = model.scores(features)
         label = model.label_name
@@ -565,12 +518,12 @@ class BqmlEngine:
         centroids) in centroid-id order: what the model's served predictions carry
         (``centroid_distances``), in the space ``ML.PREDICT``'s distances are measured in."""
         model = self._load(name)
-        if model.model_type not in opt.KMEANS_MODEL_TYPES:
+        if not hasattr(model.family, "distances"):
             raise BqmlError(
-                f"Model {name!r} is a {model.model_type} model; centroid distances need a KMEANS model."
+                f"Model {name!r} is a {model.model_type} model; centroid distances need a k-means model "
+                f"({', '.join(t for t, f in FAMILIES.items() if hasattr(f, 'distances'))})."
             )
-        design = model.prep.design(model.check_features(_as_frame(frame), "ML.PREDICT"))
-        return kmeans.distances(design, model.centroids(), model.meta["options"]["distance_type"])
+        return model.family.distances(model, model.check_features(_as_frame(frame), "ML.PREDICT"))
 
     def _class_columns(self, model: _Model, probs: np.ndarray, threshold: float | None, n: int) -> list:
         label = model.label_name
@@ -620,15 +573,13 @@ class BqmlEngine:
                     "ML.EVALUATE: THRESHOLD needs input data (a TABLE or a query); without input data the "
                     "metrics computed at training are returned."
                 )
-            return _metrics_table(model.model_type, model.meta["evaluation"])
+            return _metrics_table(model, model.meta["evaluation"])
         threshold = self._threshold(model, args["threshold"], "ML.EVALUATE")
         frame = _as_frame(frame)
         features = model.check_features(frame, "ML.EVALUATE")
-        if model.model_type in opt.KMEANS_MODEL_TYPES:
-            metrics = kmeans.evaluate(
-                model.prep.design(features), model.centroids(), model.meta["options"]["distance_type"]
-            )
-            return _metrics_table(model.model_type, metrics)
+        metrics = model.family.evaluate(model, features)
+        if metrics is not None:
+            return _metrics_table(model, metrics)
         label_col = _find(frame, model.label_name)
         if label_col is None:
             raise BqmlError(
@@ -648,7 +599,7 @@ class BqmlEngine:
             metrics = classification_metrics(y, scores, 0.5 if threshold is None else threshold)
         else:
             metrics = regression_metrics(to_float(labels, model.label_name), scores)
-        return _metrics_table(model.model_type, metrics)
+        return _metrics_table(model, metrics)
 
     def _classification_inputs(
         self, model: _Model, frame: pd.DataFrame | None, function: str, threshold: float | None
@@ -656,8 +607,8 @@ class BqmlEngine:
         """(label index, predicted index, positive-class probability or None, labels as given)."""
         if not model.is_classifier:
             raise BqmlError(
-                f"{function} applies to classification models (LOGISTIC_REG, BOOSTED_TREE_CLASSIFIER, "
-                f"RANDOM_FOREST_CLASSIFIER); {model.meta['name']!r} is {model.model_type}."
+                f"{function} applies to classification models ({', '.join(function_model_types(function))}); "
+                f"{model.meta['name']!r} is {model.model_type}."
             )
         if frame is None:
             if threshold is not None:
@@ -837,7 +788,7 @@ class BqmlEngine:
             raise BqmlError(f"ML.EXPLAIN_PREDICT: TOP_K_FEATURES must be a positive INT64; got {top_k!r}.")
         if not isinstance(args["approx_feature_contrib"], bool):
             raise BqmlError("ML.EXPLAIN_PREDICT: APPROX_FEATURE_CONTRIB must be TRUE or FALSE.")
-        if args["approx_feature_contrib"] and model.model_type not in opt.TREE_MODEL_TYPES:
+        if args["approx_feature_contrib"] and not model.family.approx_feature_contrib:
             raise BqmlError(
                 "ML.EXPLAIN_PREDICT: APPROX_FEATURE_CONTRIB applies to boosted tree and random forest models."
             )
@@ -951,11 +902,12 @@ class BqmlEngine:
             "iteration": pa.array([r["iteration"] for r in rows], type=pa.int64()),
             "loss": pa.array([r["loss"] for r in rows], type=pa.float64()),
         }
-        if model.model_type not in opt.KMEANS_MODEL_TYPES:
+        clustering = model.family.kind(model.model_type) is Kind.CLUSTERING
+        if not clustering:
             columns["eval_loss"] = pa.array([r.get("eval_loss") for r in rows], type=pa.float64())
         columns["learning_rate"] = pa.array([r.get("learning_rate") for r in rows], type=pa.float64())
         columns["duration_ms"] = pa.array([r.get("duration_ms") for r in rows], type=pa.int64())
-        if model.model_type in opt.KMEANS_MODEL_TYPES:
+        if clustering:
             columns["cluster_info"] = pa.array(
                 [r["cluster_info"] for r in rows],
                 type=pa.list_(
@@ -1007,6 +959,14 @@ class _Trainer:
         self.input_frame = input_frame
         self.say = say
         self.model_type = options["model_type"]
+        self.family = family_of(self.model_type)
+        # Set by run() for the family's train(): the training context.
+        self.meta: dict[str, Any] = {}
+        self.prep: Preprocessor | None = None
+        self.y_all: np.ndarray | None = None
+        self.data_split: Split | None = None
+        self.init_col: str | None = None
+        self.weight_col: str | None = None
 
     def _column(self, option: str, value: str | None, what: str) -> str | None:
         if value is None:
@@ -1026,7 +986,8 @@ class _Trainer:
             raise BqmlError(
                 f"CREATE MODEL {self.name}: the training query returned no rows (empty training set)."
             )
-        supervised = model_type in opt.SUPERVISED_MODEL_TYPES
+        family = self.family
+        supervised = family.is_supervised(model_type)
         label_col = (
             self._column("input_label_cols", o["input_label_cols"][0], "the label") if supervised else None
         )
@@ -1053,11 +1014,7 @@ class _Trainer:
             label_meta, y_all = self._label(frame[label_col], str(label_col))
 
         # Preprocessing statistics over the original input data (all rows).
-        mode = (
-            "linear"
-            if model_type in opt.LINEAR_MODEL_TYPES
-            else ("kmeans" if model_type == "KMEANS" else "tree")
-        )
+        mode = family.preprocessing
         stats_columns = None
         if self.input_frame is not None:
             skip = {str(c).lower() for c in special}
@@ -1073,7 +1030,7 @@ class _Trainer:
         )
         # Split (k-means has none: "K-means is an unsupervised learning technique, so model
         # training does not require labels or split data").
-        if model_type in opt.KMEANS_MODEL_TYPES:
+        if not family.splits:
             data_split = Split("NO_SPLIT", np.zeros(len(frame), dtype=bool))
         else:
             fraction = o["data_split_eval_fraction"] if "data_split_eval_fraction" in self.given else None
@@ -1108,17 +1065,21 @@ class _Trainer:
             "preprocessing": prep.to_json(),
         }
         self.say(f"training {model_type}")
-        if model_type in opt.LINEAR_MODEL_TYPES:
-            arrays = self._train_glm(meta, prep, y_all, data_split)
-            files: dict[str, bytes] = {}
-        elif model_type in opt.KMEANS_MODEL_TYPES:
-            arrays = self._train_kmeans(meta, prep, frame[init_col] if init_col is not None else None)
-            files = {}
-        else:
-            arrays, files = self._train_tree(
-                meta, prep, y_all, data_split, frame[weight_col] if weight_col else None
-            )
+        self.meta, self.prep, self.y_all, self.data_split = meta, prep, y_all, data_split
+        self.init_col, self.weight_col = init_col, weight_col
+        arrays, files = family.train(self)
         return meta, arrays, files
+
+    # -- for the families' train() -------------------------------------------------------------------
+    def view(self, arrays: dict[str, np.ndarray], booster: Any = None) -> "_TrainedView":
+        """The model being trained, with the interface of a loaded one (for explanations)."""
+        return _TrainedView(self.meta, arrays, self.prep, booster)
+
+    @staticmethod
+    def global_explain(
+        model: "_Model", design: Design | None, matrix: np.ndarray | None, approximate: bool = False
+    ) -> dict:
+        return _global_explain(model, design, matrix, approximate)
 
     # -- labels ------------------------------------------------------------------------------------
     def _label(self, series: pd.Series, name: str) -> tuple[dict, np.ndarray]:
@@ -1129,7 +1090,7 @@ class _Trainer:
                 f"The label column {name!r} has {nulls:,} NULL value(s); BigQuery ML needs a label on every "
                 f"training row. Filter them out (WHERE {name} IS NOT NULL)."
             )
-        if self.model_type in opt.REGRESSOR_MODEL_TYPES:
+        if self.family.kind(self.model_type) is Kind.REGRESSOR:
             if bq_type not in ("INT64", "FLOAT64", "NUMERIC", "BIGNUMERIC"):
                 raise BqmlError(f"{self.model_type} needs a numeric label; column {name!r} is {bq_type}.")
             y = to_float(series, name)
@@ -1157,9 +1118,10 @@ class _Trainer:
                 f"has only {classes[0]!r} (one-class label). Check the training query's filter, or use a "
                 "regression model."
             )
-        if self.model_type == "LOGISTIC_REG" and len(classes) > MAX_LOGISTIC_CLASSES:
+        limit = self.family.max_classes
+        if limit is not None and len(classes) > limit:
             raise BqmlError(
-                f"LOGISTIC_REG supports up to 50 label values; column {name!r} has {len(classes)}."
+                f"{self.model_type} supports up to {limit} label values; column {name!r} has {len(classes)}."
             )
         rank = np.empty(len(values), dtype=np.int64)
         rank[order] = np.arange(len(values))
@@ -1167,170 +1129,8 @@ class _Trainer:
         names = [string_key(c, bq_type) for c in classes]
         return {"name": name, "bq_type": bq_type, "classes": classes, "class_names": names}, y
 
-    def _class_weights(self, label: dict, y_train: np.ndarray) -> np.ndarray | None:
-        return glm.class_weight_table(
-            y_train,
-            len(label["classes"]),
-            bool(self.o.get("auto_class_weights")),
-            self.o.get("class_weights"),
-            label["class_names"],
-        )
 
-    # -- GLM -----------------------------------------------------------------------------------------
-    def _train_glm(self, meta: dict, prep: Preprocessor, y_all: np.ndarray, data_split: Split) -> dict:
-        design = prep.design(self.frame)
-        train_mask = ~data_split.eval_mask
-        has_eval = data_split.eval_rows > 0
-        train_design = design.rows(train_mask) if has_eval else design
-        eval_design = design.rows(data_split.eval_mask) if has_eval else None
-        y_train, y_eval = y_all[train_mask], (y_all[data_split.eval_mask] if has_eval else None)
-        label = meta["label"]
-        n_classes = len(label["classes"]) if label["classes"] is not None else 0
-        weights = eval_weights = None
-        if self.model_type == "LOGISTIC_REG":
-            table = self._class_weights(label, y_train)
-            if table is not None:
-                meta["class_weights"] = table.tolist()
-                weights = table[y_train]
-                eval_weights = table[y_eval] if has_eval else None
-        result = glm.train(
-            self.model_type,
-            self.o,
-            train_design,
-            y_train,
-            weights,
-            eval_design,
-            y_eval,
-            eval_weights,
-            n_classes,
-            self.say,
-        )
-        meta["strategy"] = result.strategy
-        meta["training_info"] = result.iterations
-        model_view = _TrainedView(meta, result.params.arrays(), prep)
-        eval_rows = eval_design if has_eval else train_design
-        y_eval_rows = y_eval if has_eval else y_train
-        z = glm.linear_predictor(result.params, eval_rows)
-        scores = _glm_output(self.model_type, z)
-        arrays = result.params.arrays()
-        if self.model_type == "LINEAR_REG":
-            meta["evaluation"] = regression_metrics(y_eval_rows, scores)
-        else:
-            meta["evaluation"] = classification_metrics(y_eval_rows, scores, 0.5)
-            arrays.update(_evaluation_arrays(y_eval_rows, scores))
-        meta["evaluation_rows"] = "evaluation" if has_eval else "training"
-        if self.o.get("enable_global_explain"):
-            self.say("computing global explanations")
-            meta["global_explain"] = _global_explain(model_view, eval_rows, None)
-        return arrays
-
-    # -- k-means -------------------------------------------------------------------------------------
-    def _train_kmeans(self, meta: dict, prep: Preprocessor, init_series: pd.Series | None) -> dict:
-        hashes = row_hashes(self.frame, prep._fitted_codes)
-        design = prep.design(self.frame)
-        init_rows = None
-        if init_series is not None:
-            if bigquery_type(init_series) not in ("BOOL", "NULL"):
-                raise BqmlError(
-                    f"KMEANS_INIT_COL {init_series.name!r} must be a BOOL column; it is "
-                    f"{bigquery_type(init_series)}."
-                )
-            init_rows = init_series.astype("boolean").fillna(False).to_numpy(dtype=bool)
-        seed = int(np.add.reduce(hashes, dtype=np.uint64)) if len(hashes) else 0
-        # Train on the rows in the order of their hashes, so that the random initial centroids,
-        # like the seed, do not depend on the order in which the query returned the rows.
-        order = np.argsort(hashes, kind="stable")
-        canonical = Design(design.num[order], [codes[order] for codes in design.codes], list(design.sizes))
-        result = kmeans.train(
-            canonical, self.o, init_rows[order] if init_rows is not None else None, seed, self.say
-        )
-        meta["options"] = {**meta["options"], "num_clusters": result.num_clusters}
-        meta["training_info"] = result.iterations
-        meta["evaluation"] = kmeans.evaluate(design, result.centroids, self.o["distance_type"])
-        meta["evaluation_rows"] = "training"
-        return {
-            "centroids_num": result.centroids.num,
-            "centroids_cat": result.centroids.cat,
-            "cluster_radius": result.radius,
-            "cluster_size": result.sizes.astype(np.int64),
-            "train_normalized_distance": result.train_normalized,
-        }
-
-    # -- trees ---------------------------------------------------------------------------------------
-    def _train_tree(
-        self,
-        meta: dict,
-        prep: Preprocessor,
-        y_all: np.ndarray,
-        data_split: Split,
-        weight_series: pd.Series | None,
-    ) -> tuple[dict, dict[str, bytes]]:
-        X = prep.tree_matrix(self.frame)
-        train_mask = ~data_split.eval_mask
-        has_eval = data_split.eval_rows > 0
-        label = meta["label"]
-        classifier = self.model_type in opt.CLASSIFIER_MODEL_TYPES
-        n_classes = len(label["classes"]) if classifier else None
-        sample_weight = None
-        if weight_series is not None:
-            w = to_float(weight_series, str(weight_series.name))
-            if np.isnan(w).any() or (w < 0).any():
-                raise BqmlError(
-                    f"INSTANCE_WEIGHT_COL {weight_series.name!r} must hold non-negative, non-NULL weights."
-                )
-            sample_weight = w[train_mask]
-        options = dict(self.o)
-        if options.get("class_weights") is not None:
-            options["class_weights"] = [[_class_key(k), w] for k, w in options["class_weights"]]
-        result = tree.train(
-            self.model_type,
-            options,
-            X[train_mask],
-            y_all[train_mask],
-            X[data_split.eval_mask] if has_eval else None,
-            y_all[data_split.eval_mask] if has_eval else None,
-            sample_weight,
-            n_classes,
-            prep.feature_names,
-            label.get("class_names") if classifier else None,
-            self.say,
-        )
-        meta["training_info"] = result.iterations
-        meta["strategy"] = (
-            f"xgboost {result.params.get('booster', 'gbtree')}, {result.num_boost_round} round(s) max"
-        )
-        booster = result.booster if result.booster is not None else tree.load(result.booster_json)
-        rows = data_split.eval_mask if has_eval else train_mask
-        scores = tree.probabilities(booster, X[rows], self.model_type)
-        arrays: dict[str, np.ndarray] = {}
-        if classifier:
-            meta["evaluation"] = classification_metrics(y_all[rows], scores, 0.5)
-            arrays.update(_evaluation_arrays(y_all[rows], scores))
-        else:
-            meta["evaluation"] = regression_metrics(y_all[rows], scores)
-        meta["evaluation_rows"] = "evaluation" if has_eval else "training"
-        if self.o.get("enable_global_explain"):
-            self.say("computing global explanations")
-            approx = xgb.resolve_approx_global_feature_contrib(
-                self.model_type,
-                {k: v for k, v in self.o.items() if k not in xgb.GENERAL_OPTIONS and k != "kms_key_name"},
-            )
-            view = _TrainedView(meta, {}, prep, booster)
-            meta["global_explain"] = _global_explain(view, None, X[rows], approx)
-        return arrays, {tree.BOOSTER_FILE: result.booster_json}
-
-
-def _evaluation_arrays(y: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
-    """What ML.ROC_CURVE and ML.CONFUSION_MATRIX need without input data: the evaluation rows'
-    class index and the model's output (positive-class probability, predicted class)."""
-    out = {
-        "eval_label_index": y.astype(np.int64),
-        "eval_predicted_index": np.argmax(probs, axis=1).astype(np.int64),
-    }
-    if probs.shape[1] == 2:
-        out["eval_positive_prob"] = probs[:, 1].astype(np.float64)
-        out["eval_predicted_index"] = (probs[:, 1] > 0.5).astype(np.int64)
-    return out
+_evaluation_arrays = evaluation_arrays
 
 
 def _column_name(label: Any) -> str:
@@ -1351,6 +1151,7 @@ class _TrainedView(_Model):
         self.meta = meta
         self.arrays = arrays
         self.model_type = meta["model_type"]
+        self.family = family_of(self.model_type)
         self.prep = prep
         self.label = meta.get("label")
         self._booster = booster
@@ -1373,13 +1174,15 @@ def _class_indices(labels: pd.Series, classes: list[Any], bq_type: str) -> np.nd
     return lookup[codes]
 
 
-def _metrics_table(model_type: str, metrics: Mapping[str, Any]) -> pa.Table:
-    if model_type in opt.KMEANS_MODEL_TYPES:
-        columns = KMEANS_COLUMNS
-    elif model_type in opt.CLASSIFIER_MODEL_TYPES:
-        columns = CLASSIFICATION_COLUMNS
-    else:
-        columns = REGRESSION_COLUMNS
+_METRIC_COLUMNS = {
+    Kind.CLUSTERING: KMEANS_COLUMNS,
+    Kind.CLASSIFIER: CLASSIFICATION_COLUMNS,
+    Kind.REGRESSOR: REGRESSION_COLUMNS,
+}
+
+
+def _metrics_table(model: _Model, metrics: Mapping[str, Any]) -> pa.Table:
+    columns = _METRIC_COLUMNS[model.family.kind(model.model_type)]
     return pa.table({c: pa.array([metrics.get(c)], type=pa.float64()) for c in columns})
 
 
@@ -1416,7 +1219,7 @@ def _explain(
     matrix: np.ndarray | None = None,
     class_level: bool = False,
 ) -> _Explanation:
-    if model.model_type in opt.LINEAR_MODEL_TYPES:
+    if model.family.preprocessing == "linear":
         return _explain_glm(
             model, design if design is not None else model.prep.design(features), threshold, class_level
         )
@@ -1452,11 +1255,11 @@ def _glm_contributions(
 def _explain_glm(model: _Model, design: Design, threshold: float | None, class_level: bool) -> _Explanation:
     params = model.glm_params()
     z = glm.linear_predictor(params, design)
-    if model.model_type == "LINEAR_REG":
+    if not model.is_classifier:
         names, attr = _glm_contributions(model, design, params.w_num, params.w_cat)
         base = np.full(design.n, float(params.intercept))
         return _Explanation(names, attr, base, z)
-    probs = _glm_output(model.model_type, z)
+    probs = glm.output(model.model_type, z)
     predicted = _predicted_index(probs, threshold)
     probability = probs[np.arange(design.n), predicted]
     if probs.shape[1] == 2:

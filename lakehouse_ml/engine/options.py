@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Any, Callable, Mapping
+from typing import Annotated, Any, Callable, Mapping, Sequence
 
+import pydantic
+
+from lakehouse_ml.bigquery import model_types
 from lakehouse_ml.bigquery.registry import VERTEX_ALIAS_DOC, VERTEX_ALIAS_PATTERN, VERTEX_MODEL_ID_PATTERN
 from lakehouse_ml.core.errors import BqmlError
+from lakehouse_ml.engine import class_weights as cw
 from lakehouse_ml.engine import xgb
 
 GLM_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-glm"
@@ -32,35 +36,12 @@ KMEANS_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigq
 CREATE_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create"
 ALTER_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-alter-model"
 
-LINEAR_MODEL_TYPES = ("LINEAR_REG", "LOGISTIC_REG")
-KMEANS_MODEL_TYPES = ("KMEANS",)
-TREE_MODEL_TYPES = tuple(xgb.TREE_MODEL_TYPES)
-SUPPORTED_MODEL_TYPES = LINEAR_MODEL_TYPES + KMEANS_MODEL_TYPES + TREE_MODEL_TYPES
-CLASSIFIER_MODEL_TYPES = ("LOGISTIC_REG",) + tuple(xgb.CLASSIFIER_TYPES)
-REGRESSOR_MODEL_TYPES = ("LINEAR_REG",) + tuple(xgb.REGRESSOR_TYPES)
-SUPERVISED_MODEL_TYPES = CLASSIFIER_MODEL_TYPES + REGRESSOR_MODEL_TYPES
 
-# Model types BigQuery ML has and the local engine does not train (for the error message).
-# Source: CREATE_DOC, MODEL_TYPE.
-OTHER_BIGQUERY_MODEL_TYPES = (
-    "MATRIX_FACTORIZATION",
-    "PCA",
-    "AUTOENCODER",
-    "AUTOML_CLASSIFIER",
-    "AUTOML_REGRESSOR",
-    "DNN_CLASSIFIER",
-    "DNN_REGRESSOR",
-    "DNN_LINEAR_COMBINED_CLASSIFIER",
-    "DNN_LINEAR_COMBINED_REGRESSOR",
-    "ARIMA_PLUS",
-    "ARIMA_PLUS_XREG",
-    "TENSORFLOW",
-    "TENSORFLOW_LITE",
-    "ONNX",
-    "XGBOOST",
-    "CONTRIBUTION_ANALYSIS",
-    "TRANSFORM_ONLY",
-)
+def _other_bigquery_model_type(value: str, supported: Sequence[str]) -> bool:
+    """A BigQuery ML model type the local engine does not train (the BigQuery catalog,
+    lakehouse_ml/bigquery/model_types.py), for the error message."""
+    return value.upper() in model_types.known_types() and value.upper() not in supported
+
 
 # --------------------------------------------------------------------------------------------------
 # Value checkers
@@ -154,25 +135,7 @@ def label_cols(option: str, value: Any) -> list[str]:
 
 def class_weights(option: str, value: Any) -> list[list[Any]]:
     """``[STRUCT('label', weight), …]`` as ``[[label, weight], …]`` (from pairs, dicts or a mapping)."""
-    items: list[tuple[Any, Any]] = []
-    if isinstance(value, Mapping):
-        items = list(value.items())
-    elif isinstance(value, (list, tuple)):
-        for entry in value:
-            if isinstance(entry, Mapping) and len(entry) == 2:
-                items.append(tuple(entry.values()))
-            elif isinstance(entry, (list, tuple)) and len(entry) == 2:
-                items.append(tuple(entry))
-            else:
-                raise _bad(
-                    option,
-                    value,
-                    "an ARRAY of STRUCT(label STRING, weight FLOAT64), e.g. [('a', 0.5), ('b', 2.0)]",
-                )
-    else:
-        raise _bad(
-            option, value, "an ARRAY of STRUCT(label STRING, weight FLOAT64), e.g. [('a', 0.5), ('b', 2.0)]"
-        )
+    items = cw.pairs(value, lambda: _bad(option, value, f"{cw.SHAPE}, e.g. [('a', 0.5), ('b', 2.0)]"))
     out = []
     for label, weight in items:
         if not _is_number(weight) or not math.isfinite(float(weight)) or float(weight) < 0:
@@ -185,6 +148,66 @@ def class_weights(option: str, value: Any) -> list[list[Any]]:
 
 def anything(option: str, value: Any) -> Any:
     return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Options as pydantic models
+# --------------------------------------------------------------------------------------------------
+class Options(pydantic.BaseModel):
+    """Base of a family's options model: BigQuery ML's option names as lower-case fields.
+    Unknown options are refused by :func:`resolve` (naming the supported ones) before this model
+    sees them."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def option_model(name: str, table: Mapping[str, tuple[Any, Checker]]) -> type[Options]:
+    """An options model from a table option -> (default, checker): each given value goes through
+    its checker (which raises the BqmlError of this module, naming the option and the values it
+    accepts)."""
+
+    def field(option: str, checker: Checker) -> Any:
+        return Annotated[Any, pydantic.BeforeValidator(lambda value: checker(option, value))]
+
+    return pydantic.create_model(
+        name,
+        __base__=Options,
+        **{option: (field(option, checker), default) for option, (default, checker) in table.items()},
+    )
+
+
+_BIGQUERY_TYPES = {float: "FLOAT64", int: "INT64", bool: "BOOL", str: "STRING"}
+
+
+def _expected(field: Any) -> str:
+    """What a field accepts, in BigQuery's words: ``a FLOAT64 in [0.0, 100.0]``."""
+    what = _BIGQUERY_TYPES.get(field.annotation, getattr(field.annotation, "__name__", str(field.annotation)))
+    bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
+    if not bounds:
+        return f"a {what}"
+    low = bounds.get("ge", bounds.get("gt", "-inf"))
+    high = bounds.get("le", bounds.get("lt", "inf"))
+    return (
+        f"a {what} in {'(' if 'gt' in bounds or low == '-inf' else '['}{low}, "
+        f"{high}{')' if 'lt' in bounds or high == 'inf' else ']'}"
+    )
+
+
+def validate_options(model: type[Options], model_type: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` (lower-case names, the family's own options only) validated by ``model``, with
+    every default filled in; a bad value fails naming the option and the values it accepts."""
+    try:
+        parsed = model.model_validate(dict(given))
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "?"
+        field = model.model_fields.get(name)
+        expected = _expected(field) if field is not None else first["msg"]
+        raise BqmlError(
+            f"Invalid value {given.get(name)!r} for option {name.upper()} of MODEL_TYPE {model_type}: "
+            f"expected {expected} ({first['msg']})."
+        ) from None
+    return dict(parsed)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,58 +285,11 @@ _COMMON: dict[str, tuple[Any, Checker]] = {
 _SPLIT_METHODS = ("AUTO_SPLIT", "RANDOM", "CUSTOM", "SEQ", "NO_SPLIT")
 
 # Hyperparameter tuning options: documented, refused locally (see _REFUSED).
-_TUNING: dict[str, tuple[Any, Checker]] = {
+TUNING: dict[str, tuple[Any, Checker]] = {
     "num_trials": (None, integer(1, 100)),
     "max_parallel_trials": (1, integer(1, 5)),
     "hparam_tuning_algorithm": ("VIZIER_DEFAULT", enum("VIZIER_DEFAULT", "RANDOM_SEARCH", "GRID_SEARCH")),
     "hparam_tuning_objectives": (None, anything),
-}
-
-# "The CREATE MODEL statement for generalized linear models", option by option ("Arguments"):
-# https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-glm
-_GLM: dict[str, tuple[Any, Checker]] = {
-    "optimize_strategy": (
-        "AUTO_STRATEGY",
-        enum("AUTO_STRATEGY", "BATCH_GRADIENT_DESCENT", "NORMAL_EQUATION"),
-    ),
-    "learn_rate_strategy": ("LINE_SEARCH", enum("LINE_SEARCH", "CONSTANT")),
-    "learn_rate": (0.1, number(0.0, low_open=True)),
-    "ls_init_learn_rate": (0.1, number(0.0, low_open=True)),
-    "calculate_p_values": (False, boolean),
-    "fit_intercept": (True, boolean),
-    "category_encoding_method": ("ONE_HOT_ENCODING", enum("ONE_HOT_ENCODING", "DUMMY_ENCODING")),
-    "auto_class_weights": (False, boolean),
-    "class_weights": (None, class_weights),
-    "enable_global_explain": (False, boolean),
-    "input_label_cols": (["label"], label_cols),
-    "l1_reg": (0.0, number(0.0)),
-    "l2_reg": (0.0, number(0.0)),
-    "max_iterations": (20, integer(1)),
-    "warm_start": (False, boolean),
-    "early_stop": (True, boolean),
-    "min_rel_progress": (0.01, number(0.0)),
-    "data_split_method": ("AUTO_SPLIT", enum(*_SPLIT_METHODS)),
-    "data_split_eval_fraction": (0.2, number(0.0, 1.0, low_open=True, high_open=True)),
-    "data_split_test_fraction": (0.0, number(0.0, 1.0, high_open=True)),
-    "data_split_col": (None, string),
-    **_TUNING,
-}
-
-# "The CREATE MODEL statement for K-means models", option by option ("Arguments"):
-# https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-kmeans
-# NUM_CLUSTERS' default is "log10(n), where n is the number of training examples" (resolved at
-# training time). Tree model options: the tables in lakehouse_ml/engine/xgb.py.
-_KMEANS: dict[str, tuple[Any, Checker]] = {
-    "num_clusters": (None, integer(2, 100)),
-    "kmeans_init_method": ("RANDOM", enum("RANDOM", "KMEANS++", "CUSTOM")),
-    "kmeans_init_col": (None, string),
-    "distance_type": ("EUCLIDEAN", enum("EUCLIDEAN", "COSINE")),
-    "standardize_features": (True, boolean),
-    "max_iterations": (20, integer(1)),
-    "early_stop": (True, boolean),
-    "min_rel_progress": (0.01, number(0.0)),
-    "warm_start": (False, boolean),
-    **_TUNING,
 }
 
 # Options BigQuery ML documents that the local engine refuses (value given and not the default).
@@ -355,33 +331,32 @@ DESCRIPTIVE_OPTIONS = ("description", "labels", "expiration_timestamp")
 REGISTRY_OPTIONS = ("model_registry", "vertex_ai_model_id", "vertex_ai_model_version_aliases")
 
 
-def _table(model_type: str) -> dict[str, tuple[Any, Checker]]:
-    if model_type in LINEAR_MODEL_TYPES:
-        table = dict(_GLM)
-        if model_type == "LINEAR_REG":
-            # AUTO_CLASS_WEIGHTS: "Only use this option with logistic regression models."
-            table.pop("auto_class_weights")
-            table.pop("class_weights")
-        return {**_COMMON, **table}
-    if model_type in KMEANS_MODEL_TYPES:
-        return {**_COMMON, **_KMEANS}
-    raise AssertionError(model_type)
+# The options shared by model types, parsed here once: families declare their own options as a
+# pydantic model (ModelFamily.options_model) and list the shared ones they take
+# (ModelFamily.shared_option_names). GLM_DOC, "Arguments", for their defaults.
+SHARED: dict[str, tuple[Any, Checker]] = {
+    "input_label_cols": (["label"], label_cols),
+    "data_split_method": ("AUTO_SPLIT", enum(*_SPLIT_METHODS)),
+    "data_split_eval_fraction": (0.2, number(0.0, 1.0, low_open=True, high_open=True)),
+    "data_split_col": (None, string),
+    "auto_class_weights": (False, boolean),
+    "class_weights": (None, class_weights),
+    "enable_global_explain": (False, boolean),
+}
 
 
-def check_model_type(value: Any) -> str:
+def check_model_type(value: Any, supported: Sequence[str]) -> str:
     if value is None:
         raise BqmlError(
-            "CREATE MODEL needs OPTIONS(MODEL_TYPE=...); supported model types: "
-            + ", ".join(SUPPORTED_MODEL_TYPES)
-            + "."
+            "CREATE MODEL needs OPTIONS(MODEL_TYPE=...); supported model types: " + ", ".join(supported) + "."
         )
-    if not isinstance(value, str) or value.upper() not in SUPPORTED_MODEL_TYPES:
-        other = isinstance(value, str) and value.upper() in OTHER_BIGQUERY_MODEL_TYPES
+    if not isinstance(value, str) or value.upper() not in supported:
+        other = isinstance(value, str) and _other_bigquery_model_type(value, supported)
         reason = (
             "is a BigQuery ML model type the local engine does not train" if other else "is not a model type"
         )
         raise BqmlError(
-            f"MODEL_TYPE {value!r} {reason}; supported locally: {', '.join(SUPPORTED_MODEL_TYPES)}. "
+            f"MODEL_TYPE {value!r} {reason}; supported locally: {', '.join(supported)}. "
             "See docs/bqml-coverage.md."
         )
     return value.upper()
@@ -402,28 +377,48 @@ def _unknown(model_type: str, names: list[str], supported: list[str]) -> BqmlErr
     )
 
 
-def resolve(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Validated options with every default filled in (lower-case keys; ``model_type`` upper-case)."""
+def resolve(options: Mapping[str, Any], families: Mapping[str, Any]) -> dict[str, Any]:
+    """Validated options with every default filled in (lower-case keys; ``model_type`` upper-case).
+    ``families``: MODEL_TYPE -> model family (lakehouse_ml/engine/models/base.py FAMILIES)."""
     given = {str(k).lower(): v for k, v in (options or {}).items()}
-    model_type = check_model_type(given.get("model_type"))
+    model_type = check_model_type(given.get("model_type"), list(families))
     given["model_type"] = model_type
-    if model_type in TREE_MODEL_TYPES:
-        resolved = _resolve_tree(model_type, given)
+    family = families[model_type]
+    if family.options_model is None:
+        resolved = family.resolve_options(model_type, given)
     else:
-        table = _table(model_type)
-        unknown = sorted(k for k in given if k not in table)
-        if unknown:
-            raise _unknown(model_type, unknown, list(table))
-        resolved = {}
-        for name, (default, checker) in table.items():
-            if name in given and given[name] is not None:
-                resolved[name] = checker(name, given[name]) if name != "model_type" else model_type
-            else:
-                resolved[name] = default
-        _refuse(given, resolved, table)
-        _check_glm_kmeans(model_type, given, resolved)
+        resolved = _resolve_declared(family, model_type, given)
     _check_registry(resolved)
     _check_split(model_type, resolved)
+    return resolved
+
+
+def _checked(given: dict[str, Any], table: dict[str, tuple[Any, Checker]]) -> dict[str, Any]:
+    out = {}
+    for name, (default, checker) in table.items():
+        out[name] = checker(name, given[name]) if given.get(name) is not None else default
+    return out
+
+
+def _resolve_declared(family: Any, model_type: str, given: dict[str, Any]) -> dict[str, Any]:
+    """A family with a pydantic options model: the shared options it takes (parsed here, once)
+    and its own (validated by its model)."""
+    shared = {**_COMMON, **{k: SHARED[k] for k in family.shared_option_names(model_type)}}
+    model = family.options_model
+    own = list(model.model_fields)
+    unknown = sorted(k for k in given if k not in shared and k not in own)
+    if unknown:
+        raise _unknown(model_type, unknown, [*shared, *own])
+    resolved = _checked({k: v for k, v in given.items() if k != "model_type"}, shared)
+    resolved["model_type"] = model_type
+    check_class_weights(resolved)
+    # Given values (not NULL) are validated; the others take their defaults.
+    resolved.update(
+        validate_options(model, model_type, {k: given[k] for k in own if given.get(k) is not None})
+    )
+    defaults = {**shared, **{name: (field.default, None) for name, field in model.model_fields.items()}}
+    _refuse(given, resolved, defaults)
+    family.check_options(model_type, given, resolved)
     return resolved
 
 
@@ -433,7 +428,9 @@ def _refuse(given: dict[str, Any], resolved: dict[str, Any], table: dict[str, tu
             raise BqmlError(f"Option {name.upper()} is not supported locally: {reason}.")
 
 
-def _resolve_tree(model_type: str, given: dict[str, Any]) -> dict[str, Any]:
+def resolve_tree(model_type: str, given: dict[str, Any]) -> dict[str, Any]:
+    """BOOSTED_TREE_* and RANDOM_FOREST_*: the tables of lakehouse_ml/engine/xgb.py, and the
+    common options."""
     registry = {k: given[k] for k in (*_COMMON,) if k in given}
     rest = {k: v for k, v in given.items() if k not in _COMMON}
     try:
@@ -474,41 +471,10 @@ def _resolve_tree(model_type: str, given: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def _check_glm_kmeans(model_type: str, given: dict[str, Any], o: dict[str, Any]) -> None:
-    if model_type in LINEAR_MODEL_TYPES:
-        # GLM_DOC, LEARN_RATE: "If LEARN_RATE_STRATEGY is set to LINE_SEARCH, an error is returned."
-        if "learn_rate" in given and o["learn_rate_strategy"] == "LINE_SEARCH":
-            raise BqmlError(
-                "LEARN_RATE can only be set with LEARN_RATE_STRATEGY='CONSTANT'; with LINE_SEARCH "
-                "(the default) set LS_INIT_LEARN_RATE instead."
-            )
-        if "ls_init_learn_rate" in given and o["learn_rate_strategy"] == "CONSTANT":
-            raise BqmlError(
-                "LS_INIT_LEARN_RATE applies to LEARN_RATE_STRATEGY='LINE_SEARCH'; with CONSTANT set "
-                "LEARN_RATE."
-            )
-        # GLM_DOC, NORMAL_EQUATION: "You can't use NORMAL_EQUATION [if] you specified a value for L1_REG".
-        if o["optimize_strategy"] == "NORMAL_EQUATION" and o["l1_reg"] > 0:
-            raise BqmlError(
-                "OPTIMIZE_STRATEGY='NORMAL_EQUATION' cannot be used with L1_REG; use "
-                "BATCH_GRADIENT_DESCENT or AUTO_STRATEGY."
-            )
-        if o["optimize_strategy"] == "NORMAL_EQUATION" and model_type == "LOGISTIC_REG":
-            raise BqmlError(
-                "OPTIMIZE_STRATEGY='NORMAL_EQUATION' computes the least-squares solution of a linear "
-                "regression; LOGISTIC_REG trains with BATCH_GRADIENT_DESCENT (or AUTO_STRATEGY)."
-            )
-        # GLM_DOC, CLASS_WEIGHTS: "You can't specify this option if AUTO_CLASS_WEIGHTS is TRUE."
-        if o.get("auto_class_weights") and o.get("class_weights") is not None:
-            raise BqmlError("CLASS_WEIGHTS cannot be specified when AUTO_CLASS_WEIGHTS is TRUE.")
-    if model_type in KMEANS_MODEL_TYPES:
-        if o["kmeans_init_method"] == "CUSTOM" and not o["kmeans_init_col"]:
-            raise BqmlError(
-                "KMEANS_INIT_METHOD='CUSTOM' needs KMEANS_INIT_COL naming a BOOL column whose TRUE rows "
-                "are the initial centroids."
-            )
-        if o["kmeans_init_col"] and o["kmeans_init_method"] != "CUSTOM":
-            raise BqmlError("KMEANS_INIT_COL can only be used with KMEANS_INIT_METHOD='CUSTOM'.")
+def check_class_weights(o: Mapping[str, Any]) -> None:
+    # GLM_DOC, CLASS_WEIGHTS: "You can't specify this option if AUTO_CLASS_WEIGHTS is TRUE."
+    if o.get("auto_class_weights") and o.get("class_weights") is not None:
+        raise BqmlError("CLASS_WEIGHTS cannot be specified when AUTO_CLASS_WEIGHTS is TRUE.")
 
 
 def _check_registry(o: dict[str, Any]) -> None:

@@ -48,6 +48,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import xgboost
 
+from lakehouse_ml.engine import class_weights as cw
+
 __all__ = [
     "TREE_MODEL_TYPES",
     "CLASSIFIER_TYPES",
@@ -513,25 +515,9 @@ def xgboost_params(model_type: str, options: Mapping[str, object], n_classes: in
 # Class weights
 # --------------------------------------------------------------------------------------------------
 def _class_weight_pairs(class_weights: Any) -> list[tuple[Any, float]]:
-    """CLASS_WEIGHTS as ``[(label, weight), …]`` from a mapping, a list of pairs, or a list of
-    two-field dicts (``[STRUCT('label', .2)]`` as the SQL layer may hand it over)."""
-    if isinstance(class_weights, Mapping):
-        items = list(class_weights.items())
-    elif isinstance(class_weights, (list, tuple)):
-        items = []
-        for entry in class_weights:
-            if isinstance(entry, Mapping) and len(entry) == 2:
-                items.append(tuple(entry.values()))
-            elif isinstance(entry, (list, tuple)) and len(entry) == 2:
-                items.append(tuple(entry))
-            else:
-                raise _bad("class_weights", class_weights, "an ARRAY of STRUCT(label STRING, weight FLOAT64)")
-    else:
-        raise _bad("class_weights", class_weights, "an ARRAY of STRUCT(label STRING, weight FLOAT64)")
-    pairs = []
-    for label, weight in items:
-        pairs.append((label, _float("class_weights", weight, low=0.0)))
-    return pairs
+    """CLASS_WEIGHTS as ``[(label, weight), …]`` (lakehouse_ml/engine/class_weights.py)."""
+    items = cw.pairs(class_weights, lambda: _bad("class_weights", class_weights, cw.SHAPE))
+    return [(label, _float("class_weights", weight, low=0.0)) for label, weight in items]
 
 
 def class_sample_weights(

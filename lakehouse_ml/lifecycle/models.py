@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from lakehouse_ml.backends.warehouse import Warehouse
-from lakehouse_ml.bigquery.served import CLASSIFIER_TYPES, CLUSTERING_TYPES, REGRESSOR_TYPES, PredictionFormat
+from lakehouse_ml.bigquery.model_types import CLASSIFIER_TYPES, CLUSTERING_TYPES, REGRESSOR_TYPES
+from lakehouse_ml.bigquery.served import PredictionFormat
 from lakehouse_ml.bigquery.sqlfiles import read_sql, referenced_tables
 from lakehouse_ml.core.errors import WarehouseError
 from lakehouse_ml.core.identifiers import check_identifier
@@ -50,6 +51,8 @@ class Evaluation(str, enum.Enum):
     ANOMALY_DETECTION = "anomaly_detection"
 
 
+# The model types of each evaluation: live views of the BigQuery ML catalog
+# (lakehouse_ml/bigquery/model_types.py), so a model family that registers a type fits here.
 _MODEL_TYPES_OF = {
     Evaluation.BINARY_CLASSIFICATION: CLASSIFIER_TYPES,
     Evaluation.REGRESSION: REGRESSOR_TYPES,

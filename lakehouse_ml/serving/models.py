@@ -5,7 +5,8 @@ Prediction objects have the shape Vertex AI gives a BigQuery ML model of that ty
 serving signature, :mod:`lakehouse_ml.bigquery.served`, ``docs/serving-format.md``), with the
 values of ``ML.PREDICT`` on the same rows.
 
-Fast path (LINEAR_REG, LOGISTIC_REG, KMEANS without TIMESTAMP features): the preprocessing is
+Fast path (the model families that declare ``fast_serving``, GLM and k-means, without TIMESTAMP
+features): the preprocessing is
 compiled at load time into numpy arrays (per numeric feature: NULL value, centre, scale; per
 categorical feature: a dict from category to its one-hot column). A request fills one float
 matrix and one integer code matrix straight from the JSON values, then the scores are a dense
@@ -35,20 +36,20 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from lakehouse_ml.bigquery import served
+from lakehouse_ml.bigquery import model_types, served
+from lakehouse_ml.bigquery.model_types import Kind
 from lakehouse_ml.engine.artifacts import ARRAYS_NPZ, MODEL_JSON
+from lakehouse_ml.engine.models import FAMILIES
 
-# Model types the local server can serve; ARIMA_PLUS-like types register but cannot be deployed.
-SERVABLE_MODEL_TYPES = (
-    "LINEAR_REG",
-    "LOGISTIC_REG",
-    "KMEANS",
-    "BOOSTED_TREE_CLASSIFIER",
-    "BOOSTED_TREE_REGRESSOR",
-    "RANDOM_FOREST_CLASSIFIER",
-    "RANDOM_FOREST_REGRESSOR",
-)
-_CLASSIFIERS = ("LOGISTIC_REG", "BOOSTED_TREE_CLASSIFIER", "RANDOM_FOREST_CLASSIFIER")
+
+def servable_model_types() -> list[str]:
+    """The model types the local server can serve: those the local engine trains (its model
+    families) that Vertex AI serves in the prediction format of their kind (the BigQuery ML
+    catalog, lakehouse_ml/bigquery/model_types.py). ARIMA_PLUS-like types register but cannot be
+    deployed."""
+    return [t for t in FAMILIES if model_types.is_served(t)]
+
+
 _NUMERIC = ("INT64", "FLOAT64", "NUMERIC", "BIGNUMERIC")
 
 
@@ -71,10 +72,10 @@ def load_predictor(artifact_uri: str | Path) -> "Predictor":
     """A predictor for the model in ``artifact_uri``; raises :class:`NotServable`."""
     meta = read_meta(artifact_uri)
     model_type = meta.get("model_type")
-    if model_type not in SERVABLE_MODEL_TYPES:
+    servable = servable_model_types()
+    if model_type not in servable:
         raise NotServable(
-            f"Model type {model_type} cannot be deployed to an endpoint (servable: "
-            f"{', '.join(SERVABLE_MODEL_TYPES)})."
+            f"Model type {model_type} cannot be deployed to an endpoint (servable: {', '.join(servable)})."
         )
     arrays: dict[str, np.ndarray] = {}
     npz = Path(artifact_uri) / ARRAYS_NPZ
@@ -82,7 +83,7 @@ def load_predictor(artifact_uri: str | Path) -> "Predictor":
         with np.load(npz, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     prep = meta["preprocessing"]
-    fast = model_type in ("LINEAR_REG", "LOGISTIC_REG", "KMEANS") and all(
+    fast = FAMILIES[model_type].fast_serving and all(
         f["kind"] in ("numeric", "categorical") for f in prep["features"]
     )
     predictor = (FastPredictor if fast else EnginePredictor)(Path(artifact_uri), meta, arrays)
@@ -103,6 +104,8 @@ class Predictor:
         self.directory = directory
         self.meta = meta
         self.model_type: str = meta["model_type"]
+        # What the served predictions look like (the BigQuery ML catalog): by the type's kind.
+        self.kind = model_types.kind_of(self.model_type)
         # The columns instances carry: the model's features (the TRANSFORM's inputs for a model
         # created with one).
         self.features: list[dict] = features if features is not None else meta["preprocessing"]["features"]
@@ -284,7 +287,7 @@ class FastPredictor(Predictor):
             offset += size
         self._q = offset
         self._lookups = lookups
-        if self.model_type == "KMEANS":
+        if self.kind is Kind.CLUSTERING:
             c_num = np.asarray(arrays["centroids_num"], dtype=np.float64)
             c_cat = np.asarray(arrays["centroids_cat"], dtype=np.float64)
             self._c_num_t = np.ascontiguousarray(c_num.T)
@@ -323,7 +326,7 @@ class FastPredictor(Predictor):
 
     def _predict(self, rows: list[dict], threshold: float | None) -> list[dict]:
         num, codes = self._design(rows)
-        if self.model_type == "KMEANS":
+        if self.kind is Kind.CLUSTERING:
             dots = num @ self._c_num_t
             if codes.shape[1]:
                 dots += self._c_cat_ext[codes].sum(axis=1)
@@ -340,7 +343,7 @@ class FastPredictor(Predictor):
         if codes.shape[1]:
             z = z + self._w_cat_ext[codes].sum(axis=1)
         z = z + self._intercept
-        if self.model_type == "LINEAR_REG":
+        if self.kind is Kind.REGRESSOR:
             return self._regression_objects(z)
         if z.ndim == 1:
             p = 1.0 / (1.0 + np.exp(-z))
@@ -374,13 +377,13 @@ class EnginePredictor(Predictor):
                 frame[f["name"]] = pd.to_numeric(frame[f["name"]], errors="coerce").astype("float64")
             elif f["kind"] == "timestamp":
                 frame[f["name"]] = pd.to_datetime(frame[f["name"]], utc=True, errors="coerce")
-        if self.model_type == "KMEANS":
+        if self.kind is Kind.CLUSTERING:
             return self._kmeans_objects(self._engine.centroid_distances("m", frame))
         options = {"threshold": threshold} if threshold is not None else None
         table = self._engine.predict("m", frame, options)
         label = self.label_name
         predicted = table.column(f"predicted_{label}").to_pylist()
-        if self.model_type not in _CLASSIFIERS:
+        if self.kind is not Kind.CLASSIFIER:
             return served.regression_objects(label, predicted)
         probs = table.column(f"predicted_{label}_probs").to_pylist()
         classes = [s["label"] for s in probs[0]] if probs else []

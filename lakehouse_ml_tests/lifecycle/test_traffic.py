@@ -8,8 +8,6 @@ import argparse
 import datetime as dt
 import decimal
 import json
-import signal
-import subprocess
 import tempfile
 import threading
 
@@ -36,6 +34,7 @@ from lakehouse_ml.lifecycle.traffic import (
     serving_instances,
 )
 from lakehouse_ml.serving import server
+from lakehouse_ml_tests.local_chain import stop_server
 from lakehouse_ml_tests.serving.conftest import artifact, free_port, instances, training_frame
 
 SERVING_COLUMNS = sqlglot.parse_one(read_sql("serving/churn_model.sql"), read="bigquery").named_selects
@@ -61,16 +60,6 @@ def _start(endpoints: LocalEndpoints, home):
     )
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture
 def running(tmp_path):
     home = tmp_path / "home"
@@ -79,7 +68,7 @@ def running(tmp_path):
     try:
         yield endpoints
     finally:
-        _stop(process)
+        stop_server(process)
 
 
 @pytest.fixture
@@ -191,7 +180,7 @@ def test_bearer_token(tmp_path, engine):
         refused = send_traffic(url, GOOD, count=5, rate=None)
         assert refused.status_counts == {401: 5} and refused.errors[0].startswith("401 ")
     finally:
-        _stop(process)
+        stop_server(process)
 
 
 def test_unknown_endpoint_name_says_what_to_do(running):
@@ -506,4 +495,4 @@ def test_traffic_command_end_to_end(tmp_path, capsys):
         assert "from 38 distinct instances" in out.err
         assert parser.parse_args([]).rate == 50 and parser.parse_args([]).count == 500
     finally:
-        _stop(process)
+        stop_server(process)

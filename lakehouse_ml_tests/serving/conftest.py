@@ -3,9 +3,6 @@ that are always stopped."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +10,7 @@ import pytest
 from lakehouse_ml.backends.local_endpoints import LocalEndpoints
 from lakehouse_ml.engine.engine import BqmlEngine
 from lakehouse_ml.serving import server
-from lakehouse_ml_tests.local_chain import free_port
+from lakehouse_ml_tests.local_chain import free_port, stop_server
 
 
 def training_frame(n: int = 400, seed: int = 3) -> pd.DataFrame:
@@ -81,10 +78,4 @@ def running(endpoints, home):
     try:
         yield endpoints
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_server(process)

@@ -39,15 +39,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import scipy.linalg
 import scipy.optimize
 from scipy.special import expit, log_expit, logsumexp, softmax
 
+from lakehouse_ml.bigquery.metrics import classification as classification_metrics
+from lakehouse_ml.bigquery.metrics import regression as regression_metrics
+from lakehouse_ml.bigquery.model_types import Kind
 from lakehouse_ml.bigquery.preprocess import Design
 from lakehouse_ml.core.errors import BqmlError
+from lakehouse_ml.engine import options as opt
+from lakehouse_ml.engine.models import base
 
 MAX_NORMAL_EQUATION_CARDINALITY = 10_000
 DENSE_LSTSQ_LIMIT = 20_000_000  # design cells up to which NORMAL_EQUATION factorizes X itself
@@ -524,3 +529,149 @@ def class_weight_table(
             f"CLASS_WEIGHTS must give a weight for every class label; missing: {', '.join(missing)}."
         )
     return table
+
+
+# --------------------------------------------------------------------------------------------------
+# The family: LINEAR_REG and LOGISTIC_REG
+# --------------------------------------------------------------------------------------------------
+def output(model_type: str, z: np.ndarray) -> np.ndarray:
+    """The linear predictor as the model's output: values, or class probabilities."""
+    if model_type == "LINEAR_REG":
+        return z
+    if z.ndim == 1:
+        p = expit(z)
+        return np.column_stack([1.0 - p, p])
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# "The CREATE MODEL statement for generalized linear models", option by option ("Arguments"):
+# https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-glm
+# (INPUT_LABEL_COLS, the DATA_SPLIT_* options, AUTO_CLASS_WEIGHTS, CLASS_WEIGHTS and
+# ENABLE_GLOBAL_EXPLAIN are the shared options of lakehouse_ml/engine/options.py.)
+GlmOptions = opt.option_model(
+    "GlmOptions",
+    {
+        "optimize_strategy": (
+            "AUTO_STRATEGY",
+            opt.enum("AUTO_STRATEGY", "BATCH_GRADIENT_DESCENT", "NORMAL_EQUATION"),
+        ),
+        "learn_rate_strategy": ("LINE_SEARCH", opt.enum("LINE_SEARCH", "CONSTANT")),
+        "learn_rate": (0.1, opt.number(0.0, low_open=True)),
+        "ls_init_learn_rate": (0.1, opt.number(0.0, low_open=True)),
+        "calculate_p_values": (False, opt.boolean),
+        "fit_intercept": (True, opt.boolean),
+        "category_encoding_method": ("ONE_HOT_ENCODING", opt.enum("ONE_HOT_ENCODING", "DUMMY_ENCODING")),
+        "l1_reg": (0.0, opt.number(0.0)),
+        "l2_reg": (0.0, opt.number(0.0)),
+        "max_iterations": (20, opt.integer(1)),
+        "warm_start": (False, opt.boolean),
+        "early_stop": (True, opt.boolean),
+        "min_rel_progress": (0.01, opt.number(0.0)),
+        "data_split_test_fraction": (0.0, opt.number(0.0, 1.0, high_open=True)),
+        **opt.TUNING,
+    },
+)
+
+
+class GlmFamily(base.ModelFamily):
+    kinds = {"LINEAR_REG": Kind.REGRESSOR, "LOGISTIC_REG": Kind.CLASSIFIER}
+    preprocessing = "linear"
+    functions = base.BASE_FUNCTIONS | {"ML.EXPLAIN_PREDICT", "ML.GLOBAL_EXPLAIN", "ML.WEIGHTS"}
+    fast_serving = True
+    # GLM page, Limitations: "the label column can contain up to 50 unique values"
+    max_classes = 50
+
+    options_model = GlmOptions
+
+    def shared_option_names(self, model_type: str) -> tuple[str, ...]:
+        if model_type == "LINEAR_REG":
+            # AUTO_CLASS_WEIGHTS: "Only use this option with logistic regression models."
+            return tuple(k for k in opt.SHARED if k not in ("auto_class_weights", "class_weights"))
+        return tuple(opt.SHARED)
+
+    def check_options(self, model_type: str, given: Mapping[str, Any], o: dict[str, Any]) -> None:
+        """The rules between LINEAR_REG's and LOGISTIC_REG's options."""
+        # GLM_DOC, LEARN_RATE: "If LEARN_RATE_STRATEGY is set to LINE_SEARCH, an error is returned."
+        if "learn_rate" in given and o["learn_rate_strategy"] == "LINE_SEARCH":
+            raise BqmlError(
+                "LEARN_RATE can only be set with LEARN_RATE_STRATEGY='CONSTANT'; with LINE_SEARCH "
+                "(the default) set LS_INIT_LEARN_RATE instead."
+            )
+        if "ls_init_learn_rate" in given and o["learn_rate_strategy"] == "CONSTANT":
+            raise BqmlError(
+                "LS_INIT_LEARN_RATE applies to LEARN_RATE_STRATEGY='LINE_SEARCH'; with CONSTANT set "
+                "LEARN_RATE."
+            )
+        # GLM_DOC, NORMAL_EQUATION: "You can't use NORMAL_EQUATION [if] you specified a value for L1_REG".
+        if o["optimize_strategy"] == "NORMAL_EQUATION" and o["l1_reg"] > 0:
+            raise BqmlError(
+                "OPTIMIZE_STRATEGY='NORMAL_EQUATION' cannot be used with L1_REG; use "
+                "BATCH_GRADIENT_DESCENT or AUTO_STRATEGY."
+            )
+        if o["optimize_strategy"] == "NORMAL_EQUATION" and model_type == "LOGISTIC_REG":
+            raise BqmlError(
+                "OPTIMIZE_STRATEGY='NORMAL_EQUATION' computes the least-squares solution of a linear "
+                "regression; LOGISTIC_REG trains with BATCH_GRADIENT_DESCENT (or AUTO_STRATEGY)."
+            )
+        opt.check_class_weights(o)
+
+    def train(self, ctx: Any) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
+        meta, prep, y_all, data_split = ctx.meta, ctx.prep, ctx.y_all, ctx.data_split
+        design = prep.design(ctx.frame)
+        train_mask = ~data_split.eval_mask
+        has_eval = data_split.eval_rows > 0
+        train_design = design.rows(train_mask) if has_eval else design
+        eval_design = design.rows(data_split.eval_mask) if has_eval else None
+        y_train, y_eval = y_all[train_mask], (y_all[data_split.eval_mask] if has_eval else None)
+        label = meta["label"]
+        n_classes = len(label["classes"]) if label["classes"] is not None else 0
+        weights = eval_weights = None
+        if self.is_classifier(ctx.model_type):
+            table = class_weight_table(
+                y_train,
+                len(label["classes"]),
+                bool(ctx.o.get("auto_class_weights")),
+                ctx.o.get("class_weights"),
+                label["class_names"],
+            )
+            if table is not None:
+                meta["class_weights"] = table.tolist()
+                weights = table[y_train]
+                eval_weights = table[y_eval] if has_eval else None
+        result = train(
+            ctx.model_type,
+            ctx.o,
+            train_design,
+            y_train,
+            weights,
+            eval_design,
+            y_eval,
+            eval_weights,
+            n_classes,
+            ctx.say,
+        )
+        meta["strategy"] = result.strategy
+        meta["training_info"] = result.iterations
+        eval_rows = eval_design if has_eval else train_design
+        y_eval_rows = y_eval if has_eval else y_train
+        scores = output(ctx.model_type, linear_predictor(result.params, eval_rows))
+        arrays = result.params.arrays()
+        if self.is_classifier(ctx.model_type):
+            meta["evaluation"] = classification_metrics(y_eval_rows, scores, 0.5)
+            arrays.update(base.evaluation_arrays(y_eval_rows, scores))
+        else:
+            meta["evaluation"] = regression_metrics(y_eval_rows, scores)
+        meta["evaluation_rows"] = "evaluation" if has_eval else "training"
+        if ctx.o.get("enable_global_explain"):
+            ctx.say("computing global explanations")
+            meta["global_explain"] = ctx.global_explain(ctx.view(result.params.arrays()), eval_rows, None)
+        return arrays, {}
+
+    def scores(self, model: Any, features: Any) -> np.ndarray:
+        z = linear_predictor(model.glm_params(), model.prep.design(features))
+        return output(model.model_type, z)
+
+
+FAMILY = base.register(GlmFamily())

@@ -33,13 +33,19 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
+import pyarrow as pa
 import scipy.sparse as sp
 
+from lakehouse_ml.bigquery.model_types import Kind
 from lakehouse_ml.bigquery.preprocess import Design
+from lakehouse_ml.bigquery.split import row_hashes
+from lakehouse_ml.bigquery.types import bigquery_type
 from lakehouse_ml.core.errors import BqmlError
+from lakehouse_ml.engine import options as opt
+from lakehouse_ml.engine.models import base
 
 CHUNK_ROWS = 262_144
 
@@ -331,3 +337,115 @@ def _centre_distances(c: Centroids, distance_type: str) -> np.ndarray:
             cos = np.where(denom > 0, dots / denom, 0.0)
         return np.sqrt(np.clip(1.0 - cos, 0.0, None))
     return np.sqrt(np.clip(norms[:, None] - 2 * dots + norms[None, :], 0.0, None))
+
+
+# --------------------------------------------------------------------------------------------------
+# The family: KMEANS
+# --------------------------------------------------------------------------------------------------
+# "The CREATE MODEL statement for K-means models", option by option ("Arguments"):
+# https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-kmeans
+# NUM_CLUSTERS' default is "log10(n), where n is the number of training examples" (resolved at
+# training time).
+KmeansOptions = opt.option_model(
+    "KmeansOptions",
+    {
+        "num_clusters": (None, opt.integer(2, 100)),
+        "kmeans_init_method": ("RANDOM", opt.enum("RANDOM", "KMEANS++", "CUSTOM")),
+        "kmeans_init_col": (None, opt.string),
+        "distance_type": ("EUCLIDEAN", opt.enum("EUCLIDEAN", "COSINE")),
+        "standardize_features": (True, opt.boolean),
+        "max_iterations": (20, opt.integer(1)),
+        "early_stop": (True, opt.boolean),
+        "min_rel_progress": (0.01, opt.number(0.0)),
+        "warm_start": (False, opt.boolean),
+        **opt.TUNING,
+    },
+)
+
+
+class KmeansFamily(base.ModelFamily):
+    kinds = {"KMEANS": Kind.CLUSTERING}
+    preprocessing = "kmeans"
+    # "K-means is an unsupervised learning technique, so model training does not require labels
+    # or split data"
+    splits = False
+    # ML.DETECT_ANOMALIES: k-means (also ARIMA_PLUS, ARIMA_PLUS_XREG, PCA, AUTOENCODER in BigQuery).
+    functions = base.BASE_FUNCTIONS | {"ML.DETECT_ANOMALIES"}
+    fast_serving = True
+
+    options_model = KmeansOptions
+
+    def check_options(self, model_type: str, given: Mapping[str, Any], o: dict[str, Any]) -> None:
+        """The rules between KMEANS's options."""
+        if o["kmeans_init_method"] == "CUSTOM" and not o["kmeans_init_col"]:
+            raise BqmlError(
+                "KMEANS_INIT_METHOD='CUSTOM' needs KMEANS_INIT_COL naming a BOOL column whose TRUE rows "
+                "are the initial centroids."
+            )
+        if o["kmeans_init_col"] and o["kmeans_init_method"] != "CUSTOM":
+            raise BqmlError("KMEANS_INIT_COL can only be used with KMEANS_INIT_METHOD='CUSTOM'.")
+
+    def train(self, ctx: Any) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
+        meta, prep, frame = ctx.meta, ctx.prep, ctx.frame
+        init_series = frame[ctx.init_col] if ctx.init_col is not None else None
+        hashes = row_hashes(frame, prep._fitted_codes)
+        design = prep.design(frame)
+        init_rows = None
+        if init_series is not None:
+            if bigquery_type(init_series) not in ("BOOL", "NULL"):
+                raise BqmlError(
+                    f"KMEANS_INIT_COL {init_series.name!r} must be a BOOL column; it is "
+                    f"{bigquery_type(init_series)}."
+                )
+            init_rows = init_series.astype("boolean").fillna(False).to_numpy(dtype=bool)
+        seed = int(np.add.reduce(hashes, dtype=np.uint64)) if len(hashes) else 0
+        # Train on the rows in the order of their hashes, so that the random initial centroids,
+        # like the seed, do not depend on the order in which the query returned the rows.
+        order = np.argsort(hashes, kind="stable")
+        canonical = Design(design.num[order], [codes[order] for codes in design.codes], list(design.sizes))
+        result = train(canonical, ctx.o, init_rows[order] if init_rows is not None else None, seed, ctx.say)
+        meta["options"] = {**meta["options"], "num_clusters": result.num_clusters}
+        meta["training_info"] = result.iterations
+        meta["evaluation"] = evaluate(design, result.centroids, ctx.o["distance_type"])
+        meta["evaluation_rows"] = "training"
+        arrays = {
+            "centroids_num": result.centroids.num,
+            "centroids_cat": result.centroids.cat,
+            "cluster_radius": result.radius,
+            "cluster_size": result.sizes.astype(np.int64),
+            "train_normalized_distance": result.train_normalized,
+        }
+        return arrays, {}
+
+    def distances(self, model: Any, features: Any) -> np.ndarray:
+        """Each row's distance to every centroid, (rows, centroids) in centroid-id order."""
+        design = model.prep.design(features)
+        return distances(design, model.centroids(), model.meta["options"]["distance_type"])
+
+    def predict_columns(self, model: Any, features: Any) -> list[tuple[str, Any]]:
+        design = model.prep.design(features)
+        c = model.centroids()
+        top = min(c.k, 5)
+        idx, dist = top_nearest(design, c, model.meta["options"]["distance_type"], top)
+        return [
+            ("CENTROID_ID", pa.array(idx[:, 0] + 1, type=pa.int64())),
+            (
+                "NEAREST_CENTROIDS_DISTANCE",
+                base.list_of_structs(
+                    design.n,
+                    top,
+                    {
+                        "CENTROID_ID": pa.array((idx + 1).ravel(), type=pa.int64()),
+                        "DISTANCE": pa.array(dist.ravel(), type=pa.float64()),
+                    },
+                ),
+            ),
+        ]
+
+    def evaluate(self, model: Any, features: Any) -> dict[str, Any]:
+        return evaluate(
+            model.prep.design(features), model.centroids(), model.meta["options"]["distance_type"]
+        )
+
+
+FAMILY = base.register(KmeansFamily())

@@ -12,8 +12,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lakehouse_ml.bigquery.metrics import classification as classification_metrics
+from lakehouse_ml.bigquery.metrics import regression as regression_metrics
+from lakehouse_ml.bigquery.model_types import Kind
+from lakehouse_ml.bigquery.types import to_float
 from lakehouse_ml.core.errors import BqmlError
+from lakehouse_ml.engine import options as opt
 from lakehouse_ml.engine import xgb
+from lakehouse_ml.engine.models import base
 
 BOOSTER_FILE = "booster.json"
 
@@ -69,3 +75,93 @@ def margins(booster: Any, X: np.ndarray) -> np.ndarray:
 
 def contributions(booster: Any, X: np.ndarray, approximate: bool = False) -> np.ndarray:
     return xgb.feature_contributions(booster, X, approximate=approximate)
+
+
+# --------------------------------------------------------------------------------------------------
+# The family: BOOSTED_TREE_* and RANDOM_FOREST_*
+# --------------------------------------------------------------------------------------------------
+def _class_key(label: Any) -> str:
+    return ("true" if label else "false") if isinstance(label, bool) else str(label)
+
+
+class TreeFamily(base.ModelFamily):
+    kinds = {
+        t: (Kind.CLASSIFIER if t in xgb.CLASSIFIER_TYPES else Kind.REGRESSOR) for t in xgb.TREE_MODEL_TYPES
+    }
+    preprocessing = "tree"
+    functions = base.BASE_FUNCTIONS | {"ML.EXPLAIN_PREDICT", "ML.GLOBAL_EXPLAIN"}
+    # APPROX_FEATURE_CONTRIB of ML.EXPLAIN_PREDICT
+    approx_feature_contrib = True
+
+    # The tree options are the tables of lakehouse_ml/engine/xgb.py (OPTION_DEFAULTS), which
+    # also validates them for direct XGBoost training; not a pydantic model yet.
+    def resolve_options(self, model_type: str, given: dict[str, Any]) -> dict[str, Any]:
+        return opt.resolve_tree(model_type, given)
+
+    def train(self, ctx: Any) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
+        meta, prep, y_all, data_split, model_type = (
+            ctx.meta,
+            ctx.prep,
+            ctx.y_all,
+            ctx.data_split,
+            ctx.model_type,
+        )
+        weight_series = ctx.frame[ctx.weight_col] if ctx.weight_col else None
+        X = prep.tree_matrix(ctx.frame)
+        train_mask = ~data_split.eval_mask
+        has_eval = data_split.eval_rows > 0
+        label = meta["label"]
+        classifier = self.is_classifier(model_type)
+        n_classes = len(label["classes"]) if classifier else None
+        sample_weight = None
+        if weight_series is not None:
+            w = to_float(weight_series, str(weight_series.name))
+            if np.isnan(w).any() or (w < 0).any():
+                raise BqmlError(
+                    f"INSTANCE_WEIGHT_COL {weight_series.name!r} must hold non-negative, non-NULL weights."
+                )
+            sample_weight = w[train_mask]
+        options = dict(ctx.o)
+        if options.get("class_weights") is not None:
+            options["class_weights"] = [[_class_key(k), w] for k, w in options["class_weights"]]
+        result = train(
+            model_type,
+            options,
+            X[train_mask],
+            y_all[train_mask],
+            X[data_split.eval_mask] if has_eval else None,
+            y_all[data_split.eval_mask] if has_eval else None,
+            sample_weight,
+            n_classes,
+            prep.feature_names,
+            label.get("class_names") if classifier else None,
+            ctx.say,
+        )
+        meta["training_info"] = result.iterations
+        meta["strategy"] = (
+            f"xgboost {result.params.get('booster', 'gbtree')}, {result.num_boost_round} round(s) max"
+        )
+        booster = result.booster if result.booster is not None else load(result.booster_json)
+        rows = data_split.eval_mask if has_eval else train_mask
+        scores = probabilities(booster, X[rows], model_type)
+        arrays: dict[str, np.ndarray] = {}
+        if classifier:
+            meta["evaluation"] = classification_metrics(y_all[rows], scores, 0.5)
+            arrays.update(base.evaluation_arrays(y_all[rows], scores))
+        else:
+            meta["evaluation"] = regression_metrics(y_all[rows], scores)
+        meta["evaluation_rows"] = "evaluation" if has_eval else "training"
+        if ctx.o.get("enable_global_explain"):
+            ctx.say("computing global explanations")
+            approx = xgb.resolve_approx_global_feature_contrib(
+                model_type,
+                {k: v for k, v in ctx.o.items() if k not in xgb.GENERAL_OPTIONS and k != "kms_key_name"},
+            )
+            meta["global_explain"] = ctx.global_explain(ctx.view({}, booster), None, X[rows], approx)
+        return arrays, {BOOSTER_FILE: result.booster_json}
+
+    def scores(self, model: Any, features: Any) -> np.ndarray:
+        return probabilities(model.booster, model.prep.tree_matrix(features), model.model_type)
+
+
+FAMILY = base.register(TreeFamily())

@@ -1,0 +1,198 @@
+"""A model family: everything the local engine knows about some BigQuery ML model types.
+
+One module per family (``glm.py``: LINEAR_REG and LOGISTIC_REG; ``kmeans.py``: KMEANS;
+``tree.py``: BOOSTED_TREE_* and RANDOM_FOREST_*) subclasses :class:`ModelFamily` and calls
+:func:`register`. The engine (``engine.py``), the local endpoint server
+(``lakehouse_ml/serving/models.py``) and the SQL layer dispatch through :data:`FAMILIES`;
+registering also declares the type's kind and served format in the BigQuery catalog
+(:mod:`lakehouse_ml.bigquery.model_types`). ``docs/adding-a-model-type.md`` walks through
+adding one.
+
+A family declares:
+
+* ``model_types`` and their :class:`~lakehouse_ml.bigquery.model_types.Kind` (``kinds``);
+* its options: the pydantic model ``options_model`` with BigQuery ML's names (lower-case
+  fields), defaults and ranges, the rules between them (:meth:`ModelFamily.check_options`),
+  and which of the options shared by all types it takes (:meth:`ModelFamily.shared_option_names`;
+  :mod:`lakehouse_ml.engine.options` parses those once);
+* its preprocessing (``preprocessing``: ``"linear"`` standardizes numeric columns and one-hot
+  encodes categorical ones, ``"kmeans"`` the same with STANDARDIZE_FEATURES, ``"tree"``
+  label-encodes) and whether training splits off evaluation rows (``splits``);
+* training (:meth:`ModelFamily.train`), scores (:meth:`ModelFamily.scores`), and the ``ML.*``
+  functions it supports (``functions``), with the hooks those need;
+* whether the endpoint server has a numpy fast path for it (``fast_serving``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from lakehouse_ml.bigquery import model_types
+from lakehouse_ml.bigquery.model_types import Kind
+from lakehouse_ml.core.errors import BqmlError
+from lakehouse_ml.engine.options import Options, validate_options
+
+__all__ = [
+    "BASE_FUNCTIONS",
+    "CLASSIFIER_FUNCTIONS",
+    "FAMILIES",
+    "Kind",
+    "ModelFamily",
+    "Options",
+    "evaluation_arrays",
+    "family_of",
+    "list_of_structs",
+    "predicted_index",
+    "register",
+    "supported_model_types",
+    "validate_options",
+]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lakehouse_ml.bigquery.preprocess import Columns
+
+# The ML.* functions every family supports.
+BASE_FUNCTIONS = frozenset({"ML.PREDICT", "ML.EVALUATE", "ML.FEATURE_INFO", "ML.TRAINING_INFO"})
+CLASSIFIER_FUNCTIONS = frozenset({"ML.ROC_CURVE", "ML.CONFUSION_MATRIX"})
+
+
+class ModelFamily:
+    """The declaration of a family; subclass it and :func:`register` an instance."""
+
+    # MODEL_TYPE -> kind (the BigQuery catalog learns them at registration).
+    kinds: ClassVar[Mapping[str, Kind]] = {}
+    # The family's own options (without the shared ones); None: the family resolves its options
+    # itself (resolve_options).
+    options_model: ClassVar[type[Options] | None] = None
+    # Shared options the family accepts (lakehouse_ml.engine.options.SHARED; see
+    # shared_option_names).
+    shared_options: ClassVar[tuple[str, ...]] = ()
+    preprocessing: ClassVar[str] = "linear"
+    splits: ClassVar[bool] = True
+    functions: ClassVar[frozenset[str]] = BASE_FUNCTIONS
+    fast_serving: ClassVar[bool] = False
+    # Largest number of label values a classifier of this family takes (None: no limit).
+    max_classes: ClassVar[int | None] = None
+    # ML.EXPLAIN_PREDICT accepts APPROX_FEATURE_CONTRIB (tree models).
+    approx_feature_contrib: ClassVar[bool] = False
+
+    @property
+    def model_types(self) -> tuple[str, ...]:
+        return tuple(self.kinds)
+
+    def kind(self, model_type: str) -> Kind:
+        return self.kinds[model_type]
+
+    def is_classifier(self, model_type: str) -> bool:
+        return self.kinds[model_type] is Kind.CLASSIFIER
+
+    def is_supervised(self, model_type: str) -> bool:
+        return self.kinds[model_type] in (Kind.CLASSIFIER, Kind.REGRESSOR)
+
+    def supports(self, model_type: str, function: str) -> bool:
+        functions = set(self.functions)
+        if self.is_classifier(model_type):
+            functions |= CLASSIFIER_FUNCTIONS
+        return function in functions
+
+    # -- options -----------------------------------------------------------------------------------
+    def shared_option_names(self, model_type: str) -> tuple[str, ...]:
+        """The shared options ``model_type`` takes (besides MODEL_TYPE, the registry options and
+        KMS_KEY_NAME, which every type takes)."""
+        return self.shared_options
+
+    def check_options(self, model_type: str, given: Mapping[str, Any], resolved: dict[str, Any]) -> None:
+        """The rules between options (``given``: as written; ``resolved``: with defaults)."""
+
+    def resolve_options(self, model_type: str, given: dict[str, Any]) -> dict[str, Any]:
+        """Only for a family without ``options_model``: every option of ``given`` (with the shared
+        ones) validated, with defaults."""
+        raise NotImplementedError(f"{type(self).__name__} declares no options_model")
+
+    # -- training ----------------------------------------------------------------------------------
+    def train(self, ctx: Any) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
+        """Train on ``ctx`` (the engine's training context: ``model_type``, ``options``,
+        ``frame``, ``prep``, ``y_all``, ``data_split``, ``meta``, ``say``, …); fill
+        ``ctx.meta["training_info"]``, ``["evaluation"]``, ``["evaluation_rows"]``; return the
+        arrays (NPZ) and files (JSON text) to store."""
+        raise NotImplementedError
+
+    # -- applying ----------------------------------------------------------------------------------
+    def scores(self, model: Any, features: "Columns") -> np.ndarray:
+        """Regression values (n,), or class probabilities (n, C) in class order."""
+        raise NotImplementedError
+
+    def predict_columns(self, model: Any, features: "Columns") -> list[tuple[str, Any]] | None:
+        """ML.PREDICT's prediction columns when they are not those of the kind (k-means)."""
+        return None
+
+    def evaluate(self, model: Any, features: "Columns") -> dict[str, Any] | None:
+        """ML.EVALUATE's metrics when they need no label (k-means); None: by the kind."""
+        return None
+
+
+FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register(family: ModelFamily) -> ModelFamily:
+    """Make ``family``'s model types trainable, and declare their kind (and served format) in
+    the BigQuery catalog."""
+    for model_type, kind in family.kinds.items():
+        if model_type != model_type.upper():
+            raise ValueError(f"MODEL_TYPE {model_type!r} must be upper-case.")
+        known = FAMILIES.get(model_type)
+        if known is not None and type(known) is not type(family):
+            raise ValueError(f"MODEL_TYPE {model_type} is already declared by {type(known).__name__}.")
+        model_types.register(model_type, kind)
+    for model_type in family.kinds:
+        FAMILIES[model_type] = family
+    return family
+
+
+def supported_model_types() -> tuple[str, ...]:
+    return tuple(FAMILIES)
+
+
+def family_of(model_type: str) -> ModelFamily:
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise BqmlError(
+            f"MODEL_TYPE {model_type!r} is not trained locally; supported locally: {', '.join(FAMILIES)}."
+        )
+    return family
+
+
+# -- helpers the families share --------------------------------------------------------------------
+def predicted_index(probs: np.ndarray, threshold: float | None) -> np.ndarray:
+    if probs.shape[1] == 2:
+        return (probs[:, 1] > (0.5 if threshold is None else threshold)).astype(np.int64)
+    return np.argmax(probs, axis=1)
+
+
+def evaluation_arrays(y: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+    """What ML.ROC_CURVE and ML.CONFUSION_MATRIX need without input data: the evaluation rows'
+    class index and the model's output (positive-class probability, predicted class)."""
+    out = {
+        "eval_label_index": y.astype(np.int64),
+        "eval_predicted_index": np.argmax(probs, axis=1).astype(np.int64),
+    }
+    if probs.shape[1] == 2:
+        out["eval_positive_prob"] = probs[:, 1].astype(np.float64)
+        out["eval_predicted_index"] = (probs[:, 1] > 0.5).astype(np.int64)
+    return out
+
+
+def list_of_structs(
+    n: int, k: int, fields: dict[str, pa.Array], offsets: np.ndarray | None = None
+) -> pa.Array:
+    """``n`` rows of ``k`` structs each (or ``offsets``) as an ARRAY<STRUCT<…>> column."""
+    struct = pa.StructArray.from_arrays(list(fields.values()), names=list(fields))
+    if offsets is None:
+        offsets = np.arange(0, n * k + 1, k, dtype=np.int32) if n * k < 2**31 else np.arange(0, n * k + 1, k)
+    array_type = pa.list_ if offsets.dtype == np.int32 else pa.large_list
+    return (pa.ListArray if array_type is pa.list_ else pa.LargeListArray).from_arrays(
+        pa.array(offsets), struct
+    )

@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 
 # Live views of the catalog (lakehouse_ml/bigquery/model_types.py): a family that registers a
 # served type is served in the format of its kind.
@@ -336,7 +338,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, np.datetime64):
         if np.isnat(value):
             return None
-        import pandas as pd
 
         return pd.Timestamp(value).isoformat()
     if isinstance(value, (dt.datetime, dt.date, dt.time)):  # pandas.Timestamp is a datetime
@@ -358,7 +359,6 @@ def json_safe(value: Any) -> Any:
 
 def null_sentinel(arrow_type: Any, column: str) -> Any:
     """What a TRANSFORM model takes for NULL in a column of this Arrow type."""
-    import pyarrow as pa
 
     if pa.types.is_boolean(arrow_type):
         raise ServedFormatError(
@@ -407,7 +407,6 @@ def is_null_sentinel(value: Any, kind: str | None = None) -> bool:
 def decode_null_sentinels(frame: Any, columns: Sequence[str]) -> Any:
     """A copy of a DataFrame of served instances with the NULL sentinels of ``columns`` as NULL
     (for instances of a TRANSFORM model read back from a request log)."""
-    import pandas as pd
 
     out = frame.copy()
     for name in columns:

@@ -44,6 +44,11 @@ WRITE_QUEUE = 2
 
 Progress = Callable[[str, int, int], None]
 
+try:  # POSIX only: the landing zone's cross-process lock
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
 
 def _check_table(table: str) -> None:
     if table not in TABLES:
@@ -113,9 +118,7 @@ def _write_json(data: dict, path: Path) -> None:
 
 @contextlib.contextmanager
 def _exclusive(landing_dir: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
+    if fcntl is None:  # pragma: no cover - not POSIX: no cross-process lock
         yield
         return
     with open(landing_dir / LOCK, "a+") as handle:

@@ -8,6 +8,10 @@ The DataFrames of :class:`~lakehouse_ml.datagen.CymbalSimulator` carry the panda
 
 from __future__ import annotations
 
+import datetime as dt
+
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 TABLES = ("customers", "products", "orders", "web_sessions")
@@ -121,8 +125,6 @@ PANDAS_DTYPES: dict[str, dict[str, str]] = {
 
 def arrow_to_pandas(table: pa.Table, name: str):
     """The pandas view of a landing table, with the dtypes of :data:`PANDAS_DTYPES`."""
-    import numpy as np
-    import pandas as pd
 
     frame = table.to_pandas(date_as_object=True, coerce_temporal_nanoseconds=False)
     for column, dtype in PANDAS_DTYPES[name].items():
@@ -137,8 +139,6 @@ def arrow_to_pandas(table: pa.Table, name: str):
 
 def pandas_metadata(name: str) -> dict[bytes, bytes]:
     """Arrow schema metadata that makes ``pandas.read_parquet`` restore :data:`PANDAS_DTYPES`."""
-
-    import datetime as dt
 
     schema = ARROW_SCHEMAS[name]
     sample = {

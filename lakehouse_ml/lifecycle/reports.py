@@ -6,7 +6,9 @@ crash never leaves a half-written plot behind a link in the Dagster UI.
 
 from __future__ import annotations
 
+import io
 import math
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,14 +35,10 @@ def write_atomically(path: Path, data: bytes) -> Path:
 def _note(figure, note: str) -> None:
     """A small grey line under the plot saying where its numbers come from."""
     if note:
-        import textwrap
-
         figure.text(0.5, -0.01, textwrap.fill(note, 80), ha="center", va="top", fontsize=7, color="#555555")
 
 
 def _save(figure, path: Path) -> Path:
-    import io
-
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(figure)

@@ -153,7 +153,7 @@ class LocalWarehouse(Warehouse):
 
     @staticmethod
     def _uses_bqml(sql: str) -> bool:
-        from lakehouse_ml.engine.sql import mentions_bigquery_ml
+        from lakehouse_ml.bigquery.dialect import mentions_bigquery_ml
 
         return mentions_bigquery_ml(sql)
 
@@ -217,7 +217,7 @@ class LocalWarehouse(Warehouse):
     # -- reading ---------------------------------------------------------------------------------
     def query_arrow(self, sql: str, params: Params | None = None) -> pa.Table:
         if self._uses_bqml(sql):
-            from lakehouse_ml.engine.sql import split_statements, statement_returns_rows
+            from lakehouse_ml.bigquery.dialect import split_statements, statement_returns_rows
 
             checked = check_params(params)
             statements = split_statements(sql)

@@ -14,14 +14,10 @@ import sqlglot
 from sqlglot import exp
 
 from lakehouse_ml.backends.local_warehouse import LocalWarehouse
-from lakehouse_ml.cli import main
-from lakehouse_ml.core.errors import BqmlError, SQLTranslationError, WarehouseError
-from lakehouse_ml.engine.sql import (
+from lakehouse_ml.bigquery.dialect import (
     AlterModel,
     CreateModel,
     DropModel,
-    attach_ctes,
-    bind_template,
     find_ml_calls,
     literal_value,
     mentions_bigquery_ml,
@@ -29,8 +25,11 @@ from lakehouse_ml.engine.sql import (
     parse_model_statement,
     split_statements,
     statement_returns_rows,
-    visible_ctes,
 )
+from lakehouse_ml.bigquery.templates import bind_template
+from lakehouse_ml.cli import main
+from lakehouse_ml.core.errors import BqmlError, SQLTranslationError, WarehouseError
+from lakehouse_ml.engine.sql import attach_ctes, visible_ctes
 from lakehouse_ml.engine.translate import translate
 
 

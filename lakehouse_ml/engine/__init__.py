@@ -8,5 +8,6 @@
 * :mod:`lakehouse_ml.engine.artifacts` — safe, atomic model storage (JSON + NPZ + XGBoost JSON).
 * :mod:`lakehouse_ml.engine.models` — the model types.
 * :mod:`lakehouse_ml.engine.xgb` — XGBoost training for the tree model types.
-* :mod:`lakehouse_ml.engine.sql` — BigQuery ML statements and ``ML.*`` functions in SQL.
+* :mod:`lakehouse_ml.engine.sql` — runs BigQuery ML statements and ``ML.*`` functions in SQL, as
+  parsed by :mod:`lakehouse_ml.bigquery.dialect`.
 """

@@ -265,7 +265,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     params = dict(parse_param(p) for p in args.param)
     settings = _settings(args)
     warehouse = LocalWarehouse.at(settings.duckdb_path)
-    from lakehouse_ml.engine.sql import split_statements
+    from lakehouse_ml.bigquery.dialect import split_statements
 
     statements = split_statements(sql)
     if not statements:

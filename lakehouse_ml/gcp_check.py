@@ -40,10 +40,10 @@ import pandas as pd
 from lakehouse_ml.backends.gcp_warehouse import build_gcp_warehouse
 from lakehouse_ml.backends.vertex import build_vertex_endpoints, build_vertex_registry
 from lakehouse_ml.bigquery import served
+from lakehouse_ml.bigquery.dialect import rename_created_model
 from lakehouse_ml.bigquery.sqlfiles import read_sql
 from lakehouse_ml.core.errors import EndpointError, RegistryError, WarehouseError
 from lakehouse_ml.core.settings import Settings
-from lakehouse_ml.engine.sql import rename_created_model
 from lakehouse_ml.lifecycle.deployment import drop_model
 
 Progress = Callable[[str], None]

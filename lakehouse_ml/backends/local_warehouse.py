@@ -23,7 +23,12 @@ from dagster_duckdb import DuckDBResource
 from sqlglot import exp
 
 from lakehouse_ml.backends.warehouse import Params, PartitionWindow, Warehouse, check_params
-from lakehouse_ml.bigquery.dialect import single_select
+from lakehouse_ml.bigquery.dialect import (
+    mentions_bigquery_ml,
+    single_select,
+    split_statements,
+    statement_returns_rows,
+)
 from lakehouse_ml.core.errors import TableNotFoundError, WarehouseError
 from lakehouse_ml.core.identifiers import check_identifier
 from lakehouse_ml.engine.translate import TranslatedStatement, arrow_table, translate, translate_query
@@ -153,7 +158,6 @@ class LocalWarehouse(Warehouse):
 
     @staticmethod
     def _uses_bqml(sql: str) -> bool:
-        from lakehouse_ml.engine.sql import mentions_bigquery_ml
 
         return mentions_bigquery_ml(sql)
 
@@ -217,8 +221,6 @@ class LocalWarehouse(Warehouse):
     # -- reading ---------------------------------------------------------------------------------
     def query_arrow(self, sql: str, params: Params | None = None) -> pa.Table:
         if self._uses_bqml(sql):
-            from lakehouse_ml.engine.sql import split_statements, statement_returns_rows
-
             checked = check_params(params)
             statements = split_statements(sql)
             if not statements or not statement_returns_rows(statements[-1], checked):

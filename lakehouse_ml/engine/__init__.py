@@ -10,5 +10,6 @@
 * :mod:`lakehouse_ml.engine.models` — the model families (``base``: ``ModelFamily``, ``FAMILIES``),
   one module per family; ``docs/adding-a-model-type.md``.
 * :mod:`lakehouse_ml.engine.xgb` — XGBoost training for the tree model types.
-* :mod:`lakehouse_ml.engine.sql` — BigQuery ML statements and ``ML.*`` functions in SQL.
+* :mod:`lakehouse_ml.engine.sql` — runs BigQuery ML statements and ``ML.*`` functions in SQL, as
+  parsed by :mod:`lakehouse_ml.bigquery.dialect`.
 """

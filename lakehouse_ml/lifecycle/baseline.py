@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.bigquery.sqlfiles import read_sql
+from lakehouse_ml.bigquery.templates import bind_template
 from lakehouse_ml.core.errors import RegistryError
 from lakehouse_ml.core.identifiers import check_identifier
-from lakehouse_ml.engine.sql import bind_template
 from lakehouse_ml.lifecycle.models import ModelSpec
 
 

@@ -50,12 +50,13 @@ from lakehouse_ml.backends.registry import ModelRegistry, ModelVersion
 from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.bigquery import metrics as bqml_metrics
 from lakehouse_ml.bigquery import served
+from lakehouse_ml.bigquery.dialect import parse_select_list, transform_output_names
 from lakehouse_ml.bigquery.preprocess import Preprocessor
 from lakehouse_ml.bigquery.registry import DEFAULT_ALIAS
 from lakehouse_ml.bigquery.sqlfiles import read_sql
+from lakehouse_ml.bigquery.templates import bind_template
 from lakehouse_ml.core.errors import EndpointError, RegistryError, WarehouseError
 from lakehouse_ml.core.identifiers import check_identifier
-from lakehouse_ml.engine.sql import bind_template, parse_select_list, transform_output_names
 from lakehouse_ml.lifecycle.baseline import baseline_table
 from lakehouse_ml.lifecycle.models import (
     CLASSIFIER_TYPES,

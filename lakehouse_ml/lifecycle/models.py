@@ -26,12 +26,13 @@ import numpy as np
 import pandas as pd
 
 from lakehouse_ml.backends.warehouse import Warehouse
+from lakehouse_ml.bigquery.dialect import CreateModel, parse_model_statement, rename_created_model
 from lakehouse_ml.bigquery.model_types import CLASSIFIER_TYPES, CLUSTERING_TYPES, REGRESSOR_TYPES
 from lakehouse_ml.bigquery.served import PredictionFormat
 from lakehouse_ml.bigquery.sqlfiles import read_sql, referenced_tables
+from lakehouse_ml.bigquery.templates import bind_template
 from lakehouse_ml.core.errors import WarehouseError
 from lakehouse_ml.core.identifiers import check_identifier
-from lakehouse_ml.engine.sql import CreateModel, bind_template, parse_model_statement, rename_created_model
 
 log = logging.getLogger(__name__)
 

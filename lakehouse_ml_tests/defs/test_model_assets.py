@@ -14,11 +14,11 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 from sqlglot.tokens import TokenType
 
+from lakehouse_ml.bigquery.dialect import find_ml_calls, tokenize
 from lakehouse_ml.bigquery.sqlfiles import sql_dir
 from lakehouse_ml.core.settings import load_settings
 from lakehouse_ml.datagen import SimulationConfig, write_landing
 from lakehouse_ml.definitions import build_definitions
-from lakehouse_ml.engine.sql import find_ml_calls, tokenize
 from lakehouse_ml.lifecycle import models
 from lakehouse_ml.runner import DATA_JOBS, MODEL_JOBS, materialize_all
 

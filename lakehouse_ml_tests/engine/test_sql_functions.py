@@ -20,8 +20,9 @@ import sqlglot
 from sqlglot import exp
 
 from lakehouse_ml.backends.local_warehouse import LocalWarehouse
+from lakehouse_ml.bigquery.dialect import parse_select_list
 from lakehouse_ml.core.errors import BqmlError, WarehouseError
-from lakehouse_ml.engine.sql import freeze_transform, lower_preprocessing, parse_select_list
+from lakehouse_ml.engine.sql import freeze_transform, lower_preprocessing
 from lakehouse_ml.engine.translate import translate_query
 
 ONE_TO_FIVE = [1, 2, 3, 4, 5]

@@ -75,17 +75,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from lakehouse_ml.core.errors import WarehouseError
-from lakehouse_ml.engine.engine import BqmlEngine
-from lakehouse_ml.engine.sql import (
+from lakehouse_ml.bigquery.dialect import (
     AlterModel,
-    BqmlSession,
     CreateModel,
     DropModel,
     mentions_bigquery_ml,
     parse_model_name,
     parse_model_statement,
 )
+from lakehouse_ml.core.errors import WarehouseError
+from lakehouse_ml.engine.engine import BqmlEngine
+from lakehouse_ml.engine.sql import BqmlSession
 
 API_PREFIX = "/bigquery/v2"
 UPLOAD_PREFIX = "/upload/bigquery/v2"

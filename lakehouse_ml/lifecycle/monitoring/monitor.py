@@ -46,9 +46,9 @@ from lakehouse_ml.bigquery import split as bqml_split
 from lakehouse_ml.bigquery.request_log import LOG_COLUMNS
 from lakehouse_ml.bigquery.served import ServedFormatError, ServedPrediction
 from lakehouse_ml.bigquery.sqlfiles import read_sql
+from lakehouse_ml.bigquery.templates import bind_template
 from lakehouse_ml.core.atomic import write_bytes
 from lakehouse_ml.core.errors import RegistryError, WarehouseError
-from lakehouse_ml.engine.sql import bind_template
 from lakehouse_ml.lifecycle.baseline import baseline_table
 from lakehouse_ml.lifecycle.deployment import registry_model_id, serving_spec
 from lakehouse_ml.lifecycle.models import CLASSIFIER_TYPES, CLUSTERING_TYPES, ModelSpec, positive_label

@@ -56,6 +56,7 @@ from lakehouse_ml.engine.models.base import (
     list_of_structs,
 )
 from lakehouse_ml.engine.models.base import predicted_index as _predicted_index
+from lakehouse_ml.engine.registry_hook import RegistryHook
 
 __all__ = ["BqmlEngine", "BqmlError", "ModelExistsError", "ModelNotFoundError", "Progress"]
 
@@ -237,8 +238,9 @@ def _with_inputs(columns: list[tuple[str, pa.Array]], frame: pd.DataFrame) -> pa
 class BqmlEngine:
     """Trains, stores and applies BigQuery ML models under ``models_dir``."""
 
-    def __init__(self, models_dir: Path, registry: Any = None, dataset: str = "main"):
-        """``registry``: a :class:`lakehouse_ml.backends.registry.ModelRegistry` (or None). With one,
+    def __init__(self, models_dir: Path, registry: RegistryHook | None = None, dataset: str = "main"):
+        """``registry``: the model registry (:class:`~lakehouse_ml.engine.registry_hook.RegistryHook`,
+        e.g. the local backend's ``LocalModelRegistry``), or None. With one,
         ``MODEL_REGISTRY='VERTEX_AI'`` models register at CREATE MODEL, ``ALTER MODEL … SET
         OPTIONS(vertex_ai_model_id=…)`` registers an existing model, CREATE OR REPLACE replaces the
         registered version and DROP MODEL removes it (refused while deployed). Without one the
@@ -247,7 +249,7 @@ class BqmlEngine:
         self.models_dir = Path(models_dir)
         self.store = ModelStore(self.models_dir)
         self._cache: dict[str, _Model] = {}
-        self.registry = registry
+        self.registry: RegistryHook | None = registry
         self.dataset = dataset
 
     # -- registry hook ---------------------------------------------------------------------------
@@ -298,7 +300,8 @@ class BqmlEngine:
         except WarehouseError as err:
             raise BqmlError(
                 f"Model {name!r} was created, but registering it in the model registry failed: {err} "
-                f"Fix that, then register it with ALTER MODEL {name} SET OPTIONS(vertex_ai_model_id='{model_id or name}')."
+                f"Fix that, then register it with ALTER MODEL {name} "
+                f"SET OPTIONS(vertex_ai_model_id='{model_id or name}')."
             ) from None
 
     # -- loading -----------------------------------------------------------------------------------

@@ -192,7 +192,8 @@ _DEFAULTS_TABLE: tuple[tuple[str, Any, Any, str], ...] = (
     ("kms_key_name", None, None, "both: no default"),
 )
 
-#: Options every model type accepts and this module ignores (registry options, see DESIGN.md).
+#: Options every model type accepts and this module ignores: the registry options, which the
+#: engine applies (docs/architecture.md, "registry").
 GENERAL_OPTIONS = frozenset(
     {"model_type", "model_registry", "vertex_ai_model_id", "vertex_ai_model_version_aliases"}
 )

@@ -8,9 +8,10 @@ NULL and unseen categories -> 0). One matrix column per input column, named afte
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
+import xgboost
 
 from lakehouse_ml.bigquery.metrics import classification as classification_metrics
 from lakehouse_ml.bigquery.metrics import regression as regression_metrics
@@ -61,20 +62,50 @@ def _safe(name: str) -> str:
     return name
 
 
-def load(booster_json: bytes) -> Any:
+def load(booster_json: bytes) -> xgboost.Booster:
     return xgb.load_booster(booster_json)
 
 
-def probabilities(booster: Any, X: np.ndarray, model_type: str) -> np.ndarray:
+def probabilities(booster: xgboost.Booster, X: np.ndarray, model_type: str) -> np.ndarray:
     return xgb.predict(booster, X, model_type)
 
 
-def margins(booster: Any, X: np.ndarray) -> np.ndarray:
+def margins(booster: xgboost.Booster, X: np.ndarray) -> np.ndarray:
     return xgb.predict_margin(booster, X)
 
 
-def contributions(booster: Any, X: np.ndarray, approximate: bool = False) -> np.ndarray:
+def contributions(booster: xgboost.Booster, X: np.ndarray, approximate: bool = False) -> np.ndarray:
     return xgb.feature_contributions(booster, X, approximate=approximate)
+
+
+# ML.EXPLAIN_PREDICT and ML.GLOBAL_EXPLAIN
+def explain(
+    model: Any, X: np.ndarray, threshold: float | None, approximate: bool, class_level: bool
+) -> base.Explanation:
+    """Tree SHAP (XGBoost's feature contributions), baseline the bias; classifiers explain the
+    predicted class in margin (logit) space."""
+    names = model.prep.feature_names
+    contrib = contributions(model.booster, X, approximate)
+    n = X.shape[0]
+    if not model.is_classifier:
+        attr = contrib[:, :-1]
+        bias = contrib[:, -1]
+        return base.Explanation(names, attr, bias, attr.sum(axis=1) + bias)
+    probs = probabilities(model.booster, X, model.model_type)
+    predicted = base.predicted_index(probs, threshold)
+    probability = probs[np.arange(n), predicted]
+    if contrib.ndim == 2:  # binary: margin of the positive class
+        sign = np.where(predicted == 1, 1.0, -1.0)
+        attr = contrib[:, :-1] * sign[:, None]
+        bias = contrib[:, -1] * sign
+        per_class = [-contrib[:, :-1], contrib[:, :-1]] if class_level else None
+        return base.Explanation(names, attr, bias, attr.sum(axis=1) + bias, predicted, probability, per_class)
+    rows = np.arange(n)
+    chosen = contrib[rows, predicted]
+    per_class = [contrib[:, c, :-1] for c in range(contrib.shape[1])] if class_level else None
+    return base.Explanation(
+        names, chosen[:, :-1], chosen[:, -1], chosen.sum(axis=1), predicted, probability, per_class
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -90,8 +121,6 @@ class TreeFamily(base.ModelFamily):
     }
     preprocessing = "tree"
     functions = base.BASE_FUNCTIONS | {"ML.EXPLAIN_PREDICT", "ML.GLOBAL_EXPLAIN"}
-    # APPROX_FEATURE_CONTRIB of ML.EXPLAIN_PREDICT
-    approx_feature_contrib = True
 
     # The tree options are the tables of lakehouse_ml/engine/xgb.py (OPTION_DEFAULTS), which
     # also validates them for direct XGBoost training; not a pydantic model yet.
@@ -157,11 +186,31 @@ class TreeFamily(base.ModelFamily):
                 model_type,
                 {k: v for k, v in ctx.o.items() if k not in xgb.GENERAL_OPTIONS and k != "kms_key_name"},
             )
-            meta["global_explain"] = ctx.global_explain(ctx.view({}, booster), None, X[rows], approx)
+            meta["global_explain"] = ctx.global_explain(ctx.view({}, booster), X[rows], approx)
         return arrays, {BOOSTER_FILE: result.booster_json}
 
     def scores(self, model: Any, features: Any) -> np.ndarray:
         return probabilities(model.booster, model.prep.tree_matrix(features), model.model_type)
+
+    def explain_approximation(self, arguments: Mapping[str, Any]) -> bool:
+        """APPROX_FEATURE_CONTRIB: XGBoost's approximate contributions instead of Tree SHAP."""
+        approximate = arguments["approx_feature_contrib"]
+        if not isinstance(approximate, bool):
+            raise BqmlError("ML.EXPLAIN_PREDICT: APPROX_FEATURE_CONTRIB must be TRUE or FALSE.")
+        return approximate
+
+    def explain(
+        self,
+        model: Any,
+        features: Any,
+        threshold: float | None,
+        approximate: bool = False,
+        *,
+        prepared: np.ndarray | None = None,
+        class_level: bool = False,
+    ) -> base.Explanation:
+        X = prepared if prepared is not None else model.prep.tree_matrix(features)
+        return explain(model, X, threshold, approximate, class_level)
 
 
 FAMILY = base.register(TreeFamily())

@@ -52,6 +52,7 @@ from lakehouse_ml.engine.models import tree
 from lakehouse_ml.engine.models.base import (
     FAMILIES,
     ModelFamily,
+    class_key,
     evaluation_arrays,
     family_of,
     list_of_structs,
@@ -1122,12 +1123,8 @@ _evaluation_arrays = evaluation_arrays
 def _column_name(label: Any) -> str:
     """A class label as a column name (CONFUSION_MATRIX page: labels that don't conform to the
     column naming rules are altered to conform, e.g. 0 and 1 become _0 and _1)."""
-    text = re.sub(r"[^A-Za-z0-9_]", "_", _class_key(label))
+    text = re.sub(r"[^A-Za-z0-9_]", "_", class_key(label))
     return text if text and (text[0].isalpha() or text[0] == "_") else "_" + text
-
-
-def _class_key(label: Any) -> str:
-    return ("true" if label else "false") if isinstance(label, bool) else str(label)
 
 
 class _TrainedView(_Model):

@@ -19,7 +19,10 @@ A family declares:
   encodes categorical ones, ``"kmeans"`` the same with STANDARDIZE_FEATURES, ``"tree"``
   label-encodes) and whether training splits off evaluation rows (``splits``);
 * training (:meth:`ModelFamily.train`), scores (:meth:`ModelFamily.scores`), and the ``ML.*``
-  functions it supports (``functions``), with the hooks those need;
+  functions it supports (``functions``), with the methods that compute them
+  (:meth:`ModelFamily.explain` for ML.EXPLAIN_PREDICT and ML.GLOBAL_EXPLAIN,
+  :meth:`ModelFamily.weights`, :meth:`ModelFamily.detect_anomalies`,
+  :meth:`ModelFamily.centroid_distances`);
 * whether the endpoint server has a numpy fast path for it (``fast_serving``).
 """
 
@@ -40,6 +43,7 @@ __all__ = [
     "BASE_FUNCTIONS",
     "CLASSIFIER_FUNCTIONS",
     "Explanation",
+    "class_key",
     "FAMILIES",
     "Kind",
     "ModelFamily",
@@ -67,7 +71,8 @@ class ModelFamily:
     # MODEL_TYPE -> kind (the BigQuery catalog learns them at registration).
     kinds: ClassVar[Mapping[str, Kind]] = {}
     # The family's own options (without the shared ones); None: the family resolves its options
-    # itself (resolve_options).
+    # itself (resolve_options): the tree family, whose four model types have a pydantic model
+    # each (lakehouse_ml/engine/xgb.py OPTIONS_MODELS).
     options_model: ClassVar[type[Options] | None] = None
     # Shared options the family accepts (lakehouse_ml.engine.options.SHARED; see
     # shared_option_names).
@@ -231,6 +236,12 @@ def family_of(model_type: str) -> ModelFamily:
 
 
 # -- helpers the families share --------------------------------------------------------------------
+def class_key(label: Any) -> str:
+    """A class label as BigQuery ML's STRING class label (BOOL: 'true' / 'false'), to match
+    CLASS_WEIGHTS' labels and name columns."""
+    return ("true" if label else "false") if isinstance(label, bool) else str(label)
+
+
 def predicted_index(probs: np.ndarray, threshold: float | None) -> np.ndarray:
     if probs.shape[1] == 2:
         return (probs[:, 1] > (0.5 if threshold is None else threshold)).astype(np.int64)

@@ -517,7 +517,7 @@ def class_weight_table(
     index = {name: i for i, name in enumerate(class_names)}
     table = np.full(n_classes, np.nan)
     for label, weight in given:
-        key = ("true" if label else "false") if isinstance(label, bool) else str(label)
+        key = base.class_key(label)
         if key not in index:
             raise BqmlError(
                 f"CLASS_WEIGHTS names label {label!r}, which is not a label value; labels: "

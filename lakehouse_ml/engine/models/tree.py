@@ -4,6 +4,13 @@ The matrix handed to XGBoost is the tree preprocessing of
 https://cloud.google.com/bigquery/docs/auto-preprocessing : numerical columns as they are (a
 NULL becomes the training mean), categorical columns label-encoded (sorted vocabulary -> 1..K,
 NULL and unseen categories -> 0). One matrix column per input column, named after it.
+
+Options: one pydantic model per model type, ``xgb.OPTIONS_MODELS`` (built with
+``options.option_model`` over the shared value checkers, as ``GlmOptions`` and
+``KmeansOptions``), with the rules between them in ``xgb.check_options``; :meth:`TreeFamily.resolve_options`
+resolves CREATE MODEL's options through them. They sit in :mod:`lakehouse_ml.engine.xgb`, below
+this module, because XGBoost training called directly validates its options through the same
+models (the engine's packages may not import each other in a cycle).
 """
 
 from __future__ import annotations
@@ -111,10 +118,6 @@ def explain(
 # --------------------------------------------------------------------------------------------------
 # The family: BOOSTED_TREE_* and RANDOM_FOREST_*
 # --------------------------------------------------------------------------------------------------
-def _class_key(label: Any) -> str:
-    return ("true" if label else "false") if isinstance(label, bool) else str(label)
-
-
 class TreeFamily(base.ModelFamily):
     kinds = {
         t: (Kind.CLASSIFIER if t in xgb.CLASSIFIER_TYPES else Kind.REGRESSOR) for t in xgb.TREE_MODEL_TYPES
@@ -122,10 +125,18 @@ class TreeFamily(base.ModelFamily):
     preprocessing = "tree"
     functions = base.BASE_FUNCTIONS | {"ML.EXPLAIN_PREDICT", "ML.GLOBAL_EXPLAIN"}
 
-    # The tree options are the tables of lakehouse_ml/engine/xgb.py (OPTION_DEFAULTS), which
-    # also validates them for direct XGBoost training; not a pydantic model yet.
+    # One pydantic options model per model type (their defaults and ranges differ between the
+    # boosted tree and random forest pages): xgb.OPTIONS_MODELS, declared next to the XGBoost
+    # parameters they map onto, so that direct XGBoost training validates through them too.
+    options_models = xgb.OPTIONS_MODELS
+
     def resolve_options(self, model_type: str, given: dict[str, Any]) -> dict[str, Any]:
-        return opt.resolve_tree(model_type, given)
+        """The options model of ``model_type`` and the rules between its options
+        (xgb.validate), then the registry options and KMS_KEY_NAME (options.resolve_common)."""
+        resolved = xgb.validate(model_type, {k: v for k, v in given.items() if k not in opt.COMMON})
+        resolved.update(opt.resolve_common(given))
+        resolved["model_type"] = model_type
+        return resolved
 
     def train(self, ctx: Any) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
         meta, prep, y_all, data_split, model_type = (
@@ -152,7 +163,7 @@ class TreeFamily(base.ModelFamily):
             sample_weight = w[train_mask]
         options = dict(ctx.o)
         if options.get("class_weights") is not None:
-            options["class_weights"] = [[_class_key(k), w] for k, w in options["class_weights"]]
+            options["class_weights"] = [[base.class_key(k), w] for k, w in options["class_weights"]]
         result = train(
             model_type,
             options,

@@ -35,7 +35,7 @@ from lakehouse_ml.bigquery.metrics import CLASSIFICATION_COLUMNS, KMEANS_COLUMNS
 from lakehouse_ml.bigquery.metrics import classification as classification_metrics
 from lakehouse_ml.bigquery.metrics import regression as regression_metrics
 from lakehouse_ml.bigquery.model_types import Kind
-from lakehouse_ml.bigquery.preprocess import Columns, Preprocessor
+from lakehouse_ml.bigquery.preprocess import Columns, Design, Preprocessor
 from lakehouse_ml.bigquery.registry import deployed_model_message
 from lakehouse_ml.bigquery.split import Split, split
 from lakehouse_ml.bigquery.types import bigquery_type, string_key, to_float
@@ -1063,7 +1063,7 @@ class _Trainer:
         return _TrainedView(self.meta, arrays, self.prep, booster)
 
     @staticmethod
-    def global_explain(model: "_Model", prepared: Any, approximate: bool = False) -> dict:
+    def global_explain(model: "_Model", prepared: Design | np.ndarray, approximate: bool = False) -> dict:
         """ML.GLOBAL_EXPLAIN's attributions over ``prepared`` (rows in the family's preprocessed
         form), stored with the model."""
         return _global_explain(model, prepared, approximate)
@@ -1178,7 +1178,7 @@ def _metrics_table(model: _Model, metrics: Mapping[str, Any]) -> pa.Table:
 # --------------------------------------------------------------------------------------------------
 # ML.GLOBAL_EXPLAIN, at training
 # --------------------------------------------------------------------------------------------------
-def _global_explain(model: _Model, prepared: Any, approximate: bool = False) -> dict:
+def _global_explain(model: _Model, prepared: Design | np.ndarray, approximate: bool = False) -> dict:
     """Mean absolute attribution per feature over the evaluation rows (XAI overview page:
     "ML.GLOBAL_EXPLAIN returns the global explainability obtained by taking the mean absolute
     attribution that each feature receives for all the rows in the evaluation dataset")."""

@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lakehouse_ml.bigquery.preprocess import Columns
+    from lakehouse_ml.bigquery.preprocess import Columns, Design
 
 # The ML.* functions every family supports.
 BASE_FUNCTIONS = frozenset({"ML.PREDICT", "ML.EVALUATE", "ML.FEATURE_INFO", "ML.TRAINING_INFO"})
@@ -162,7 +162,7 @@ class ModelFamily:
         threshold: float | None,
         approximate: bool = False,
         *,
-        prepared: Any = None,
+        prepared: "Design | np.ndarray | None" = None,
         class_level: bool = False,
     ) -> "Explanation":
         """ML.EXPLAIN_PREDICT's and ML.GLOBAL_EXPLAIN's attributions of each row of ``features``

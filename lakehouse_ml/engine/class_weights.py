@@ -1,7 +1,7 @@
 """CLASS_WEIGHTS' value, parsed once for every model type: ``[STRUCT('label', weight), …]`` as
 ``[(label, weight), …]``, from a mapping, a list of pairs, or a list of two-field dicts (as the
-SQL layer may hand over ``STRUCT`` values). Used by :mod:`lakehouse_ml.engine.options` and
-:mod:`lakehouse_ml.engine.xgb`, which word their errors each in their own way."""
+SQL layer may hand over ``STRUCT`` values). Used by :func:`lakehouse_ml.engine.options.class_weights`,
+the option's checker, which every model type (and :mod:`lakehouse_ml.engine.xgb`) parses it with."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import xgboost
 
 from lakehouse_ml.bigquery.metrics import CLASSIFICATION_COLUMNS, KMEANS_COLUMNS, REGRESSION_COLUMNS
 from lakehouse_ml.bigquery.metrics import classification as classification_metrics
@@ -47,15 +48,17 @@ from lakehouse_ml.core.errors import (
 )
 from lakehouse_ml.engine import options as opt
 from lakehouse_ml.engine.artifacts import ModelStore, check_name
-from lakehouse_ml.engine.models import glm, kmeans, tree
+from lakehouse_ml.engine.models import tree
 from lakehouse_ml.engine.models.base import (
     FAMILIES,
     ModelFamily,
+    class_key,
     evaluation_arrays,
     family_of,
     list_of_structs,
 )
 from lakehouse_ml.engine.models.base import predicted_index as _predicted_index
+from lakehouse_ml.engine.registry_hook import RegistryHook
 
 __all__ = ["BqmlEngine", "BqmlError", "ModelExistsError", "ModelNotFoundError", "Progress"]
 
@@ -164,10 +167,11 @@ class _Model:
         self.prep = Preprocessor.from_json(meta["preprocessing"])
         self.label: dict | None = meta.get("label")
         self._store = store
-        self._booster = None
+        self._booster: xgboost.Booster | None = None
 
     @property
-    def booster(self):
+    def booster(self) -> xgboost.Booster:
+        """A tree model's XGBoost booster (read from its XGBoost JSON file when first used)."""
         if self._booster is None:
             self._booster = tree.load(self._store.read_file(self.directory, tree.BOOSTER_FILE))
         return self._booster
@@ -211,12 +215,6 @@ class _Model:
         return Columns({name: frame[found] for found, name in mapping.items()}, len(frame))
 
     # -- scores ------------------------------------------------------------------------------------
-    def glm_params(self) -> glm.GlmParams:
-        return glm.GlmParams.from_arrays(self.arrays)
-
-    def centroids(self) -> kmeans.Centroids:
-        return kmeans.Centroids(self.arrays["centroids_num"], self.arrays["centroids_cat"])
-
     def scores(self, features: pd.DataFrame) -> np.ndarray:
         """Regression values (n,), or class probabilities (n, C) in class order."""
         return self.family.scores(self, features)
@@ -237,8 +235,9 @@ def _with_inputs(columns: list[tuple[str, pa.Array]], frame: pd.DataFrame) -> pa
 class BqmlEngine:
     """Trains, stores and applies BigQuery ML models under ``models_dir``."""
 
-    def __init__(self, models_dir: Path, registry: Any = None, dataset: str = "main"):
-        """``registry``: a :class:`lakehouse_ml.backends.registry.ModelRegistry` (or None). With one,
+    def __init__(self, models_dir: Path, registry: RegistryHook | None = None, dataset: str = "main"):
+        """``registry``: the model registry (:class:`~lakehouse_ml.engine.registry_hook.RegistryHook`,
+        e.g. the local backend's ``LocalModelRegistry``), or None. With one,
         ``MODEL_REGISTRY='VERTEX_AI'`` models register at CREATE MODEL, ``ALTER MODEL … SET
         OPTIONS(vertex_ai_model_id=…)`` registers an existing model, CREATE OR REPLACE replaces the
         registered version and DROP MODEL removes it (refused while deployed). Without one the
@@ -247,7 +246,7 @@ class BqmlEngine:
         self.models_dir = Path(models_dir)
         self.store = ModelStore(self.models_dir)
         self._cache: dict[str, _Model] = {}
-        self.registry = registry
+        self.registry: RegistryHook | None = registry
         self.dataset = dataset
 
     # -- registry hook ---------------------------------------------------------------------------
@@ -298,7 +297,8 @@ class BqmlEngine:
         except WarehouseError as err:
             raise BqmlError(
                 f"Model {name!r} was created, but registering it in the model registry failed: {err} "
-                f"Fix that, then register it with ALTER MODEL {name} SET OPTIONS(vertex_ai_model_id='{model_id or name}')."
+                f"Fix that, then register it with ALTER MODEL {name} "
+                f"SET OPTIONS(vertex_ai_model_id='{model_id or name}')."
             ) from None
 
     # -- loading -----------------------------------------------------------------------------------
@@ -518,12 +518,13 @@ class BqmlEngine:
         centroids) in centroid-id order: what the model's served predictions carry
         (``centroid_distances``), in the space ``ML.PREDICT``'s distances are measured in."""
         model = self._load(name)
-        if not hasattr(model.family, "distances"):
+        if model.family.kind(model.model_type) is not Kind.CLUSTERING:
+            clustering = [t for t, f in FAMILIES.items() if f.kind(t) is Kind.CLUSTERING]
             raise BqmlError(
                 f"Model {name!r} is a {model.model_type} model; centroid distances need a k-means model "
-                f"({', '.join(t for t, f in FAMILIES.items() if hasattr(f, 'distances'))})."
+                f"({', '.join(clustering)})."
             )
-        return model.family.distances(model, model.check_features(_as_frame(frame), "ML.PREDICT"))
+        return model.family.centroid_distances(model, model.check_features(_as_frame(frame), "ML.PREDICT"))
 
     def _class_columns(self, model: _Model, probs: np.ndarray, threshold: float | None, n: int) -> list:
         label = model.label_name
@@ -754,16 +755,7 @@ class BqmlEngine:
             )
         frame = _as_frame(frame)
         features = model.check_features(frame, "ML.DETECT_ANOMALIES")
-        design = model.prep.design(features)
-        nd, where = kmeans.normalized_distances(
-            design, model.centroids(), model.arrays["cluster_radius"], model.meta["options"]["distance_type"]
-        )
-        cutoff = kmeans.anomaly_cutoff(model.arrays["train_normalized_distance"], float(contamination))
-        columns = [
-            ("is_anomaly", pa.array(nd > cutoff, type=pa.bool_())),
-            ("normalized_distance", pa.array(nd, type=pa.float64())),
-            ("CENTROID_ID", pa.array(where + 1, type=pa.int64())),
-        ]
+        columns = model.family.detect_anomalies(model, features, float(contamination))
         return _with_inputs(columns, frame)
 
     def explain_predict(
@@ -781,22 +773,17 @@ class BqmlEngine:
         args = _fn_options(
             "ML.EXPLAIN_PREDICT",
             options,
-            {"top_k_features": 5, "threshold": None, "approx_feature_contrib": False},
+            {"top_k_features": 5, "threshold": None, **model.family.explain_arguments},
         )
         top_k = args["top_k_features"]
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise BqmlError(f"ML.EXPLAIN_PREDICT: TOP_K_FEATURES must be a positive INT64; got {top_k!r}.")
-        if not isinstance(args["approx_feature_contrib"], bool):
-            raise BqmlError("ML.EXPLAIN_PREDICT: APPROX_FEATURE_CONTRIB must be TRUE or FALSE.")
-        if args["approx_feature_contrib"] and not model.family.approx_feature_contrib:
-            raise BqmlError(
-                "ML.EXPLAIN_PREDICT: APPROX_FEATURE_CONTRIB applies to boosted tree and random forest models."
-            )
+        approximate = model.family.explain_approximation(args)
         threshold = self._threshold(model, args["threshold"], "ML.EXPLAIN_PREDICT")
         frame = _as_frame(frame)
         features = model.check_features(frame, "ML.EXPLAIN_PREDICT")
         n = len(frame)
-        ex = _explain(model, features, threshold, args["approx_feature_contrib"])
+        ex = model.family.explain(model, features, threshold, approximate)
         names = pa.array(ex.names, type=pa.string())
         k = min(top_k, len(ex.names))
         order = np.argsort(-np.abs(ex.attributions), axis=1, kind="stable")[:, :k]
@@ -934,7 +921,7 @@ class BqmlEngine:
         args = _fn_options("ML.WEIGHTS", options, {"standardize": False})
         if not isinstance(args["standardize"], bool):
             raise BqmlError("ML.WEIGHTS: STANDARDIZE must be TRUE or FALSE.")
-        return _weights_table(model, args["standardize"])
+        return model.family.weights(model, args["standardize"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1071,15 +1058,15 @@ class _Trainer:
         return meta, arrays, files
 
     # -- for the families' train() -------------------------------------------------------------------
-    def view(self, arrays: dict[str, np.ndarray], booster: Any = None) -> "_TrainedView":
+    def view(self, arrays: dict[str, np.ndarray], booster: xgboost.Booster | None = None) -> "_TrainedView":
         """The model being trained, with the interface of a loaded one (for explanations)."""
         return _TrainedView(self.meta, arrays, self.prep, booster)
 
     @staticmethod
-    def global_explain(
-        model: "_Model", design: Design | None, matrix: np.ndarray | None, approximate: bool = False
-    ) -> dict:
-        return _global_explain(model, design, matrix, approximate)
+    def global_explain(model: "_Model", prepared: Design | np.ndarray, approximate: bool = False) -> dict:
+        """ML.GLOBAL_EXPLAIN's attributions over ``prepared`` (rows in the family's preprocessed
+        form), stored with the model."""
+        return _global_explain(model, prepared, approximate)
 
     # -- labels ------------------------------------------------------------------------------------
     def _label(self, series: pd.Series, name: str) -> tuple[dict, np.ndarray]:
@@ -1136,18 +1123,20 @@ _evaluation_arrays = evaluation_arrays
 def _column_name(label: Any) -> str:
     """A class label as a column name (CONFUSION_MATRIX page: labels that don't conform to the
     column naming rules are altered to conform, e.g. 0 and 1 become _0 and _1)."""
-    text = re.sub(r"[^A-Za-z0-9_]", "_", _class_key(label))
+    text = re.sub(r"[^A-Za-z0-9_]", "_", class_key(label))
     return text if text and (text[0].isalpha() or text[0] == "_") else "_" + text
-
-
-def _class_key(label: Any) -> str:
-    return ("true" if label else "false") if isinstance(label, bool) else str(label)
 
 
 class _TrainedView(_Model):
     """A model still in memory (during CREATE MODEL), with the interface of :class:`_Model`."""
 
-    def __init__(self, meta: dict, arrays: dict[str, np.ndarray], prep: Preprocessor, booster: Any = None):
+    def __init__(
+        self,
+        meta: dict,
+        arrays: dict[str, np.ndarray],
+        prep: Preprocessor,
+        booster: xgboost.Booster | None = None,
+    ):
         self.meta = meta
         self.arrays = arrays
         self.model_type = meta["model_type"]
@@ -1187,144 +1176,14 @@ def _metrics_table(model: _Model, metrics: Mapping[str, Any]) -> pa.Table:
 
 
 # --------------------------------------------------------------------------------------------------
-# Explanations
+# ML.GLOBAL_EXPLAIN, at training
 # --------------------------------------------------------------------------------------------------
-class _Explanation:
-    def __init__(
-        self,
-        names: list[str],
-        attributions: np.ndarray,
-        baseline: np.ndarray,
-        prediction: np.ndarray,
-        predicted: np.ndarray | None = None,
-        probability: np.ndarray | None = None,
-        per_class: list[np.ndarray] | None = None,
-    ):
-        self.names = names
-        self.attributions = attributions
-        self.baseline = baseline
-        self.prediction = prediction
-        self.predicted = predicted
-        self.probability = probability
-        self.per_class = per_class
-
-
-def _explain(
-    model: _Model,
-    features: pd.DataFrame | None,
-    threshold: float | None,
-    approximate: bool = False,
-    *,
-    design: Design | None = None,
-    matrix: np.ndarray | None = None,
-    class_level: bool = False,
-) -> _Explanation:
-    if model.family.preprocessing == "linear":
-        return _explain_glm(
-            model, design if design is not None else model.prep.design(features), threshold, class_level
-        )
-    X = matrix if matrix is not None else model.prep.tree_matrix(features)
-    return _explain_tree(model, X, threshold, approximate, class_level)
-
-
-def _glm_contributions(
-    model: _Model, design: Design, w_num: np.ndarray, w_cat: np.ndarray
-) -> tuple[list[str], np.ndarray]:
-    """Per processed input: weight × standardized value (numeric), weight of the row's category
-    (one-hot blocks; 0 for NULL-unseen / unseen). ``w_*`` are vectors, or (rows, ·) matrices."""
-    inputs = model.prep.processed_inputs()
-    out = np.empty((design.n, len(inputs)))
-    offsets = np.cumsum([0] + design.sizes[:-1]) if design.sizes else []
-    for j, entry in enumerate(inputs):
-        if entry["kind"] == "numeric":
-            col = design.num[:, entry["index"]]
-            out[:, j] = col * (w_num[entry["index"]] if w_num.ndim == 1 else w_num[:, entry["index"]])
-        else:
-            b = entry["index"]
-            codes = design.codes[b]
-            block = np.arange(design.sizes[b]) + offsets[b]
-            if w_cat.ndim == 1:
-                ext = np.append(w_cat[block], 0.0)
-                out[:, j] = ext[codes]
-            else:
-                ext = np.hstack([w_cat[:, block], np.zeros((w_cat.shape[0], 1))])
-                out[:, j] = ext[np.arange(design.n), codes]
-    return [e["processed_input"] for e in inputs], out
-
-
-def _explain_glm(model: _Model, design: Design, threshold: float | None, class_level: bool) -> _Explanation:
-    params = model.glm_params()
-    z = glm.linear_predictor(params, design)
-    if not model.is_classifier:
-        names, attr = _glm_contributions(model, design, params.w_num, params.w_cat)
-        base = np.full(design.n, float(params.intercept))
-        return _Explanation(names, attr, base, z)
-    probs = glm.output(model.model_type, z)
-    predicted = _predicted_index(probs, threshold)
-    probability = probs[np.arange(design.n), predicted]
-    if probs.shape[1] == 2:
-        names, attr = _glm_contributions(model, design, params.w_num, params.w_cat)
-        sign = np.where(predicted == 1, 1.0, -1.0)
-        per_class = [-attr, attr] if class_level else None
-        return _Explanation(
-            names,
-            attr * sign[:, None],
-            sign * float(params.intercept),
-            sign * z,
-            predicted,
-            probability,
-            per_class,
-        )
-    w_num = params.w_num.T[predicted]  # (n, p): the predicted class's weights
-    w_cat = params.w_cat.T[predicted]
-    names, attr = _glm_contributions(model, design, w_num, w_cat)
-    per_class = None
-    if class_level:
-        per_class = [
-            _glm_contributions(model, design, params.w_num[:, c], params.w_cat[:, c])[1]
-            for c in range(probs.shape[1])
-        ]
-    rows = np.arange(design.n)
-    return _Explanation(
-        names, attr, params.intercept[predicted], z[rows, predicted], predicted, probability, per_class
-    )
-
-
-def _explain_tree(
-    model: _Model, X: np.ndarray, threshold: float | None, approximate: bool, class_level: bool
-) -> _Explanation:
-    names = model.prep.feature_names
-    contrib = tree.contributions(model.booster, X, approximate)
-    n = X.shape[0]
-    if not model.is_classifier:
-        attr = contrib[:, :-1]
-        base = contrib[:, -1]
-        return _Explanation(names, attr, base, attr.sum(axis=1) + base)
-    probs = tree.probabilities(model.booster, X, model.model_type)
-    predicted = _predicted_index(probs, threshold)
-    probability = probs[np.arange(n), predicted]
-    if contrib.ndim == 2:  # binary: margin of the positive class
-        sign = np.where(predicted == 1, 1.0, -1.0)
-        attr = contrib[:, :-1] * sign[:, None]
-        base = contrib[:, -1] * sign
-        per_class = [-contrib[:, :-1], contrib[:, :-1]] if class_level else None
-        return _Explanation(names, attr, base, attr.sum(axis=1) + base, predicted, probability, per_class)
-    rows = np.arange(n)
-    chosen = contrib[rows, predicted]
-    per_class = [contrib[:, c, :-1] for c in range(contrib.shape[1])] if class_level else None
-    return _Explanation(
-        names, chosen[:, :-1], chosen[:, -1], chosen.sum(axis=1), predicted, probability, per_class
-    )
-
-
-def _global_explain(
-    model: _Model, design: Design | None, matrix: np.ndarray | None, approximate: bool = False
-) -> dict:
+def _global_explain(model: _Model, prepared: Design | np.ndarray, approximate: bool = False) -> dict:
     """Mean absolute attribution per feature over the evaluation rows (XAI overview page:
     "ML.GLOBAL_EXPLAIN returns the global explainability obtained by taking the mean absolute
     attribution that each feature receives for all the rows in the evaluation dataset")."""
-    ex = _explain(
-        model, None, None, approximate, design=design, matrix=matrix, class_level=model.is_classifier
+    ex = model.family.explain(
+        model, None, None, approximate, prepared=prepared, class_level=model.is_classifier
     )
     mean_abs = np.abs(ex.attributions).mean(axis=0) if ex.attributions.shape[0] else np.zeros(len(ex.names))
     order = np.argsort(-mean_abs, kind="stable")
@@ -1337,54 +1196,3 @@ def _global_explain(
                 [model.label["class_names"][c], [[ex.names[i], float(values[i])] for i in top]]
             )
     return result
-
-
-# --------------------------------------------------------------------------------------------------
-# ML.WEIGHTS
-# --------------------------------------------------------------------------------------------------
-_CATEGORY_WEIGHTS = pa.list_(pa.struct([("category", pa.string()), ("weight", pa.float64())]))
-
-
-def _weights_table(model: _Model, standardize: bool) -> pa.Table:
-    params = model.glm_params()
-    multi = np.ndim(params.intercept) == 1
-    classes = model.label.get("class_names") if multi else [None]
-    inputs = model.prep.processed_inputs()
-    sizes = [s.size for s in model.prep.categorical]
-    offsets = np.cumsum([0] + sizes[:-1]) if sizes else []
-    rows_input, rows_weight, rows_categories, rows_class = [], [], [], []
-    for c, class_name in enumerate(classes):
-        w_num = params.w_num[:, c] if multi else params.w_num
-        w_cat = params.w_cat[:, c] if multi else params.w_cat
-        intercept = float(params.intercept[c] if multi else params.intercept)
-        for entry in inputs:
-            rows_input.append(entry["processed_input"])
-            rows_class.append(class_name)
-            if entry["kind"] == "numeric":
-                spec = entry["spec"]
-                w = float(w_num[entry["index"]])
-                if not standardize:
-                    # Undo the standardization: w·(x - center)/scale = (w/scale)·x - w·center/scale.
-                    intercept -= w * spec.center / spec.scale
-                    w = w / spec.scale
-                rows_weight.append(w)
-                rows_categories.append([])
-            else:
-                spec = entry["spec"]
-                block = w_cat[offsets[entry["index"]] : offsets[entry["index"]] + spec.size]
-                rows_weight.append(None)
-                rows_categories.append(
-                    [{"category": cat, "weight": float(v)} for cat, v in zip(spec.categories, block)]
-                )
-        rows_input.append("__INTERCEPT__")
-        rows_weight.append(intercept)
-        rows_categories.append([])
-        rows_class.append(class_name)
-    columns = {
-        "processed_input": pa.array(rows_input, type=pa.string()),
-        "weight": pa.array(rows_weight, type=pa.float64()),
-        "category_weights": pa.array(rows_categories, type=_CATEGORY_WEIGHTS),
-    }
-    if multi:
-        columns["class_label"] = pa.array(rows_class, type=pa.string())
-    return pa.table(columns)

@@ -29,7 +29,6 @@ from lakehouse_ml.bigquery import model_types
 from lakehouse_ml.bigquery.registry import VERTEX_ALIAS_DOC, VERTEX_ALIAS_PATTERN, VERTEX_MODEL_ID_PATTERN
 from lakehouse_ml.core.errors import BqmlError
 from lakehouse_ml.engine import class_weights as cw
-from lakehouse_ml.engine import xgb
 
 GLM_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-glm"
 KMEANS_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-kmeans"
@@ -64,16 +63,20 @@ def boolean(option: str, value: Any) -> bool:
 
 
 def integer(low: int | None = None, high: int | None = None) -> Checker:
+    # A lower bound only reads "an INT64 >= 1", in every message (the tree pages' wording).
+    at_least = f"an INT64 >= {low}" if low is not None and high is None else None
+
     def check(option: str, value: Any) -> int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):
-            raise _bad(option, value, "an INT64")
+            raise _bad(option, value, at_least or "an INT64")
         if (low is not None and value < low) or (high is not None and value > high):
             raise _bad(
                 option,
                 value,
-                f"an INT64 in [{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]",
+                at_least
+                or f"an INT64 in [{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]",
             )
         return value
 
@@ -274,7 +277,7 @@ def labels(option: str, value: Any) -> dict[str, str]:
 # Every model type: https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create
 # (MODEL_REGISTRY, VERTEX_AI_MODEL_ID, VERTEX_AI_MODEL_VERSION_ALIASES, KMS_KEY_NAME; each model's
 # page repeats them).
-_COMMON: dict[str, tuple[Any, Checker]] = {
+COMMON: dict[str, tuple[Any, Checker]] = {
     "model_type": (None, anything),
     "model_registry": (None, enum("VERTEX_AI")),
     "vertex_ai_model_id": (None, vertex_model_id),
@@ -403,7 +406,7 @@ def _checked(given: dict[str, Any], table: dict[str, tuple[Any, Checker]]) -> di
 def _resolve_declared(family: Any, model_type: str, given: dict[str, Any]) -> dict[str, Any]:
     """A family with a pydantic options model: the shared options it takes (parsed here, once)
     and its own (validated by its model)."""
-    shared = {**_COMMON, **{k: SHARED[k] for k in family.shared_option_names(model_type)}}
+    shared = {**COMMON, **{k: SHARED[k] for k in family.shared_option_names(model_type)}}
     model = family.options_model
     own = list(model.model_fields)
     unknown = sorted(k for k in given if k not in shared and k not in own)
@@ -423,52 +426,21 @@ def _resolve_declared(family: Any, model_type: str, given: dict[str, Any]) -> di
 
 
 def _refuse(given: dict[str, Any], resolved: dict[str, Any], table: dict[str, tuple[Any, Checker]]) -> None:
-    for name, reason in _REFUSED.items():
+    for name in _REFUSED:
         if name in given and name in table and given[name] is not None and resolved[name] != table[name][0]:
-            raise BqmlError(f"Option {name.upper()} is not supported locally: {reason}.")
+            raise refused(name)
 
 
-def resolve_tree(model_type: str, given: dict[str, Any]) -> dict[str, Any]:
-    """BOOSTED_TREE_* and RANDOM_FOREST_*: the tables of lakehouse_ml/engine/xgb.py, and the
-    common options."""
-    registry = {k: given[k] for k in (*_COMMON,) if k in given}
-    rest = {k: v for k, v in given.items() if k not in _COMMON}
-    try:
-        resolved = xgb.resolved_options(model_type, rest)
-    except ValueError as exc:
-        raise BqmlError(f"{exc}.") from None
-    for name, (default, checker) in _COMMON.items():
-        if name == "model_type":
-            continue
-        value = registry.get(name)
-        resolved[name] = checker(name, value) if value is not None else default
-    resolved["model_type"] = model_type
-    # Refused: tuning (NUM_TRIALS) and the test fraction.
-    if resolved.get("num_trials") is not None:
-        raise BqmlError(f"Option NUM_TRIALS is not supported locally: {_REFUSED['num_trials']}.")
-    if resolved.get("data_split_test_fraction"):
-        raise BqmlError(
-            "Option DATA_SPLIT_TEST_FRACTION is not supported locally: "
-            f"{_REFUSED['data_split_test_fraction']}."
-        )
-    resolved["input_label_cols"] = label_cols("input_label_cols", resolved["input_label_cols"])
-    if resolved.get("data_split_col") is not None:
-        resolved["data_split_col"] = string("data_split_col", resolved["data_split_col"])
-    if resolved.get("instance_weight_col") is not None:
-        resolved["instance_weight_col"] = string("instance_weight_col", resolved["instance_weight_col"])
-    if resolved.get("class_weights") is not None:
-        resolved["class_weights"] = class_weights("class_weights", resolved["class_weights"])
-    frac = resolved.get("data_split_eval_fraction")
-    if frac is not None and not 0.0 < float(frac) < 1.0:
-        raise _bad("data_split_eval_fraction", frac, "a FLOAT64 in (0, 1)")
-    encoding = resolved.get("category_encoding_method")
-    if encoding not in (None, "LABEL_ENCODING"):
-        raise BqmlError(
-            f"CATEGORY_ENCODING_METHOD={encoding!r} is not available locally for {model_type}; "
-            "the local engine "
-            "label-encodes categorical features (LABEL_ENCODING, the default)."
-        )
-    return resolved
+def resolve_common(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of :data:`COMMON` but MODEL_TYPE (the registry options, KMS_KEY_NAME) that
+    ``given`` holds, validated, with their defaults: for a family that resolves its own options
+    (``ModelFamily.resolve_options``)."""
+    return _checked(dict(given), {k: v for k, v in COMMON.items() if k != "model_type"})
+
+
+def refused(name: str) -> BqmlError:
+    """The error for an option BigQuery ML documents that the local engine does not honour."""
+    return BqmlError(f"Option {name.upper()} is not supported locally: {_REFUSED[name]}.")
 
 
 def check_class_weights(o: Mapping[str, Any]) -> None:

@@ -18,8 +18,10 @@ Inputs
   category -> its own code). A category unseen in training has no code: pass it as ``NaN``.
 * ``y``: regression targets as floats; for classifiers, class *indices* ``0 .. n_classes-1``
   (the engine keeps the mapping index -> label value, e.g. sorted label values).
-* ``options``: the ``OPTIONS(...)`` values with lower-case keys and Python values. Options not
-  given take the documented default from :data:`OPTION_DEFAULTS`.
+* ``options``: the ``OPTIONS(...)`` values with lower-case keys and Python values, as the tree
+  family resolved them, or as given: either way they go through the model type's options model
+  (:data:`OPTIONS_MODELS`, :func:`validate`; validated options come back unchanged). Options not
+  given take the documented default (:data:`OPTION_DEFAULTS`).
 
 Outputs
 -------
@@ -39,7 +41,6 @@ use every CPU this process may use.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -48,7 +49,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import xgboost
 
-from lakehouse_ml.engine import class_weights as cw
+from lakehouse_ml.core.errors import BqmlError
+from lakehouse_ml.engine import options as opt
 
 __all__ = [
     "TREE_MODEL_TYPES",
@@ -56,6 +58,7 @@ __all__ = [
     "REGRESSOR_TYPES",
     "OPTION_DEFAULTS",
     "OPTION_SOURCES",
+    "OPTIONS_MODELS",
     "BOOSTED_TREE_DOC",
     "RANDOM_FOREST_DOC",
     "FEATURE_IMPORTANCE_DOC",
@@ -63,6 +66,8 @@ __all__ = [
     "SEED",
     "TreeTrainingResult",
     "xgboost_params",
+    "validate",
+    "check_options",
     "resolved_options",
     "resolve_approx_global_feature_contrib",
     "class_sample_weights",
@@ -89,15 +94,18 @@ RANDOM_FOREST_TYPES = ("RANDOM_FOREST_CLASSIFIER", "RANDOM_FOREST_REGRESSOR")
 SEED = 0
 
 # --------------------------------------------------------------------------------------------------
-# Option defaults, with their sources.
+# The options, as pydantic models (one per model type).
 #
-# Every default below is read off the BigQuery ML reference pages (the "Arguments" paragraph of
-# each option):
+# Every default and range below is read off the BigQuery ML reference pages (the "Arguments"
+# paragraph of each option):
 #   BOOSTED_TREE_DOC   The CREATE MODEL statement for boosted trees models using XGBoost
 #   RANDOM_FOREST_DOC  The CREATE MODEL statement for random forest models
 # An option missing from a page's syntax block is not an option of that model type (random
 # forests have no LEARN_RATE, MAX_ITERATIONS, BOOSTER_TYPE, DART_NORMALIZE_TYPE, DROPOUT or
-# CATEGORY_ENCODING_METHOD: they train one round of NUM_PARALLEL_TREE trees).
+# CATEGORY_ENCODING_METHOD: they train one round of NUM_PARALLEL_TREE trees). The models are
+# built with lakehouse_ml/engine/options.py's option_model over its value checkers, as the GLM
+# and k-means options are; the tree family (lakehouse_ml/engine/models/tree.py) resolves CREATE
+# MODEL's options through them, and so does this module for direct calls.
 # --------------------------------------------------------------------------------------------------
 BOOSTED_TREE_DOC = (
     "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-boosted-tree"
@@ -110,157 +118,114 @@ FEATURE_IMPORTANCE_DOC = (
 )
 TRAINING_INFO_DOC = "https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-train"
 
-_ABSENT = object()  # "not an option of this model type" (absent from that page's syntax block)
-_CLASSIFIER = "classifier"
-_REGRESSOR = "regressor"
+_ENCODINGS = ("ONE_HOT_ENCODING", "TARGET_ENCODING", "LABEL_ENCODING")
+_FRACTION = opt.number(0.0, 1.0, low_open=True)  # (0, 1]
 
-# (option, boosted tree default, random forest default, note). Defaults are the same for the
-# classifier and the regressor of a family unless the value is a {classifier:…, regressor:…} dict.
-_DEFAULTS_TABLE: tuple[tuple[str, Any, Any, str], ...] = (
-    # -- model shape / booster -------------------------------------------------------------------
-    ("booster_type", "GBTREE", _ABSENT, "BT: 'GBTREE … This is the default.'"),
-    ("dart_normalize_type", "TREE", _ABSENT, "BT: 'TREE … This is the default value.'"),
-    ("dropout", 0.0, _ABSENT, "BT: 'The default value is 0.' (DART only)"),
-    ("num_parallel_tree", 1, 100, "BT: 'The default value is 1.'; RF: '>= 2. The default value is 100.'"),
-    ("max_tree_depth", 6, 15, "BT: 'The default value is 6.'; RF: '>= 1. The default value is 15.'"),
-    ("tree_method", "AUTO", "AUTO", "both: 'AUTO … This is the default.' (AUTO = HIST)"),
-    ("min_tree_child_weight", 1, 1, "both: '>= 0. The default value is 1.'"),
-    ("min_split_loss", 0.0, 0.0, "both: 'The default value is 0.'"),
-    # -- regularization / learning rate ----------------------------------------------------------
-    ("l1_reg", 0.0, 0.0, "both: 'The default value is 0.'"),
-    ("l2_reg", 1.0, 1.0, "both: 'The default value is 1.0.'"),
-    ("learn_rate", 0.3, _ABSENT, "BT: 'The default value is 0.3.'; RF: learning rate is 1 (one round)"),
-    # -- sampling ----------------------------------------------------------------------------------
-    ("subsample", 1.0, 0.8, "BT: 'The default value is 1.0'; RF: '> 0 and < 1.0. The default value is 0.8.'"),
-    ("colsample_bytree", 1.0, 1.0, "both: 'The default value is 1.0.'"),
-    ("colsample_bylevel", 1.0, 1.0, "both: 'The default value is 1.0.'"),
-    ("colsample_bynode", 1.0, 0.8, "BT: 'The default value is 1.0.'; RF: 'The default value is 0.8.'"),
-    # -- iterations / early stopping -------------------------------------------------------------
-    ("max_iterations", 20, _ABSENT, "BT: 'The default value is 20.' (maximum boosting rounds)"),
-    ("early_stop", True, True, "both: 'The default value is TRUE.'"),
-    ("min_rel_progress", 0.01, 0.01, "both: 'The default value is 0.01.'"),
-    # -- weights -----------------------------------------------------------------------------------
-    (
-        "auto_class_weights",
-        {_CLASSIFIER: False},
-        {_CLASSIFIER: False},
-        "both: 'The default value is FALSE.' (classifiers only)",
-    ),
-    (
-        "class_weights",
-        {_CLASSIFIER: None},
-        {_CLASSIFIER: None},
-        "both: no default (unweighted); classifiers only",
-    ),
-    ("instance_weight_col", None, None, "both: no default (engine-level: the engine passes sample_weight)"),
-    # -- explanation -------------------------------------------------------------------------------
-    ("enable_global_explain", False, False, "both: 'The default value is FALSE.'"),
-    (
-        "approx_global_feature_contrib",
-        None,
-        None,
-        "derived: TRUE when ENABLE_GLOBAL_EXPLAIN and NUM_PARALLEL_TREE >= 10 (BT) / >= 50 (RF), "
-        "else FALSE; see resolve_approx_global_feature_contrib()",
-    ),
-    # -- engine-level options listed on the same pages (validated here, applied by the engine) ----
-    ("category_encoding_method", "LABEL_ENCODING", _ABSENT, "BT: 'LABEL_ENCODING. This is the default.'"),
-    (
-        "xgboost_version",
-        "0.9",
-        "0.9",
-        "both: \"'0.9'. This is the default.\" (recorded only: XGBoost 3.x trains)",
-    ),
-    ("input_label_cols", ["label"], ["label"], "both: 'Defaults to label.'"),
-    ("data_split_method", "AUTO_SPLIT", "AUTO_SPLIT", "both: 'AUTO_SPLIT: This is the default value.'"),
-    ("data_split_eval_fraction", 0.2, 0.2, "both: 'The default is 0.2.'"),
-    ("data_split_test_fraction", 0.0, 0.0, "both: 'The default is 0.'"),
-    ("data_split_col", None, None, "both: no default"),
-    ("num_trials", None, None, "both: no default (hyperparameter tuning; not a training parameter)"),
-    ("max_parallel_trials", 1, 1, "both: 'The default value is 1.'"),
-    (
-        "hparam_tuning_algorithm",
-        "VIZIER_DEFAULT",
-        "VIZIER_DEFAULT",
-        "both: 'VIZIER_DEFAULT … This is the default'",
-    ),
-    (
-        "hparam_tuning_objectives",
-        {_CLASSIFIER: ["ROC_AUC"], _REGRESSOR: ["R2_SCORE"]},
-        {_CLASSIFIER: ["ROC_AUC"], _REGRESSOR: ["R2_SCORE"]},
-        "both: classifier default ROC_AUC, regressor default R2_SCORE",
-    ),
-    ("kms_key_name", None, None, "both: no default"),
-)
 
-#: Options every model type accepts and this module ignores (registry options, see DESIGN.md).
+def _option_table(model_type: str) -> dict[str, tuple[Any, opt.Checker]]:
+    """option -> (default, checker) for ``model_type``, in the pages' order. BT: the boosted tree
+    page, RF: the random forest page."""
+    forest = model_type in RANDOM_FOREST_TYPES
+    classifier = model_type in CLASSIFIER_TYPES
+    boosted_only: dict[str, tuple[Any, opt.Checker]] = {
+        # BT: 'GBTREE … This is the default.'
+        "booster_type": ("GBTREE", opt.enum("GBTREE", "DART")),
+        # BT: 'TREE … This is the default value.'
+        "dart_normalize_type": ("TREE", opt.enum("TREE", "FOREST")),
+        # BT: 'The default value is 0.' (DART only)
+        "dropout": (0.0, opt.number(0.0, 1.0)),
+    }
+    table: dict[str, tuple[Any, opt.Checker]] = {
+        **({} if forest else boosted_only),
+        # BT: 'The default value is 1.'; RF: '>= 2. The default value is 100.'
+        "num_parallel_tree": (100, opt.integer(2)) if forest else (1, opt.integer(1)),
+        # BT: 'The default value is 6.'; RF: '>= 1. The default value is 15.'
+        "max_tree_depth": (15 if forest else 6, opt.integer(1)),
+        # both: 'AUTO … This is the default.' (AUTO = HIST)
+        "tree_method": ("AUTO", opt.enum("AUTO", "EXACT", "APPROX", "HIST")),
+        # both: '>= 0. The default value is 1.'
+        "min_tree_child_weight": (1, opt.integer(0)),
+        # both: 'The default value is 0.'
+        "min_split_loss": (0.0, opt.number(0.0)),
+        "l1_reg": (0.0, opt.number(0.0)),
+        # both: 'The default value is 1.0.'
+        "l2_reg": (1.0, opt.number(0.0)),
+        # BT: 'The default value is 0.3.'; RF: learning rate is 1 (one round)
+        **({} if forest else {"learn_rate": (0.3, opt.number(0.0, low_open=True))}),
+        # BT: 'between 0 and 1.0 … The default value is 1.0'; RF: '> 0 and < 1.0. The default value is 0.8.'
+        "subsample": (0.8, opt.number(0.0, 1.0, low_open=True, high_open=True))
+        if forest
+        else (1.0, _FRACTION),
+        # both: 'The default value is 1.0.'
+        "colsample_bytree": (1.0, _FRACTION),
+        "colsample_bylevel": (1.0, _FRACTION),
+        # BT: 'The default value is 1.0.'; RF: 'The default value is 0.8.'
+        "colsample_bynode": (0.8 if forest else 1.0, _FRACTION),
+        # BT: 'The default value is 20.' (maximum boosting rounds)
+        **({} if forest else {"max_iterations": (20, opt.integer(1))}),
+        # both: 'The default value is TRUE.', 'The default value is 0.01.'
+        "early_stop": (True, opt.boolean),
+        "min_rel_progress": (0.01, opt.number(0.0)),
+        # both, classifiers only: 'The default value is FALSE.'; CLASS_WEIGHTS: no default (unweighted)
+        **({k: opt.SHARED[k] for k in ("auto_class_weights", "class_weights")} if classifier else {}),
+        # both: no default (the engine passes the weights as sample_weight)
+        "instance_weight_col": (None, opt.string),
+        # both: 'The default value is FALSE.'
+        "enable_global_explain": opt.SHARED["enable_global_explain"],
+        # derived: TRUE when ENABLE_GLOBAL_EXPLAIN and NUM_PARALLEL_TREE >= 10 (BT) / >= 50 (RF), else
+        # FALSE; see resolve_approx_global_feature_contrib()
+        "approx_global_feature_contrib": (None, opt.boolean),
+        # BT: 'LABEL_ENCODING. This is the default.' (the only one available locally: check_options)
+        **({} if forest else {"category_encoding_method": ("LABEL_ENCODING", opt.enum(*_ENCODINGS))}),
+        # both: "'0.9'. This is the default." (recorded only: XGBoost 3.x trains)
+        "xgboost_version": ("0.9", opt.enum("0.9", "1.1")),
+        # both: 'Defaults to label.', 'AUTO_SPLIT: This is the default value.', 'The default is 0.2.'
+        **{k: opt.SHARED[k] for k in ("input_label_cols", "data_split_method", "data_split_eval_fraction")},
+        # both: 'The default is 0.' (only with hyperparameter tuning: refused otherwise, check_options)
+        "data_split_test_fraction": (0.0, opt.number(0.0, 1.0)),
+        "data_split_col": opt.SHARED["data_split_col"],
+        # hyperparameter tuning (NUM_TRIALS refused, check_options): NUM_TRIALS no default,
+        # MAX_PARALLEL_TRIALS 'The default value is 1.', 'VIZIER_DEFAULT … This is the default',
+        # HPARAM_TUNING_OBJECTIVES: classifier default ROC_AUC, regressor default R2_SCORE
+        **{k: opt.TUNING[k] for k in ("num_trials", "max_parallel_trials", "hparam_tuning_algorithm")},
+        "hparam_tuning_objectives": (["ROC_AUC"] if classifier else ["R2_SCORE"], opt.anything),
+        # both: no default
+        "kms_key_name": opt.COMMON["kms_key_name"],
+    }
+    return table
+
+
+def _model_name(model_type: str) -> str:
+    return "".join(word.capitalize() for word in model_type.split("_")) + "Options"
+
+
+#: model_type -> its options model (``BoostedTreeClassifierOptions``, …): BigQuery ML's option
+#: names in lower case, their defaults and their checkers.
+OPTIONS_MODELS: dict[str, type[opt.Options]] = {
+    t: opt.option_model(_model_name(t), _option_table(t)) for t in TREE_MODEL_TYPES
+}
+
+#: model_type -> {lower-case option name: BigQuery ML default}: the defaults of OPTIONS_MODELS.
+#: ``None`` means "no default" (option unset) or, for ``approx_global_feature_contrib``,
+#: "derived" (see resolve_approx_global_feature_contrib).
+OPTION_DEFAULTS: dict[str, dict[str, object]] = {
+    t: {name: copy.deepcopy(field.default) for name, field in model.model_fields.items()}
+    for t, model in OPTIONS_MODELS.items()
+}
+#: model_type -> {option: URL of the reference page (and anchor) the default was read from}.
+OPTION_SOURCES: dict[str, dict[str, str]] = {
+    t: {
+        name: f"{RANDOM_FOREST_DOC if t in RANDOM_FOREST_TYPES else BOOSTED_TREE_DOC}#{name}"
+        for name in defaults
+    }
+    for t, defaults in OPTION_DEFAULTS.items()
+}
+
+#: Options every model type accepts and this module ignores: the registry options, which the
+#: engine applies (docs/architecture.md, "registry").
 GENERAL_OPTIONS = frozenset(
     {"model_type", "model_registry", "vertex_ai_model_id", "vertex_ai_model_version_aliases"}
 )
-
-#: Options the engine applies before calling :func:`train` (data split, labels, tuning, keys,
-#: encodings, explanation switches): validated where cheap, otherwise ignored here.
-ENGINE_LEVEL_OPTIONS = frozenset(
-    {
-        "category_encoding_method",
-        "xgboost_version",
-        "input_label_cols",
-        "data_split_method",
-        "data_split_eval_fraction",
-        "data_split_test_fraction",
-        "data_split_col",
-        "num_trials",
-        "max_parallel_trials",
-        "hparam_tuning_algorithm",
-        "hparam_tuning_objectives",
-        "kms_key_name",
-        "instance_weight_col",
-        "enable_global_explain",
-        "approx_global_feature_contrib",
-    }
-)
-
-
-def _build_tables() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
-    defaults: dict[str, dict[str, Any]] = {}
-    sources: dict[str, dict[str, str]] = {}
-    for model_type in TREE_MODEL_TYPES:
-        kind = _CLASSIFIER if model_type in CLASSIFIER_TYPES else _REGRESSOR
-        forest = model_type in RANDOM_FOREST_TYPES
-        doc = RANDOM_FOREST_DOC if forest else BOOSTED_TREE_DOC
-        defaults[model_type] = {}
-        sources[model_type] = {}
-        for option, bt_default, rf_default, _note in _DEFAULTS_TABLE:
-            value = rf_default if forest else bt_default
-            if value is _ABSENT:
-                continue
-            if isinstance(value, dict) and set(value) <= {_CLASSIFIER, _REGRESSOR}:
-                if kind not in value:
-                    continue  # e.g. class weights: classifiers only
-                value = value[kind]
-            defaults[model_type][option] = copy.deepcopy(value)
-            sources[model_type][option] = f"{doc}#{option}"
-    return defaults, sources
-
-
-#: model_type -> {lower-case option name: BigQuery ML default}. ``None`` means "no default"
-#: (option unset) or, for ``approx_global_feature_contrib``, "derived" (see the table above).
-OPTION_DEFAULTS: dict[str, dict[str, object]]
-#: model_type -> {option: URL of the reference page (and anchor) the default was read from}.
-OPTION_SOURCES: dict[str, dict[str, str]]
-OPTION_DEFAULTS, OPTION_SOURCES = _build_tables()
-
-_ALL_TREE_OPTIONS = frozenset(option for option, *_ in _DEFAULTS_TABLE)
-
-# Upper-case enumerations, as on the pages.
-_ENUMS: dict[str, tuple[str, ...]] = {
-    "booster_type": ("GBTREE", "DART"),
-    "dart_normalize_type": ("TREE", "FOREST"),
-    "tree_method": ("AUTO", "EXACT", "APPROX", "HIST"),
-    "category_encoding_method": ("ONE_HOT_ENCODING", "TARGET_ENCODING", "LABEL_ENCODING"),
-    "xgboost_version": ("0.9", "1.1"),
-    "data_split_method": ("AUTO_SPLIT", "RANDOM", "CUSTOM", "SEQ", "NO_SPLIT"),
-    "hparam_tuning_algorithm": ("VIZIER_DEFAULT", "RANDOM_SEARCH", "GRID_SEARCH"),
-}
 
 # BigQuery ML's TREE_METHOD -> XGBoost's tree_method. The pages say: "AUTO: Faster histogram
 # optimized approximate greedy algorithm. This is the default." and "HIST: Same as the AUTO tree
@@ -299,134 +264,70 @@ def _check_model_type(model_type: str) -> str:
     return model_type.upper()
 
 
-def _bad(option: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"invalid value {value!r} for option {option.upper()}: allowed {allowed}")
+def validate(model_type: str, options: Mapping[str, object] | None = None) -> dict[str, Any]:
+    """``options`` validated by ``OPTIONS_MODELS[model_type]``, with every default filled in, and
+    the rules between them (:func:`check_options`); raises :class:`BqmlError` naming the option.
 
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_)
-    )
-
-
-def _float(
-    option: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
-    allowed = f"a FLOAT64 in {lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
-    if not _is_number(value) or not math.isfinite(float(value)):
-        raise _bad(option, value, allowed)
-    v = float(value)
-    if low is not None and (v < low or (low_open and v == low)):
-        raise _bad(option, value, allowed)
-    if high is not None and (v > high or (high_open and v == high)):
-        raise _bad(option, value, allowed)
-    return v
-
-
-def _int(option: str, value: Any, *, low: int) -> int:
-    allowed = f"an INT64 >= {low}"
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        value = int(value)
-    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < low:
-        raise _bad(option, value, allowed)
-    return int(value)
-
-
-def _bool(option: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise _bad(option, value, "TRUE or FALSE")
-    return bool(value)
-
-
-def _enum(option: str, value: Any) -> str:
-    allowed = _ENUMS[option]
-    if not isinstance(value, str) or value.upper() not in allowed:
-        raise _bad(option, value, "one of " + ", ".join(repr(a) for a in allowed))
-    return value.upper()
-
-
-def resolved_options(model_type: str, options: Mapping[str, object] | None = None) -> dict[str, Any]:
-    """``OPTION_DEFAULTS[model_type]`` overlaid with ``options``, validated.
-
-    Keys are lower-cased. Raises ``ValueError`` naming the option for a value out of range, an
-    option that another tree model type has but this one has not (``LEARN_RATE`` on a random
-    forest), or an option no tree model has. Registry options (:data:`GENERAL_OPTIONS`) pass
-    through untouched."""
+    Keys are lower-cased. Fails for a value out of range, an option that another tree model type
+    has but this one has not (``LEARN_RATE`` on a random forest), or an option no tree model has.
+    Registry options (:data:`GENERAL_OPTIONS`) are left out (the engine applies them)."""
     model_type = _check_model_type(model_type)
-    defaults = OPTION_DEFAULTS[model_type]
+    model = OPTIONS_MODELS[model_type]
     given = {str(k).lower(): v for k, v in (options or {}).items()}
     if model_type in REGRESSOR_TYPES:
         # Class weights are classifier options; their "off" values are harmless on a regressor.
         for option, off in (("auto_class_weights", False), ("class_weights", None)):
             if option in given and (given[option] is off or given[option] == off):
                 del given[option]
-    unknown = sorted(k for k in given if k not in defaults and k not in GENERAL_OPTIONS)
+    unknown = sorted(k for k in given if k not in model.model_fields and k not in GENERAL_OPTIONS)
     if unknown:
-        supported = ", ".join(sorted(o.upper() for o in defaults))
+        supported = ", ".join(sorted(o.upper() for o in model.model_fields))
         names = ", ".join(u.upper() for u in unknown)
-        raise ValueError(
-            f"option(s) {names} not supported for MODEL_TYPE {model_type}; supported: {supported}"
+        raise BqmlError(
+            f"option(s) {names} not supported for MODEL_TYPE {model_type}; supported: {supported}."
         )
-    opts: dict[str, Any] = copy.deepcopy(defaults)
-    opts.update({k: v for k, v in given.items() if k not in GENERAL_OPTIONS})
-    forest = model_type in RANDOM_FOREST_TYPES
-    classifier = model_type in CLASSIFIER_TYPES
+    own = {k: v for k, v in given.items() if k in model.model_fields and v is not None}
+    # Deep-copied: the resolved options never share the models' mutable defaults.
+    resolved = copy.deepcopy(opt.validate_options(model, model_type, own))
+    check_options(model_type, resolved)
+    return resolved
 
-    # Enumerations.
-    for option in _ENUMS:
-        if option in opts and opts[option] is not None:
-            opts[option] = _enum(option, opts[option])
-    # Booleans.
-    for option in ("early_stop", "enable_global_explain", "auto_class_weights"):
-        if option in opts:
-            opts[option] = _bool(option, opts[option])
-    if opts.get("approx_global_feature_contrib") is not None:
-        opts["approx_global_feature_contrib"] = _bool(
-            "approx_global_feature_contrib", opts["approx_global_feature_contrib"]
-        )
-    # Integers.
-    opts["num_parallel_tree"] = _int("num_parallel_tree", opts["num_parallel_tree"], low=2 if forest else 1)
-    opts["max_tree_depth"] = _int("max_tree_depth", opts["max_tree_depth"], low=1)
-    opts["min_tree_child_weight"] = _int("min_tree_child_weight", opts["min_tree_child_weight"], low=0)
-    if not forest:
-        opts["max_iterations"] = _int("max_iterations", opts["max_iterations"], low=1)
-        opts["learn_rate"] = _float("learn_rate", opts["learn_rate"], low=0.0, low_open=True)
-        opts["dropout"] = _float("dropout", opts["dropout"], low=0.0, high=1.0)
-    # Floats.
-    opts["l1_reg"] = _float("l1_reg", opts["l1_reg"], low=0.0)
-    opts["l2_reg"] = _float("l2_reg", opts["l2_reg"], low=0.0)
-    opts["min_split_loss"] = _float("min_split_loss", opts["min_split_loss"], low=0.0)
-    opts["min_rel_progress"] = _float("min_rel_progress", opts["min_rel_progress"], low=0.0)
-    for option in ("colsample_bytree", "colsample_bylevel", "colsample_bynode"):
-        opts[option] = _float(option, opts[option], low=0.0, high=1.0, low_open=True)
-    # SUBSAMPLE: boosted trees "between 0 and 1.0"; random forests "greater than 0 and less than 1.0".
-    opts["subsample"] = _float(
-        "subsample", opts["subsample"], low=0.0, high=1.0, low_open=True, high_open=forest
-    )
-    for option in ("data_split_eval_fraction", "data_split_test_fraction"):
-        opts[option] = _float(option, opts[option], low=0.0, high=1.0)
-    if opts["tree_method"] == "EXACT" and opts["colsample_bynode"] < 1.0:
+
+def check_options(model_type: str, o: Mapping[str, Any]) -> None:
+    """The rules between a tree model's options (``o``: validated, with defaults)."""
+    if o["tree_method"] == "EXACT" and o["colsample_bynode"] < 1.0:
         # XGBoost's exact updater (colmaker) rejects per-node column sampling.
-        raise ValueError(
-            f"invalid value {opts['colsample_bynode']!r} for option COLSAMPLE_BYNODE with "
-            "TREE_METHOD 'EXACT': allowed 1.0 (XGBoost's exact method has no per-node column sampling); "
-            "or use TREE_METHOD 'AUTO', 'HIST' or 'APPROX'"
+        raise BqmlError(
+            f"Invalid value {o['colsample_bynode']!r} for option COLSAMPLE_BYNODE with TREE_METHOD "
+            "'EXACT': allowed 1.0 (XGBoost's exact method has no per-node column sampling); or use "
+            "TREE_METHOD 'AUTO', 'HIST' or 'APPROX'."
         )
-    # Class weights: classifiers only, and not both at once.
-    if classifier:
-        if opts["auto_class_weights"] and opts["class_weights"] is not None:
-            raise ValueError("CLASS_WEIGHTS cannot be specified when AUTO_CLASS_WEIGHTS is TRUE")
-        if opts["class_weights"] is not None:
-            _class_weight_pairs(opts["class_weights"])  # shape check
-    return opts
+    opt.check_class_weights(o)
+    # Refused: hyperparameter tuning (NUM_TRIALS) and the test fraction it uses.
+    if o["num_trials"] is not None:
+        raise opt.refused("num_trials")
+    if o["data_split_test_fraction"]:
+        raise opt.refused("data_split_test_fraction")
+    encoding = o.get("category_encoding_method")
+    if encoding not in (None, "LABEL_ENCODING"):
+        raise BqmlError(
+            f"CATEGORY_ENCODING_METHOD={encoding!r} is not available locally for {model_type}; the local "
+            "engine label-encodes categorical features (LABEL_ENCODING, the default)."
+        )
+
+
+def _value_error(exc: BqmlError) -> ValueError:
+    # Direct calls of this module get ValueError, as for its other argument errors.
+    return ValueError(str(exc).rstrip("."))
+
+
+def resolved_options(model_type: str, options: Mapping[str, object] | None = None) -> dict[str, Any]:
+    """:func:`validate` for direct calls: raises ``ValueError`` naming the option. Options that
+    are already validated come back unchanged."""
+    try:
+        return validate(model_type, options)
+    except BqmlError as exc:
+        raise _value_error(exc) from None
 
 
 def resolve_approx_global_feature_contrib(
@@ -515,9 +416,12 @@ def xgboost_params(model_type: str, options: Mapping[str, object], n_classes: in
 # Class weights
 # --------------------------------------------------------------------------------------------------
 def _class_weight_pairs(class_weights: Any) -> list[tuple[Any, float]]:
-    """CLASS_WEIGHTS as ``[(label, weight), …]`` (lakehouse_ml/engine/class_weights.py)."""
-    items = cw.pairs(class_weights, lambda: _bad("class_weights", class_weights, cw.SHAPE))
-    return [(label, _float("class_weights", weight, low=0.0)) for label, weight in items]
+    """CLASS_WEIGHTS as ``[(label, weight), …]``, parsed by the option's checker
+    (lakehouse_ml/engine/options.py)."""
+    try:
+        return [(label, weight) for label, weight in opt.class_weights("class_weights", class_weights)]
+    except BqmlError as exc:
+        raise _value_error(exc) from None
 
 
 def class_sample_weights(

@@ -19,12 +19,16 @@ A family declares:
   encodes categorical ones, ``"kmeans"`` the same with STANDARDIZE_FEATURES, ``"tree"``
   label-encodes) and whether training splits off evaluation rows (``splits``);
 * training (:meth:`ModelFamily.train`), scores (:meth:`ModelFamily.scores`), and the ``ML.*``
-  functions it supports (``functions``), with the hooks those need;
+  functions it supports (``functions``), with the methods that compute them
+  (:meth:`ModelFamily.explain` for ML.EXPLAIN_PREDICT and ML.GLOBAL_EXPLAIN,
+  :meth:`ModelFamily.weights`, :meth:`ModelFamily.detect_anomalies`,
+  :meth:`ModelFamily.centroid_distances`);
 * whether the endpoint server has a numpy fast path for it (``fast_serving``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import numpy as np
@@ -38,6 +42,8 @@ from lakehouse_ml.engine.options import Options, validate_options
 __all__ = [
     "BASE_FUNCTIONS",
     "CLASSIFIER_FUNCTIONS",
+    "Explanation",
+    "class_key",
     "FAMILIES",
     "Kind",
     "ModelFamily",
@@ -52,7 +58,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lakehouse_ml.bigquery.preprocess import Columns
+    from lakehouse_ml.bigquery.preprocess import Columns, Design
 
 # The ML.* functions every family supports.
 BASE_FUNCTIONS = frozenset({"ML.PREDICT", "ML.EVALUATE", "ML.FEATURE_INFO", "ML.TRAINING_INFO"})
@@ -65,7 +71,8 @@ class ModelFamily:
     # MODEL_TYPE -> kind (the BigQuery catalog learns them at registration).
     kinds: ClassVar[Mapping[str, Kind]] = {}
     # The family's own options (without the shared ones); None: the family resolves its options
-    # itself (resolve_options).
+    # itself (resolve_options): the tree family, whose four model types have a pydantic model
+    # each (lakehouse_ml/engine/xgb.py OPTIONS_MODELS).
     options_model: ClassVar[type[Options] | None] = None
     # Shared options the family accepts (lakehouse_ml.engine.options.SHARED; see
     # shared_option_names).
@@ -76,8 +83,6 @@ class ModelFamily:
     fast_serving: ClassVar[bool] = False
     # Largest number of label values a classifier of this family takes (None: no limit).
     max_classes: ClassVar[int | None] = None
-    # ML.EXPLAIN_PREDICT accepts APPROX_FEATURE_CONTRIB (tree models).
-    approx_feature_contrib: ClassVar[bool] = False
 
     @property
     def model_types(self) -> tuple[str, ...]:
@@ -133,6 +138,71 @@ class ModelFamily:
         """ML.EVALUATE's metrics when they need no label (k-means); None: by the kind."""
         return None
 
+    # -- the ML.* functions of ``functions`` (the engine checks ``supports`` before calling) ---------
+    # ML.EXPLAIN_PREDICT's arguments besides TOP_K_FEATURES and THRESHOLD, with their defaults
+    # (DOCS: "APPROX_FEATURE_CONTRIB … only applies to boosted tree and random forest models").
+    explain_arguments: ClassVar[Mapping[str, Any]] = {"approx_feature_contrib": False}
+
+    def explain_approximation(self, arguments: Mapping[str, Any]) -> bool:
+        """Whether ML.EXPLAIN_PREDICT approximates (``arguments``: with ``explain_arguments``);
+        a family without an approximation refuses APPROX_FEATURE_CONTRIB=TRUE."""
+        approximate = arguments["approx_feature_contrib"]
+        if not isinstance(approximate, bool):
+            raise BqmlError("ML.EXPLAIN_PREDICT: APPROX_FEATURE_CONTRIB must be TRUE or FALSE.")
+        if approximate:
+            raise BqmlError(
+                "ML.EXPLAIN_PREDICT: APPROX_FEATURE_CONTRIB applies to boosted tree and random forest models."
+            )
+        return False
+
+    def explain(
+        self,
+        model: Any,
+        features: "Columns | None",
+        threshold: float | None,
+        approximate: bool = False,
+        *,
+        prepared: "Design | np.ndarray | None" = None,
+        class_level: bool = False,
+    ) -> "Explanation":
+        """ML.EXPLAIN_PREDICT's and ML.GLOBAL_EXPLAIN's attributions of each row of ``features``
+        (or of ``prepared``: the rows already in the family's preprocessed form, during training).
+        ``approximate``: APPROX_FEATURE_CONTRIB (a family that has no approximation refuses it);
+        ``class_level``: also the attributions towards each class (classifiers)."""
+        raise NotImplementedError(f"{type(self).__name__} has no explanations")
+
+    def weights(self, model: Any, standardize: bool) -> pa.Table:
+        """ML.WEIGHTS: processed_input, weight, category_weights (and class_label)."""
+        raise NotImplementedError(f"{type(self).__name__} has no ML.WEIGHTS")
+
+    def detect_anomalies(
+        self, model: Any, features: "Columns", contamination: float
+    ) -> list[tuple[str, Any]]:
+        """ML.DETECT_ANOMALIES' columns (is_anomaly, … ) for the rows of ``features``."""
+        raise NotImplementedError(f"{type(self).__name__} has no ML.DETECT_ANOMALIES")
+
+    def centroid_distances(self, model: Any, features: "Columns") -> np.ndarray:
+        """Clustering models: each row's distance to every centroid, (rows, centroids) in
+        centroid-id order (the served predictions' ``centroid_distances``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no centroids")
+
+
+@dataclass
+class Explanation:
+    """Attributions of rows, as ML.EXPLAIN_PREDICT reports them. ``names``: the features (or
+    processed inputs); ``attributions``: (rows, features); ``baseline`` and ``prediction``:
+    (rows,), in the space the attributions add up in (logits for classifiers); classifiers also
+    give the ``predicted`` class index, its ``probability`` and, with ``class_level``, the
+    attributions towards each class (``per_class``)."""
+
+    names: list[str]
+    attributions: np.ndarray
+    baseline: np.ndarray
+    prediction: np.ndarray
+    predicted: np.ndarray | None = None
+    probability: np.ndarray | None = None
+    per_class: list[np.ndarray] | None = None
+
 
 FAMILIES: dict[str, ModelFamily] = {}
 
@@ -166,6 +236,12 @@ def family_of(model_type: str) -> ModelFamily:
 
 
 # -- helpers the families share --------------------------------------------------------------------
+def class_key(label: Any) -> str:
+    """A class label as BigQuery ML's STRING class label (BOOL: 'true' / 'false'), to match
+    CLASS_WEIGHTS' labels and name columns."""
+    return ("true" if label else "false") if isinstance(label, bool) else str(label)
+
+
 def predicted_index(probs: np.ndarray, threshold: float | None) -> np.ndarray:
     if probs.shape[1] == 2:
         return (probs[:, 1] > (0.5 if threshold is None else threshold)).astype(np.int64)

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import pyarrow as pa
 import scipy.linalg
 import scipy.optimize
 from scipy.special import expit, log_expit, logsumexp, softmax
@@ -516,7 +517,7 @@ def class_weight_table(
     index = {name: i for i, name in enumerate(class_names)}
     table = np.full(n_classes, np.nan)
     for label, weight in given:
-        key = ("true" if label else "false") if isinstance(label, bool) else str(label)
+        key = base.class_key(label)
         if key not in index:
             raise BqmlError(
                 f"CLASS_WEIGHTS names label {label!r}, which is not a label value; labels: "
@@ -529,6 +530,121 @@ def class_weight_table(
             f"CLASS_WEIGHTS must give a weight for every class label; missing: {', '.join(missing)}."
         )
     return table
+
+
+# --------------------------------------------------------------------------------------------------
+# ML.EXPLAIN_PREDICT, ML.GLOBAL_EXPLAIN, ML.WEIGHTS
+# --------------------------------------------------------------------------------------------------
+def _glm_contributions(
+    model: Any, design: Design, w_num: np.ndarray, w_cat: np.ndarray
+) -> tuple[list[str], np.ndarray]:
+    """Per processed input: weight × standardized value (numeric), weight of the row's category
+    (one-hot blocks; 0 for NULL-unseen / unseen). ``w_*`` are vectors, or (rows, ·) matrices."""
+    inputs = model.prep.processed_inputs()
+    out = np.empty((design.n, len(inputs)))
+    offsets = np.cumsum([0] + design.sizes[:-1]) if design.sizes else []
+    for j, entry in enumerate(inputs):
+        if entry["kind"] == "numeric":
+            col = design.num[:, entry["index"]]
+            out[:, j] = col * (w_num[entry["index"]] if w_num.ndim == 1 else w_num[:, entry["index"]])
+        else:
+            b = entry["index"]
+            codes = design.codes[b]
+            block = np.arange(design.sizes[b]) + offsets[b]
+            if w_cat.ndim == 1:
+                ext = np.append(w_cat[block], 0.0)
+                out[:, j] = ext[codes]
+            else:
+                ext = np.hstack([w_cat[:, block], np.zeros((w_cat.shape[0], 1))])
+                out[:, j] = ext[np.arange(design.n), codes]
+    return [e["processed_input"] for e in inputs], out
+
+
+def explain(model: Any, design: Design, threshold: float | None, class_level: bool) -> base.Explanation:
+    params = GlmParams.from_arrays(model.arrays)
+    z = linear_predictor(params, design)
+    if not model.is_classifier:
+        names, attr = _glm_contributions(model, design, params.w_num, params.w_cat)
+        baseline = np.full(design.n, float(params.intercept))
+        return base.Explanation(names, attr, baseline, z)
+    probs = output(model.model_type, z)
+    predicted = base.predicted_index(probs, threshold)
+    probability = probs[np.arange(design.n), predicted]
+    if probs.shape[1] == 2:
+        names, attr = _glm_contributions(model, design, params.w_num, params.w_cat)
+        sign = np.where(predicted == 1, 1.0, -1.0)
+        per_class = [-attr, attr] if class_level else None
+        return base.Explanation(
+            names,
+            attr * sign[:, None],
+            sign * float(params.intercept),
+            sign * z,
+            predicted,
+            probability,
+            per_class,
+        )
+    w_num = params.w_num.T[predicted]  # (n, p): the predicted class's weights
+    w_cat = params.w_cat.T[predicted]
+    names, attr = _glm_contributions(model, design, w_num, w_cat)
+    per_class = None
+    if class_level:
+        per_class = [
+            _glm_contributions(model, design, params.w_num[:, c], params.w_cat[:, c])[1]
+            for c in range(probs.shape[1])
+        ]
+    rows = np.arange(design.n)
+    return base.Explanation(
+        names, attr, params.intercept[predicted], z[rows, predicted], predicted, probability, per_class
+    )
+
+
+_CATEGORY_WEIGHTS = pa.list_(pa.struct([("category", pa.string()), ("weight", pa.float64())]))
+
+
+def weights_table(model: Any, standardize: bool) -> pa.Table:
+    """ML.WEIGHTS (engine.DOCS["weights"])."""
+    params = GlmParams.from_arrays(model.arrays)
+    multi = np.ndim(params.intercept) == 1
+    classes = model.label.get("class_names") if multi else [None]
+    inputs = model.prep.processed_inputs()
+    sizes = [s.size for s in model.prep.categorical]
+    offsets = np.cumsum([0] + sizes[:-1]) if sizes else []
+    rows_input, rows_weight, rows_categories, rows_class = [], [], [], []
+    for c, class_name in enumerate(classes):
+        w_num = params.w_num[:, c] if multi else params.w_num
+        w_cat = params.w_cat[:, c] if multi else params.w_cat
+        intercept = float(params.intercept[c] if multi else params.intercept)
+        for entry in inputs:
+            rows_input.append(entry["processed_input"])
+            rows_class.append(class_name)
+            if entry["kind"] == "numeric":
+                spec = entry["spec"]
+                w = float(w_num[entry["index"]])
+                if not standardize:
+                    # Undo the standardization: w·(x - center)/scale = (w/scale)·x - w·center/scale.
+                    intercept -= w * spec.center / spec.scale
+                    w = w / spec.scale
+                rows_weight.append(w)
+                rows_categories.append([])
+            else:
+                spec = entry["spec"]
+                block = w_cat[offsets[entry["index"]] : offsets[entry["index"]] + spec.size]
+                rows_weight.append(None)
+                rows_categories.append(
+                    [{"category": cat, "weight": float(v)} for cat, v in zip(spec.categories, block)]
+                )
+        rows_input.append("__INTERCEPT__")
+        rows_weight.append(intercept)
+        rows_categories.append([])
+        rows_class.append(class_name)
+    columns = {
+        "processed_input": pa.array(rows_input, type=pa.string()),
+        "weight": pa.array(rows_weight, type=pa.float64()),
+        "category_weights": pa.array(rows_categories, type=_CATEGORY_WEIGHTS),
+    }
+    if multi:
+        columns["class_label"] = pa.array(rows_class, type=pa.string())
+    return pa.table(columns)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -666,12 +782,30 @@ class GlmFamily(base.ModelFamily):
         meta["evaluation_rows"] = "evaluation" if has_eval else "training"
         if ctx.o.get("enable_global_explain"):
             ctx.say("computing global explanations")
-            meta["global_explain"] = ctx.global_explain(ctx.view(result.params.arrays()), eval_rows, None)
+            meta["global_explain"] = ctx.global_explain(ctx.view(result.params.arrays()), eval_rows)
         return arrays, {}
 
     def scores(self, model: Any, features: Any) -> np.ndarray:
-        z = linear_predictor(model.glm_params(), model.prep.design(features))
+        z = linear_predictor(GlmParams.from_arrays(model.arrays), model.prep.design(features))
         return output(model.model_type, z)
+
+    def explain(
+        self,
+        model: Any,
+        features: Any,
+        threshold: float | None,
+        approximate: bool = False,
+        *,
+        prepared: Design | None = None,
+        class_level: bool = False,
+    ) -> base.Explanation:
+        """Shapley values of a linear model: weight × standardized value per processed input,
+        baseline the intercept; classifiers explain the predicted class in logit space."""
+        design = prepared if prepared is not None else model.prep.design(features)
+        return explain(model, design, threshold, class_level)
+
+    def weights(self, model: Any, standardize: bool) -> pa.Table:
+        return weights_table(model, standardize)
 
 
 FAMILY = base.register(GlmFamily())

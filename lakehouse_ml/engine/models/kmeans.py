@@ -342,6 +342,11 @@ def _centre_distances(c: Centroids, distance_type: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # The family: KMEANS
 # --------------------------------------------------------------------------------------------------
+def model_centroids(model: Any) -> Centroids:
+    """The centroids of a trained model (its arrays, as train() stored them)."""
+    return Centroids(model.arrays["centroids_num"], model.arrays["centroids_cat"])
+
+
 # "The CREATE MODEL statement for K-means models", option by option ("Arguments"):
 # https://cloud.google.com/bigquery/docs/reference/standard-sql/bigqueryml-syntax-create-kmeans
 # NUM_CLUSTERS' default is "log10(n), where n is the number of training examples" (resolved at
@@ -417,14 +422,30 @@ class KmeansFamily(base.ModelFamily):
         }
         return arrays, {}
 
-    def distances(self, model: Any, features: Any) -> np.ndarray:
+    def centroid_distances(self, model: Any, features: Any) -> np.ndarray:
         """Each row's distance to every centroid, (rows, centroids) in centroid-id order."""
         design = model.prep.design(features)
-        return distances(design, model.centroids(), model.meta["options"]["distance_type"])
+        return distances(design, model_centroids(model), model.meta["options"]["distance_type"])
+
+    def detect_anomalies(self, model: Any, features: Any, contamination: float) -> list[tuple[str, Any]]:
+        """is_anomaly, normalized_distance, CENTROID_ID (the module docstring: anomaly detection)."""
+        design = model.prep.design(features)
+        nd, where = normalized_distances(
+            design,
+            model_centroids(model),
+            model.arrays["cluster_radius"],
+            model.meta["options"]["distance_type"],
+        )
+        cutoff = anomaly_cutoff(model.arrays["train_normalized_distance"], contamination)
+        return [
+            ("is_anomaly", pa.array(nd > cutoff, type=pa.bool_())),
+            ("normalized_distance", pa.array(nd, type=pa.float64())),
+            ("CENTROID_ID", pa.array(where + 1, type=pa.int64())),
+        ]
 
     def predict_columns(self, model: Any, features: Any) -> list[tuple[str, Any]]:
         design = model.prep.design(features)
-        c = model.centroids()
+        c = model_centroids(model)
         top = min(c.k, 5)
         idx, dist = top_nearest(design, c, model.meta["options"]["distance_type"], top)
         return [
@@ -444,7 +465,7 @@ class KmeansFamily(base.ModelFamily):
 
     def evaluate(self, model: Any, features: Any) -> dict[str, Any]:
         return evaluate(
-            model.prep.design(features), model.centroids(), model.meta["options"]["distance_type"]
+            model.prep.design(features), model_centroids(model), model.meta["options"]["distance_type"]
         )
 
 

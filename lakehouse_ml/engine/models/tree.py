@@ -4,13 +4,21 @@ The matrix handed to XGBoost is the tree preprocessing of
 https://cloud.google.com/bigquery/docs/auto-preprocessing : numerical columns as they are (a
 NULL becomes the training mean), categorical columns label-encoded (sorted vocabulary -> 1..K,
 NULL and unseen categories -> 0). One matrix column per input column, named after it.
+
+Options: one pydantic model per model type, ``xgb.OPTIONS_MODELS`` (built with
+``options.option_model`` over the shared value checkers, as ``GlmOptions`` and
+``KmeansOptions``), with the rules between them in ``xgb.check_options``; :meth:`TreeFamily.resolve_options`
+resolves CREATE MODEL's options through them. They sit in :mod:`lakehouse_ml.engine.xgb`, below
+this module, because XGBoost training called directly validates its options through the same
+models (the engine's packages may not import each other in a cycle).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
+import xgboost
 
 from lakehouse_ml.bigquery.metrics import classification as classification_metrics
 from lakehouse_ml.bigquery.metrics import regression as regression_metrics
@@ -61,42 +69,74 @@ def _safe(name: str) -> str:
     return name
 
 
-def load(booster_json: bytes) -> Any:
+def load(booster_json: bytes) -> xgboost.Booster:
     return xgb.load_booster(booster_json)
 
 
-def probabilities(booster: Any, X: np.ndarray, model_type: str) -> np.ndarray:
+def probabilities(booster: xgboost.Booster, X: np.ndarray, model_type: str) -> np.ndarray:
     return xgb.predict(booster, X, model_type)
 
 
-def margins(booster: Any, X: np.ndarray) -> np.ndarray:
+def margins(booster: xgboost.Booster, X: np.ndarray) -> np.ndarray:
     return xgb.predict_margin(booster, X)
 
 
-def contributions(booster: Any, X: np.ndarray, approximate: bool = False) -> np.ndarray:
+def contributions(booster: xgboost.Booster, X: np.ndarray, approximate: bool = False) -> np.ndarray:
     return xgb.feature_contributions(booster, X, approximate=approximate)
+
+
+# ML.EXPLAIN_PREDICT and ML.GLOBAL_EXPLAIN
+def explain(
+    model: Any, X: np.ndarray, threshold: float | None, approximate: bool, class_level: bool
+) -> base.Explanation:
+    """Tree SHAP (XGBoost's feature contributions), baseline the bias; classifiers explain the
+    predicted class in margin (logit) space."""
+    names = model.prep.feature_names
+    contrib = contributions(model.booster, X, approximate)
+    n = X.shape[0]
+    if not model.is_classifier:
+        attr = contrib[:, :-1]
+        bias = contrib[:, -1]
+        return base.Explanation(names, attr, bias, attr.sum(axis=1) + bias)
+    probs = probabilities(model.booster, X, model.model_type)
+    predicted = base.predicted_index(probs, threshold)
+    probability = probs[np.arange(n), predicted]
+    if contrib.ndim == 2:  # binary: margin of the positive class
+        sign = np.where(predicted == 1, 1.0, -1.0)
+        attr = contrib[:, :-1] * sign[:, None]
+        bias = contrib[:, -1] * sign
+        per_class = [-contrib[:, :-1], contrib[:, :-1]] if class_level else None
+        return base.Explanation(names, attr, bias, attr.sum(axis=1) + bias, predicted, probability, per_class)
+    rows = np.arange(n)
+    chosen = contrib[rows, predicted]
+    per_class = [contrib[:, c, :-1] for c in range(contrib.shape[1])] if class_level else None
+    return base.Explanation(
+        names, chosen[:, :-1], chosen[:, -1], chosen.sum(axis=1), predicted, probability, per_class
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # The family: BOOSTED_TREE_* and RANDOM_FOREST_*
 # --------------------------------------------------------------------------------------------------
-def _class_key(label: Any) -> str:
-    return ("true" if label else "false") if isinstance(label, bool) else str(label)
-
-
 class TreeFamily(base.ModelFamily):
     kinds = {
         t: (Kind.CLASSIFIER if t in xgb.CLASSIFIER_TYPES else Kind.REGRESSOR) for t in xgb.TREE_MODEL_TYPES
     }
     preprocessing = "tree"
     functions = base.BASE_FUNCTIONS | {"ML.EXPLAIN_PREDICT", "ML.GLOBAL_EXPLAIN"}
-    # APPROX_FEATURE_CONTRIB of ML.EXPLAIN_PREDICT
-    approx_feature_contrib = True
 
-    # The tree options are the tables of lakehouse_ml/engine/xgb.py (OPTION_DEFAULTS), which
-    # also validates them for direct XGBoost training; not a pydantic model yet.
+    # One pydantic options model per model type (their defaults and ranges differ between the
+    # boosted tree and random forest pages): xgb.OPTIONS_MODELS, declared next to the XGBoost
+    # parameters they map onto, so that direct XGBoost training validates through them too.
+    options_models = xgb.OPTIONS_MODELS
+
     def resolve_options(self, model_type: str, given: dict[str, Any]) -> dict[str, Any]:
-        return opt.resolve_tree(model_type, given)
+        """The options model of ``model_type`` and the rules between its options
+        (xgb.validate), then the registry options and KMS_KEY_NAME (options.resolve_common)."""
+        resolved = xgb.validate(model_type, {k: v for k, v in given.items() if k not in opt.COMMON})
+        resolved.update(opt.resolve_common(given))
+        resolved["model_type"] = model_type
+        return resolved
 
     def train(self, ctx: Any) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
         meta, prep, y_all, data_split, model_type = (
@@ -123,7 +163,7 @@ class TreeFamily(base.ModelFamily):
             sample_weight = w[train_mask]
         options = dict(ctx.o)
         if options.get("class_weights") is not None:
-            options["class_weights"] = [[_class_key(k), w] for k, w in options["class_weights"]]
+            options["class_weights"] = [[base.class_key(k), w] for k, w in options["class_weights"]]
         result = train(
             model_type,
             options,
@@ -157,11 +197,31 @@ class TreeFamily(base.ModelFamily):
                 model_type,
                 {k: v for k, v in ctx.o.items() if k not in xgb.GENERAL_OPTIONS and k != "kms_key_name"},
             )
-            meta["global_explain"] = ctx.global_explain(ctx.view({}, booster), None, X[rows], approx)
+            meta["global_explain"] = ctx.global_explain(ctx.view({}, booster), X[rows], approx)
         return arrays, {BOOSTER_FILE: result.booster_json}
 
     def scores(self, model: Any, features: Any) -> np.ndarray:
         return probabilities(model.booster, model.prep.tree_matrix(features), model.model_type)
+
+    def explain_approximation(self, arguments: Mapping[str, Any]) -> bool:
+        """APPROX_FEATURE_CONTRIB: XGBoost's approximate contributions instead of Tree SHAP."""
+        approximate = arguments["approx_feature_contrib"]
+        if not isinstance(approximate, bool):
+            raise BqmlError("ML.EXPLAIN_PREDICT: APPROX_FEATURE_CONTRIB must be TRUE or FALSE.")
+        return approximate
+
+    def explain(
+        self,
+        model: Any,
+        features: Any,
+        threshold: float | None,
+        approximate: bool = False,
+        *,
+        prepared: np.ndarray | None = None,
+        class_level: bool = False,
+    ) -> base.Explanation:
+        X = prepared if prepared is not None else model.prep.tree_matrix(features)
+        return explain(model, X, threshold, approximate, class_level)
 
 
 FAMILY = base.register(TreeFamily())

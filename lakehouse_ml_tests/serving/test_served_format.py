@@ -356,10 +356,12 @@ def test_the_vertex_double_answers_every_type_like_the_local_server(every_type, 
 
 
 TRANSFORM_MODELS = {
-    "KMEANS": "CREATE MODEL {name} TRANSFORM(LN(1 + ABS(x)) AS log_x, visits, IFNULL(channel, 'none') AS channel, member) "
+    "KMEANS": "CREATE MODEL {name} TRANSFORM(LN(1 + ABS(x)) AS log_x, "
+    "visits, IFNULL(channel, 'none') AS channel, member) "
     "OPTIONS(model_type = 'KMEANS', num_clusters = 3{registry}) AS SELECT x, visits, channel, member FROM training",
     "LOGISTIC_REG": "CREATE MODEL {name} TRANSFORM(LN(1 + ABS(x)) AS log_x, visits, channel, member, churned) "
-    "OPTIONS(model_type = 'LOGISTIC_REG', input_label_cols = ['churned']{registry}) AS SELECT x, visits, channel, member, churned FROM training",
+    "OPTIONS(model_type = 'LOGISTIC_REG', input_label_cols = ['churned']{registry}) "
+    "AS SELECT x, visits, channel, member, churned FROM training",
 }
 
 

@@ -150,7 +150,8 @@ def test_a_fractional_value_for_an_integer_input_is_used_as_given(warehouse):
     _, (a, b) = predictor.predict([whole, whole | {"visits": 3.0}])
     assert a == b
     expected = warehouse.query(
-        "SELECT * FROM ML.PREDICT(MODEL segments, (SELECT 10.0 AS spend, 3.5 AS visits, 'web' AS channel, TRUE AS member))"
+        "SELECT * FROM ML.PREDICT(MODEL segments, (SELECT 10.0 AS "
+        "spend, 3.5 AS visits, 'web' AS channel, TRUE AS member))"
     )
     _, (half,) = predictor.predict([whole | {"visits": 3.5}])
     assert half["centroid_distances"] == pytest.approx(_distances(expected["NEAREST_CENTROIDS_DISTANCE"][0]))
@@ -163,7 +164,8 @@ def test_null_goes_as_the_documented_sentinel_and_json_null_is_refused(warehouse
     predictor = load_predictor(warehouse.bqml_engine().store.version_dir("segments"))
     expected = warehouse.query(
         "SELECT * FROM ML.PREDICT(MODEL segments, "
-        "(SELECT CAST(NULL AS FLOAT64) AS spend, CAST(NULL AS INT64) AS visits, CAST(NULL AS STRING) AS channel, TRUE AS member))"
+        "(SELECT CAST(NULL AS FLOAT64) AS spend, CAST(NULL AS INT64) "
+        "AS visits, CAST(NULL AS STRING) AS channel, TRUE AS member))"
     )
     sentinels = {
         "spend": served.NULL_FLOAT64,

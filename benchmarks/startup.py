@@ -45,7 +45,7 @@ def server_seconds() -> tuple[float, list[str]]:
         port = free_port()
         t0 = time.perf_counter()
         process = subprocess.Popen(
-            [sys.executable, "-m", "lakehouse_ml.serving.server", "--home", home, "--port", str(port)],
+            [sys.executable, "-m", "lakehouse_ml.serving.main", "--home", home, "--port", str(port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -65,7 +65,7 @@ def server_seconds() -> tuple[float, list[str]]:
                 [
                     sys.executable,
                     "-c",
-                    "import sys, lakehouse_ml.serving.server as s, lakehouse_ml.serving.app, "
+                    "import sys, lakehouse_ml.serving.main, lakehouse_ml.serving.app, "
                     "lakehouse_ml.serving.models; print(sorted({m.split('.')[0] for m in sys.modules "
                     "if m.split('.')[0].startswith('dagster')}))",
                 ],
@@ -100,7 +100,7 @@ def main() -> None:
     record_figures(
         "startup",
         "Local endpoint server start-up (benchmarks/startup.py)",
-        f"{runs} alternating runs each of the bare interpreter and of `python -m lakehouse_ml.serving.server` "
+        f"{runs} alternating runs each of the bare interpreter and of `python -m lakehouse_ml.serving.main` "
         f"(nothing deployed, fresh home, free port), on {os.cpu_count()} shared cores. Before the layering, "
         "the server imported all of Dagster for an exception base class: about 2.4 s, 2.2 s of it Dagster.",
         figures,

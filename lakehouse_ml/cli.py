@@ -162,7 +162,8 @@ def cmd_gcp_check(args: argparse.Namespace) -> int:
     print(report.table())
     if report.fixtures:
         print(
-            f"Copy the fixtures into lakehouse_ml_tests/golden/ to test against them: cp {out}/*.json lakehouse_ml_tests/golden/"
+            "Copy the fixtures into lakehouse_ml_tests/golden/ to test "
+            f"against them: cp {out}/*.json lakehouse_ml_tests/golden/"
         )
     return 0 if report.passed else 1
 
@@ -299,6 +300,7 @@ def _bqml_progress():
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the local endpoint server in the foreground, or stop the background one (--stop)."""
+    from lakehouse_ml.serving import main as serving_main
     from lakehouse_ml.serving import server
 
     settings = _settings(args)
@@ -309,7 +311,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or settings.serving_host
     port = args.port or settings.serving_port
     _say(f"Serving every local endpoint on http://{host}:{port} (Ctrl-C stops; see /openapi.json).")
-    server.run(settings.home_dir, host, port, settings.serving_token)
+    serving_main.run(settings.home_dir, host, port, settings.serving_token)
     return 0
 
 
@@ -356,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="the whole loop on the configured backend: generate, materialize, serve, traffic, drift, retrain, redeploy",
+        help="the whole loop on the configured backend: generate, "
+        "materialize, serve, traffic, drift, retrain, redeploy",
     )
     demo.add_argument(
         "--scenario", default="channel_shift", help="drift scenario (price_shock, channel_shift, new_region)"

@@ -1,13 +1,11 @@
-"""Process management of the local endpoint server: run in the foreground, start in the
-background when none answers (pidfile ``$LAKEHOUSE_ML_HOME/serving/server.pid``), stop.
-
-``python -m lakehouse_ml.serving.server --home H --host 127.0.0.1 --port N`` runs it (the token
-comes from ``LAKEHOUSE_ML_SERVING_TOKEN``, never from the command line).
+"""Process management of the local endpoint server, from the outside: its pidfile
+(``$LAKEHOUSE_ML_HOME/serving/server.pid``), health, reload and flush requests, starting it in the
+background when none answers, stopping it. This half loads neither uvicorn nor the app: the
+server process itself is :mod:`lakehouse_ml.serving.main`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -54,44 +52,6 @@ def request_flush(host: str, port: int, token: str | None = None) -> list[str] |
     return None if answer is None else list(answer.get("files", []))
 
 
-def run(
-    home: str | Path,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
-    token: str | None = None,
-    **app_options,
-) -> None:
-    """Serve in the foreground until SIGINT/SIGTERM (uvicorn; the request log is flushed on exit)."""
-    import uvicorn
-
-    from lakehouse_ml.serving.app import ServingApp
-
-    app = ServingApp(home, token=token, **app_options)
-    path = pidfile(home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from lakehouse_ml.core.atomic import write_bytes
-
-    write_bytes(path, json.dumps({"pid": os.getpid(), "host": host, "port": port}).encode())
-    try:
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_level="warning",
-            timeout_keep_alive=30,
-            backlog=2048,
-        )
-        uvicorn.Server(config).run()
-    finally:
-        with contextlib.suppress(FileNotFoundError, ValueError, OSError):
-            if json.loads(path.read_text()).get("pid") == os.getpid():
-                path.unlink()
-
-
 def start_background(
     home: str | Path,
     host: str = DEFAULT_HOST,
@@ -115,7 +75,7 @@ def start_background(
             [
                 sys.executable,
                 "-m",
-                "lakehouse_ml.serving.server",
+                "lakehouse_ml.serving.main",
                 "--home",
                 env["LAKEHOUSE_ML_HOME"],
                 "--host",
@@ -179,23 +139,3 @@ def stop_server(home: str | Path, timeout: float = 30.0) -> bool:
         os.kill(pid, signal.SIGKILL)
     path.unlink(missing_ok=True)
     return True
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lakehouse_ml.serving.server")
-    parser.add_argument("--home", required=True)
-    parser.add_argument("--host", default=DEFAULT_HOST)
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--log-flush-seconds", type=float, default=1.0)
-    args = parser.parse_args(argv)
-    run(
-        args.home,
-        args.host,
-        args.port,
-        os.environ.get("LAKEHOUSE_ML_SERVING_TOKEN") or None,
-        log_flush_seconds=args.log_flush_seconds,
-    )
-
-
-if __name__ == "__main__":
-    main()

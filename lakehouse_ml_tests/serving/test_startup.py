@@ -26,7 +26,7 @@ def test_the_server_and_what_it_loads_to_serve_import_no_dagster():
     # the local engine that reads a model's artifact.
     code = (
         "import json, sys\n"
-        "import lakehouse_ml.serving.server, lakehouse_ml.serving.app, lakehouse_ml.serving.models\n"
+        "import lakehouse_ml.serving.main, lakehouse_ml.serving.models\n"
         "import lakehouse_ml.engine.engine\n"
         f"heavy = {HEAVY!r}\n"
         "print(json.dumps(sorted({m for m in sys.modules if any(m == h or m.startswith(h + '.') for h in heavy)})))\n"

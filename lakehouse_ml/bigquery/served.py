@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 # Live views of the catalog (lakehouse_ml/bigquery/model_types.py): a family that registers a
@@ -339,6 +338,8 @@ def json_safe(value: Any) -> Any:
         if np.isnat(value):
             return None
 
+        import pandas as pd  # lazy: the endpoint server starts without pandas
+
         return pd.Timestamp(value).isoformat()
     if isinstance(value, (dt.datetime, dt.date, dt.time)):  # pandas.Timestamp is a datetime
         return value.isoformat()
@@ -407,6 +408,7 @@ def is_null_sentinel(value: Any, kind: str | None = None) -> bool:
 def decode_null_sentinels(frame: Any, columns: Sequence[str]) -> Any:
     """A copy of a DataFrame of served instances with the NULL sentinels of ``columns`` as NULL
     (for instances of a TRANSFORM model read back from a request log)."""
+    import pandas as pd  # lazy: the endpoint server starts without pandas
 
     out = frame.copy()
     for name in columns:

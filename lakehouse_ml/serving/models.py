@@ -21,6 +21,10 @@ features JSON booleans, the other categorical features JSON strings. NULL: for a
 ``TRANSFORM`` clause, the documented sentinels (``123456789.0e10`` / ``1234567890000000000`` for
 numbers, ``' __MISSING__ '`` for strings), and JSON ``null`` is refused, naming the sentinel to
 send. A violation raises :class:`BadInstance` naming the instance and the feature.
+
+Start-up: the engine (the model families, scikit-learn, XGBoost) and DuckDB are imported with the
+first model that needs them, not with this module, so the server answers ``/health`` without them
+(``benchmarks/startup.py``).
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ import pyarrow as pa
 from lakehouse_ml.bigquery import model_types, served
 from lakehouse_ml.bigquery.model_types import Kind
 from lakehouse_ml.engine.artifacts import ARRAYS_NPZ, MODEL_JSON
-from lakehouse_ml.engine.models import FAMILIES
 
 
 def servable_model_types() -> list[str]:
@@ -47,6 +50,8 @@ def servable_model_types() -> list[str]:
     families) that Vertex AI serves in the prediction format of their kind (the BigQuery ML
     catalog, lakehouse_ml/bigquery/model_types.py). ARIMA_PLUS-like types register but cannot be
     deployed."""
+    from lakehouse_ml.engine.models import FAMILIES  # lazy: loads the engine (see the module docstring)
+
     return [t for t in FAMILIES if model_types.is_served(t)]
 
 
@@ -83,6 +88,8 @@ def load_predictor(artifact_uri: str | Path) -> "Predictor":
         with np.load(npz, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     prep = meta["preprocessing"]
+    from lakehouse_ml.engine.models import FAMILIES  # lazy: loads the engine (see the module docstring)
+
     fast = FAMILIES[model_type].fast_serving and all(
         f["kind"] in ("numeric", "categorical") for f in prep["features"]
     )

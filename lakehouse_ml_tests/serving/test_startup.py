@@ -41,3 +41,17 @@ def test_the_check_sees_dagster_when_it_is_imported():
     code = "import json, sys\nimport lakehouse_ml.definitions\nprint(json.dumps('dagster' in sys.modules))\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) is True
+
+
+def test_the_server_starts_without_the_engine_and_its_libraries():
+    # They load with the first model that needs them (serving/models.py), so /health answers
+    # fast; benchmarks/startup.py measures it.
+    code = (
+        "import json, sys\n"
+        "import lakehouse_ml.serving.main\n"
+        "heavy = ('sklearn', 'xgboost', 'scipy', 'pandas', 'duckdb', 'lakehouse_ml.engine')\n"
+        "print(json.dumps(sorted({m.split('.')[0] if not m.startswith('lakehouse_ml') else m "
+        "for m in sys.modules if any(m == h or m.startswith(h + '.') for h in heavy)})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == []

@@ -16,24 +16,26 @@ and a Vertex AI one. Semantics follow Vertex AI:
 
 from __future__ import annotations
 
+import abc
 import datetime as dt
 from typing import Any, Mapping, Sequence
 
-import dagster as dg
 import pandas as pd
 
 
-class Endpoints(dg.ConfigurableResource):
+class Endpoints(abc.ABC):
     """Create endpoints, deploy model versions with a traffic split, predict."""
 
-    def create_endpoint(self, display_name: str, endpoint_id: str | None = None) -> dict[str, Any]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def create_endpoint(self, display_name: str, endpoint_id: str | None = None) -> dict[str, Any]: ...
 
+    @abc.abstractmethod
     def get_endpoint(self, endpoint: str) -> dict[str, Any] | None:
         """The endpoint (by id or display name): ``endpoint_id``, ``display_name``,
         ``deployed_models`` (list of dicts) and ``traffic_split``; None when missing."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def deploy(
         self,
         endpoint: str,
@@ -47,34 +49,36 @@ class Endpoints(dg.ConfigurableResource):
         logging_sampling_rate: float = 1.0,
     ) -> str:
         """Deploy a model version; returns its deployed model id."""
-        raise NotImplementedError
+        ...
 
-    def undeploy(self, endpoint: str, deployed_model_id: str) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def undeploy(self, endpoint: str, deployed_model_id: str) -> None: ...
 
+    @abc.abstractmethod
     def delete_endpoint(self, endpoint: str) -> None:
         """Delete an endpoint that has nothing deployed (refused otherwise)."""
-        raise NotImplementedError
+        ...
 
-    def set_traffic_split(self, endpoint: str, traffic_split: Mapping[str, int]) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def set_traffic_split(self, endpoint: str, traffic_split: Mapping[str, int]) -> None: ...
 
+    @abc.abstractmethod
     def predict(
         self, endpoint: str, instances: Sequence[Any], parameters: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
-        raise NotImplementedError
+    ) -> dict[str, Any]: ...
 
     def ensure_serving(self) -> str | None:
         """Make sure something answers predictions (the local backend starts its endpoint server in
         the background when none answers); returns where, or None when the cloud serves."""
         return None
 
+    @abc.abstractmethod
     def request_log(self, endpoint: str, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
         """The request-response log of ``endpoint`` for ``start <= logging_time < end`` (UTC): one
         row per logged instance with ``endpoint_id``, ``deployed_model_id``, ``model_id``,
         ``model_version_id``, ``logging_time``, ``request_id``, the instance's features as
         columns, and ``prediction`` (the prediction object as JSON text)."""
-        raise NotImplementedError
+        ...
 
     def console_url(self, endpoint_id: str) -> str | None:
         """A link to the endpoint for the Dagster UI (None when there is none)."""
@@ -100,7 +104,8 @@ class Endpoints(dg.ConfigurableResource):
         or writes it itself)."""
         return None
 
+    @abc.abstractmethod
     def predict_target(self, endpoint: str) -> tuple[str, str | None]:
         """The full ``…:predict`` URL of an endpoint (by id or display name) and the bearer token to
         send with it (None when none is needed): what a website or ``lakehouse-ml traffic`` calls."""
-        raise NotImplementedError
+        ...

@@ -53,6 +53,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+import dagster as dg
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -261,7 +262,7 @@ class LakehouseBigQueryResource(BigQueryResource):
 # -- the warehouse ----------------------------------------------------------------------------------
 
 
-class GcpWarehouse(Warehouse):
+class GcpWarehouse(dg.ConfigurableResource, Warehouse):
     """BigQuery SQL on BigQuery: every table lives in one dataset."""
 
     bigquery: LakehouseBigQueryResource

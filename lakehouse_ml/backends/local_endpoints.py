@@ -23,6 +23,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import dagster as dg
 import pandas as pd
 
 from lakehouse_ml.backends.endpoints import Endpoints
@@ -56,7 +57,7 @@ def allocate(current: Mapping[str, int], new_id: str, percentage: int) -> dict[s
     return out
 
 
-class LocalEndpoints(Endpoints):
+class LocalEndpoints(dg.ConfigurableResource, Endpoints):
     """Endpoints on this machine, served by one local endpoint server (``lakehouse-ml serve``)."""
 
     home: str

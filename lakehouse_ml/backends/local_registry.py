@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 from pydantic import PrivateAttr
 
 from lakehouse_ml.backends.registry import (
@@ -97,7 +98,7 @@ def _link_tree(src: Path, dst: Path) -> None:
     fsync_dir(dst)
 
 
-class LocalModelRegistry(ModelRegistry):
+class LocalModelRegistry(dg.ConfigurableResource, ModelRegistry):
     """Model versions in SQLite under ``root`` (default ``$LAKEHOUSE_ML_HOME/registry``)."""
 
     root: str

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+import dagster as dg
 import duckdb
 import pandas as pd
 import pyarrow as pa
@@ -76,7 +77,7 @@ def _nothing() -> Iterator[None]:
     yield None
 
 
-class LocalWarehouse(Warehouse):
+class LocalWarehouse(dg.ConfigurableResource, Warehouse):
     """BigQuery SQL on a DuckDB file under the local home."""
 
     duckdb: DuckDBResource

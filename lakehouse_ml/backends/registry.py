@@ -37,12 +37,10 @@ Semantics (each from the Vertex AI / BigQuery ML documentation):
 
 from __future__ import annotations
 
+import abc
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any
-
-import dagster as dg
 
 from lakehouse_ml.bigquery.registry import (
     DEFAULT_ALIAS,
@@ -127,56 +125,26 @@ def parse_merge(aliases: Iterable[str]) -> tuple[list[str], list[str]]:
     return [a for a in add if a not in both], [r for r in remove if r not in both]
 
 
-class ModelRegistry(dg.ConfigurableResource):
-    """Versions and aliases of registered models (Vertex AI Model Registry semantics)."""
+class ModelRegistry(abc.ABC):
+    """Versions and aliases of registered models (Vertex AI Model Registry semantics).
 
-    def register_version(
-        self,
-        model_id: str,
-        *,
-        source: str,
-        model_type: str,
-        artifact_dir: str | Path,
-        aliases: Sequence[str] = (),
-        display_name: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        metrics: Mapping[str, Any] | None = None,
-    ) -> ModelVersion:
-        """Register a new version (``"1"`` for a new model id, which also gets ``default``)."""
-        raise NotImplementedError
+    Versions of BigQuery ML models are created by ``CREATE MODEL … MODEL_REGISTRY='VERTEX_AI'``,
+    not through this port: BigQuery registers them in Vertex AI itself, and locally the engine
+    calls the local registry's ``register_version``, ``replace_bqml_version`` and
+    ``drop_bqml_model`` (:class:`lakehouse_ml.engine.registry_hook.RegistryHook`), which only
+    :class:`~lakehouse_ml.backends.local_registry.LocalModelRegistry` has.
+    """
 
-    def replace_bqml_version(
-        self,
-        source: str,
-        model_id: str | None,
-        *,
-        model_type: str = "",
-        artifact_dir: str | Path | None = None,
-        aliases: Sequence[str] = (),
-        display_name: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        metrics: Mapping[str, Any] | None = None,
-    ) -> ModelVersion | None:
-        """``CREATE OR REPLACE`` of the BigQuery ML model ``source``: a new version is registered
-        under ``model_id`` and the model's current version is deleted (v1, v2 → v1, v3): its
-        aliases go with it, but ``default``, which moves to the newest remaining version. Raises
-        :class:`VersionDeployedError` (nothing changes) when that version is deployed.
-        ``model_id=None``: the new model is not registered, the old version goes."""
-        raise NotImplementedError
-
-    def drop_bqml_model(self, source: str, *, check_only: bool = False) -> None:
-        """``DROP MODEL``: remove the versions registered from ``source`` (refused when deployed)."""
-        raise NotImplementedError
-
+    @abc.abstractmethod
     def find_bqml_version(self, source: str) -> ModelVersion | None:
         """The current version registered from the BigQuery ML model ``source``, if any."""
-        raise NotImplementedError
+        ...
 
-    def get_version(self, model_id: str, version_or_alias: str = DEFAULT_ALIAS) -> ModelVersion:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def get_version(self, model_id: str, version_or_alias: str = DEFAULT_ALIAS) -> ModelVersion: ...
 
-    def list_versions(self, model_id: str) -> list[ModelVersion]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def list_versions(self, model_id: str) -> list[ModelVersion]: ...
 
     def latest_version(self, model_id: str) -> ModelVersion:
         """The newest version of ``model_id`` (the highest version id): the one a ``CREATE OR
@@ -193,21 +161,24 @@ class ModelRegistry(dg.ConfigurableResource):
         except ModelNotRegisteredError:
             return None
 
-    def list_models(self) -> list[str]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def list_models(self) -> list[str]: ...
 
-    def merge_version_aliases(self, model_id: str, version_id: str, aliases: Sequence[str]) -> ModelVersion:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def merge_version_aliases(
+        self, model_id: str, version_id: str, aliases: Sequence[str]
+    ) -> ModelVersion: ...
 
-    def delete_version(self, model_id: str, version_id: str) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def delete_version(self, model_id: str, version_id: str) -> None: ...
 
-    def delete_model(self, model_id: str) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def delete_model(self, model_id: str) -> None: ...
 
+    @abc.abstractmethod
     def version_url(self, version: ModelVersion) -> str:
         """A link for the Dagster UI (the Vertex console on gcp, the local folder locally)."""
-        raise NotImplementedError
+        ...
 
     def vertex_region(self, bigquery_location: str) -> str:
         return vertex_region(bigquery_location)

@@ -85,6 +85,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import dagster as dg
 from google.api_core import exceptions as google_exceptions
 from pydantic import Field, PrivateAttr
 
@@ -413,7 +414,7 @@ class _VertexConfig:
 # -- the registry ------------------------------------------------------------------------------------
 
 
-class VertexModelRegistry(_VertexConfig, ModelRegistry):
+class VertexModelRegistry(_VertexConfig, dg.ConfigurableResource, ModelRegistry):
     """Vertex AI Model Registry of one project; models live in the region of the BigQuery location."""
 
     project: str = Field(description="Google Cloud project id.")
@@ -675,28 +676,12 @@ class VertexModelRegistry(_VertexConfig, ModelRegistry):
         )
 
     # -- BigQuery ML registers models itself ---------------------------------------------------------
-    def _bigquery_registers(self, what: str) -> RegistryError:
-        return RegistryError(
-            f"Cannot {what} from Python on the gcp backend: BigQuery ML registers models in Vertex AI Model "
-            "Registry itself. Use CREATE [OR REPLACE] MODEL … OPTIONS(MODEL_REGISTRY='VERTEX_AI', "
-            "VERTEX_AI_MODEL_ID='<model id>', VERTEX_AI_MODEL_VERSION_ALIASES=[…]) (or ALTER MODEL … SET "
-            "OPTIONS(VERTEX_AI_MODEL_ID=…)) in BigQuery, and DROP MODEL to remove it."
-        )
-
-    def register_version(self, model_id: str, **kwargs: Any) -> ModelVersion:  # type: ignore[override]
-        raise self._bigquery_registers(f"register a version of model {model_id!r}")
-
-    def replace_bqml_version(self, source: str, model_id: str | None, **kwargs: Any) -> ModelVersion | None:  # type: ignore[override]
-        raise self._bigquery_registers(f"replace the version registered from {source}")
-
-    def drop_bqml_model(self, source: str, *, check_only: bool = False) -> None:
-        raise self._bigquery_registers(f"drop the versions registered from {source}")
 
 
 # -- the endpoints -----------------------------------------------------------------------------------
 
 
-class VertexEndpoints(_VertexConfig, Endpoints):
+class VertexEndpoints(_VertexConfig, dg.ConfigurableResource, Endpoints):
     """Vertex AI endpoints of one project, in the region of the BigQuery location."""
 
     project: str = Field(description="Google Cloud project id.")

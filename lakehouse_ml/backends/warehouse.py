@@ -20,12 +20,12 @@ Conventions shared by both implementations:
 
 from __future__ import annotations
 
+import abc
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import dagster as dg
 import pandas as pd
 import pyarrow as pa
 from sqlglot import exp
@@ -151,23 +151,26 @@ def combine_parquet(paths: Sequence[str | Path], target: Path, utc_timestamps: b
     return rows
 
 
-class Warehouse(dg.ConfigurableResource):
+class Warehouse(abc.ABC):
     """Run BigQuery SQL and move data in and out of tables. See the module docstring."""
 
     # -- reading ---------------------------------------------------------------------------------
+    @abc.abstractmethod
     def query_arrow(self, sql: str, params: Params | None = None) -> pa.Table:
         """Run a query (or a script whose last statement is a query) and return its rows."""
-        raise NotImplementedError
+        ...
 
     def query(self, sql: str, params: Params | None = None) -> pd.DataFrame:
         """Like :meth:`query_arrow`, as a pandas DataFrame."""
         return self.query_arrow(sql, params).to_pandas()
 
+    @abc.abstractmethod
     def execute(self, sql: str, params: Params | None = None) -> None:
         """Run statements for their effect (DDL, DML, scripts)."""
-        raise NotImplementedError
+        ...
 
     # -- writing ---------------------------------------------------------------------------------
+    @abc.abstractmethod
     def write_query(
         self,
         table: str,
@@ -182,11 +185,12 @@ class Warehouse(dg.ConfigurableResource):
         ``window.column`` is in the window are replaced (the table is created when missing), and
         a query that returns rows outside the window is refused.
         """
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def load_dataframe(self, df: pd.DataFrame, table: str, *, window: PartitionWindow | None = None) -> int:
         """Write a DataFrame to ``table`` with the same semantics as :meth:`write_query`."""
-        raise NotImplementedError
+        ...
 
     def load_parquet(
         self, paths: Sequence[str | Path], table: str, *, window: PartitionWindow | None = None
@@ -204,23 +208,26 @@ class Warehouse(dg.ConfigurableResource):
         return self.load_dataframe(frame, table, window=window)
 
     # -- catalog ---------------------------------------------------------------------------------
-    def table_exists(self, table: str) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def table_exists(self, table: str) -> bool: ...
 
+    @abc.abstractmethod
     def table_schema(self, table: str) -> list[tuple[str, str]]:
         """``(column, BigQuery type)`` pairs, in table order. Raises :class:`TableNotFoundError`."""
-        raise NotImplementedError
+        ...
 
-    def row_count(self, table: str) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def row_count(self, table: str) -> int: ...
 
+    @abc.abstractmethod
     def drop_table(self, table: str) -> None:
         """Drop ``table`` if it exists."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def describe(self) -> str:
         """A one-line human description of where the data lives."""
-        raise NotImplementedError
+        ...
 
     def table_url(self, table: str) -> str | None:
         """A link to the table for the Dagster UI (console URL on gcp), if there is one."""
@@ -231,11 +238,13 @@ class Warehouse(dg.ConfigurableResource):
         folder locally."""
         return None
 
+    @abc.abstractmethod
     def list_models(self) -> list[tuple[str, dt.datetime]]:
         """The BigQuery ML models of the dataset: (name, creation time in UTC)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def model_source(self, model: str) -> str:
         """How the model registry names the BigQuery ML model ``model`` as a version's source:
         ``bqml://<dataset>.<model>``."""
-        raise NotImplementedError
+        ...

@@ -75,7 +75,9 @@ def registered_version_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         kinds={"vertexai"},
     )
     def _registered_version(
-        context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry
+        context: dg.AssetExecutionContext,
+        warehouse: dg.ResourceParam[Warehouse],
+        registry: dg.ResourceParam[ModelRegistry],
     ) -> dg.MaterializeResult:
         with user_errors():
             try:
@@ -120,7 +122,9 @@ def registry_version_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         ],
     )
     def _registry_version(
-        context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry
+        context: dg.AssetExecutionContext,
+        warehouse: dg.ResourceParam[Warehouse],
+        registry: dg.ResourceParam[ModelRegistry],
     ) -> dg.MaterializeResult:
         with user_errors():
             try:
@@ -227,9 +231,9 @@ def deployment_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
     def _deployment(
         context: dg.AssetExecutionContext,
         config: DeploymentConfig,
-        warehouse: Warehouse,
-        registry: ModelRegistry,
-        endpoints: Endpoints,
+        warehouse: dg.ResourceParam[Warehouse],
+        registry: dg.ResourceParam[ModelRegistry],
+        endpoints: dg.ResourceParam[Endpoints],
     ) -> dg.MaterializeResult:
         with user_errors():
             try:

@@ -59,7 +59,7 @@ def feature_asset(table: features.FeatureTable, partitions: dg.PartitionsDefinit
         metadata={"sql_file": dg.MetadataValue.path(f"sql/{table.sql_path}")},
     )
     def _feature(
-        context: dg.AssetExecutionContext, config: Config, warehouse: Warehouse
+        context: dg.AssetExecutionContext, config: Config, warehouse: dg.ResourceParam[Warehouse]
     ) -> dg.MaterializeResult:
         window = window_of(context, table.partition_column) if partitioned else None
         context.log.info(f"Building {table.name} from sql/{table.sql_path} on {warehouse.describe()}")

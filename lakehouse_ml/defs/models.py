@@ -131,7 +131,9 @@ def model_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
         },
         tags={"model_type": spec.model_type_of(statement).lower()},
     )
-    def _model(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    def _model(
+        context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[Warehouse]
+    ) -> dg.MaterializeResult:
         model = models.training_model_name(spec, context.run.run_id)
         context.log.info(
             f"Training {spec.name} ({spec.model_type}) from sql/{spec.sql_path} as BigQuery ML model {model} on "
@@ -165,7 +167,9 @@ def evaluation_asset(spec: models.ModelSpec, reports_dir: Path) -> dg.AssetsDefi
         kinds={"bigquery", "sql"},
         metadata={"gate_metric": spec.gate.metric, "gate_direction": spec.gate.direction},
     )
-    def _evaluation(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    def _evaluation(
+        context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[Warehouse]
+    ) -> dg.MaterializeResult:
         with user_errors():
             model = trained_model(context, warehouse, spec)
             result = models.evaluate(warehouse, spec, model)

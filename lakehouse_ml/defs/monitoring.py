@@ -59,7 +59,10 @@ def monitoring_asset(spec: models.ModelSpec, reports_dir) -> dg.AssetsDefinition
         ],
     )
     def _monitoring(
-        context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry, endpoints: Endpoints
+        context: dg.AssetExecutionContext,
+        warehouse: dg.ResourceParam[Warehouse],
+        registry: dg.ResourceParam[ModelRegistry],
+        endpoints: dg.ResourceParam[Endpoints],
     ) -> dg.MaterializeResult:
         with user_errors():
             try:

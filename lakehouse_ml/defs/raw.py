@@ -81,7 +81,9 @@ def raw_asset(
             )
         ],
     )
-    def _raw(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    def _raw(
+        context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[Warehouse]
+    ) -> dg.MaterializeResult:
         window = window_of(context, raw.partition_column) if partitioned else None
         files = _files(landing_dir, raw, window.days() if window else [None])
         context.log.info(f"Loading {len(files)} landing file(s) into {raw.name} ({warehouse.describe()})")

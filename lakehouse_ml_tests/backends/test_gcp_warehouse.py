@@ -722,7 +722,7 @@ def test_settings_point_the_client_at_the_api_endpoint(gcp_warehouse, api):
 
 def test_the_warehouse_is_a_dagster_resource(gcp_warehouse, api):
     @dg.asset
-    def channel_totals(warehouse: Warehouse) -> dg.MaterializeResult:
+    def channel_totals(warehouse: dg.ResourceParam[Warehouse]) -> dg.MaterializeResult:
         rows = warehouse.write_query(
             "channel_totals", "SELECT @channel AS channel, 3 AS orders", {"channel": "web"}
         )

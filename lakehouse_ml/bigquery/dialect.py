@@ -1016,6 +1016,12 @@ def ml_call(node: MLFunction, params: Mapping[str, Any] | None = None) -> MLCall
         ):
             raise BqmlError(f"ML.{function}: the thresholds must be an ARRAY<FLOAT64>.")
         thresholds = [float(v) for v in values]
+    if node.args.get("trailing_model") is not None:
+        raise BqmlError(
+            f"ML.{function}(..., MODEL {node.args['trailing_model'].sql('bigquery')}) is not supported locally: "
+            "the MODEL argument only adds visualization_link, a Vertex AI model monitoring console URL. Leave it "
+            "out (the drift rows are the same), or run the query on the gcp backend."
+        )
     if function in _MODEL_FREE:
         return MLCall(function, None, None, options, None, inputs=inputs, node=node)
     return MLCall(function, model, inputs[0] if inputs else None, options, thresholds, node=node)

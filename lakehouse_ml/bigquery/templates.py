@@ -10,6 +10,7 @@ from typing import Any
 from sqlglot import exp
 
 from lakehouse_ml.bigquery.dialect import (
+    AlterModelStatement,
     BigQueryML,
     MLFunction,
     find_ml_calls,
@@ -71,6 +72,7 @@ def bind_template(
     tables = {name: check_identifier(table, "table") for name, table in (tables or {}).items()}
     statements = parse_bigquery_ml(sql)
     for statement in statements:
+        _bind_model_statement(statement, model)
         for node in [n for n in statement.walk() if isinstance(n, MLFunction)]:
             _bind_call(node, model, training, tables)
         for parameter in list(statement.find_all(exp.Parameter)):
@@ -81,6 +83,23 @@ def bind_template(
     for statement in parse_bigquery_ml(bound):  # the bound SQL must parse, ML calls included
         find_ml_calls(statement)
     return bound
+
+
+def _bind_model_statement(statement: exp.Expression, model: str | None) -> None:
+    """``DROP MODEL model``, ``ALTER MODEL model …`` and ``CREATE MODEL model …`` bound."""
+    if isinstance(statement, exp.Drop) and str(statement.args.get("kind") or "").upper() == "MODEL":
+        references = list(statement.args.get("tables") or [])
+    elif isinstance(statement, exp.Create) and str(statement.args.get("kind") or "").upper() == "MODEL":
+        references = [statement.this]
+    elif isinstance(statement, AlterModelStatement):
+        references = [statement.this]
+    else:
+        return
+    for reference in references:
+        if _plain_name(reference) == TEMPLATE_MODEL:
+            if model is None:
+                raise BqmlError("This SQL template reads a model: give the model's name.")
+            reference.replace(exp.to_table(model))
 
 
 def _bind_call(

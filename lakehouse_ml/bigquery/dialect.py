@@ -819,6 +819,19 @@ def parse_options(
     return options
 
 
+def _option_values(entries: Sequence[exp.Expression], params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``name = value`` nodes (``SET OPTIONS(...)``) as a dict with lower-case names."""
+    options: dict[str, Any] = {}
+    for entry in entries:
+        if not isinstance(entry, exp.EQ) or not isinstance(entry.this, (exp.Column, exp.Identifier, exp.Var)):
+            raise BqmlError(f"Invalid option {entry.sql('bigquery')!r}: write name = value.")
+        name = entry.this.name.lower()
+        if name in options:
+            raise BqmlError(f"Option {name.upper()} is given twice.")
+        options[name] = literal_value(entry.expression, params)
+    return options
+
+
 # =================================================================================================
 # Model statements
 # =================================================================================================
@@ -843,30 +856,27 @@ def parse_model_statement(sql: str, params: Mapping[str, Any] | None = None) -> 
         and len(tokens) > 1
         and tokens[1].token_type == TokenType.MODEL
     ):
-        i = 2
-        if_exists = _is(tokens[i] if i < len(tokens) else None, "IF")
-        if if_exists:
-            if not (i + 1 < len(tokens) and tokens[i + 1].token_type == TokenType.EXISTS):
-                raise BqmlError("Expected IF EXISTS.")
-            i += 2
-        parts, raw, i = _take_path(sql, tokens, i, "model")
-        model = _model_ref(parts, raw)
-        if first == TokenType.DROP:
-            if i != len(tokens):
-                raise BqmlError(f"Unexpected {tokens[i].text!r} after DROP MODEL {raw}.")
-            return DropModel(model=model, if_exists=if_exists)
-        if not (
-            i + 1 < len(tokens) and tokens[i].token_type == TokenType.SET and _is(tokens[i + 1], "OPTIONS")
-        ):
-            raise BqmlError(
-                "ALTER MODEL supports only ALTER MODEL [IF EXISTS] name SET OPTIONS(...) "
-                "(bigqueryml-syntax-alter-model)."
+        statement = one_ml_statement(sql)
+        if isinstance(statement, AlterModelStatement):
+            return AlterModel(
+                model=_model_ref(*_table_parts(statement.this)),
+                if_exists=bool(statement.args.get("exists")),
+                options=_option_values(statement.expressions, params),
             )
-        close = _expect_paren(sql, tokens, i + 2, "SET OPTIONS")
-        if close != len(tokens) - 1:
-            raise BqmlError(f"Unexpected {tokens[close + 1].text!r} after ALTER MODEL … SET OPTIONS(...).")
-        return AlterModel(
-            model=model, if_exists=if_exists, options=parse_options(sql, tokens, i + 3, close, params)
+        tables = statement.args.get("tables") or [] if isinstance(statement, exp.Drop) else []
+        extra = [
+            k.upper()
+            for k, v in statement.args.items()
+            if v and k not in ("tables", "kind", "exists", "this")
+        ]
+        if extra:
+            raise BqmlError(
+                f"Unexpected {', '.join(extra)} in DROP MODEL: write DROP MODEL [IF EXISTS] name."
+            )
+        if len(tables) != 1:
+            raise BqmlError(f"Expected DROP MODEL [IF EXISTS] name, got {sql.strip()[:80]!r}.")
+        return DropModel(
+            model=_model_ref(*_table_parts(tables[0])), if_exists=bool(statement.args.get("exists"))
         )
     return None
 
@@ -1075,13 +1085,6 @@ def transform_output_names(items: Sequence[exp.Expression], input_columns: Seque
         else:
             names.append(item.alias_or_name)
     return names
-
-
-def one_statement(text: str) -> exp.Expression:
-    statements = parse_bigquery(text)
-    if len(statements) != 1:
-        raise WarehouseError("Expected one statement.")
-    return statements[0]
 
 
 def one_ml_statement(text: str) -> exp.Expression:

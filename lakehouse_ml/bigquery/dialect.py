@@ -76,6 +76,319 @@ _SIGNATURE_TEXT = {
     ),
 }
 
+# =================================================================================================
+# The BigQueryML dialect: sqlglot's BigQuery dialect with BigQuery ML's table functions and
+# ALTER MODEL as typed nodes
+# =================================================================================================
+
+
+class MLFunction(exp.Expression, exp.Func):
+    """``ML.<this>(MODEL model, ...)``: one BigQuery ML table function, its arguments by role.
+
+    ``model`` is the model's table reference (None for ML.VALIDATE_DATA_DRIFT, whose optional
+    trailing ``MODEL`` is ``trailing_model``); ``inputs`` the input relations in order (an
+    :class:`exp.Table` for ``TABLE t``, an :class:`exp.Subquery` for ``(query)``); ``struct`` the
+    ``STRUCT(...)`` options; ``array`` the ROC_CURVE thresholds.
+    """
+
+    arg_types = {
+        "this": True,
+        "model": False,
+        "inputs": False,
+        "struct": False,
+        "array": False,
+        "trailing_model": False,
+    }
+
+    @property
+    def function(self) -> str:
+        return self.name.upper()
+
+
+class AlterModelStatement(exp.Expression):
+    """``ALTER MODEL [IF EXISTS] this SET OPTIONS(expressions)`` (bigqueryml-syntax-alter-model)."""
+
+    arg_types = {"this": True, "exists": False, "expressions": False}
+
+
+def _preceded_by_ml(parser: Any) -> bool:
+    """Whether the function whose ``(`` was just consumed is written ``ML.<name>(``."""
+    i = parser._index
+    tokens = parser._tokens
+    return (
+        i >= 4
+        and tokens[i - 3].token_type == TokenType.DOT
+        and tokens[i - 4].token_type in (TokenType.VAR, TokenType.IDENTIFIER)
+        and tokens[i - 4].text.upper() == "ML"
+        and not (i >= 5 and tokens[i - 5].token_type == TokenType.DOT)
+    )
+
+
+_DESCRIBED = {"input": "an input relation", "struct": "a STRUCT", "array": "an array", "model": "a MODEL"}
+
+
+class BigQueryML(BigQuery):
+    """BigQuery with BigQuery ML: ``ML.<function>(MODEL m, ...)`` table functions parse into
+    :class:`MLFunction` and ``ALTER MODEL … SET OPTIONS`` into :class:`AlterModelStatement`; both
+    generate BigQuery SQL again."""
+
+    class Parser(BigQuery.Parser):
+        FUNCTION_PARSERS = {
+            **BigQuery.Parser.FUNCTION_PARSERS,
+            **{name: (lambda self, _n=name: self._parse_ml_function(_n)) for name in SIGNATURES},
+        }
+        STATEMENT_PARSERS = {
+            **BigQuery.Parser.STATEMENT_PARSERS,
+            TokenType.ALTER: lambda self: self._parse_alter_model_or_alter(),
+        }
+
+        def _parse_function_call(self, *args: Any, **kwargs: Any) -> exp.Expr | None:
+            # ML.<name>(MODEL ...) or AI.<name>(MODEL ...) that the local warehouse does not run.
+            prev, curr, nxt = self._prev, self._curr, self._next
+            if (
+                curr is not None
+                and prev is not None
+                and prev.token_type == TokenType.DOT
+                and self._index >= 2
+                and self._tokens[self._index - 2].text.upper() in ("ML", "AI")
+                and nxt is not None
+                and nxt.token_type == TokenType.L_PAREN
+                and self._index + 2 < len(self._tokens)
+                and self._tokens[self._index + 2].token_type == TokenType.MODEL
+            ):
+                function = f"{self._tokens[self._index - 2].text.upper()}.{curr.text.upper()}"
+                if function.startswith("AI.") or curr.text.upper() not in SIGNATURES:
+                    supported = ", ".join(f"ML.{f}" for f in SIGNATURES)
+                    raise BqmlError(
+                        f"{function} is not supported by the local BigQuery ML engine. It runs {supported}. "
+                        "Run this query on the gcp backend (LAKEHOUSE_ML_BACKEND=gcp)."
+                    )
+            return super()._parse_function_call(*args, **kwargs)
+
+        def _parse_ml_function(self, name: str) -> exp.Expr:
+            if not _preceded_by_ml(self):  # PREDICT(...), TRANSFORM(...) … without ML.
+                inherited = BigQuery.Parser.FUNCTION_PARSERS.get(name)
+                if inherited is not None:
+                    return inherited(self)
+                args = self._parse_function_args(alias=False)
+                builder = self.FUNCTIONS.get(name)
+                return (
+                    builder(args) if builder else self.expression(exp.Anonymous(this=name, expressions=args))
+                )
+            if name not in _MODEL_FREE and not self._match(TokenType.MODEL, advance=False):
+                # ML.PREDICT(...) without MODEL: not a table function (a UDF of that name).
+                args = self._parse_function_args(alias=False)
+                return self.expression(exp.Anonymous(this=name, expressions=args))
+            start = self._index - 4
+            signature = _SIGNATURE_TEXT[name]
+            arguments: list[tuple[str, exp.Expr]] = []
+            while not self._match(TokenType.R_PAREN, advance=False):
+                if self._curr.token_type == TokenType.SENTINEL:
+                    raise BqmlError(f"ML.{name}(...) is never closed. Syntax: {signature}.")
+                if self._match(TokenType.COMMA, advance=False):
+                    raise BqmlError(f"ML.{name} has an empty argument. Syntax: {signature}.")
+                arguments.append(self._parse_ml_argument(name))
+                if not self._match(TokenType.COMMA):
+                    break
+            if self._curr.token_type == TokenType.SENTINEL:
+                raise BqmlError(f"ML.{name}(...) is never closed. Syntax: {signature}.")
+            if not self._match(TokenType.R_PAREN, advance=False):
+                after = arguments[-1][1].sql("bigquery") if arguments else ""
+                raise BqmlError(
+                    f"Unexpected {self._curr.text!r} after {after} in ML.{name}. Syntax: {signature}."
+                )
+            node = self.expression(_ml_function(name, arguments))
+            node.meta["start"] = self._tokens[start].start  # the character offset of ML.
+            return node
+
+        def _parse_ml_argument(self, name: str) -> tuple[str, exp.Expr]:
+            if self._match(TokenType.MODEL):
+                return "model", self._parse_ml_name(name, "MODEL")
+            if self._match(TokenType.TABLE):
+                return "input", self._parse_ml_name(name, "TABLE")
+            if self._match(TokenType.L_PAREN, advance=False):
+                if self._next.token_type == TokenType.R_PAREN:
+                    raise BqmlError(f"ML.{name} has an empty input query ().")
+                start = self._index
+                self._advance()
+                if self._curr.token_type in (TokenType.SELECT, TokenType.WITH, TokenType.L_PAREN):
+                    query = self._parse_select(nested=True, parse_set_operation=True)
+                else:  # a statement that is not a query: refused when the input is evaluated
+                    query = (
+                        self._parse_statement() if self._curr.token_type in self.STATEMENT_PARSERS else None
+                    )
+                if query is not None and self._match(TokenType.R_PAREN):
+                    if self._match_set((TokenType.COMMA, TokenType.R_PAREN), advance=False):
+                        return "input", exp.Subquery(this=query)
+                self._retreat(start)
+            kind = "unknown"
+            if self._match(TokenType.STRUCT, advance=False):
+                kind = "struct"
+            elif self._match(TokenType.L_BRACKET, advance=False) or (
+                self._curr.text.upper() in ("GENERATE_ARRAY", "ARRAY")
+            ):
+                kind = "array"
+            value = self._parse_assignment()
+            if value is None:
+                found = (
+                    self._curr.text
+                    if self._curr.token_type != TokenType.SENTINEL
+                    else "the end of the statement"
+                )
+                raise BqmlError(f"ML.{name}: unexpected {found!r}. Syntax: {_SIGNATURE_TEXT[name]}.")
+            return kind, value
+
+        def _parse_ml_name(self, name: str, keyword: str) -> exp.Table:
+            table = self._parse_table_parts()
+            if table is None or not table.name:
+                found = (
+                    self._curr.text
+                    if self._curr.token_type != TokenType.SENTINEL
+                    else "the end of the statement"
+                )
+                what = "model" if keyword == "MODEL" else "table"
+                raise WarehouseError(f"Expected a {what} name, found {found!r}.")
+            if not self._match_set((TokenType.COMMA, TokenType.R_PAREN, TokenType.SENTINEL), advance=False):
+                raise BqmlError(
+                    f"Unexpected {self._curr.text!r} after {keyword} {table.sql('bigquery')} in ML.{name}. "
+                    f"Syntax: {_SIGNATURE_TEXT[name]}."
+                )
+            return table
+
+        def _parse_alter_model_or_alter(self) -> exp.Expr | None:
+            if not self._match(TokenType.MODEL):
+                return self._parse_alter()
+            exists = self._parse_exists()
+            model = self._parse_table_parts()
+            if not (self._match(TokenType.SET) and self._match_text_seq("OPTIONS")):
+                raise BqmlError(
+                    "ALTER MODEL supports only ALTER MODEL [IF EXISTS] name SET OPTIONS(...) "
+                    "(bigqueryml-syntax-alter-model)."
+                )
+            if not self._match(TokenType.L_PAREN, advance=False):
+                raise BqmlError("Expected '(' after SET OPTIONS.")
+            options = self._parse_wrapped_csv(self._parse_assignment, optional=False)
+            if self._curr.token_type not in (TokenType.SEMICOLON, TokenType.SENTINEL):
+                raise BqmlError(f"Unexpected {self._curr.text!r} after ALTER MODEL … SET OPTIONS(...).")
+            return self.expression(AlterModelStatement(this=model, exists=exists, expressions=options))
+
+    class Generator(BigQuery.Generator):
+        TRANSFORMS = {
+            **BigQuery.Generator.TRANSFORMS,
+            MLFunction: lambda self, e: self.mlfunction_sql(e),
+            AlterModelStatement: lambda self, e: self.altermodelstatement_sql(e),
+        }
+
+        def mlfunction_sql(self, expression: MLFunction) -> str:
+            args: list[str] = []
+            model = expression.args.get("model")
+            if model is not None:
+                args.append(f"MODEL {self.sql(model)}")
+            inputs = list(expression.args.get("inputs") or [])
+            struct = expression.args.get("struct")
+            array = expression.args.get("array")
+            function = expression.function
+            relations = [
+                f"TABLE {self.sql(node)}" if isinstance(node, exp.Table) else self.sql(node)
+                for node in inputs
+            ]
+            if function == "DETECT_ANOMALIES":  # STRUCT before the input (the documented order)
+                args += [self.sql(struct)] if struct is not None else []
+                args += relations
+            else:
+                args += relations
+                args += [self.sql(array)] if array is not None else []
+                args += [self.sql(struct)] if struct is not None else []
+            trailing = expression.args.get("trailing_model")
+            if trailing is not None:
+                args.append(f"MODEL {self.sql(trailing)}")
+            return f"ML.{function}({', '.join(args)})"
+
+        def altermodelstatement_sql(self, expression: AlterModelStatement) -> str:
+            exists = " IF EXISTS" if expression.args.get("exists") else ""
+            options = ", ".join(self.sql(e) for e in expression.expressions)
+            return f"ALTER MODEL{exists} {self.sql(expression.this)} SET OPTIONS ({options})"
+
+        def table_parts(self, expression: exp.Table) -> str:
+            if isinstance(expression.this, MLFunction):
+                return self.sql(expression.this)  # ML.PREDICT(...) in FROM: no ML. prefix twice
+            return super().table_parts(expression)
+
+        def dot_sql(self, expression: exp.Dot) -> str:
+            if isinstance(expression.expression, MLFunction):
+                return self.sql(expression.expression)
+            return super().dot_sql(expression)
+
+
+def _ml_function(name: str, arguments: Sequence[tuple[str, exp.Expr]]) -> MLFunction:
+    """The node of ``ML.<name>(arguments)``, with the arguments checked against its signature."""
+    signature = _SIGNATURE_TEXT[name]
+    expected = list(SIGNATURES[name])
+    node_args: dict[str, Any] = {"this": name, "inputs": []}
+    rest = list(arguments)
+    if name not in _MODEL_FREE:
+        kind, model = rest.pop(0)
+        node_args["model"] = model
+    for kind, value in rest:
+        while expected and expected[0].rstrip("?") != kind and expected[0].endswith("?"):
+            expected.pop(0)
+        if not expected or expected[0].rstrip("?") != kind:
+            if kind == "model" and name in _MODEL_FREE:
+                raise BqmlError(
+                    f"ML.{name}(..., MODEL {value.sql('bigquery')}) is not supported locally: the MODEL "
+                    "argument only adds visualization_link, a Vertex AI model monitoring console URL. Leave it out "
+                    "(the drift rows are the same), or run the query on the gcp backend."
+                )
+            shown = (
+                f"TABLE {value.sql('bigquery')}"
+                if kind == "input" and isinstance(value, exp.Table)
+                else (f"MODEL {value.sql('bigquery')}" if kind == "model" else value.sql("bigquery"))
+            )
+            raise BqmlError(
+                f"ML.{name} does not take {_DESCRIBED.get(kind, 'the argument')} {shown!r} here. Syntax: {signature}."
+            )
+        expected.pop(0)
+        if kind == "input":
+            node_args["inputs"].append(value)
+        elif kind == "model":
+            node_args["trailing_model"] = value
+        else:
+            node_args[kind] = value
+    if [e for e in expected if not e.endswith("?")]:
+        if name in _MODEL_FREE:
+            raise BqmlError(
+                f"ML.{name} needs a base and a study input: TABLE t or (query). Syntax: {signature}."
+            )
+        raise BqmlError(f"ML.{name} needs an input: TABLE t or (query). Syntax: {signature}.")
+    return MLFunction(**node_args)
+
+
+def parse_bigquery_ml(sql: str) -> list[exp.Expression]:
+    """Parse a BigQuery script with BigQuery ML (:class:`BigQueryML`) into statements."""
+    try:
+        return [s for s in sqlglot.parse(sql, read=BigQueryML) if s is not None]
+    except sqlglot.errors.ParseError as err:
+        details = "; ".join(
+            f"line {e.get('line')}, column {e.get('col')}: {e.get('description')}"
+            + (f" near {e.get('highlight')!r}" if e.get("highlight") else "")
+            for e in err.errors
+        ) or str(err)
+        raise WarehouseError(f"Could not parse the BigQuery SQL: {details}") from None
+    except sqlglot.errors.TokenError as err:
+        raise WarehouseError(f"Could not parse the BigQuery SQL: {err}") from None
+
+
+def ml_functions(tree: exp.Expression) -> list[MLFunction]:
+    """The ML table-function nodes of ``tree`` that are not inside another one, in textual order
+    (a WITH clause before the query that uses it)."""
+    found = [
+        n
+        for n in tree.walk(bfs=False, prune=lambda n: isinstance(n, MLFunction))
+        if isinstance(n, MLFunction)
+    ]
+    return sorted(found, key=lambda n: n.meta.get("start", 0))
+
+
 _WORD = re.compile(r"^[A-Za-z0-9_]+$")
 _PROJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 
@@ -248,20 +561,28 @@ ModelStatement = CreateModel | DropModel | AlterModel
 
 @dataclass(frozen=True)
 class InputRelation:
-    """``TABLE name`` (``table`` set) or ``(query)`` (``query`` set)."""
+    """``TABLE name`` (``table`` set) or ``(query)`` (``query`` set, as BigQuery SQL); ``node`` is
+    the parsed relation (an :class:`exp.Table` or an :class:`exp.Subquery`)."""
 
     table: str | None = None
     query: str | None = None
+    node: exp.Expression | None = field(default=None, compare=False, repr=False)
+
+    def tree(self) -> exp.Expression:
+        """The relation as a query tree of its own (a copy)."""
+        if isinstance(self.node, exp.Subquery):
+            return self.node.this.copy()
+        if self.query is not None:
+            return one_ml_statement(self.query)
+        return exp.select("*").from_(exp.to_table(self.table))
 
     def sql(self) -> str:
-        if self.query is not None:
-            return self.query
-        return exp.select("*").from_(exp.to_table(self.table)).sql("bigquery")
+        return self.tree().sql(BigQueryML)
 
 
 @dataclass(frozen=True)
 class MLCall:
-    """One ``ML.<function>(MODEL m, ...)`` call; ``start``/``end`` are its character offsets.
+    """One ``ML.<function>(MODEL m, ...)`` call, read from its :class:`MLFunction` ``node``.
 
     ``ML.VALIDATE_DATA_DRIFT`` has no model (``model`` is None) and two input relations
     (``inputs``: base, study)."""
@@ -271,10 +592,13 @@ class MLCall:
     input: InputRelation | None
     options: dict[str, Any]
     thresholds: list[float] | None
-    start: int
-    end: int  # exclusive
-    text: str = field(default="", compare=False)
     inputs: tuple[InputRelation, ...] = ()
+    node: MLFunction | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def text(self) -> str:
+        """The call as BigQuery SQL."""
+        return self.node.sql(BigQueryML) if self.node is not None else ""
 
 
 # =================================================================================================
@@ -495,6 +819,19 @@ def parse_options(
     return options
 
 
+def _option_values(entries: Sequence[exp.Expression], params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``name = value`` nodes (``SET OPTIONS(...)``) as a dict with lower-case names."""
+    options: dict[str, Any] = {}
+    for entry in entries:
+        if not isinstance(entry, exp.EQ) or not isinstance(entry.this, (exp.Column, exp.Identifier, exp.Var)):
+            raise BqmlError(f"Invalid option {entry.sql('bigquery')!r}: write name = value.")
+        name = entry.this.name.lower()
+        if name in options:
+            raise BqmlError(f"Option {name.upper()} is given twice.")
+        options[name] = literal_value(entry.expression, params)
+    return options
+
+
 # =================================================================================================
 # Model statements
 # =================================================================================================
@@ -519,30 +856,27 @@ def parse_model_statement(sql: str, params: Mapping[str, Any] | None = None) -> 
         and len(tokens) > 1
         and tokens[1].token_type == TokenType.MODEL
     ):
-        i = 2
-        if_exists = _is(tokens[i] if i < len(tokens) else None, "IF")
-        if if_exists:
-            if not (i + 1 < len(tokens) and tokens[i + 1].token_type == TokenType.EXISTS):
-                raise BqmlError("Expected IF EXISTS.")
-            i += 2
-        parts, raw, i = _take_path(sql, tokens, i, "model")
-        model = _model_ref(parts, raw)
-        if first == TokenType.DROP:
-            if i != len(tokens):
-                raise BqmlError(f"Unexpected {tokens[i].text!r} after DROP MODEL {raw}.")
-            return DropModel(model=model, if_exists=if_exists)
-        if not (
-            i + 1 < len(tokens) and tokens[i].token_type == TokenType.SET and _is(tokens[i + 1], "OPTIONS")
-        ):
-            raise BqmlError(
-                "ALTER MODEL supports only ALTER MODEL [IF EXISTS] name SET OPTIONS(...) "
-                "(bigqueryml-syntax-alter-model)."
+        statement = one_ml_statement(sql)
+        if isinstance(statement, AlterModelStatement):
+            return AlterModel(
+                model=_model_ref(*_table_parts(statement.this)),
+                if_exists=bool(statement.args.get("exists")),
+                options=_option_values(statement.expressions, params),
             )
-        close = _expect_paren(sql, tokens, i + 2, "SET OPTIONS")
-        if close != len(tokens) - 1:
-            raise BqmlError(f"Unexpected {tokens[close + 1].text!r} after ALTER MODEL … SET OPTIONS(...).")
-        return AlterModel(
-            model=model, if_exists=if_exists, options=parse_options(sql, tokens, i + 3, close, params)
+        tables = statement.args.get("tables") or [] if isinstance(statement, exp.Drop) else []
+        extra = [
+            k.upper()
+            for k, v in statement.args.items()
+            if v and k not in ("tables", "kind", "exists", "this")
+        ]
+        if extra:
+            raise BqmlError(
+                f"Unexpected {', '.join(extra)} in DROP MODEL: write DROP MODEL [IF EXISTS] name."
+            )
+        if len(tables) != 1:
+            raise BqmlError(f"Expected DROP MODEL [IF EXISTS] name, got {sql.strip()[:80]!r}.")
+        return DropModel(
+            model=_model_ref(*_table_parts(tables[0])), if_exists=bool(statement.args.get("exists"))
         )
     return None
 
@@ -650,232 +984,69 @@ def rename_created_model(sql: str, model: str) -> str:
 # =================================================================================================
 
 
-def _function_at(tokens: Sequence[Token], i: int) -> str | None:
-    """``ML``/``AI`` ``.`` name ``(`` starting at ``tokens[i]`` → ``"ML.NAME"``, else None."""
-    if (
-        i + 3 < len(tokens)
-        and tokens[i].token_type in (TokenType.VAR, TokenType.IDENTIFIER)
-        and tokens[i].text.upper() in ("ML", "AI")
-        and tokens[i + 1].token_type == TokenType.DOT
-        and _name_token(tokens[i + 2])
-        and tokens[i + 3].token_type == TokenType.L_PAREN
-        and (i == 0 or tokens[i - 1].token_type != TokenType.DOT)
-    ):
-        return f"{tokens[i].text.upper()}.{tokens[i + 2].text.upper()}"
-    return None
+def _table_parts(table: exp.Table) -> tuple[list[str], str]:
+    parts = [table.args[k].name if table.args.get(k) is not None else "" for k in ("catalog", "db", "this")]
+    while parts and parts[0] == "" and len(parts) > 1:
+        parts.pop(0)
+    return parts, table.sql("bigquery")
 
 
-def find_ml_calls(sql: str, params: Mapping[str, Any] | None = None) -> list[MLCall]:
-    """The outermost ``ML.<function>(MODEL m, ...)`` calls of ``sql``, in textual order.
+def _input_relation(node: exp.Expression, function: str) -> InputRelation:
+    if isinstance(node, exp.Table):
+        parts, raw = _table_parts(node)
+        return InputRelation(table=_table_name(parts, raw), node=node)
+    return InputRelation(query=node.this.sql(BigQueryML), node=node)
+
+
+def ml_call(node: MLFunction, params: Mapping[str, Any] | None = None) -> MLCall:
+    """The checked arguments of one :class:`MLFunction` node: model name, input relations and
+    literal STRUCT and thresholds values (``@name`` parameters from ``params``)."""
+    function = node.function
+    model = None
+    if node.args.get("model") is not None:
+        model = _model_ref(*_table_parts(node.args["model"]))
+    inputs = tuple(_input_relation(i, function) for i in node.args.get("inputs") or [])
+    options: dict[str, Any] = {}
+    struct = node.args.get("struct")
+    if struct is not None:
+        value = literal_value(struct, params)
+        if isinstance(value, list) and not value:
+            value = {}
+        if not isinstance(value, dict):
+            example = (
+                "0.2 AS categorical_default_threshold" if function in _MODEL_FREE else "0.6 AS threshold"
+            )
+            raise BqmlError(f"ML.{function}: name the STRUCT fields, e.g. STRUCT({example}).")
+        options = value
+    thresholds = None
+    if node.args.get("array") is not None:
+        values = literal_value(node.args["array"], params)
+        if not isinstance(values, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+        ):
+            raise BqmlError(f"ML.{function}: the thresholds must be an ARRAY<FLOAT64>.")
+        thresholds = [float(v) for v in values]
+    if node.args.get("trailing_model") is not None:
+        raise BqmlError(
+            f"ML.{function}(..., MODEL {node.args['trailing_model'].sql('bigquery')}) is not supported locally: "
+            "the MODEL argument only adds visualization_link, a Vertex AI model monitoring console URL. Leave it "
+            "out (the drift rows are the same), or run the query on the gcp backend."
+        )
+    if function in _MODEL_FREE:
+        return MLCall(function, None, None, options, None, inputs=inputs, node=node)
+    return MLCall(function, model, inputs[0] if inputs else None, options, thresholds, node=node)
+
+
+def find_ml_calls(sql: str | exp.Expression, params: Mapping[str, Any] | None = None) -> list[MLCall]:
+    """The outermost ``ML.<function>(MODEL m, ...)`` calls of ``sql`` (text or a parsed tree), in
+    textual order.
 
     Calls nested inside another call's input query are part of that input (they are found when
     the input is evaluated). An ML or AI function with a ``MODEL`` argument that the local
-    warehouse does not run fails here, naming it.
+    warehouse does not run fails when parsed, naming it.
     """
-    tokens = tokenize(sql)
-    calls: list[MLCall] = []
-    i = 0
-    while i < len(tokens):
-        function = _function_at(tokens, i)
-        if function in (f"ML.{name}" for name in _MODEL_FREE):
-            close = _closing(tokens, i + 3)
-            calls.append(_parse_model_free_call(sql, tokens, function.split(".", 1)[1], i, close, params))
-            i = close + 1
-            continue
-        if function is None or not (i + 4 < len(tokens) and tokens[i + 4].token_type == TokenType.MODEL):
-            i += 1
-            continue
-        close = _closing(tokens, i + 3)
-        name = function.split(".", 1)[1]
-        if function.startswith("AI.") or name not in SIGNATURES:
-            supported = ", ".join(f"ML.{f}" for f in SIGNATURES)
-            raise BqmlError(
-                f"{function} is not supported by the local BigQuery ML engine. It runs {supported}. "
-                "Run this query on the gcp backend (LAKEHOUSE_ML_BACKEND=gcp)."
-            )
-        calls.append(_parse_call(sql, tokens, name, i, close, params))
-        i = close + 1
-    return calls
-
-
-def _arg_kind(tokens: Sequence[Token], a: int, b: int) -> str:
-    first = tokens[a]
-    if first.token_type == TokenType.MODEL:
-        return "model"
-    if first.token_type == TokenType.TABLE:
-        return "input"
-    if first.token_type == TokenType.L_PAREN and _closing(tokens, a) == b - 1:
-        return "input"
-    if first.token_type == TokenType.STRUCT:
-        return "struct"
-    if first.token_type == TokenType.L_BRACKET or (_is(first, "GENERATE_ARRAY") or _is(first, "ARRAY")):
-        return "array"
-    return "unknown"
-
-
-def _parse_call(
-    sql: str, tokens: Sequence[Token], function: str, i: int, close: int, params: Mapping[str, Any] | None
-) -> MLCall:
-    signature = _SIGNATURE_TEXT[function]
-    ranges = _split_top_level(tokens, i + 4, close)
-    if len(ranges) > 1 and ranges[-1][0] == ranges[-1][1]:
-        ranges = ranges[:-1]  # a trailing comma, as in the reference's ML.TRAINING_INFO(MODEL m,)
-    if any(a == b for a, b in ranges):
-        raise BqmlError(f"ML.{function} has an empty argument. Syntax: {signature}.")
-    (ma, mb), rest = ranges[0], ranges[1:]
-    parts, raw, end = _take_path(sql, tokens, ma + 1, "model")
-    if end != mb:
-        raise BqmlError(
-            f"Unexpected {tokens[end].text!r} after MODEL {raw} in ML.{function}. Syntax: {signature}."
-        )
-    model = _model_ref(parts, raw)
-    relation: InputRelation | None = None
-    options: dict[str, Any] = {}
-    thresholds: list[float] | None = None
-    expected = list(SIGNATURES[function])
-    for a, b in rest:
-        kind = _arg_kind(tokens, a, b)
-        while expected and expected[0].rstrip("?") != kind and expected[0].endswith("?"):
-            expected.pop(0)
-        if not expected or expected[0].rstrip("?") != kind:
-            described = {"input": "an input relation", "struct": "a STRUCT", "array": "an array"}.get(
-                kind, "the argument"
-            )
-            raise BqmlError(
-                f"ML.{function} does not take {described} {_text(sql, tokens, a, b)!r} here. Syntax: {signature}."
-            )
-        expected.pop(0)
-        if kind == "input":
-            if tokens[a].token_type == TokenType.TABLE:
-                parts_t, raw_t, end_t = _take_path(sql, tokens, a + 1, "table")
-                if end_t != b:
-                    raise BqmlError(
-                        f"Unexpected {tokens[end_t].text!r} after TABLE {raw_t} in ML.{function}."
-                    )
-                relation = InputRelation(table=_table_name(parts_t, raw_t))
-            else:
-                inner = _text(sql, tokens, a + 1, b - 1)
-                if not inner.strip():
-                    raise BqmlError(f"ML.{function} has an empty input query ().")
-                relation = InputRelation(query=inner)
-        elif kind == "struct":
-            value = literal_value(parse_expression(_text(sql, tokens, a, b)), params)
-            if isinstance(value, list) and not value:
-                value = {}
-            if not isinstance(value, dict):
-                raise BqmlError(f"ML.{function}: name the STRUCT fields, e.g. STRUCT(0.6 AS threshold).")
-            options = value
-        else:  # array of thresholds
-            values = literal_value(parse_expression(_text(sql, tokens, a, b)), params)
-            if not isinstance(values, list) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
-            ):
-                raise BqmlError(f"ML.{function}: the thresholds must be an ARRAY<FLOAT64>.")
-            thresholds = [float(v) for v in values]
-    missing = [e for e in expected if not e.endswith("?")]
-    if missing:
-        raise BqmlError(f"ML.{function} needs an input: TABLE t or (query). Syntax: {signature}.")
-    start, end_char = tokens[i].start, tokens[close].end + 1
-    return MLCall(
-        function=function,
-        model=model,
-        input=relation,
-        options=options,
-        thresholds=thresholds,
-        start=start,
-        end=end_char,
-        text=sql[start:end_char],
-    )
-
-
-def _input_relation(sql: str, tokens: Sequence[Token], a: int, b: int, function: str) -> InputRelation:
-    """``TABLE name`` or ``(query)`` in ``tokens[a:b]``."""
-    if tokens[a].token_type == TokenType.TABLE:
-        parts_t, raw_t, end_t = _take_path(sql, tokens, a + 1, "table")
-        if end_t != b:
-            raise BqmlError(f"Unexpected {tokens[end_t].text!r} after TABLE {raw_t} in ML.{function}.")
-        return InputRelation(table=_table_name(parts_t, raw_t))
-    inner = _text(sql, tokens, a + 1, b - 1)
-    if not inner.strip():
-        raise BqmlError(f"ML.{function} has an empty input query ().")
-    return InputRelation(query=inner)
-
-
-def _parse_model_free_call(
-    sql: str, tokens: Sequence[Token], function: str, i: int, close: int, params: Mapping[str, Any] | None
-) -> MLCall:
-    """``ML.VALIDATE_DATA_DRIFT({TABLE base | (query)}, {TABLE study | (query)} [, STRUCT(...)]
-    [, MODEL m])`` (bigqueryml-syntax-validate-data-drift)."""
-    signature = _SIGNATURE_TEXT[function]
-    ranges = _split_top_level(tokens, i + 4, close)
-    if len(ranges) > 1 and ranges[-1][0] == ranges[-1][1]:
-        ranges = ranges[:-1]
-    if any(a == b for a, b in ranges):
-        raise BqmlError(f"ML.{function} has an empty argument. Syntax: {signature}.")
-    inputs: list[InputRelation] = []
-    options: dict[str, Any] = {}
-    expected = list(SIGNATURES[function])
-    for a, b in ranges:
-        kind = _arg_kind(tokens, a, b)
-        while expected and expected[0].rstrip("?") != kind and expected[0].endswith("?"):
-            expected.pop(0)
-        if not expected or expected[0].rstrip("?") != kind:
-            described = {
-                "input": "an input relation",
-                "struct": "a STRUCT",
-                "array": "an array",
-                "model": "a MODEL",
-            }
-            raise BqmlError(
-                f"ML.{function} does not take {described.get(kind, 'the argument')} {_text(sql, tokens, a, b)!r} "
-                f"here. Syntax: {signature}."
-            )
-        expected.pop(0)
-        if kind == "input":
-            inputs.append(_input_relation(sql, tokens, a, b, function))
-        elif kind == "struct":
-            value = literal_value(parse_expression(_text(sql, tokens, a, b)), params)
-            if isinstance(value, list) and not value:
-                value = {}
-            if not isinstance(value, dict):
-                raise BqmlError(
-                    f"ML.{function}: name the STRUCT fields, e.g. STRUCT(0.2 AS categorical_default_threshold)."
-                )
-            options = value
-        else:  # MODEL m
-            raise BqmlError(
-                f"ML.{function}(..., MODEL {_text(sql, tokens, a + 1, b)}) is not supported locally: the MODEL "
-                "argument only adds visualization_link, a Vertex AI model monitoring console URL. Leave it out "
-                "(the drift rows are the same), or run the query on the gcp backend."
-            )
-    if len(inputs) < 2:
-        raise BqmlError(
-            f"ML.{function} needs a base and a study input: TABLE t or (query). Syntax: {signature}."
-        )
-    start, end_char = tokens[i].start, tokens[close].end + 1
-    return MLCall(
-        function=function,
-        model=None,
-        input=None,
-        options=options,
-        thresholds=None,
-        start=start,
-        end=end_char,
-        text=sql[start:end_char],
-        inputs=tuple(inputs),
-    )
-
-
-def replace_calls(sql: str, calls: Sequence[MLCall], names: Sequence[str]) -> str:
-    """``sql`` with each call replaced by the table name at the same position of ``names``."""
-    out = []
-    position = 0
-    for call, name in zip(calls, names):
-        out.append(sql[position : call.start])
-        out.append(name)
-        position = call.end
-    out.append(sql[position:])
-    return "".join(out)
+    trees = parse_bigquery_ml(sql) if isinstance(sql, str) else [sql]
+    return [ml_call(node, params) for tree in trees for node in ml_functions(tree)]
 
 
 def ml_function_name(node: exp.Expression) -> str | None:
@@ -916,10 +1087,13 @@ def transform_output_names(items: Sequence[exp.Expression], input_columns: Seque
     return names
 
 
-def one_statement(text: str) -> exp.Expression:
-    statements = parse_bigquery(text)
+def one_ml_statement(text: str) -> exp.Expression:
+    """Exactly one statement, parsed with BigQuery ML (:class:`BigQueryML`)."""
+    statements = parse_bigquery_ml(text)
     if len(statements) != 1:
-        raise WarehouseError("Expected one statement.")
+        raise WarehouseError(
+            "Expected one statement." if statements else "The SQL is empty: give one statement."
+        )
     return statements[0]
 
 
@@ -927,6 +1101,6 @@ def statement_returns_rows(text: str, params: Mapping[str, Any] | None = None) -
     """Whether a statement (which may hold ML calls) is a query."""
     if parse_model_statement(text, params) is not None:
         return False
-    calls = find_ml_calls(text, params)
-    names = [f"__bqml_check_{k}" for k in range(len(calls))]
-    return isinstance(one_statement(replace_calls(text, calls, names)), exp.Query)
+    statement = one_ml_statement(text)
+    find_ml_calls(statement, params)  # the calls' arguments are checked
+    return isinstance(statement, exp.Query)

@@ -6,7 +6,8 @@ per input column with ``input`` STRING, ``metric`` STRING, ``threshold`` FLOAT64
 FLOAT64 and ``is_anomaly`` BOOL. ``drift_distributions`` returns, per column, the two
 distributions the value was computed from (for the overlaid histograms of a report). The local
 warehouse runs the SQL function through :func:`validate_data_drift_arrow`
-(``lakehouse_ml/engine/sql.py``).
+(``lakehouse_ml/engine/sql.py`` runs the ``MLFunction`` nodes that
+``lakehouse_ml/bigquery/dialect.py`` parses).
 
 Sources, and every choice made
 ==============================

@@ -1,9 +1,10 @@
 """The local BigQuery ML engine: the facade the SQL layer calls.
 
-It knows nothing about SQL text: the SQL layer (``lakehouse_ml/engine/sql.py``) parses statements
-and ``ML.*`` table functions, evaluates input queries and ``TRANSFORM`` expressions on DuckDB, and
-hands this engine DataFrames. The engine trains, stores and applies models with BigQuery ML's
-semantics and answers with Arrow tables whose column names and types are BigQuery ML's.
+It knows nothing about SQL text: the BigQuery ML dialect (``lakehouse_ml/bigquery/dialect.py``)
+parses statements and ``ML.*`` table functions; the SQL layer (``lakehouse_ml/engine/sql.py``)
+evaluates input queries and ``TRANSFORM`` expressions on DuckDB, and hands this engine DataFrames.
+The engine trains, stores and applies models with BigQuery ML's semantics and answers with Arrow
+tables whose column names and types are BigQuery ML's.
 
 Conventions:
 

@@ -40,13 +40,13 @@ from lakehouse_ml.bigquery.dialect import (
     CreateModel,
     DropModel,
     MLCall,
-    find_ml_calls,
     literal_value,
+    ml_call,
     ml_function_name,
-    one_statement,
+    ml_functions,
+    one_ml_statement,
     parse_model_statement,
     parse_select_list,
-    replace_calls,
     split_statements,
     transform_output_names,
 )
@@ -759,34 +759,37 @@ class BqmlSession:
         self._run_translated(translated, False)
         return None
 
-    def prepare(self, text: str, ctes: Sequence[exp.CTE] = ()) -> exp.Expression:
-        """One statement with its ML calls evaluated (placeholders registered), the CTEs ``ctes``
-        it references attached, and preprocessing functions lowered: ready to translate."""
-        calls = find_ml_calls(text, self._params)
-        if not calls:
-            statement = one_statement(text)
-        else:
-            names = [self._new_name() for _ in calls]
-            statement = one_statement(replace_calls(text, calls, names))
-            tables = {t.name: t for t in statement.find_all(exp.Table) if t.name in names}
-            for call, name in zip(calls, names):
-                if name not in tables:
-                    raise BqmlError(
-                        f"ML.{call.function}(...) must be used as a table (FROM, JOIN, subquery)."
-                    )
-                context = [*ctes, *visible_ctes(tables[name])]
-                result = self.call(call, context)
-                self._conn.register(name, result)
-                self._registered.append(name)
+    def prepare(self, text: str | exp.Expression, ctes: Sequence[exp.CTE] = ()) -> exp.Expression:
+        """One statement (text, or a tree that is rewritten in place) with its ML calls evaluated
+        (each :class:`MLFunction` node replaced by its registered placeholder table), the CTEs
+        ``ctes`` it references attached, and preprocessing functions lowered: ready to translate."""
+        statement = one_ml_statement(text) if isinstance(text, str) else text
+        # Every outermost call is replaced first, so the CTEs an input sees hold placeholders only.
+        calls: list[tuple[MLCall, exp.Table]] = []
+        for node in ml_functions(statement):  # outermost calls; their inputs hold the inner ones
+            holder = node.parent
+            if not isinstance(holder, exp.Table) or holder is statement:
+                raise BqmlError(f"ML.{node.function}(...) must be used as a table (FROM, JOIN, subquery).")
+            call = ml_call(node, self._params)
+            placeholder = exp.to_table(self._new_name())
+            if holder.args.get("alias") is not None:
+                placeholder.set("alias", holder.args["alias"])
+            holder.replace(placeholder)
+            calls.append((call, placeholder))
+        for call, placeholder in calls:
+            result = self.call(call, [*ctes, *visible_ctes(placeholder)])
+            self._conn.register(placeholder.name, result)
+            self._registered.append(placeholder.name)
         statement = attach_ctes(statement, ctes)
         return lower_preprocessing(statement)
 
-    def relation(self, sql: str, ctes: Sequence[exp.CTE] = ()) -> pa.Table:
-        """The rows of the query ``sql`` (which may hold ML calls), seeing the CTEs ``ctes``."""
-        statement = self.prepare(sql, ctes)
+    def relation(self, query: str | exp.Expression, ctes: Sequence[exp.CTE] = ()) -> pa.Table:
+        """The rows of ``query`` (text or a tree; it may hold ML calls), seeing the CTEs ``ctes``."""
+        statement = self.prepare(query, ctes)
         if not isinstance(statement, exp.Query):
+            shown = query if isinstance(query, str) else query.sql("bigquery")
             raise BqmlError(
-                f"Expected a query, got {type(statement).__name__.upper()}: {sql.strip()[:80]!r}."
+                f"Expected a query, got {type(statement).__name__.upper()}: {shown.strip()[:80]!r}."
             )
         return self._run_translated(translate_query(statement), True)
 
@@ -831,7 +834,7 @@ class BqmlSession:
                 f"Model {call.model.raw} does not exist in the local warehouse. Create it first with "
                 f"CREATE MODEL {call.model.raw} OPTIONS(...) AS SELECT ..."
             )
-        source = self.relation(call.input.sql(), ctes) if call.input is not None else None
+        source = self.relation(call.input.tree(), ctes) if call.input is not None else None
         if call.function == "TRANSFORM":
             items = self._transform_items(name)
             if items is None:
@@ -883,7 +886,7 @@ class BqmlSession:
         from lakehouse_ml.bigquery.drift import DriftOptions, validate_data_drift_arrow
 
         options = DriftOptions.parse(call.options)  # bad options fail before any input query runs
-        base, study = (self.relation(relation.sql(), ctes) for relation in call.inputs)
+        base, study = (self.relation(relation.tree(), ctes) for relation in call.inputs)
         log.info("ML.VALIDATE_DATA_DRIFT: base %d rows, study %d rows", base.num_rows, study.num_rows)
         return validate_data_drift_arrow(base, study, options)
 

@@ -792,9 +792,9 @@ def test_the_kmeans_gate_scores_clusterings_through_the_client_like_on_the_local
 
     table = f"{spec.name}_gate_rows"
     assert len(sent) == 3
-    assert sent[0].endswith(f"\nSELECT * FROM ML.PREDICT(MODEL segments_candidate, TABLE {table})\n")
-    assert sent[1].endswith(f"\nSELECT * FROM ML.PREDICT(MODEL segments_serving, TABLE {table})\n")
-    assert sent[2].endswith(f"\nSELECT * FROM ML.TRANSFORM(MODEL segments_candidate, TABLE {table})\n")
+    assert sent[0].endswith(f"SELECT * FROM ML.PREDICT(MODEL segments_candidate, TABLE {table})")
+    assert sent[1].endswith(f"SELECT * FROM ML.PREDICT(MODEL segments_serving, TABLE {table})")
+    assert sent[2].endswith(f"SELECT * FROM ML.TRANSFORM(MODEL segments_candidate, TABLE {table})")
     (load,) = loads
     assert load["destinationTable"]["tableId"] == table and load["writeDisposition"] == "WRITE_TRUNCATE"
     uploaded = api.table(PROJECT, DATASET, table).to_pandas()

@@ -7,6 +7,7 @@ import datetime as dt
 
 import pytest
 import sqlglot
+from sqlglot import exp
 
 from lakehouse_ml.bigquery.dialect import (
     _SIGNATURE_TEXT,
@@ -14,6 +15,7 @@ from lakehouse_ml.bigquery.dialect import (
     AlterModel,
     CreateModel,
     DropModel,
+    MLFunction,
     find_ml_calls,
     literal_value,
     mentions_bigquery_ml,
@@ -249,9 +251,12 @@ def test_every_table_function_and_argument_form():
         ("CONFUSION_MATRIX", "m", None, "SELECT * FROM t", {"threshold": 0.4}, None),
         ("TRANSFORM", "m", "t", "", {}, None),
     ]
-    # Each call is located exactly: replacing them leaves a statement sqlglot parses.
+    # Each call is its own node of the parsed tree, and generates BigQuery ML SQL again.
     assert all(
-        sql[c.start : c.end] == c.text and c.text.startswith("ML.") and c.text.endswith(")") for c in calls
+        isinstance(c.node, MLFunction)
+        and c.node.function == c.function
+        and c.text.startswith(f"ML.{c.function}(")
+        for c in calls
     )
 
 
@@ -313,7 +318,7 @@ def test_bind_template_fills_in_checked_pieces():
     bound = bind_template(template, "k", "SELECT a FROM t WHERE b", {"contamination": 0.02})
     assert bound == (
         "SELECT COUNTIF(is_anomaly) AS n FROM ML.DETECT_ANOMALIES(MODEL k, "
-        "STRUCT(0.02 AS contamination), (SELECT a FROM t WHERE b)) WHERE 'TABLE training_rows' != ''"
+        "STRUCT(0.02 AS contamination), (SELECT a FROM t WHERE b)) WHERE 'TABLE training_rows' <> ''"
     )
     with pytest.raises(WarehouseError, match="model"):
         bind_template(template, "k; DROP TABLE t", "SELECT 1")
@@ -331,7 +336,7 @@ def test_bind_template_binds_tables_and_per_feature_thresholds():
     values = {"numerical": 0.3, "thresholds": (("recency_days", 0.1), ("share_store", 0.15))}
     bound = bind_template(template, tables={"baseline_rows": "b_v2", "serving_rows": "window"}, values=values)
     assert bound == (
-        "SELECT * FROM ML.VALIDATE_DATA_DRIFT(TABLE b_v2, TABLE window, STRUCT(0.3 AS numerical_default_threshold, "
+        "SELECT * FROM ML.VALIDATE_DATA_DRIFT(TABLE b_v2, TABLE `window`, STRUCT(0.3 AS numerical_default_threshold, "
         "ARRAY<STRUCT<STRING, FLOAT64>>[('recency_days', 0.1), ('share_store', 0.15)] AS thresholds))"
     )
     # Names outside `tables` stay as written; the model template name needs a model.
@@ -389,7 +394,11 @@ def test_each_ml_function_is_found_wherever_a_table_can_appear(function, place):
     sql = PLACES[place].format(call=call_text)
     (call,) = find_ml_calls(sql)
     assert call.function == function
-    assert call.text == call_text and sql[call.start : call.end] == call_text
+    assert (
+        call.text == call_text
+        and isinstance(call.node, MLFunction)
+        and isinstance(call.node.parent, exp.Table)
+    )
     if function == "VALIDATE_DATA_DRIFT":
         assert call.model is None and [i.table for i in call.inputs] == ["t", "u"]
     else:

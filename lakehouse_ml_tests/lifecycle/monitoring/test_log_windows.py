@@ -53,10 +53,12 @@ def test_a_row_logged_twice_counts_once():
     assert list(mon.deduplicated(twice)["instance_index"]) == [0, 1]
 
 
-class Served(Endpoints):
-    """An Endpoints whose served-prediction count is known (what Cloud Monitoring answers on gcp)."""
+class Served:
+    """The one Endpoints method _log_problem calls, with a known served-prediction count (what
+    Cloud Monitoring answers on gcp)."""
 
-    count: int | None = 0
+    def __init__(self, count: int | None = 0):
+        self.count = count
 
     def served_predictions(self, endpoint, start, end):
         return self.count

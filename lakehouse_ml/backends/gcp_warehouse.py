@@ -65,6 +65,7 @@ from google.cloud import bigquery
 from pydantic import Field, PrivateAttr
 from sqlglot import exp
 
+from lakehouse_ml.backends.google_errors import error_messages, job_note
 from lakehouse_ml.backends.warehouse import (
     Params,
     PartitionWindow,
@@ -325,28 +326,11 @@ class GcpWarehouse(dg.ConfigurableResource, Warehouse):
             "LAKEHOUSE_ML_GCP_DATASET and LAKEHOUSE_ML_BIGQUERY_LOCATION.",
         )
 
-    @staticmethod
-    def _messages(err: google_exceptions.GoogleAPICallError) -> str:
-        messages: list[str] = []
-        for item in getattr(err, "errors", None) or []:
-            text = item.get("message") if isinstance(item, dict) else str(item)
-            if text and text not in messages:
-                messages.append(text)
-        if not messages:
-            messages.append(str(getattr(err, "message", "") or err).split("\n\nLocation:")[0])
-        return "; ".join(messages)
-
-    def _job_note(self, err: google_exceptions.GoogleAPICallError) -> str:
-        job = getattr(err, "query_job", None)
-        if job is not None and getattr(job, "job_id", None):
-            return f" (job {job.project}:{job.location or self._location()}.{job.job_id})"
-        return ""
-
     def _translate(
         self, err: google_exceptions.GoogleAPICallError, action: str, table: str | None = None
     ) -> WarehouseError:
         """A google API error → a warehouse error that says what to do next."""
-        messages = self._messages(err)
+        messages = error_messages(err)
         if isinstance(err, google_exceptions.NotFound):
             match = _NOT_FOUND_TABLE.search(messages)
             if match:
@@ -365,7 +349,9 @@ class GcpWarehouse(dg.ConfigurableResource, Warehouse):
                     "tables first (the dataset is created on the first write), or check "
                     "LAKEHOUSE_ML_GCP_DATASET and LAKEHOUSE_ML_BIGQUERY_LOCATION.",
                 )
-            return WarehouseError(f"BigQuery could not {action}: {messages}{self._job_note(err)}.")
+            return WarehouseError(
+                f"BigQuery could not {action}: {messages}{job_note(err, self._location())}."
+            )
         if GUARD_MARKER in messages:
             return WarehouseError(
                 f"Refused to {action}: {messages}. The table was left unchanged. Make the query return "
@@ -379,11 +365,11 @@ class GcpWarehouse(dg.ConfigurableResource, Warehouse):
             )
         if isinstance(err, google_exceptions.BadRequest):
             return WarehouseError(
-                f"BigQuery rejected the statement to {action}: {messages}{self._job_note(err)}. "
+                f"BigQuery rejected the statement to {action}: {messages}{job_note(err, self._location())}. "
                 "Fix the BigQuery SQL (or the parameters) and run again."
             )
         return WarehouseError(
-            f"BigQuery failed to {action}: {messages}{self._job_note(err)}. If this is transient "
+            f"BigQuery failed to {action}: {messages}{job_note(err, self._location())}. If this is transient "
             "(HTTP 5xx, quota), run again; otherwise check the job in the BigQuery console."
         )
 

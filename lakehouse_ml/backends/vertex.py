@@ -90,6 +90,7 @@ from google.api_core import exceptions as google_exceptions
 from pydantic import Field, PrivateAttr
 
 from lakehouse_ml.backends.endpoints import Endpoints
+from lakehouse_ml.backends.google_errors import error_status, error_text
 from lakehouse_ml.backends.registry import (
     ModelRegistry,
     ModelVersion,
@@ -142,24 +143,6 @@ _BQML_SOURCE = re.compile(
 _OUTPUT_URI = re.compile(r"^bq://(?P<project>[^.]+)(\.(?P<dataset>[^.]+))?(\.(?P<table>[^.]+))?$")
 
 # -- shared plumbing ---------------------------------------------------------------------------------
-
-
-def _error_status(err: google_exceptions.GoogleAPICallError) -> str:
-    """Google's canonical status (``NOT_FOUND``, ``FAILED_PRECONDITION``…) of an API error."""
-    response = getattr(err, "response", None)
-    if response is not None:
-        try:
-            status = response.json().get("error", {}).get("status")
-            if status:
-                return str(status)
-        except Exception:
-            pass
-    code = getattr(err, "grpc_status_code", None)
-    return getattr(code, "name", "") or type(err).__name__.upper()
-
-
-def _error_text(err: google_exceptions.GoogleAPICallError) -> str:
-    return str(getattr(err, "message", "") or err).strip()
 
 
 def _iso(value: Any) -> str:
@@ -366,7 +349,7 @@ class _VertexConfig:
             yield clients
         except google_exceptions.GoogleAPICallError as err:  # not translated where it was raised
             raise self.error_type(
-                f"Vertex AI could not {action}: {_error_text(err)} ({_error_status(err)}). If this is transient "
+                f"Vertex AI could not {action}: {error_text(err)} ({error_status(err)}). If this is transient "
                 "(HTTP 5xx, quota), run again; otherwise check the request in the Vertex AI console."
             ) from None
         except google_exceptions.RetryError as err:
@@ -574,7 +557,7 @@ class VertexModelRegistry(_VertexConfig, dg.ConfigurableResource, ModelRegistry)
             return []
         except google_exceptions.GoogleAPICallError as err:
             raise RegistryError(
-                f"BigQuery could not read model {name}: {_error_text(err)}. Check LAKEHOUSE_ML_GCP_PROJECT, "
+                f"BigQuery could not read model {name}: {error_text(err)}. Check LAKEHOUSE_ML_GCP_PROJECT, "
                 "LAKEHOUSE_ML_GCP_DATASET and the credentials, then run again."
             ) from None
         except Exception as err:
@@ -610,7 +593,7 @@ class VertexModelRegistry(_VertexConfig, dg.ConfigurableResource, ModelRegistry)
                 )
                 raise RegistryError(
                     f"Vertex AI refused to merge aliases {aliases} into model {model_id!r} version {version_id}: "
-                    f"{_error_text(err)}.{hint}"
+                    f"{error_text(err)}.{hint}"
                 ) from None
         return self._to_version(merged)
 
@@ -635,7 +618,7 @@ class VertexModelRegistry(_VertexConfig, dg.ConfigurableResource, ModelRegistry)
             except google_exceptions.NotFound:
                 raise self._not_registered(clients, model_id, str(version_id)) from None
             except (google_exceptions.BadRequest, google_exceptions.FailedPrecondition) as err:
-                text = _error_text(err)
+                text = error_text(err)
                 if "deployed" in text.lower():
                     raise VersionDeployedError(
                         f"Cannot delete version {number} of model {model_id!r}: {text} Undeploy it first."
@@ -663,7 +646,7 @@ class VertexModelRegistry(_VertexConfig, dg.ConfigurableResource, ModelRegistry)
                 operation = clients.models.delete_model(name=name)
             except (google_exceptions.BadRequest, google_exceptions.FailedPrecondition) as err:
                 raise VersionDeployedError(
-                    f"Vertex AI refused to delete model {model_id!r}: {_error_text(err)} Undeploy its versions first."
+                    f"Vertex AI refused to delete model {model_id!r}: {error_text(err)} Undeploy its versions first."
                 ) from None
             self._wait(operation, f"deleting model {model_id!r}")
 
@@ -957,7 +940,7 @@ class VertexEndpoints(_VertexConfig, dg.ConfigurableResource, Endpoints):
                 return self._as_dict(service.get_endpoint(name=f"{self.parent}/endpoints/{endpoint_id}"))
             except google_exceptions.BadRequest as err:
                 raise EndpointError(
-                    f"Vertex AI refused to create endpoint {display_name!r}: {_error_text(err)}"
+                    f"Vertex AI refused to create endpoint {display_name!r}: {error_text(err)}"
                 ) from None
             created = self._wait(operation, f"creating endpoint {display_name!r}")
             return self._as_dict(service.get_endpoint(name=created.name))
@@ -1041,7 +1024,7 @@ class VertexEndpoints(_VertexConfig, dg.ConfigurableResource, Endpoints):
         except google_exceptions.GoogleAPICallError as err:
             raise EndpointError(
                 f"BigQuery could not read dataset {project}.{dataset} (the request-response log of endpoint "
-                f"{endpoint_id}): {_error_text(err)}. Check the credentials' BigQuery roles, then run again."
+                f"{endpoint_id}): {error_text(err)}. Check the credentials' BigQuery roles, then run again."
             ) from None
 
     def deploy(
@@ -1116,13 +1099,13 @@ class VertexEndpoints(_VertexConfig, dg.ConfigurableResource, Endpoints):
                 )
             except google_exceptions.NotFound as err:
                 raise EndpointError(
-                    f"Cannot deploy model {model_id!r} version {version_id}: {_error_text(err)} Register it first "
+                    f"Cannot deploy model {model_id!r} version {version_id}: {error_text(err)} Register it first "
                     "(CREATE MODEL … OPTIONS(MODEL_REGISTRY='VERTEX_AI') in BigQuery ML) or pick an existing version."
                 ) from None
             except (google_exceptions.BadRequest, google_exceptions.FailedPrecondition) as err:
                 raise EndpointError(
                     f"Vertex AI refused to deploy model {model_id!r} version {version_id} to endpoint {endpoint_id}: "
-                    f"{_error_text(err)} (ARIMA_PLUS models register but cannot be deployed; a traffic split must "
+                    f"{error_text(err)} (ARIMA_PLUS models register but cannot be deployed; a traffic split must "
                     "name deployed models and sum to 100.)"
                 ) from None
             response = self._wait(
@@ -1162,7 +1145,7 @@ class VertexEndpoints(_VertexConfig, dg.ConfigurableResource, Endpoints):
         except google_exceptions.BadRequest as err:
             raise EndpointError(
                 f"Vertex AI refused the request-response logging config of endpoint {resource.name} ({uri}, sampling "
-                f"rate {rate}): {_error_text(err)} Check LAKEHOUSE_ML_GCP_DATASET, or deploy with logging_sampling_rate=0."
+                f"rate {rate}): {error_text(err)} Check LAKEHOUSE_ML_GCP_DATASET, or deploy with logging_sampling_rate=0."
             ) from None
 
     @staticmethod
@@ -1223,7 +1206,7 @@ class VertexEndpoints(_VertexConfig, dg.ConfigurableResource, Endpoints):
                 )
             except google_exceptions.GoogleAPICallError as err:
                 raise EndpointError(
-                    f"Vertex AI refused to undeploy {deployed_model_id} from endpoint {endpoint_id}: {_error_text(err)}"
+                    f"Vertex AI refused to undeploy {deployed_model_id} from endpoint {endpoint_id}: {error_text(err)}"
                 ) from None
             self._wait(operation, f"undeploying {deployed_model_id} from endpoint {endpoint_id}")
 
@@ -1256,7 +1239,7 @@ class VertexEndpoints(_VertexConfig, dg.ConfigurableResource, Endpoints):
                 )
             except google_exceptions.BadRequest as err:
                 raise EndpointError(
-                    f"Vertex AI refused traffic split {split} on endpoint {endpoint_id}: {_error_text(err)}"
+                    f"Vertex AI refused traffic split {split} on endpoint {endpoint_id}: {error_text(err)}"
                 ) from None
 
     def predict(
@@ -1297,7 +1280,7 @@ class VertexEndpoints(_VertexConfig, dg.ConfigurableResource, Endpoints):
                 ) from None
             except (google_exceptions.BadRequest, google_exceptions.FailedPrecondition) as err:
                 raise EndpointError(
-                    f"predict on endpoint {name.rsplit('/', 1)[-1]} failed: {_error_text(err)} Check the instances "
+                    f"predict on endpoint {name.rsplit('/', 1)[-1]} failed: {error_text(err)} Check the instances "
                     "(feature names and types) and that a model is deployed with traffic."
                 ) from None
         body = json_format.MessageToDict(type(response).pb(response))

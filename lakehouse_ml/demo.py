@@ -29,6 +29,7 @@ from typing import Callable
 import dagster as dg
 
 from lakehouse_ml.backends import build_endpoints, build_registry, build_warehouse
+from lakehouse_ml.backends.endpoints import stop_serving
 from lakehouse_ml.core.settings import Settings
 from lakehouse_ml.datagen import DriftScenario, SimulationConfig, write_landing
 from lakehouse_ml.definitions import build_definitions, daily_partitions
@@ -270,7 +271,7 @@ def run_demo(
             monitor("after retraining")
     finally:
         if not keep_serving:
-            endpoints.stop_serving()
+            stop_serving(endpoints)
     summary.seconds["total"] = clock() - t0
     summary.ui_command = f"LAKEHOUSE_ML_HOME={settings.home} lakehouse-ml ui"
     return summary

@@ -67,11 +67,6 @@ class Endpoints(abc.ABC):
         self, endpoint: str, instances: Sequence[Any], parameters: Mapping[str, Any] | None = None
     ) -> dict[str, Any]: ...
 
-    def ensure_serving(self) -> str | None:
-        """Make sure something answers predictions (the local backend starts its endpoint server in
-        the background when none answers); returns where, or None when the cloud serves."""
-        return None
-
     @abc.abstractmethod
     def request_log(self, endpoint: str, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
         """The request-response log of ``endpoint`` for ``start <= logging_time < end`` (UTC): one
@@ -82,11 +77,6 @@ class Endpoints(abc.ABC):
 
     def console_url(self, endpoint_id: str) -> str | None:
         """A link to the endpoint for the Dagster UI (None when there is none)."""
-        return None
-
-    def stop_serving(self) -> None:
-        """Stop what :meth:`ensure_serving` started on this machine (the local endpoint server);
-        nothing on a cloud, whose deployments keep serving until undeployed."""
         return None
 
     def request_log_grace_seconds(self) -> float:
@@ -109,3 +99,31 @@ class Endpoints(abc.ABC):
         """The full ``…:predict`` URL of an endpoint (by id or display name) and the bearer token to
         send with it (None when none is needed): what a website or ``lakehouse-ml traffic`` calls."""
         ...
+
+
+class LocalServing(abc.ABC):
+    """Endpoints served by a process on this machine (the local endpoint server), which the
+    backend starts and stops. A cloud's deployments serve by themselves: its endpoints are not
+    :class:`LocalServing`, and :func:`ensure_serving` and :func:`stop_serving` do nothing there."""
+
+    @abc.abstractmethod
+    def ensure_serving(self) -> str:
+        """Make sure the local server answers predictions (start it in the background when none
+        answers); return its base URL."""
+
+    @abc.abstractmethod
+    def stop_serving(self) -> None:
+        """Stop the server :meth:`ensure_serving` started."""
+
+
+def ensure_serving(endpoints: Endpoints) -> str | None:
+    """Make sure something answers predictions: where the local server answers, or None when the
+    cloud serves."""
+    return endpoints.ensure_serving() if isinstance(endpoints, LocalServing) else None
+
+
+def stop_serving(endpoints: Endpoints) -> None:
+    """Stop what :func:`ensure_serving` started on this machine; nothing on a cloud, whose
+    deployments keep serving until undeployed."""
+    if isinstance(endpoints, LocalServing):
+        endpoints.stop_serving()

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import dagster as dg
 import pandas as pd
 
-from lakehouse_ml.backends.endpoints import Endpoints
+from lakehouse_ml.backends.endpoints import Endpoints, LocalServing
 from lakehouse_ml.bigquery.request_log import LOG_COLUMNS
 from lakehouse_ml.core.errors import EndpointError
 from lakehouse_ml.serving.state import connect, ensure_schema, load_state, registry_db
@@ -57,7 +57,7 @@ def allocate(current: Mapping[str, int], new_id: str, percentage: int) -> dict[s
     return out
 
 
-class LocalEndpoints(dg.ConfigurableResource, Endpoints):
+class LocalEndpoints(dg.ConfigurableResource, Endpoints, LocalServing):
     """Endpoints on this machine, served by one local endpoint server (``lakehouse-ml serve``)."""
 
     home: str

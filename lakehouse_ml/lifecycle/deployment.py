@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import davies_bouldin_score
 
-from lakehouse_ml.backends.endpoints import Endpoints
+from lakehouse_ml.backends.endpoints import Endpoints, ensure_serving
 from lakehouse_ml.backends.registry import ModelRegistry, ModelVersion
 from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.bigquery import metrics as bqml_metrics
@@ -589,7 +589,7 @@ def deploy(
     if not 1 <= canary_percent <= 99:
         raise EndpointError(f"canary_percent is in 1..99, got {canary_percent}.")
     actions: list[str] = []
-    server = endpoints.ensure_serving()
+    server = ensure_serving(endpoints)
     info = endpoints.get_endpoint(serving.endpoint)
     if info is None:
         info = endpoints.create_endpoint(serving.endpoint)

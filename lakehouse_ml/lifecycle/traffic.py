@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from lakehouse_ml.backends.endpoints import ensure_serving
 from lakehouse_ml.backends.warehouse import PartitionWindow, Warehouse
 from lakehouse_ml.bigquery.served import PredictionFormat, ServedFormatError
 from lakehouse_ml.bigquery.served import instances as encode_instances
@@ -558,7 +559,7 @@ def run_traffic_command(args: argparse.Namespace, settings: Any) -> int:
 
     endpoints = build_endpoints(settings)
     url, token = endpoints.predict_target(endpoint)
-    endpoints.ensure_serving()
+    ensure_serving(endpoints)
     spec = next((s for s in MODELS if s.name == model), None)
     shown_rate = "as fast as possible" if rate is None else f"{rate:g} req/s"
     say(

@@ -5,6 +5,7 @@ log holds nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pandas as pd
@@ -53,12 +54,21 @@ def test_a_row_logged_twice_counts_once():
     assert list(mon.deduplicated(twice)["instance_index"]) == [0, 1]
 
 
-class Served:
-    """The one Endpoints method _log_problem calls, with a known served-prediction count (what
-    Cloud Monitoring answers on gcp)."""
+class StubEndpoints(Endpoints):
+    """The Endpoints port with the calls monitoring does not make here refused."""
 
-    def __init__(self, count: int | None = 0):
-        self.count = count
+    def _unused(self, *args, **kwargs):
+        raise AssertionError("monitoring does not call this here")
+
+    create_endpoint = get_endpoint = deploy = undeploy = delete_endpoint = _unused
+    set_traffic_split = predict = request_log = predict_target = _unused
+
+
+@dataclasses.dataclass
+class Served(StubEndpoints):
+    """An Endpoints whose served-prediction count is known (what Cloud Monitoring answers on gcp)."""
+
+    count: int | None = 0
 
     def served_predictions(self, endpoint, start, end):
         return self.count
@@ -88,7 +98,8 @@ def test_an_endpoint_that_served_but_logged_nothing_is_named():
     assert mon._log_problem(Served(count=12), "churn", history, hi, lo) == ""  # grace not passed yet
 
 
-class NoLogTable(Endpoints):
+@dataclasses.dataclass
+class NoLogTable(StubEndpoints):
     """A deployment since ``deployed``, whose request-log table does not exist (``exists``)."""
 
     exists: bool | None = False

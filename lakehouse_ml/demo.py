@@ -238,7 +238,8 @@ def run_demo(
                 tags = {**request.tags, "dagster/sensor_name": SENSOR, "dagster/run_key": request.run_key}
                 progress(f"      run requested: {request.job_name}, run_key {request.run_key}")
                 progress(
-                    "[9/11] retraining: features -> a new BigQuery ML model (a new version) -> evaluate -> gate -> deploy"
+                    "[9/11] retraining: features -> a new BigQuery ML "
+                    "model (a new version) -> evaluate -> gate -> deploy"
                 )
                 job = definitions.resolve_job_def(request.job_name)
                 run = job.execute_in_process(

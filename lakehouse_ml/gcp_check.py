@@ -151,7 +151,10 @@ def run_gcp_check(
     report = CheckReport()
     made_endpoints: list[str] = []
     created_log_dataset = False
-    source = f"lakehouse-ml gcp-check in project {settings.gcp_project}, location {settings.bigquery_location}, {stamp} UTC"
+    source = (
+        f"lakehouse-ml gcp-check in project {settings.gcp_project}, "
+        f"location {settings.bigquery_location}, {stamp} UTC"
+    )
     try:
         progress(f"Scratch dataset {settings.gcp_project}.{dataset}; models from sql/gcp_check/")
         created_log_dataset = log_dataset.ensure_dataset()

@@ -75,7 +75,9 @@ SCHEMA = (
         version_id TEXT NOT NULL,
         PRIMARY KEY(model_id, alias))""",
     # Owned by the local endpoints; same schema on both sides.
-    """CREATE TABLE IF NOT EXISTS deployed_models(endpoint_id TEXT, deployed_model_id TEXT, model_id TEXT, version_id TEXT, traffic_percentage INTEGER, create_time TEXT, PRIMARY KEY(endpoint_id, deployed_model_id))""",
+    """CREATE TABLE IF NOT EXISTS deployed_models(endpoint_id TEXT, deployed_model_id TEXT, model_id TEXT,
+        version_id TEXT, traffic_percentage INTEGER, create_time TEXT,
+        PRIMARY KEY(endpoint_id, deployed_model_id))""",
 )
 
 
@@ -169,7 +171,8 @@ class LocalModelRegistry(dg.ConfigurableResource, ModelRegistry):
         aliases = [
             r[0]
             for r in conn.execute(
-                "SELECT alias FROM aliases WHERE model_id = ? AND version_id = ? ORDER BY alias = 'default' DESC, alias",
+                "SELECT alias FROM aliases WHERE model_id = ? AND "
+                "version_id = ? ORDER BY alias = 'default' DESC, alias",
                 (row["model_id"], row["version_id"]),
             )
         ]
@@ -293,7 +296,8 @@ class LocalModelRegistry(dg.ConfigurableResource, ModelRegistry):
         if model is None:
             number = 1
             conn.execute(
-                "INSERT INTO models(model_id, display_name, next_version, create_time, update_time) VALUES (?, ?, 2, ?, ?)",
+                "INSERT INTO models(model_id, display_name, next_version, "
+                "create_time, update_time) VALUES (?, ?, 2, ?, ?)",
                 (model_id, display_name or model_id, now, now),
             )
         else:
@@ -310,7 +314,8 @@ class LocalModelRegistry(dg.ConfigurableResource, ModelRegistry):
         published.append(final)
         fsync_dir(final.parent)
         conn.execute(
-            "INSERT INTO versions(model_id, version_id, version_number, display_name, source, model_type, artifact_uri, "
+            "INSERT INTO versions(model_id, version_id, version_number, "
+            "display_name, source, model_type, artifact_uri, "
             "labels, metrics, deployable, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 model_id,

@@ -310,7 +310,8 @@ class LocalWarehouse(dg.ConfigurableResource, Warehouse):
             conn.execute("BEGIN TRANSACTION")
             try:
                 conn.execute(
-                    "CREATE OR REPLACE TEMP TABLE __staging AS SELECT * FROM read_parquet($files, hive_partitioning = false)",
+                    "CREATE OR REPLACE TEMP TABLE __staging AS SELECT * "
+                    "FROM read_parquet($files, hive_partitioning = false)",
                     {"files": files},
                 )
                 if window is not None and window.column not in [
@@ -346,7 +347,8 @@ class LocalWarehouse(dg.ConfigurableResource, Warehouse):
         # BigQuery's SUM of INT64 is INT64; DuckDB widens it to HUGEINT, which readers get as
         # Python Decimals. Store BigQuery's type.
         for name, kind in conn.execute(
-            "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = '__staging' AND database_name = 'temp'"
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE "
+            "table_name = '__staging' AND database_name = 'temp'"
         ).fetchall():
             if kind in ("HUGEINT", "UHUGEINT"):
                 quoted = '"' + name.replace('"', '""') + '"'

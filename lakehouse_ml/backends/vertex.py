@@ -537,7 +537,8 @@ class VertexModelRegistry(_VertexConfig, dg.ConfigurableResource, ModelRegistry)
         model_id, version_id = run["vertexAiModelId"], run.get("vertexAiModelVersion")
         if not version_id:
             raise RegistryError(
-                f"BigQuery reports bqml://{match['dataset']}.{match['model']} registered as {model_id!r} but no version of "
+                f"BigQuery reports bqml://{match['dataset']}.{match['model']} "
+                f"registered as {model_id!r} but no version of "
                 "it yet (its training run has no vertexAiModelVersion): the registration may still be in progress. "
                 "Run again in a minute."
             )
@@ -640,7 +641,8 @@ class VertexModelRegistry(_VertexConfig, dg.ConfigurableResource, ModelRegistry)
             deployed = [d for v in versions for d in self._deployments(v)]
             if deployed:
                 raise VersionDeployedError(
-                    f"Cannot delete model {model_id!r}: versions are deployed to {', '.join(deployed)}. Undeploy them first."
+                    f"Cannot delete model {model_id!r}: versions are deployed "
+                    f"to {', '.join(deployed)}. Undeploy them first."
                 )
             try:
                 operation = clients.models.delete_model(name=name)
@@ -734,7 +736,8 @@ class VertexEndpoints(_VertexConfig, dg.ConfigurableResource, Endpoints):
         )
         if len(found) > 1:
             raise EndpointError(
-                f"{len(found)} endpoints are named {endpoint!r} ({', '.join(e.name.rsplit('/', 1)[-1] for e in found)}); "
+                f"{len(found)} endpoints are named {endpoint!r} "
+                f"({', '.join(e.name.rsplit('/', 1)[-1] for e in found)}); "
                 "use the endpoint id instead."
             )
         return found[0] if found else None
@@ -1145,7 +1148,8 @@ class VertexEndpoints(_VertexConfig, dg.ConfigurableResource, Endpoints):
         except google_exceptions.BadRequest as err:
             raise EndpointError(
                 f"Vertex AI refused the request-response logging config of endpoint {resource.name} ({uri}, sampling "
-                f"rate {rate}): {error_text(err)} Check LAKEHOUSE_ML_GCP_DATASET, or deploy with logging_sampling_rate=0."
+                f"rate {rate}): {error_text(err)} Check LAKEHOUSE_ML_GCP_DATASET, "
+                "or deploy with logging_sampling_rate=0."
             ) from None
 
     @staticmethod

@@ -61,7 +61,8 @@ _MODEL_FREE = ("VALIDATE_DATA_DRIFT",)
 _SIGNATURE_TEXT = {
     "PREDICT": "ML.PREDICT(MODEL m, {TABLE t | (query)} [, STRUCT(...)])",
     "EVALUATE": "ML.EVALUATE(MODEL m [, {TABLE t | (query)}] [, STRUCT(...)])",
-    "DETECT_ANOMALIES": "ML.DETECT_ANOMALIES(MODEL m [, STRUCT(contamination AS contamination)] [, {TABLE t | (query)}])",
+    "DETECT_ANOMALIES": "ML.DETECT_ANOMALIES(MODEL m [, STRUCT(contamination "
+    "AS contamination)] [, {TABLE t | (query)}])",
     "EXPLAIN_PREDICT": "ML.EXPLAIN_PREDICT(MODEL m, {TABLE t | (query)} [, STRUCT(...)])",
     "GLOBAL_EXPLAIN": "ML.GLOBAL_EXPLAIN(MODEL m [, STRUCT(class_level_explain AS class_level_explain)])",
     "FEATURE_INFO": "ML.FEATURE_INFO(MODEL m)",
@@ -71,7 +72,8 @@ _SIGNATURE_TEXT = {
     "CONFUSION_MATRIX": "ML.CONFUSION_MATRIX(MODEL m [, {TABLE t | (query)}] [, STRUCT(threshold AS threshold)])",
     "TRANSFORM": "ML.TRANSFORM(MODEL m, {TABLE t | (query)})",
     "VALIDATE_DATA_DRIFT": (
-        "ML.VALIDATE_DATA_DRIFT({TABLE base | (query)}, {TABLE study | (query)} [, STRUCT(... AS num_histogram_buckets, "
+        "ML.VALIDATE_DATA_DRIFT({TABLE base | (query)}, {TABLE "
+        "study | (query)} [, STRUCT(... AS num_histogram_buckets, "
         "... AS categorical_default_threshold, [('col', 0.1)] AS thresholds, ...)])"
     ),
 }
@@ -898,7 +900,8 @@ def _parse_create(sql: str, tokens: Sequence[Token], params: Mapping[str, Any] |
             and tokens[i + 1].token_type == TokenType.MODEL
         ):
             raise BqmlError(
-                f"CREATE {tokens[i].text.upper()} MODEL is not supported: write CREATE [OR REPLACE] MODEL [IF NOT EXISTS]."
+                f"CREATE {tokens[i].text.upper()} MODEL is not supported: "
+                "write CREATE [OR REPLACE] MODEL [IF NOT EXISTS]."
             )
         return None
     i += 1

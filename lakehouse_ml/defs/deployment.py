@@ -5,7 +5,8 @@
   run registered (its BigQuery ML model, metadata ``bqml_model``), with the **blocking**
   ``champion_challenger`` check: the candidate is compared with the serving version on fresh rows
   (labelled ones for a classifier; for k-means, both versions' clusters of the same rows), both
-  scored with ``ML.PREDICT``, and only a candidate at least as good gets the serving alias. A loser stays registered (alias ``challenger``) and the check says why;
+  scored with ``ML.PREDICT``, and only a candidate at least as good gets the serving alias. A loser
+  stays registered (alias ``challenger``) and the check says why;
   the deployment downstream does not run.
 * ``<model>_deployment``: the endpoint serving the version that holds the serving alias (canary,
   then 100%, then the old deployment goes), with the **blocking** ``smoke_test`` check: real
@@ -213,7 +214,8 @@ def deployment_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
             f"Endpoint {serving.endpoint!r} serving the version of {spec.name} that holds '{serving.serving_alias}': "
             f"created when missing; a new version goes in as a {serving.canary_percent}% canary, is smoke-tested, "
             "promoted to 100%, and the old deployment is undeployed (a failing canary is rolled back); then the "
-            f"BigQuery ML models of older runs that nothing serves are dropped (the newest {serving.keep_models} stay). "
+            "BigQuery ML models of older runs that nothing serves "
+            f"are dropped (the newest {serving.keep_models} stay). "
             "Request-response logging is on. Locally the endpoint server starts in the background."
         ),
         deps=[dg.AssetDep(f"{spec.name}_registry_version")],
@@ -263,7 +265,8 @@ def deployment_asset(spec: models.ModelSpec) -> dg.AssetsDefinition:
             "deployed_models": dg.MetadataValue.md(
                 "| deployed model | model | version | traffic % |\n|---|---|---|---|\n"
                 + "\n".join(
-                    f"| {d['deployed_model_id']} | {d['model_id']} | {d['version_id']} | {d.get('traffic_percentage', 0)} |"
+                    f"| {d['deployed_model_id']} | {d['model_id']} | "
+                    f"{d['version_id']} | {d.get('traffic_percentage', 0)} |"
                     for d in result.deployed_models
                 )
             ),

@@ -827,7 +827,8 @@ class BqmlSession:
         ):
             raise BqmlError(
                 f"ML.{call.function} is not supported locally yet: the local BigQuery ML engine has no "
-                f"{_OPTIONAL_ENGINE_METHODS[call.function]}(). Run it on the gcp backend, or compute it from ML.PREDICT."
+                f"{_OPTIONAL_ENGINE_METHODS[call.function]}(). Run it "
+                "on the gcp backend, or compute it from ML.PREDICT."
             )
         if not engine.model_exists(name):
             raise BqmlError(

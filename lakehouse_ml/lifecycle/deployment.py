@@ -243,7 +243,10 @@ def gate(
     )
     champion = registry.find_alias(model_id, serving.serving_alias)
     if champion is None:
-        result.reason = f"No version of {model_id} holds '{serving.serving_alias}' yet: version {candidate.version_id} is the first to serve."
+        result.reason = (
+            f"No version of {model_id} holds '{serving.serving_alias}' "
+            f"yet: version {candidate.version_id} is the first to serve."
+        )
         return result
     result.serving_version = champion.version_id
     if champion.version_id == candidate.version_id:
@@ -277,7 +280,10 @@ def gate(
         verdict = f"loses: its {metric} is undefined ({_undefined_reason(spec)})"
     elif math.isnan(result.serving_value):
         result.passed = True
-        verdict = f"wins: the serving version's {metric} is undefined ({_undefined_reason(spec)}), the candidate's is {result.candidate_value:.4f}"
+        verdict = (
+            f"wins: the serving version's {metric} is undefined "
+            f"({_undefined_reason(spec)}), the candidate's is {result.candidate_value:.4f}"
+        )
     else:
         result.passed = spec.gate.better_or_equal(result.candidate_value, result.serving_value)
         verdict = ("wins" if result.passed else "loses") + (
@@ -285,7 +291,8 @@ def gate(
         )
     result.reason = (
         f"Candidate version {candidate.version_id} {verdict} for serving version {champion.version_id} on "
-        f"{result.rows} fresh {'' if spec.model_type in CLUSTERING_TYPES else 'labelled '}rows, both scored with ML.PREDICT"
+        f"{result.rows} fresh {'' if spec.model_type in CLUSTERING_TYPES else 'labelled '}rows, "
+        "both scored with ML.PREDICT"
         f"{' (Davies-Bouldin in one feature space)' if spec.model_type in CLUSTERING_TYPES else ''} "
         f"(needs {comparison}, {spec.gate.direction} is better)."
     )
@@ -428,7 +435,10 @@ def _clustering_gate(
         )
     needed = 2 * int(spec.options.get("num_clusters") or 2)
     if len(rows) < needed:
-        result.reason = f"Too few fresh rows to compare clusterings on (sql/gate/{spec.name}.sql returned {len(rows)}, {needed} needed)."
+        result.reason = (
+            "Too few fresh rows to compare clusterings on "
+            f"(sql/gate/{spec.name}.sql returned {len(rows)}, {needed} needed)."
+        )
         return False
     scores = score_clusterings(warehouse, spec, rows, candidate_model, serving_model)
     result.candidate_metrics, result.serving_metrics = scores["candidate"], scores["serving"]
@@ -468,7 +478,8 @@ def _check_predictions(spec: ModelSpec, batch: list[dict], answer: dict, problem
     predictions = answer.get("predictions")
     if not isinstance(predictions, list) or len(predictions) != len(batch):
         problems.append(
-            f"expected {len(batch)} predictions, got {len(predictions) if isinstance(predictions, list) else predictions!r}"
+            f"expected {len(batch)} predictions, got "
+            f"{len(predictions) if isinstance(predictions, list) else predictions!r}"
         )
         return
     fmt = spec.prediction_format()

@@ -282,7 +282,8 @@ def test_windowed_write_creates_a_partitioned_table_then_replaces_only_its_windo
     assert create["createDisposition"] == "CREATE_IF_NEEDED"
     assert create["query"] == (
         f"SELECT * FROM (SELECT * FROM {staging}) AS lakehouse_ml_window_rows WHERE IF(order_date BETWEEN "
-        "@lakehouse_window_start AND @lakehouse_window_end, TRUE, ERROR(CONCAT('lakehouse_ml: partition window violated: "
+        "@lakehouse_window_start AND @lakehouse_window_end, TRUE, "
+        "ERROR(CONCAT('lakehouse_ml: partition window violated: "
         "order_date = ', COALESCE(CAST(order_date AS STRING), 'NULL'), "
         "' is outside 2026-03-01..2026-03-03')))"
     )
@@ -468,7 +469,8 @@ def test_windowed_load_stages_the_frame_and_publishes_it_in_one_transaction(gcp_
         "DELETE FROM raw_orders WHERE order_date BETWEEN @lakehouse_window_start AND @lakehouse_window_end;\n"
         "INSERT INTO raw_orders (order_id, order_date, amount, channel) SELECT order_id, order_date, amount, "
         f"channel FROM (SELECT * FROM {staging}) AS lakehouse_ml_window_rows WHERE IF(order_date BETWEEN "
-        "@lakehouse_window_start AND @lakehouse_window_end, TRUE, ERROR(CONCAT('lakehouse_ml: partition window violated: "
+        "@lakehouse_window_start AND @lakehouse_window_end, TRUE, "
+        "ERROR(CONCAT('lakehouse_ml: partition window violated: "
         "order_date = ', COALESCE(CAST(order_date AS STRING), 'NULL'), "
         "' is outside 2026-03-02..2026-03-02')));\n"
         "COMMIT TRANSACTION;"

@@ -195,7 +195,7 @@ def test_the_deployed_models_table_has_the_endpoints_schema(reg, tmp_path):
     with sqlite3.connect(reg.db_path) as conn:
         sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'deployed_models'").fetchone()[0]
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert sql == (
+    assert " ".join(sql.split()) == (
         "CREATE TABLE deployed_models(endpoint_id TEXT, deployed_model_id TEXT, model_id TEXT, version_id TEXT, "
         "traffic_percentage INTEGER, create_time TEXT, PRIMARY KEY(endpoint_id, deployed_model_id))"
     )
@@ -330,7 +330,8 @@ def test_replacing_a_deployed_version_is_refused_as_bigquery_does(warehouse):
     assert aliases(reg) == {"2": [], "3": ["default"]}
     # CREATE OR REPLACE without MODEL_REGISTRY: the new model is not registered, its old version goes
     warehouse.execute(
-        "CREATE OR REPLACE MODEL model_a OPTIONS(model_type='LOGISTIC_REG', input_label_cols=['y']) AS SELECT x1, x2, y FROM t"
+        "CREATE OR REPLACE MODEL model_a OPTIONS(model_type='LOGISTIC_REG', "
+        "input_label_cols=['y']) AS SELECT x1, x2, y FROM t"
     )
     assert reg.find_bqml_version("bqml://main.model_a") is None
     assert aliases(reg) == {"2": ["default"]}

@@ -596,8 +596,8 @@ def test_predict_target_and_served_counts(logging_api, bq, logged):
     assert endpoints.served_predictions("4567", T0 - HOUR, T0) == 0
     (query,) = [r.query for r in api.find_requests("GET", rf"/v3/projects/{PROJECT}/timeSeries")][:1]
     assert (
-        query["filter"]
-        == 'metric.type="aiplatform.googleapis.com/prediction/online/prediction_count" AND resource.labels.endpoint_id="4567"'
+        query["filter"] == 'metric.type="aiplatform.googleapis.com/prediction/online/prediction_count" '
+        'AND resource.labels.endpoint_id="4567"'
     )
     unreachable = VertexEndpoints(
         project=PROJECT,

@@ -191,7 +191,8 @@ def test_other_statements_are_not_model_statements():
         ("CREATE MODEL m OPTIONS(a=1 + 1) AS SELECT 1", "not a literal"),
         ("CREATE MODEL m TRANSFORM() OPTIONS(a=1) AS SELECT 1", "TRANSFORM() is empty"),
         (
-            "CREATE MODEL m OPTIONS(model_type='arima_plus') AS (training_data AS (SELECT 1), custom_holiday AS (SELECT 2))",
+            "CREATE MODEL m OPTIONS(model_type='arima_plus') AS "
+            "(training_data AS (SELECT 1), custom_holiday AS (SELECT 2))",
             "ARIMA_PLUS",
         ),
         ("ALTER MODEL m SET DESCRIPTION = 'x'", "SET OPTIONS"),

@@ -232,7 +232,8 @@ def test_retraining_gates_canaries_promotes_then_a_loser_stays_undeployed_then_r
     # Forcing a CREATE OR REPLACE of the deployed version's model fails as BigQuery does.
     with pytest.raises(
         BqmlError,
-        match=r"code=FAILED_PRECONDITION, message=The Model is deployed or being deployed at the following Endpoint\(s\)",
+        match=r"code=FAILED_PRECONDITION, message=The Model is deployed "
+        r"or being deployed at the following Endpoint\(s\)",
     ):
         warehouse.execute(models.training_sql(SPEC, second))
     assert [v.version_id for v in registry.list_versions("churn_model")] == ["1", "2"]

@@ -190,7 +190,8 @@ def test_every_other_function_runs(lab):
 def test_statements_and_writes_with_ml_calls(lab):
     lab.execute(
         """CREATE TABLE scores AS SELECT id, predicted_y FROM ML.PREDICT(MODEL reg, TABLE t);
-           INSERT INTO scores SELECT id + 1000, predicted_y FROM ML.PREDICT(MODEL reg, (SELECT * FROM t WHERE id < 5))"""
+           INSERT INTO scores SELECT id + 1000, predicted_y
+           FROM ML.PREDICT(MODEL reg, (SELECT * FROM t WHERE id < 5))"""
     )
     assert lab.row_count("scores") == 65
     rows = lab.write_query(
@@ -225,10 +226,13 @@ def test_create_model_variants(lab):
 def test_a_failing_statement_leaves_nothing_behind(lab, tmp_path):
     models_before = sorted(p.name for p in (tmp_path / "models").iterdir())
     failing = [
-        "CREATE MODEL bad OPTIONS(model_type='LINEAR_REG', input_label_cols=['y'], no_such_option=1) AS SELECT x1, y FROM t",
+        "CREATE MODEL bad OPTIONS(model_type='LINEAR_REG', "
+        "input_label_cols=['y'], no_such_option=1) AS SELECT x1, y FROM t",
         "CREATE MODEL bad OPTIONS(model_type='LINEAR_REG', input_label_cols=['y']) AS SELECT x1, y FROM t WHERE FALSE",
-        "CREATE MODEL bad OPTIONS(model_type='LOGISTIC_REG', input_label_cols=['flag']) AS SELECT x1, TRUE AS flag FROM t",
-        "CREATE MODEL bad TRANSFORM(ML.ONE_HOT_ENCODER(colour) OVER() AS c, y) OPTIONS(model_type='LINEAR_REG', input_label_cols=['y']) AS SELECT * FROM t",
+        "CREATE MODEL bad OPTIONS(model_type='LOGISTIC_REG', "
+        "input_label_cols=['flag']) AS SELECT x1, TRUE AS flag FROM t",
+        "CREATE MODEL bad TRANSFORM(ML.ONE_HOT_ENCODER(colour) OVER() AS c, y) "
+        "OPTIONS(model_type='LINEAR_REG', input_label_cols=['y']) AS SELECT * FROM t",
         "CREATE MODEL bad OPTIONS(model_type='DNN_CLASSIFIER') AS SELECT * FROM t",
         "CREATE MODEL bad OPTIONS(model_type='LINEAR_REG') AS SELECT * FROM missing_table",
     ]
@@ -284,7 +288,10 @@ def test_lakehouse_ml_query_runs_create_model_and_predict(tmp_path, capsys, monk
     for var in ("LAKEHOUSE_ML_HOME", "LAKEHOUSE_ML_BACKEND"):
         monkeypatch.delenv(var, raising=False)
     LocalWarehouse.at(tmp_path / "warehouse.duckdb").load_dataframe(_data(), "t")
-    create = "CREATE MODEL reg OPTIONS(model_type='LINEAR_REG', input_label_cols=['y']) AS SELECT x1, x2, colour, y FROM t"
+    create = (
+        "CREATE MODEL reg OPTIONS(model_type='LINEAR_REG', "
+        "input_label_cols=['y']) AS SELECT x1, x2, colour, y FROM t"
+    )
     assert main(["--home", str(tmp_path), "query", create]) == 0
     err = capsys.readouterr().err
     assert "Ran 1 statement(s)" in err and "reg" in err  # the engine's progress is shown

@@ -256,7 +256,8 @@ def test_the_transform_is_applied_at_prediction(lab):
     transformed = lab.query(
         """SELECT * FROM ML.PREDICT(MODEL plain, (
              SELECT id, x1 * 2 AS x1_twice, LN(x2) AS log_x2,
-                    CASE colour WHEN 'blue' THEN 1 WHEN 'green' THEN 2 WHEN 'red' THEN 3 ELSE 0 END AS colour_code, colour
+                    CASE colour WHEN 'blue' THEN 1 WHEN 'green' THEN 2 WHEN 'red' THEN 3 ELSE 0 END
+                      AS colour_code, colour
              FROM t)) ORDER BY id"""
     )
     np.testing.assert_allclose(raw["predicted_y"], transformed["predicted_y"], rtol=1e-12)
@@ -315,7 +316,8 @@ def test_star_except_and_pass_through_columns(lab):
 def test_bad_transforms_name_the_problem(lab, transform, message):
     with pytest.raises(WarehouseError, match=message):
         lab.execute(
-            f"CREATE MODEL bad TRANSFORM({transform}) OPTIONS(model_type='LINEAR_REG', input_label_cols=['y']) AS SELECT * FROM t"
+            f"CREATE MODEL bad TRANSFORM({transform}) OPTIONS(model_type='LINEAR_REG', "
+            "input_label_cols=['y']) AS SELECT * FROM t"
         )
     assert not lab.bqml_engine().model_exists("bad")
 

@@ -591,7 +591,7 @@ class FakeVertexApi:
     def _find_model(self, project: str, location: str, model_id: str) -> _Model:
         model = self._models.get((project, location, model_id))
         if model is None and project == self.project_number:
-            matches = [m for (p, l, i), m in self._models.items() if l == location and i == model_id]
+            matches = [m for (p, loc, i), m in self._models.items() if loc == location and i == model_id]
             model = matches[0] if matches else None
         if model is None:
             raise VertexApiError(
@@ -639,7 +639,9 @@ class FakeVertexApi:
     def _find_endpoint(self, project: str, location: str, endpoint_id: str) -> _Endpoint:
         ep = self._endpoints.get((project, location, endpoint_id))
         if ep is None and project == self.project_number:
-            matches = [e for (p, l, i), e in self._endpoints.items() if l == location and i == endpoint_id]
+            matches = [
+                e for (p, loc, i), e in self._endpoints.items() if loc == location and i == endpoint_id
+            ]
             ep = matches[0] if matches else None
         if ep is None:
             raise VertexApiError(
@@ -774,8 +776,8 @@ class FakeVertexApi:
         models = sorted(
             (
                 m
-                for (p, l, _), m in self._models.items()
-                if project in (p, self.project_number) and l == location
+                for (p, loc, _), m in self._models.items()
+                if project in (p, self.project_number) and loc == location
             ),
             key=lambda m: m.model_id,
         )
@@ -850,7 +852,8 @@ class FakeVertexApi:
         if len(found.versions) == 1:
             raise VertexApiError(
                 "FAILED_PRECONDITION",
-                "Deleting the only version in the Model is not allowed. Use models.delete for deleting the Model instead.",
+                "Deleting the only version in the Model is not allowed. "
+                "Use models.delete for deleting the Model instead.",
             )
 
         def complete() -> dict[str, Any]:
@@ -923,8 +926,8 @@ class FakeVertexApi:
     def _endpoints_list(self, project, location, query, body):
         items = [
             e
-            for (p, l, _), e in sorted(self._endpoints.items())
-            if project in (p, self.project_number) and l == location
+            for (p, loc, _), e in sorted(self._endpoints.items())
+            if project in (p, self.project_number) and loc == location
         ]
         flt = (query.get("filter") or "").strip()
         if flt:
@@ -1321,7 +1324,8 @@ def _instance_row(i: int, instance: Any, features: list[tuple[str, str]], transf
     if extra or missing:
         raise VertexApiError(
             "INVALID_ARGUMENT",
-            f"instances[{i}] does not have the model's inputs: missing {missing or 'none'}, unexpected {extra or 'none'}.",
+            f"instances[{i}] does not have the model's inputs: missing "
+            f"{missing or 'none'}, unexpected {extra or 'none'}.",
         )
     row: dict[str, Any] = {}
     for name, kind in features:

@@ -66,6 +66,7 @@ from pydantic import Field, PrivateAttr
 from sqlglot import exp
 
 from lakehouse_ml.backends.google_errors import error_messages, job_note
+from lakehouse_ml.backends.registry import bqml_source
 from lakehouse_ml.backends.warehouse import (
     Params,
     PartitionWindow,
@@ -805,7 +806,6 @@ class GcpWarehouse(dg.ConfigurableResource, Warehouse):
         return [(m.model_id, _utc(m.created)) for m in found]
 
     def model_source(self, model: str) -> str:
-        from lakehouse_ml.backends.registry import bqml_source
 
         return bqml_source(self.dataset, check_identifier(model, "model"))
 

@@ -24,11 +24,15 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import dagster as dg
+import duckdb
+import httpx
 import pandas as pd
 
 from lakehouse_ml.backends.endpoints import Endpoints, LocalServing
 from lakehouse_ml.bigquery.request_log import LOG_COLUMNS
 from lakehouse_ml.core.errors import EndpointError
+from lakehouse_ml.serving.models import NotServable, load_predictor
+from lakehouse_ml.serving.server import ensure_server, request_flush, request_reload, stop_server
 from lakehouse_ml.serving.state import connect, ensure_schema, load_state, registry_db
 
 LOG_GRACE_SECONDS = 5.0
@@ -91,7 +95,6 @@ class LocalEndpoints(dg.ConfigurableResource, Endpoints, LocalServing):
 
     def _notify(self) -> None:
         """Ask a running server to reload now (it also polls); silent when none answers."""
-        from lakehouse_ml.serving.server import request_reload
 
         request_reload(self.host, self.port, self.token)
 
@@ -168,7 +171,6 @@ class LocalEndpoints(dg.ConfigurableResource, Endpoints, LocalServing):
         machine_type: str | None = None,
         logging_sampling_rate: float = 1.0,
     ) -> str:
-        from lakehouse_ml.serving.models import NotServable, load_predictor
 
         if not 0.0 <= float(logging_sampling_rate) <= 1.0:
             raise EndpointError(
@@ -274,7 +276,6 @@ class LocalEndpoints(dg.ConfigurableResource, Endpoints, LocalServing):
 
     def ensure_server(self) -> str:
         """Start the local endpoint server in the background unless one answers; returns its URL."""
-        from lakehouse_ml.serving.server import ensure_server
 
         return ensure_server(self.home, self.host, self.port, self.token)
 
@@ -282,15 +283,11 @@ class LocalEndpoints(dg.ConfigurableResource, Endpoints, LocalServing):
         return self.ensure_server()
 
     def stop_serving(self) -> None:
-        from lakehouse_ml.serving.server import stop_server
 
         stop_server(Path(self.home).expanduser().resolve())
 
     def request_log(self, endpoint: str, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
         """Read the Parquet request-response log (after asking a running server to flush it)."""
-        import duckdb
-
-        from lakehouse_ml.serving.server import request_flush
 
         info = self.get_endpoint(endpoint)
         if info is None:
@@ -329,7 +326,6 @@ class LocalEndpoints(dg.ConfigurableResource, Endpoints, LocalServing):
     def predict(
         self, endpoint: str, instances: Sequence[Any], parameters: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        import httpx
 
         info = self.get_endpoint(endpoint)
         if info is None:

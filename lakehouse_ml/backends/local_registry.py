@@ -41,6 +41,7 @@ from lakehouse_ml.backends.registry import (
 from lakehouse_ml.bigquery.registry import DEFAULT_ALIAS, NON_DEPLOYABLE_MODEL_TYPES
 from lakehouse_ml.core.atomic import fsync_dir
 from lakehouse_ml.core.errors import ModelNotRegisteredError, RegistryError, VersionDeployedError
+from lakehouse_ml.engine.engine import BqmlEngine
 
 DB_NAME = "registry.db"
 # Where local endpoints live, in the resource names of errors (LocalEndpoints' project and location).
@@ -616,7 +617,6 @@ class LocalModelRegistry(dg.ConfigurableResource, ModelRegistry):
     ) -> tuple[Any, str, ModelVersion]:
         """A BigQuery ML engine that reads this version's artifacts, the model name to pass to it,
         and the version: ``engine.predict(name, frame)`` gives the version's predictions."""
-        from lakehouse_ml.engine.engine import BqmlEngine
 
         version = self.get_version(model_id, version_or_alias)
         name = json.loads((Path(version.artifact_uri) / "model.json").read_text())["name"]

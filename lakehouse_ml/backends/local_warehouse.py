@@ -23,6 +23,8 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 from sqlglot import exp
 
+from lakehouse_ml.backends.local_registry import LocalModelRegistry
+from lakehouse_ml.backends.registry import bqml_source
 from lakehouse_ml.backends.warehouse import Params, PartitionWindow, Warehouse, check_params
 from lakehouse_ml.bigquery.dialect import (
     mentions_bigquery_ml,
@@ -32,6 +34,8 @@ from lakehouse_ml.bigquery.dialect import (
 )
 from lakehouse_ml.core.errors import TableNotFoundError, WarehouseError
 from lakehouse_ml.core.identifiers import check_identifier
+from lakehouse_ml.engine.engine import BqmlEngine
+from lakehouse_ml.engine.sql import BqmlSession
 from lakehouse_ml.engine.translate import TranslatedStatement, arrow_table, translate, translate_query
 
 if TYPE_CHECKING:
@@ -108,7 +112,6 @@ class LocalWarehouse(dg.ConfigurableResource, Warehouse):
         return Path(self.duckdb.database).parent / "models"
 
     def bqml_engine(self) -> BqmlEngine:
-        from lakehouse_ml.engine.engine import BqmlEngine
 
         return BqmlEngine(self.models_path(), registry=self.model_registry())
 
@@ -121,7 +124,6 @@ class LocalWarehouse(dg.ConfigurableResource, Warehouse):
         return Path(self.duckdb.database).parent / "registry"
 
     def model_registry(self):  # -> LocalModelRegistry | None
-        from lakehouse_ml.backends.local_registry import LocalModelRegistry
 
         path = self.registry_path()
         return LocalModelRegistry(root=str(path)) if path is not None else None
@@ -143,12 +145,10 @@ class LocalWarehouse(dg.ConfigurableResource, Warehouse):
         return out
 
     def model_source(self, model: str) -> str:
-        from lakehouse_ml.backends.registry import bqml_source
 
         return bqml_source(self.bqml_engine().dataset, check_identifier(model, "model"))
 
     def _session(self, conn: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> BqmlSession:
-        from lakehouse_ml.engine.sql import BqmlSession
 
         return BqmlSession(
             conn,

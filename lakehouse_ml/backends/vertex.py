@@ -86,10 +86,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import dagster as dg
+import pyarrow as pa
 from google.api_core import exceptions as google_exceptions
 from pydantic import Field, PrivateAttr
 
 from lakehouse_ml.backends.endpoints import Endpoints
+from lakehouse_ml.backends.gcp_warehouse import GcpWarehouse, LakehouseBigQueryResource
 from lakehouse_ml.backends.google_errors import error_status, error_text
 from lakehouse_ml.backends.registry import (
     ModelRegistry,
@@ -99,12 +101,15 @@ from lakehouse_ml.backends.registry import (
     parse_merge,
 )
 from lakehouse_ml.bigquery.registry import DEFAULT_ALIAS, vertex_region
+from lakehouse_ml.bigquery.request_log import LOG_COLUMNS, feature_array
 from lakehouse_ml.core.errors import (
     EndpointError,
     ModelNotRegisteredError,
     RegistryError,
     VersionDeployedError,
+    WarehouseError,
 )
+from lakehouse_ml.core.identifiers import check_identifier
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -279,7 +284,6 @@ class _VertexConfig:
     def _bigquery(self, project: str | None = None) -> "LakehouseBigQueryResource":
         """The gcp warehouse's BigQuery client setup for these settings (API endpoint,
         credentials). No fixed location: BigQuery runs each job where the tables it reads are."""
-        from lakehouse_ml.backends.gcp_warehouse import LakehouseBigQueryResource
 
         return LakehouseBigQueryResource(
             project=project or self.project,
@@ -849,7 +853,6 @@ class VertexEndpoints(_VertexConfig, dg.ConfigurableResource, Endpoints):
     def request_log_exists(self, endpoint: str) -> bool | None:
         """Whether the BigQuery table of the endpoint's request-response log exists (None when
         logging is off)."""
-        from lakehouse_ml.backends.gcp_warehouse import GcpWarehouse
 
         table = self.request_log_table(endpoint)
         if table is None:
@@ -996,9 +999,6 @@ class VertexEndpoints(_VertexConfig, dg.ConfigurableResource, Endpoints):
 
     def _read_log(self, endpoint_id: str, table: str, window: dict[str, dt.datetime]) -> pa.Table | None:
         """The log's rows in the window (None when the table does not exist yet)."""
-        from lakehouse_ml.backends.gcp_warehouse import GcpWarehouse
-        from lakehouse_ml.core.errors import WarehouseError
-        from lakehouse_ml.core.identifiers import check_identifier
 
         project, dataset, name = table.split(".")
         warehouse = GcpWarehouse(bigquery=self._bigquery(project), dataset=dataset)
@@ -1327,9 +1327,6 @@ def _log_frame(
     endpoint_id: str, rows: pa.Table | None, versions: Mapping[str, tuple[str, str]]
 ) -> pd.DataFrame:
     """One row per logged instance, in the columns and types of the local request log."""
-    import pyarrow as pa
-
-    from lakehouse_ml.bigquery.request_log import LOG_COLUMNS, feature_array
 
     meta: dict[str, list] = {name: [] for name in LOG_COLUMNS}
     instances: list[dict] = []

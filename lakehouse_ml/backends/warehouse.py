@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from sqlglot import exp
 
 from lakehouse_ml.core.errors import WarehouseError
@@ -120,7 +121,6 @@ def combine_parquet(paths: Sequence[str | Path], target: Path, utc_timestamps: b
     With ``utc_timestamps`` naive timestamps are marked UTC, so BigQuery loads them as TIMESTAMP
     (a naive Parquet timestamp would become a DATETIME).
     """
-    import pyarrow.parquet as pq
 
     writer = None
     rows = 0
@@ -202,7 +202,6 @@ class Warehouse(abc.ABC):
         """
         if not paths:
             raise WarehouseError(f"No Parquet files given to load into {table}.")
-        import pyarrow.parquet as pq
 
         frame = pa.concat_tables([pq.read_table(path) for path in paths]).to_pandas()
         return self.load_dataframe(frame, table, window=window)

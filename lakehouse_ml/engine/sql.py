@@ -50,6 +50,7 @@ from lakehouse_ml.bigquery.dialect import (
     split_statements,
     transform_output_names,
 )
+from lakehouse_ml.bigquery.drift import DriftOptions, validate_data_drift_arrow
 from lakehouse_ml.core.errors import BqmlError, WarehouseError
 from lakehouse_ml.engine.translate import TranslatedStatement, translate_query
 
@@ -884,7 +885,6 @@ class BqmlSession:
     def _validate_data_drift(self, call: MLCall, ctes: Sequence[exp.CTE]) -> pa.Table:
         """``ML.VALIDATE_DATA_DRIFT``: both inputs evaluated on DuckDB, compared by
         :mod:`lakehouse_ml.bigquery.drift` (TFDV's arithmetic, BigQuery's output)."""
-        from lakehouse_ml.bigquery.drift import DriftOptions, validate_data_drift_arrow
 
         options = DriftOptions.parse(call.options)  # bad options fail before any input query runs
         base, study = (self.relation(relation.tree(), ctes) for relation in call.inputs)

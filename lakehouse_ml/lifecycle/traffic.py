@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import json
 import math
 import sys
 import tempfile
@@ -31,13 +32,22 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
+from lakehouse_ml.backends import build_endpoints, build_warehouse
 from lakehouse_ml.backends.endpoints import ensure_serving
+from lakehouse_ml.backends.local_warehouse import LocalWarehouse
 from lakehouse_ml.backends.warehouse import PartitionWindow, Warehouse
 from lakehouse_ml.bigquery.served import PredictionFormat, ServedFormatError
 from lakehouse_ml.bigquery.served import instances as encode_instances
+from lakehouse_ml.bigquery.sqlfiles import read_sql, referenced_tables, sql_files
 from lakehouse_ml.core.identifiers import check_identifier
+from lakehouse_ml.datagen import DriftScenario, SimulationConfig, landing_files, write_landing
+from lakehouse_ml.lifecycle import features
+from lakehouse_ml.lifecycle.features import FEATURE_TABLES
+from lakehouse_ml.lifecycle.models import MODELS
+from lakehouse_ml.lifecycle.raw import RAW_TABLES
 
 MAX_ERRORS_KEPT = 5
 PROGRESS_INTERVAL = 0.1  # seconds: progress callbacks at most ~10 times per second
@@ -49,7 +59,6 @@ def shuffled(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
     """A permutation that depends on the seed and the rows only, not on the order the warehouse
     returned them in (a query without ORDER BY has none): rows are first put in a canonical order
     (by their JSON text), then permuted by ``seed``."""
-    import json
 
     keys = [json.dumps(row, sort_keys=True, default=str) for row in rows]
     canonical = sorted(range(len(rows)), key=keys.__getitem__)
@@ -64,7 +73,6 @@ def serving_instances(
     dicts with exactly the query's columns, a NULL as the served model takes it: see
     :func:`lakehouse_ml.bigquery.served.instances`), shuffled deterministically by ``seed`` and
     cut to ``limit``."""
-    from lakehouse_ml.bigquery.sqlfiles import read_sql, sql_files
 
     check_identifier(model, "model")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
@@ -86,16 +94,12 @@ def serving_instances(
 def _has_transform(model: str) -> bool:
     """Whether the declared model of that name was created with a TRANSFORM clause (an
     undeclared name: no)."""
-    from lakehouse_ml.lifecycle.models import MODELS
 
     return any(spec.name == model and spec.statement.transform for spec in MODELS)
 
 
 def _needed_tables(sql: str) -> tuple[list, list]:
     """The feature tables (in build order) and raw tables a serving query needs, from its SQL."""
-    from lakehouse_ml.bigquery.sqlfiles import referenced_tables
-    from lakehouse_ml.lifecycle.features import FEATURE_TABLES
-    from lakehouse_ml.lifecycle.raw import RAW_TABLES
 
     by_name = {t.name: t for t in FEATURE_TABLES}
     ordered: list = []
@@ -140,10 +144,6 @@ def scenario_instances(
     temporary folder; the raw tables the serving query needs are loaded into a temporary local
     DuckDB warehouse and its feature tables built with the project's own SQL; then
     :func:`serving_instances`. The temporary folder is removed afterwards."""
-    from lakehouse_ml.backends.local_warehouse import LocalWarehouse
-    from lakehouse_ml.bigquery.sqlfiles import read_sql
-    from lakehouse_ml.datagen import DriftScenario, SimulationConfig, landing_files, write_landing
-    from lakehouse_ml.lifecycle import features
 
     check_identifier(model, "model")
     say = progress or (lambda message: None)
@@ -356,7 +356,6 @@ def send_traffic(
     ``clock``/``sleep`` (the schedule's time source) and ``transport`` (an httpx transport) can be
     injected for tests.
     """
-    import httpx
 
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ValueError(f"count must be a non-negative integer; got {count!r}.")
@@ -548,14 +547,10 @@ def run_traffic_command(args: argparse.Namespace, settings: Any) -> int:
             progress=say,
         )
     else:
-        from lakehouse_ml.backends import build_warehouse
-
         instances = serving_instances(build_warehouse(settings), model, seed=seed)
     if not instances:
         say(f"error: sql/serving/{model}.sql returned no rows; materialize the feature tables first.")
         return 2
-    from lakehouse_ml.backends import build_endpoints
-    from lakehouse_ml.lifecycle.models import MODELS
 
     endpoints = build_endpoints(settings)
     url, token = endpoints.predict_target(endpoint)

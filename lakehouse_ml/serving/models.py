@@ -451,8 +451,6 @@ class TransformPredictor(Predictor):
         return pa.array(values, type=pa.string())
 
     def _predict(self, rows: list[dict], threshold: float | None) -> list[dict]:
-        import pyarrow as pa
-
         from lakehouse_ml.engine.translate import arrow_table
 
         table = pa.table(

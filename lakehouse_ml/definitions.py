@@ -10,7 +10,13 @@ import datetime as dt
 
 import dagster as dg
 
-from lakehouse_ml.backends import build_endpoints, build_executor, build_registry, build_warehouse
+from lakehouse_ml.backends import (
+    build_endpoints,
+    build_executor,
+    build_registry,
+    build_request_log,
+    build_warehouse,
+)
 from lakehouse_ml.core.settings import Settings, load_settings
 from lakehouse_ml.defs.deployment import GROUP as SERVING_GROUP
 from lakehouse_ml.defs.deployment import serving_assets
@@ -115,6 +121,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 default_status=sensor_status,
             )
         )
+    endpoints = build_endpoints(settings)
     return dg.Definitions(
         assets=assets,
         jobs=jobs,
@@ -123,7 +130,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         resources={
             "warehouse": build_warehouse(settings),
             "registry": build_registry(settings),
-            "endpoints": build_endpoints(settings),
+            "endpoints": endpoints,
+            "request_log": build_request_log(settings, endpoints),
         },
         executor=build_executor(settings),
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from lakehouse_ml.backends.endpoints import Endpoints
+from lakehouse_ml.backends.request_log import RequestLog
 from lakehouse_ml.backends.warehouse import PartitionWindow, Warehouse
 from lakehouse_ml.core.errors import SQLTranslationError, TableNotFoundError, WarehouseError
 from lakehouse_ml.core.settings import Settings
@@ -33,7 +35,7 @@ def build_registry(settings: Settings):  # -> ModelRegistry
     return LocalModelRegistry.at(settings.duckdb_path.parent / "registry")
 
 
-def build_endpoints(settings: Settings):  # -> Endpoints
+def build_endpoints(settings: Settings) -> Endpoints:
     """Vertex AI endpoints on gcp; locally, endpoints served by the local endpoint server."""
     if settings.backend == "gcp":
         from lakehouse_ml.backends.vertex import build_vertex_endpoints
@@ -47,6 +49,17 @@ def build_endpoints(settings: Settings):  # -> Endpoints
         port=settings.serving_port,
         token=settings.serving_token,
     )
+
+
+def build_request_log(settings: Settings, endpoints: Endpoints | None = None) -> RequestLog:
+    """The request-response log of the configured backend's endpoints: Vertex AI's BigQuery tables
+    on gcp, the local server's Parquet files locally. The endpoints keep their own log on both
+    backends, so this is the endpoints' object (``endpoints`` when given, else a new one), seen
+    through the RequestLog port."""
+    log = endpoints if endpoints is not None else build_endpoints(settings)
+    if not isinstance(log, RequestLog):  # pragma: no cover - every backend's endpoints keep a log
+        raise TypeError(f"{type(log).__name__} keeps no request-response log.")
+    return log
 
 
 def build_executor(settings: Settings) -> dg.ExecutorDefinition:

@@ -17,10 +17,7 @@ and a Vertex AI one. Semantics follow Vertex AI:
 from __future__ import annotations
 
 import abc
-import datetime as dt
 from typing import Any, Mapping, Sequence
-
-import pandas as pd
 
 
 class Endpoints(abc.ABC):
@@ -67,31 +64,8 @@ class Endpoints(abc.ABC):
         self, endpoint: str, instances: Sequence[Any], parameters: Mapping[str, Any] | None = None
     ) -> dict[str, Any]: ...
 
-    @abc.abstractmethod
-    def request_log(self, endpoint: str, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
-        """The request-response log of ``endpoint`` for ``start <= logging_time < end`` (UTC): one
-        row per logged instance with ``endpoint_id``, ``deployed_model_id``, ``model_id``,
-        ``model_version_id``, ``logging_time``, ``request_id``, the instance's features as
-        columns, and ``prediction`` (the prediction object as JSON text)."""
-        ...
-
     def console_url(self, endpoint_id: str) -> str | None:
         """A link to the endpoint for the Dagster UI (None when there is none)."""
-        return None
-
-    def request_log_grace_seconds(self) -> float:
-        """How long a request-response log row may take to land after its ``logging_time``:
-        monitoring re-reads this much before each window."""
-        return 0.0
-
-    def served_predictions(self, endpoint: str, start: dt.datetime, end: dt.datetime) -> int | None:
-        """How many predictions the endpoint answered in ``[start, end)``, from a source other than
-        its request log (None when the backend has none): what tells a broken log from no traffic."""
-        return None
-
-    def request_log_exists(self, endpoint: str) -> bool | None:
-        """Whether the endpoint's request-response log exists (None when the backend cannot tell,
-        or writes it itself)."""
         return None
 
     @abc.abstractmethod

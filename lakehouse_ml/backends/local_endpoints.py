@@ -29,6 +29,7 @@ import httpx
 import pandas as pd
 
 from lakehouse_ml.backends.endpoints import Endpoints, LocalServing
+from lakehouse_ml.backends.request_log import RequestLog
 from lakehouse_ml.bigquery.request_log import LOG_COLUMNS
 from lakehouse_ml.core.errors import EndpointError
 from lakehouse_ml.serving.models import NotServable, load_predictor
@@ -61,7 +62,7 @@ def allocate(current: Mapping[str, int], new_id: str, percentage: int) -> dict[s
     return out
 
 
-class LocalEndpoints(dg.ConfigurableResource, Endpoints, LocalServing):
+class LocalEndpoints(dg.ConfigurableResource, Endpoints, RequestLog, LocalServing):
     """Endpoints on this machine, served by one local endpoint server (``lakehouse-ml serve``)."""
 
     home: str

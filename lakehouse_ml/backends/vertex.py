@@ -100,6 +100,7 @@ from lakehouse_ml.backends.registry import (
     check_model_id,
     parse_merge,
 )
+from lakehouse_ml.backends.request_log import RequestLog
 from lakehouse_ml.bigquery.registry import DEFAULT_ALIAS, vertex_region
 from lakehouse_ml.bigquery.request_log import LOG_COLUMNS, feature_array
 from lakehouse_ml.core.errors import (
@@ -670,7 +671,7 @@ class VertexModelRegistry(_VertexConfig, dg.ConfigurableResource, ModelRegistry)
 # -- the endpoints -----------------------------------------------------------------------------------
 
 
-class VertexEndpoints(_VertexConfig, dg.ConfigurableResource, Endpoints):
+class VertexEndpoints(_VertexConfig, dg.ConfigurableResource, Endpoints, RequestLog):
     """Vertex AI endpoints of one project, in the region of the BigQuery location."""
 
     project: str = Field(description="Google Cloud project id.")

@@ -21,6 +21,7 @@ import dagster as dg
 
 from lakehouse_ml.backends.endpoints import Endpoints
 from lakehouse_ml.backends.registry import ModelRegistry
+from lakehouse_ml.backends.request_log import RequestLog
 from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.core.errors import EndpointError, RegistryError
 from lakehouse_ml.defs.metadata import user_errors
@@ -63,10 +64,11 @@ def monitoring_asset(spec: models.ModelSpec, reports_dir) -> dg.AssetsDefinition
         warehouse: dg.ResourceParam[Warehouse],
         registry: dg.ResourceParam[ModelRegistry],
         endpoints: dg.ResourceParam[Endpoints],
+        request_log: dg.ResourceParam[RequestLog],
     ) -> dg.MaterializeResult:
         with user_errors():
             try:
-                result = monitor.monitor(warehouse, registry, endpoints, spec, reports_dir)
+                result = monitor.monitor(warehouse, registry, endpoints, request_log, spec, reports_dir)
             except (RegistryError, EndpointError) as err:
                 raise dg.Failure(description=str(err)) from err
         metadata: dict[str, Any] = {

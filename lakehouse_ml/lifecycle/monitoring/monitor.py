@@ -10,7 +10,7 @@ window (the request-response log since the previous report):
   request-response log (:meth:`Endpoints.request_log`: Parquet files locally, Vertex AI's
   request-response logging table on gcp), loaded into ``<model>_monitoring_window``. Vertex AI
   writes that table asynchronously, so a report re-reads the backend's grace period
-  (:meth:`Endpoints.request_log_grace_seconds`) before its window, counts the rows there that the
+  (:meth:`RequestLog.request_log_grace_seconds`) before its window, counts the rows there that the
   previous report did not count (it keeps their request ids), and de-duplicates on request id;
   when the endpoint served predictions but the log holds none after the grace period, the report
   says so and is not judged (its check warns);
@@ -38,6 +38,7 @@ import pandas as pd
 
 from lakehouse_ml.backends.endpoints import Endpoints
 from lakehouse_ml.backends.registry import ModelRegistry, ModelVersion
+from lakehouse_ml.backends.request_log import RequestLog
 from lakehouse_ml.backends.warehouse import Warehouse
 from lakehouse_ml.bigquery import drift as drift_stats
 from lakehouse_ml.bigquery import metrics as bqml_metrics
@@ -214,7 +215,7 @@ def window_rows(
 
 
 def _log_problem(
-    endpoints: Endpoints,
+    request_log: RequestLog,
     endpoint: str,
     history: pd.DataFrame,
     lo: dt.datetime,
@@ -228,7 +229,7 @@ def _log_problem(
     at least ``rate`` × count rows: one per logged instance.)"""
     if hi <= lo or sampling_rate <= 0:
         return ""
-    count = endpoints.served_predictions(endpoint, lo, hi)
+    count = request_log.served_predictions(endpoint, lo, hi)
     if not count:
         return ""
     times = pd.to_datetime(history["logging_time"], utc=True)
@@ -245,12 +246,12 @@ def _log_problem(
     )
 
 
-def _missing_log(endpoints: Endpoints, endpoint: str, settled: dt.datetime) -> str:
+def _missing_log(endpoints: Endpoints, request_log: RequestLog, endpoint: str, settled: dt.datetime) -> str:
     """Why the request log cannot be trusted though no served count says so: a model has been
     deployed on the endpoint since before ``settled`` (its deployment's smoke test was served
     then), yet the log's table does not exist. Empty when the log exists or the backend cannot
     tell."""
-    if endpoints.request_log_exists(endpoint) is not False:
+    if request_log.request_log_exists(endpoint) is not False:
         return ""
     info = endpoints.get_endpoint(endpoint) or {}
     times = [pd.Timestamp(d["create_time"]) for d in info.get("deployed_models", []) if d.get("create_time")]
@@ -345,6 +346,7 @@ def monitor(
     warehouse: Warehouse,
     registry: ModelRegistry,
     endpoints: Endpoints,
+    request_log: RequestLog,
     spec: ModelSpec,
     reports_dir: Path,
     now: dt.datetime | None = None,
@@ -363,7 +365,7 @@ def monitor(
     # Log rows can land after their logging_time (Vertex AI writes the request-response log to
     # BigQuery asynchronously): each report re-reads the grace period before its window and counts
     # the rows there that the previous report did not (it kept their request ids).
-    grace = dt.timedelta(seconds=float(endpoints.request_log_grace_seconds()))
+    grace = dt.timedelta(seconds=float(request_log.request_log_grace_seconds()))
     read_from = start - grace
     # One read of the log over the trend's windows: this window's rows judge drift, all of them
     # the performance trend (classifiers only: the other models have no trend, so only this window).
@@ -371,7 +373,7 @@ def monitor(
         windows[-(TREND_WINDOWS - 1) :] if TREND_WINDOWS > 1 and spec.model_type in CLASSIFIER_TYPES else []
     )
     first = min(dt.datetime.fromisoformat(trend[0]["start"]), read_from) if trend else read_from
-    history = deduplicated(endpoints.request_log(serving.endpoint, first, end))
+    history = deduplicated(request_log.request_log(serving.endpoint, first, end))
     counted_before = set(windows[-1].get("tail_request_ids") or []) if windows else set()
     fresh, late, tail = window_rows(history, start, end, grace, counted_before)
     log = fresh[fresh["model_version_id"].astype(str) == version.version_id]
@@ -406,8 +408,8 @@ def monitor(
         late_rows=late,
     )
     result.log_problem = _log_problem(
-        endpoints, serving.endpoint, history, start, end - grace, serving.logging_sampling_rate
-    ) or (_missing_log(endpoints, serving.endpoint, end - grace) if history.empty else "")
+        request_log, serving.endpoint, history, start, end - grace, serving.logging_sampling_rate
+    ) or (_missing_log(endpoints, request_log, serving.endpoint, end - grace) if history.empty else "")
     if result.log_problem:
         result.note = result.log_problem
     elif len(log) < serving.min_window_rows:

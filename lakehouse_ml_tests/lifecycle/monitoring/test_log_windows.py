@@ -114,10 +114,11 @@ class NoLogTable(StubEndpoints):
 
 def test_a_log_table_that_never_appears_is_named_without_a_served_count():
     settled = T0 + 30 * MIN
-    problem = mon._missing_log(NoLogTable(), "churn", settled)
+    absent = NoLogTable()
+    problem = mon._missing_log(absent, absent, "churn", settled)
     assert "served since 2026-03-01 12:00:00 UTC" in problem and "log table does not exist" in problem
-    assert mon._missing_log(NoLogTable(exists=True), "churn", settled) == ""
-    assert mon._missing_log(NoLogTable(exists=None), "churn", settled) == ""  # cannot tell: nothing said
-    assert (
-        mon._missing_log(NoLogTable(deployed=(T0 + 40 * MIN).isoformat()), "churn", settled) == ""
-    )  # too recent
+    present, unknown = NoLogTable(exists=True), NoLogTable(exists=None)
+    assert mon._missing_log(present, present, "churn", settled) == ""
+    assert mon._missing_log(unknown, unknown, "churn", settled) == ""  # cannot tell: nothing said
+    recent = NoLogTable(deployed=(T0 + 40 * MIN).isoformat())
+    assert mon._missing_log(recent, recent, "churn", settled) == ""  # too recent

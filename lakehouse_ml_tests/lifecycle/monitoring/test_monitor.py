@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lakehouse_ml.backends import build_endpoints, build_registry, build_warehouse
+from lakehouse_ml.backends import build_endpoints, build_registry, build_request_log, build_warehouse
 from lakehouse_ml.bigquery.drift import validate_data_drift
 from lakehouse_ml.bigquery.sqlfiles import read_sql
 from lakehouse_ml.definitions import build_definitions, reports_dir
@@ -50,6 +50,7 @@ def _monitor(settings):
         build_warehouse(settings),
         build_registry(settings),
         build_endpoints(settings),
+        build_request_log(settings),
         SPEC,
         reports_dir(settings),
     )
@@ -224,7 +225,9 @@ def test_kmeans_report_watches_cluster_shares_and_distances(served):
     url, token = traffic.endpoint_predict_url(endpoints, spec.serving.endpoint)
     report = traffic.send_traffic(url, rows, count=len(rows), rate=None, batch_size=1, token=token)
     assert report.failed == 0, report.summary()
-    result = mon.monitor(warehouse, build_registry(settings), endpoints, spec, reports_dir(settings))
+    result = mon.monitor(
+        warehouse, build_registry(settings), endpoints, endpoints, spec, reports_dir(settings)
+    )
     assert result.judged and result.study_rows >= len(rows)
     assert "k-means models have no evaluation split" in result.prediction_baseline
     assert result.performance.empty

@@ -28,8 +28,9 @@ from typing import Callable
 
 import dagster as dg
 
-from lakehouse_ml.backends import build_endpoints, build_registry, build_warehouse
+from lakehouse_ml.backends import build_endpoints, build_registry, build_request_log, build_warehouse
 from lakehouse_ml.backends.endpoints import stop_serving
+from lakehouse_ml.backends.request_log import RequestLog
 from lakehouse_ml.core.settings import Settings
 from lakehouse_ml.datagen import DriftScenario, SimulationConfig, write_landing
 from lakehouse_ml.definitions import build_definitions, daily_partitions
@@ -159,6 +160,7 @@ def run_demo(
         build_registry(settings),
         build_endpoints(settings),
     )
+    request_log = build_request_log(settings, endpoints)
     model_id = spec.registry_options.get("vertex_ai_model_id", spec.name)
     before_drift = keys[keys.index(onset.isoformat()) - 1]
     try:
@@ -189,7 +191,7 @@ def run_demo(
                 if report.failed:
                     raise RuntimeError(f"Traffic failed: {report.summary()}")
                 expected = int(report.instances * spec.serving.logging_sampling_rate)
-                found, waited = _await_log(endpoints, spec.serving.endpoint, since, expected)
+                found, waited = _await_log(request_log, spec.serving.endpoint, since, expected)
                 if found < expected:
                     progress(
                         f"      the request-response log holds {found} of the {expected} instances after {waited:.0f} s"
@@ -279,15 +281,15 @@ def run_demo(
 
 
 def _await_log(
-    endpoints, endpoint: str, since: dt.datetime, expected: int, poll_s: float = 0.5
+    request_log: RequestLog, endpoint: str, since: dt.datetime, expected: int, poll_s: float = 0.5
 ) -> tuple[int, float]:
     """Wait until the request log holds ``expected`` rows logged since ``since`` (at most the
     backend's grace period); (rows found, seconds waited)."""
-    grace = endpoints.request_log_grace_seconds()
+    grace = request_log.request_log_grace_seconds()
     started = time.monotonic()
     while True:
         now = dt.datetime.now(dt.timezone.utc)
-        found = len(endpoints.request_log(endpoint, since, now + dt.timedelta(seconds=1)))
+        found = len(request_log.request_log(endpoint, since, now + dt.timedelta(seconds=1)))
         waited = time.monotonic() - started
         if found >= expected or waited >= grace:
             return found, waited
